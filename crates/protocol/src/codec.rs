@@ -1,0 +1,261 @@
+//! The bincode codec: the one place that knows the wire encoding.
+//!
+//! bincode 2.0.1 with its serde integration, standard configuration
+//! (little-endian, variable-length integers) and a hard size limit, so that a
+//! length prefix in garbage bytes can never make a decoder allocate without
+//! bound. Trailing bytes after a message are an error.
+
+use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{Request, WorkerMessage};
+
+/// The largest message either side will decode (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
+
+const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
+
+/// Why bytes could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Encoding failed (a value that serde cannot represent, or over the size limit).
+    #[error("cannot encode: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    /// The bytes are not a valid message.
+    #[error("cannot decode: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// A valid message followed by extra bytes.
+    #[error("cannot decode: {extra} trailing bytes after the message")]
+    Trailing {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+}
+
+/// Encode any serde value (a record, a result, a task's parameters).
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = bincode::serde::encode_to_vec(value, CONFIG)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(CodecError::Encode(
+            bincode::error::EncodeError::Other("value over the 64 MiB message limit"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Encode a value by appending to `buf`, so that callers can reuse one buffer.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, buf, CONFIG)?;
+    Ok(())
+}
+
+/// Decode a serde value that must span all of `bytes`.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, CONFIG)?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing {
+            extra: bytes.len() - used,
+        });
+    }
+    Ok(value)
+}
+
+/// A message that can travel on the wire.
+pub trait Message: Serialize + DeserializeOwned {}
+impl Message for Request {}
+impl Message for WorkerMessage {}
+
+/// Encode a protocol message.
+pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, CodecError> {
+    encode_value(message)
+}
+
+/// Decode a protocol message.
+pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, CodecError> {
+    decode_value(bytes)
+}
+
+/// Read the variant index and protocol version at the start of a worker's
+/// first message, whatever the rest of it holds. Lets the coordinator tell
+/// "another protocol version" from "garbage".
+pub fn decode_prefix(bytes: &[u8]) -> Result<(u32, u32), CodecError> {
+    let ((variant, version), _) = bincode::serde::decode_from_slice::<(u32, u32), _>(bytes, CONFIG)?;
+    Ok((variant, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+
+    fn hello() -> WorkerMessage {
+        WorkerMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: 4242,
+            token: "secret".into(),
+            tasks: vec![TaskInfo {
+                name: "age".into(),
+                description: "d".into(),
+                input_fields: vec!["name".into()],
+                output_fields: vec!["age".into()],
+            }],
+        })
+    }
+
+    fn samples() -> (Vec<Request>, Vec<WorkerMessage>) {
+        let requests = vec![
+            Request::Configure {
+                task: "age".into(),
+                config: vec![1, 2, 3],
+                flush_each: true,
+            },
+            Request::Batch(Batch {
+                id: 7,
+                records: (0..100)
+                    .map(|seq| Record {
+                        seq: seq * 1_000_003,
+                        payload: vec![seq as u8; seq as usize],
+                    })
+                    .collect(),
+            }),
+            Request::Stop,
+        ];
+        let replies = vec![
+            hello(),
+            WorkerMessage::Ready,
+            WorkerMessage::Rejected {
+                reason: "no such task".into(),
+            },
+            WorkerMessage::Results(BatchResults {
+                batch: u64::MAX,
+                busy_nanos: 12,
+                outcomes: vec![
+                    RecordOutcome {
+                        seq: 0,
+                        outcome: Outcome::Ok(vec![9; 40]),
+                    },
+                    RecordOutcome {
+                        seq: 1,
+                        outcome: Outcome::Failed(TaskFailure {
+                            kind: FailureKind::Panic,
+                            message: "boom".into(),
+                        }),
+                    },
+                ],
+            }),
+        ];
+        (requests, replies)
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let (requests, replies) = samples();
+        for r in requests {
+            assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        for m in replies {
+            assert_eq!(decode::<WorkerMessage>(&encode(&m).unwrap()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn values_round_trip_and_reuse_buffer() {
+        let mut buf = Vec::new();
+        encode_into(&("Ada", 1815u32), &mut buf).unwrap();
+        let first = buf.len();
+        encode_into(&("Emmy", 1882u32), &mut buf).unwrap();
+        assert_eq!(
+            decode_value::<(String, u32)>(&buf[..first]).unwrap(),
+            ("Ada".to_string(), 1815)
+        );
+        assert_eq!(
+            decode_value::<(String, u32)>(&buf[first..]).unwrap(),
+            ("Emmy".to_string(), 1882)
+        );
+    }
+
+    #[test]
+    fn hello_prefix_names_the_version() {
+        let bytes = encode(&hello()).unwrap();
+        assert_eq!(decode_prefix(&bytes).unwrap(), (0, PROTOCOL_VERSION));
+        // A future Hello with a different layout still shows its version.
+        let future = encode_value(&(0u32, 99u32, "whatever else")).unwrap();
+        assert_eq!(decode_prefix(&future).unwrap(), (0, 99));
+        assert!(decode::<WorkerMessage>(&future).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&Request::Stop).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Request>(&bytes),
+            Err(CodecError::Trailing { extra: 1 })
+        ));
+    }
+
+    #[test]
+    fn truncations_are_rejected_without_panic() {
+        let (requests, replies) = samples();
+        for r in &requests {
+            let bytes = encode(r).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(decode::<Request>(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+        for m in &replies {
+            let bytes = encode(m).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(decode::<WorkerMessage>(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn huge_length_prefix_is_refused_not_allocated() {
+        // Variant 1 (Batch), id 0, then a record count of u64::MAX as a varint.
+        let mut bytes = vec![1u8, 0u8, 0xFF];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<Request>(&bytes).is_err());
+        // Results with a payload length just over the limit.
+        let mut bytes = vec![3u8, 0, 0, 1, 0, 0, 0xFD];
+        bytes.extend_from_slice(&((MAX_MESSAGE_BYTES as u32) + 1).to_le_bytes());
+        assert!(decode::<WorkerMessage>(&bytes).is_err());
+    }
+
+    /// Deterministic pseudo-random garbage (xorshift), plus bit flips of valid messages.
+    #[test]
+    fn garbage_never_panics() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<WorkerMessage>(&bytes);
+            let _ = decode_prefix(&bytes);
+        }
+        let (requests, replies) = samples();
+        let valid: Vec<Vec<u8>> = requests
+            .iter()
+            .map(|r| encode(r).unwrap())
+            .chain(replies.iter().map(|m| encode(m).unwrap()))
+            .collect();
+        for bytes in valid {
+            for _ in 0..2_000 {
+                let mut b = bytes.clone();
+                let i = (next() as usize) % b.len();
+                b[i] ^= 1 << (next() % 8);
+                let _ = decode::<Request>(&b);
+                let _ = decode::<WorkerMessage>(&b);
+            }
+        }
+    }
+}

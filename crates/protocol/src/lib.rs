@@ -1,0 +1,39 @@
+//! The wire protocol between a procpool coordinator and its worker processes.
+//!
+//! This crate has no processes and no I/O: it defines the messages, the
+//! [`Task`] contract shared by both sides, and the bincode codec that turns
+//! them into bytes. Every decode is bounded ([`codec::MAX_MESSAGE_BYTES`]) and
+//! returns an error, never panics, on garbage.
+//!
+//! A conversation, seen from the coordinator:
+//!
+//! ```text
+//! worker -> Hello { protocol_version, pid, token, tasks }
+//! coord  -> Configure { task, config, flush_each }
+//! worker -> Ready | Rejected { reason }
+//! coord  -> Batch { id, records }    (several in flight)
+//! worker -> Results { batch, outcomes, busy_nanos }
+//! coord  -> Stop                     (or the channel closes)
+//! ```
+
+mod codec;
+mod messages;
+mod task;
+
+pub use codec::{
+    decode, decode_prefix, decode_value, encode, encode_into, encode_value, CodecError,
+    MAX_MESSAGE_BYTES,
+};
+pub use messages::{
+    Batch, BatchResults, FailureKind, Hello, Outcome, Record, RecordOutcome, Request, TaskFailure,
+    TaskInfo, WorkerMessage, PROTOCOL_VERSION,
+};
+pub use task::{Task, TaskError};
+
+/// Environment variable carrying the one-shot server name a worker connects to.
+pub const ENV_SERVER: &str = "PROCPOOL_SERVER";
+/// Environment variable carrying the per-run secret a worker must echo in its `Hello`.
+pub const ENV_TOKEN: &str = "PROCPOOL_TOKEN";
+/// Environment variable carrying the coordinator's pid, so that a worker whose
+/// coordinator died before it started can tell and exit.
+pub const ENV_PARENT: &str = "PROCPOOL_PARENT";

@@ -1,0 +1,139 @@
+//! The messages exchanged by coordinator and workers.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. A worker whose `Hello` carries another version is
+/// refused at the handshake with a message naming both versions.
+///
+/// The first two fields of every worker's first message are, in order, the
+/// variant index of [`WorkerMessage::Hello`] and this version, so that any
+/// future version can still be recognised (see [`crate::decode_prefix`]).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a worker binary says it can run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The name records are dispatched by.
+    pub name: String,
+    /// One line for `coordinator tasks`.
+    pub description: String,
+    /// Field names of the input record.
+    pub input_fields: Vec<String>,
+    /// Field names of the output record.
+    pub output_fields: Vec<String>,
+}
+
+/// The handshake: the first message a worker sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`]; kept first so it decodes across versions.
+    pub protocol_version: u32,
+    /// The worker's process id.
+    pub pid: u32,
+    /// The per-run secret the coordinator handed the worker in its environment.
+    pub token: String,
+    /// The tasks compiled into this worker binary.
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// One input record: a sequence number and its bincode-encoded payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position of the record in the input; results are reordered by it.
+    pub seq: u64,
+    /// The task input, bincode-encoded.
+    pub payload: Vec<u8>,
+}
+
+/// A batch of records sent to one worker in one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Batch id, unique within a run.
+    pub id: u64,
+    /// The records, processed in this order.
+    pub records: Vec<Record>,
+}
+
+/// Coordinator to worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Select the task to run and its parameters (the bincode-encoded task value).
+    Configure {
+        /// Task name, as in [`TaskInfo::name`].
+        task: String,
+        /// The task value (its parameters), bincode-encoded.
+        config: Vec<u8>,
+        /// Send one `Results` per record instead of one per batch, so that the
+        /// coordinator can time each record (used when a timeout is set).
+        flush_each: bool,
+    },
+    /// Records to process.
+    Batch(Batch),
+    /// Finish what was sent and exit.
+    Stop,
+}
+
+/// Why a record failed inside a worker that survived it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The task returned an error.
+    Error,
+    /// The task panicked; the panic was caught and the worker lives on.
+    Panic,
+    /// The payload did not decode as the task's input type.
+    BadInput,
+}
+
+/// A per-record failure reported by a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The error or panic message.
+    pub message: String,
+}
+
+/// How one record ended inside a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The task's output, bincode-encoded.
+    Ok(Vec<u8>),
+    /// The task failed on this record.
+    Failed(TaskFailure),
+}
+
+/// The outcome of one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordOutcome {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Results for (part of) a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResults {
+    /// The batch these outcomes belong to.
+    pub batch: u64,
+    /// Time the worker spent running these records, in nanoseconds.
+    pub busy_nanos: u64,
+    /// Outcomes, in the batch's order.
+    pub outcomes: Vec<RecordOutcome>,
+}
+
+/// Worker to coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerMessage {
+    /// The handshake. Must stay variant 0 with the version as its first field.
+    Hello(Hello),
+    /// The configured task is ready.
+    Ready,
+    /// The worker cannot run the requested task.
+    Rejected {
+        /// Why, e.g. the task is not compiled into this binary.
+        reason: String,
+    },
+    /// Outcomes of records.
+    Results(BatchResults),
+}

@@ -1,0 +1,26 @@
+//! The built-in task catalogue, shared by the `worker` binary and the
+//! coordinator's thread executor.
+//!
+//! | task | input | output |
+//! |---|---|---|
+//! | [`Age`] | `{name, field, born, nobel}` | `{name, age}` after `work_ms` of simulated work |
+//! | [`Primes`] | `{n}` | `{n, primes}`: how many primes are below `n` (CPU-bound) |
+//! | [`Locked`] | `{n}` | as `primes`, computed while holding one process-wide lock |
+
+mod age;
+mod primes;
+
+pub use age::{Age, AgeOut, Scientist};
+pub use primes::{count_primes_below, Locked, Primes, PrimesIn, PrimesOut, MAX_N};
+
+use procpool_worker::Registry;
+
+/// A registry holding every task of the catalogue.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register::<Age>()
+        .register::<Primes>()
+        .register::<Locked>();
+    registry
+}
