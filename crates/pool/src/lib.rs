@@ -1,1 +1,91 @@
-//! placeholder
+//! A process pool for Rust, in the spirit of Python's
+//! `concurrent.futures.ProcessPoolExecutor`.
+//!
+//! A [`Pool`] starts N copies of a worker binary, streams bincode-encoded
+//! records to them over `ipc-channel` in batches, and gives the results back
+//! in input order ([`Pool::map`]), as they complete ([`Pool::map_unordered`]),
+//! or one at a time ([`Pool::submit`]). Each worker is its own OS process,
+//! so a task that takes a process-wide lock still runs in parallel.
+//!
+//! ```
+//! use procpool::Pool;
+//! use procpool_tasks::{Primes, PrimesIn};
+//! # let bin = std::env::var("PROCPOOL_WORKER_BIN").unwrap_or_else(|_|
+//! #     concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/debug/worker").into());
+//!
+//! let pool = Pool::builder()
+//!     .workers(2)
+//!     .worker_bin(bin) // default: the `worker` binary next to this executable
+//!     .build(Primes)?;
+//! let counts: Vec<u64> = pool
+//!     .map((1..=5).map(|k| PrimesIn { n: k * 10 }))
+//!     .map(|r| r.map(|out| out.primes))
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(counts, [4, 8, 10, 12, 15]);
+//!
+//! let one = pool.submit(PrimesIn { n: 100 });
+//! assert_eq!(one.wait()?.primes, 25);
+//! pool.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Your own tasks
+//!
+//! A task is a serde type implementing [`Task`]: a name, input and output
+//! types, and `run`. The task value carries its parameters and is sent to
+//! every worker once. A worker binary is a `main` that registers the tasks it
+//! offers and serves them (crate `procpool-worker`):
+//!
+//! ```ignore
+//! // my-worker/src/main.rs
+//! use procpool::{Task, TaskError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Scale { pub factor: f64 }
+//!
+//! impl Task for Scale {
+//!     const NAME: &'static str = "scale";
+//!     type Input = Vec<f64>;
+//!     type Output = Vec<f64>;
+//!     fn run(&self, v: Vec<f64>) -> Result<Vec<f64>, TaskError> {
+//!         Ok(v.into_iter().map(|x| x * self.factor).collect())
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = procpool_worker::Registry::new();
+//!     registry.register::<Scale>();
+//!     procpool_worker::main_with(registry)
+//! }
+//!
+//! // In the program that drives it (sharing the `Scale` type):
+//! let pool = procpool::Pool::builder().workers(4).worker_bin("target/release/my-worker")
+//!     .build(Scale { factor: 2.0 })?;
+//! for row in pool.map(rows) { println!("{:?}", row?); }
+//! ```
+//!
+//! Asking for a task the worker binary does not offer fails in
+//! [`PoolBuilder::build`] with [`PoolError::TaskRejected`], naming what it offers.
+//!
+//! # Failures
+//!
+//! Task errors and panics fail one record ([`RecordError`]); the worker lives
+//! on. A worker that dies is replaced and its records are sent again (a
+//! record that kills `retries + 1` workers fails). See the supervisor's
+//! README for the worker lifecycle.
+
+mod chunk;
+mod error;
+mod pool;
+mod process;
+mod reorder;
+mod stats;
+mod supervisor;
+
+pub use chunk::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+pub use error::{signal_name, PoolError, RecordError, WorkerEnd, WorkerExit};
+pub use pool::{default_worker_bin, Canceller, Done, MapIter, Pending, Pool, PoolBuilder};
+pub use procpool_protocol::{Task, TaskError, TaskInfo};
+pub use reorder::ReorderBuffer;
+pub use stats::WorkerStats;

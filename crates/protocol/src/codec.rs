@@ -38,9 +38,9 @@ pub enum CodecError {
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let bytes = bincode::serde::encode_to_vec(value, CONFIG)?;
     if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::Encode(
-            bincode::error::EncodeError::Other("value over the 64 MiB message limit"),
-        ));
+        return Err(CodecError::Encode(bincode::error::EncodeError::Other(
+            "value over the 64 MiB message limit",
+        )));
     }
     Ok(bytes)
 }
@@ -62,6 +62,47 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
     Ok(value)
 }
 
+/// Encode `Request::Batch` straight from borrowed payloads, appending to
+/// `buf`: the coordinator keeps each payload for a possible retry and need
+/// not copy it into an owned [`crate::Batch`] first. Decodes as `Request::Batch`.
+pub fn encode_batch<'a, I>(id: u64, records: I, buf: &mut Vec<u8>) -> Result<(), CodecError>
+where
+    I: ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
+{
+    struct Records<I>(I);
+    impl<'a, I: ExactSizeIterator<Item = (u64, &'a [u8])> + Clone> Serialize for Records<I> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for (n, payload) in self.0.clone() {
+                seq.serialize_element(&(n, payload))?;
+            }
+            seq.end()
+        }
+    }
+    #[derive(Serialize)]
+    #[serde(rename = "Batch")]
+    struct BatchView<R> {
+        id: u64,
+        records: R,
+    }
+    // Same shape as `Request::Batch(Batch { id, records })`: variant 1.
+    #[derive(Serialize)]
+    #[serde(rename = "Request")]
+    enum View<R> {
+        #[allow(dead_code)]
+        Configure,
+        Batch(BatchView<R>),
+    }
+    encode_into(
+        &View::Batch(BatchView {
+            id,
+            records: Records(records),
+        }),
+        buf,
+    )
+}
+
 /// A message that can travel on the wire.
 pub trait Message: Serialize + DeserializeOwned {}
 impl Message for Request {}
@@ -81,7 +122,8 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, CodecError> {
 /// first message, whatever the rest of it holds. Lets the coordinator tell
 /// "another protocol version" from "garbage".
 pub fn decode_prefix(bytes: &[u8]) -> Result<(u32, u32), CodecError> {
-    let ((variant, version), _) = bincode::serde::decode_from_slice::<(u32, u32), _>(bytes, CONFIG)?;
+    let ((variant, version), _) =
+        bincode::serde::decode_from_slice::<(u32, u32), _>(bytes, CONFIG)?;
     Ok((variant, version))
 }
 
@@ -134,10 +176,14 @@ mod tests {
                 outcomes: vec![
                     RecordOutcome {
                         seq: 0,
+                        started_us: 1_700_000_000_000_000,
+                        nanos: 5,
                         outcome: Outcome::Ok(vec![9; 40]),
                     },
                     RecordOutcome {
                         seq: 1,
+                        started_us: 0,
+                        nanos: u64::MAX,
                         outcome: Outcome::Failed(TaskFailure {
                             kind: FailureKind::Panic,
                             message: "boom".into(),
@@ -184,6 +230,34 @@ mod tests {
         let future = encode_value(&(0u32, 99u32, "whatever else")).unwrap();
         assert_eq!(decode_prefix(&future).unwrap(), (0, 99));
         assert!(decode::<WorkerMessage>(&future).is_err());
+    }
+
+    #[test]
+    fn borrowed_batch_encodes_as_request_batch() {
+        let payloads: Vec<Vec<u8>> = vec![vec![], vec![1, 2, 3], vec![7; 300]];
+        let mut buf = vec![];
+        encode_batch(
+            42,
+            payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u64 * 10, p.as_slice())),
+            &mut buf,
+        )
+        .unwrap();
+        let expected = Request::Batch(Batch {
+            id: 42,
+            records: payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Record {
+                    seq: i as u64 * 10,
+                    payload: p.clone(),
+                })
+                .collect(),
+        });
+        assert_eq!(decode::<Request>(&buf).unwrap(), expected);
+        assert_eq!(buf, encode(&expected).unwrap());
     }
 
     #[test]

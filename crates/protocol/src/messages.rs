@@ -107,6 +107,10 @@ pub enum Outcome {
 pub struct RecordOutcome {
     /// The record's sequence number.
     pub seq: u64,
+    /// When the worker started the record, in microseconds since the Unix epoch.
+    pub started_us: u64,
+    /// How long the record took, in nanoseconds.
+    pub nanos: u64,
     /// What happened.
     pub outcome: Outcome,
 }

@@ -85,7 +85,9 @@ impl Task for Age {
         TaskInfo {
             name: Self::NAME.into(),
             description: "a scientist's age in --year, after --work-ms of simulated work".into(),
-            input_fields: ["name", "field", "born", "nobel"].map(String::from).to_vec(),
+            input_fields: ["name", "field", "born", "nobel"]
+                .map(String::from)
+                .to_vec(),
             output_fields: ["name", "age"].map(String::from).to_vec(),
         }
     }
@@ -101,8 +103,19 @@ mod tests {
             r#"{"name":"Ada Lovelace","field":"math","born":1815,"nobel":"no"}"#,
         )
         .unwrap();
-        let out = Age { year: 2024, work_ms: 0 }.run(s).unwrap();
-        assert_eq!(out, AgeOut { name: "Ada Lovelace".into(), age: 209 });
+        let out = Age {
+            year: 2024,
+            work_ms: 0,
+        }
+        .run(s)
+        .unwrap();
+        assert_eq!(
+            out,
+            AgeOut {
+                name: "Ada Lovelace".into(),
+                age: 209
+            }
+        );
     }
 
     #[test]
@@ -117,6 +130,9 @@ mod tests {
         )
         .is_err());
         let bytes = procpool_protocol::encode_value(&yes).unwrap();
-        assert_eq!(procpool_protocol::decode_value::<Scientist>(&bytes).unwrap(), yes);
+        assert_eq!(
+            procpool_protocol::decode_value::<Scientist>(&bytes).unwrap(),
+            yes
+        );
     }
 }

@@ -125,7 +125,9 @@ mod tests {
     use super::*;
 
     fn naive(n: u64) -> u64 {
-        (2..n).filter(|&k| (2..k).take_while(|d| d * d <= k).all(|d| k % d != 0)).count() as u64
+        (2..n)
+            .filter(|&k| (2..k).take_while(|d| d * d <= k).all(|d| k % d != 0))
+            .count() as u64
     }
 
     #[test]

@@ -139,7 +139,8 @@ mod tests {
     fn runner(by: i64) -> Box<dyn Runner> {
         let mut r = Registry::new();
         r.register::<Div>();
-        r.runner("div", &encode_value(&Div { by }).unwrap()).unwrap()
+        r.runner("div", &encode_value(&Div { by }).unwrap())
+            .unwrap()
     }
 
     #[test]
@@ -148,7 +149,10 @@ mod tests {
         let ok = runner(2).run_encoded(&encode_value(&10i64).unwrap());
         assert_eq!(ok, Outcome::Ok(encode_value(&5i64).unwrap()));
         match runner(2).run_encoded(&encode_value(&-1i64).unwrap()) {
-            Outcome::Failed(f) => assert_eq!((f.kind, f.message.as_str()), (FailureKind::Error, "negative")),
+            Outcome::Failed(f) => assert_eq!(
+                (f.kind, f.message.as_str()),
+                (FailureKind::Error, "negative")
+            ),
             other => panic!("{other:?}"),
         }
         match runner(0).run_encoded(&encode_value(&1i64).unwrap()) {
@@ -169,7 +173,10 @@ mod tests {
         let mut r = Registry::new();
         r.register::<Div>();
         let err = r.runner("nope", &[]).err().unwrap();
-        assert!(err.contains("does not offer task `nope`") && err.contains("div"), "{err}");
+        assert!(
+            err.contains("does not offer task `nope`") && err.contains("div"),
+            "{err}"
+        );
         assert!(r.runner("div", &[0xff]).is_err());
         assert_eq!(r.infos()[0].name, "div");
     }

@@ -143,14 +143,24 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
                             .unwrap_or_else(|| format!("#{}", record.seq));
                         info!("Process {pid} working record {label}");
                     }
+                    let started_us = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64);
+                    let t0 = Instant::now();
                     let outcome = runner.run_encoded(&record.payload);
+                    let nanos = t0.elapsed().as_nanos() as u64;
                     done += 1;
                     if let Outcome::Failed(f) = &outcome {
                         failed += 1;
-                        debug!("record #{} failed ({:?}): {}", record.seq, f.kind, f.message);
+                        debug!(
+                            "record #{} failed ({:?}): {}",
+                            record.seq, f.kind, f.message
+                        );
                     }
                     outcomes.push(RecordOutcome {
                         seq: record.seq,
+                        started_us,
+                        nanos,
                         outcome,
                     });
                     if flush_each {
@@ -249,7 +259,10 @@ pub fn main_with(registry: Registry) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(panic) => {
-            error!("worker panicked outside a task: {}", panic_message(panic.as_ref()));
+            error!(
+                "worker panicked outside a task: {}",
+                panic_message(panic.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,126 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  coordinator --workers 4
+      The demo: 7 scientists through `age`, 1 s of simulated work each, in about 2 s.
+  coordinator --workers 1        (about 7 s)    coordinator --workers 7   (about 1 s)
+  coordinator --input people.csv --task age --year 2000 --work-ms 0 --output ages.jsonl
+  seq 1 200 | sed 's/.*/{\"n\": &000}/' | coordinator --task primes --input - --workers 2
+  coordinator --input big.jsonl --output out.jsonl --timeout 5s --retries 3 --resume
+  coordinator tasks             List the tasks the worker binary offers.
+  RUST_LOG=debug coordinator    More detail on stderr (RUST_LOG=warn for less).
+
+Exit codes: 0 all records ok; 1 some records failed (error objects in their place
+on the output); 2 the run could not start or stopped on an error (bad input,
+missing worker binary, unknown task); 130 / 143 interrupted by SIGINT / SIGTERM.";
+
+/// Run records through a pool of worker processes; results come out in input order.
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version, after_help = EXAMPLES)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands; without one, the coordinator runs records.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// List the tasks the worker binary offers, with their input and output fields.
+    Tasks {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+}
+
+/// Where the worker binary is.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Worker binary [default: `worker` next to the coordinator's executable].
+    #[arg(long, value_name = "PATH")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Number of worker processes [default: number of CPUs].
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Input: a CSV file with a header, or JSON lines (`-` reads JSON lines from
+    /// stdin) [default: the built-in scientists data set].
+    #[arg(short, long, value_name = "PATH")]
+    pub input: Option<String>,
+
+    /// Output file for the JSON-lines results [default: stdout].
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Task to run: age, primes or locked (`coordinator tasks` lists them).
+    #[arg(short, long, default_value = "age", value_name = "NAME")]
+    pub task: String,
+
+    /// Simulated work per record for `age`, in ms [default: 1000 for the
+    /// built-in demo, 0 with --input].
+    #[arg(long, value_name = "MS")]
+    pub work_ms: Option<u64>,
+
+    /// Year that `age` computes ages for [default: the current year].
+    #[arg(long, value_name = "Y")]
+    pub year: Option<i32>,
+
+    /// Records per batch sent to a worker [default: adapted to the measured cost per record].
+    #[arg(long, value_name = "N")]
+    pub chunksize: Option<usize>,
+
+    /// Batches in flight per worker.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub in_flight: usize,
+
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+
+    /// Per-record time limit, e.g. `500ms`, `30s`: the worker is killed and
+    /// replaced and the record fails as timed out (not retried).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// How many times a record whose worker died is sent again before it fails.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub retries: u32,
+
+    /// Replace each worker after it has been given N records.
+    #[arg(long, value_name = "N")]
+    pub max_tasks_per_child: Option<u64>,
+
+    /// Stop at the first failed record (exit 1), the way Python's `map` raises.
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Skip malformed input records (counted and reported) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_input: bool,
+
+    /// Continue an interrupted run: keep the complete lines already in
+    /// --output and process only the records after them.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+
+    /// Largest input record accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_record_bytes: usize,
+
+    /// Seconds that workers get to finish their records on Ctrl-C or SIGTERM
+    /// before they are killed (a second Ctrl-C kills at once).
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+}

@@ -1,0 +1,295 @@
+//! A run: input reader thread -> pool -> ordered output, with signals,
+//! failure policy and resume.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use log::{error, info, warn};
+use procpool::{PoolBuilder, PoolError, RecordError, Task};
+use procpool_tasks::{Age, Locked, Primes};
+use serde::Serialize;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::cli::{RunArgs, WorkerArgs};
+use crate::input::{BadRecord, RecordReader};
+use crate::output::{self, Output};
+
+/// Tasks the command line can feed (it must know their input and output types).
+pub const CLI_TASKS: &[&str] = &["age", "primes", "locked"];
+
+/// The current year, for `age`'s default.
+fn current_year() -> i32 {
+    let now = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    now.get(..4).and_then(|y| y.parse().ok()).unwrap_or(2026)
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let demo = args.input.is_none();
+    match args.task.as_str() {
+        "age" => {
+            let task = Age {
+                year: args.year.unwrap_or_else(current_year),
+                work_ms: args.work_ms.unwrap_or(if demo { 1000 } else { 0 }),
+            };
+            run_task(args, task)
+        }
+        other if demo => bail!(
+            "task `{other}` needs --input (the built-in data set is for `age`)"
+        ),
+        "primes" => run_task(args, Primes),
+        "locked" => run_task(args, Locked),
+        other => bail!(
+            "unknown task `{other}`; the coordinator can run: {} (`coordinator tasks` lists what the worker binary offers)",
+            CLI_TASKS.join(", ")
+        ),
+    }
+}
+
+/// The worker binary to use, with a message that says how to get it.
+fn worker_bin(args: &WorkerArgs) -> anyhow::Result<PathBuf> {
+    let path = args
+        .worker_bin
+        .clone()
+        .or_else(procpool::default_worker_bin)
+        .unwrap_or_else(|| PathBuf::from("worker"));
+    if !path.exists() {
+        bail!(
+            "worker binary not found at {}: build it with `cargo build --release --workspace` \
+             (the coordinator looks for `worker` next to its own executable), or pass --worker-bin PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn explain(e: PoolError) -> anyhow::Error {
+    match e {
+        PoolError::WorkerBinNotExecutable { path } => anyhow!(
+            "worker binary {} is not executable (chmod +x it, or pass another --worker-bin)",
+            path.display()
+        ),
+        other => anyhow::Error::new(other),
+    }
+}
+
+pub fn list_tasks(worker: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let bin = worker_bin(worker)?;
+    let tasks = PoolBuilder::new()
+        .worker_bin(&bin)
+        .probe()
+        .map_err(explain)?;
+    println!("Tasks offered by {}:", bin.display());
+    for t in tasks {
+        println!("\n  {}  {}", t.name, t.description);
+        println!("      input:  {{{}}}", t.input_fields.join(", "));
+        println!("      output: {{{}}}", t.output_fields.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Counts kept by the input thread.
+#[derive(Default)]
+struct InputCounts {
+    skipped_bad: AtomicU64,
+}
+
+fn run_task<T: Task>(args: &RunArgs, task: T) -> anyhow::Result<ExitCode>
+where
+    T::Output: Serialize,
+{
+    let started = Instant::now();
+    let resume_from = match (&args.output, args.resume) {
+        (Some(path), true) => output::prepare_resume(path)?,
+        _ => 0,
+    };
+    let reader: RecordReader<T::Input> = match &args.input {
+        None => RecordReader::demo(args.max_record_bytes),
+        Some(path) => RecordReader::open(path, args.max_record_bytes)?,
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut builder = PoolBuilder::new()
+        .workers(workers)
+        .worker_bin(worker_bin(&args.worker)?)
+        .in_flight(args.in_flight)
+        .retries(args.retries)
+        .shutdown_grace(args.grace);
+    if let Some(n) = args.chunksize {
+        builder = builder.chunk_size(n);
+    }
+    if let Some(t) = args.timeout {
+        builder = builder.record_timeout(t);
+    }
+    if let Some(n) = args.max_tasks_per_child {
+        builder = builder.max_tasks_per_child(n);
+    }
+    let pool = builder.build(task).map_err(explain)?;
+    info!(
+        "{} workers ready (pids {:?}) in {:.3} s",
+        workers,
+        pool.pids(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Signals: the first stops dispatching and lets records in flight finish
+    // within the grace period; the second kills at once.
+    let signal = Arc::new(AtomicI32::new(0));
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let signals_handle = signals.handle();
+    {
+        let signal = signal.clone();
+        let canceller = pool.canceller();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if signal.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                        warn!(
+                            "{}: finishing records in flight, then stopping (again to stop at once)",
+                            procpool::signal_name(sig)
+                        );
+                    } else {
+                        warn!("{}: stopping now", procpool::signal_name(sig));
+                    }
+                    canceller.cancel();
+                }
+            })?;
+    }
+
+    // Input is parsed on its own thread, in slices, ahead of the pool.
+    let counts = Arc::new(InputCounts::default());
+    let (tx, rx) = sync_channel::<Vec<Result<T::Input, BadRecord>>>(8);
+    {
+        let counts = counts.clone();
+        let skip_bad = args.skip_bad_input;
+        thread::Builder::new().name("input".into()).spawn(move || {
+            let mut to_skip = resume_from;
+            let mut slice = Vec::with_capacity(256);
+            for item in reader {
+                match item {
+                    Ok(_) if to_skip > 0 => to_skip -= 1,
+                    Ok(record) => slice.push(Ok(record)),
+                    Err(bad) if skip_bad => {
+                        warn!("skipping bad input: {bad}");
+                        counts.skipped_bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(bad) => {
+                        slice.push(Err(bad));
+                        break;
+                    }
+                }
+                if slice.len() == 256 && tx.send(std::mem::take(&mut slice)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(slice);
+        })?;
+    }
+    let bad_input: Rc<RefCell<Option<BadRecord>>> = Rc::default();
+    let inputs = {
+        let bad_input = bad_input.clone();
+        rx.into_iter().flatten().map_while(move |item| match item {
+            Ok(record) => Some(record),
+            Err(bad) => {
+                *bad_input.borrow_mut() = Some(bad);
+                None
+            }
+        })
+    };
+
+    let mut out = Output::open(args.output.as_deref(), args.resume)?;
+    let mut records = 0u64;
+    let mut failures: Vec<(u64, RecordError)> = Vec::new();
+    let mut stopped_early = false;
+    for done in pool.map_detailed(inputs) {
+        let seq = resume_from + done.seq;
+        match done.result {
+            Ok(value) => out.ok(&value, done.duration)?,
+            Err(RecordError::Cancelled) => {
+                stopped_early = true;
+                break;
+            }
+            Err(e) => {
+                out.failed(seq, &e, done.duration)?;
+                error!("record #{seq} failed: {e}");
+                failures.push((seq, e));
+                if args.fail_fast {
+                    records += 1;
+                    stopped_early = true;
+                    let c = pool.canceller();
+                    c.cancel();
+                    c.cancel();
+                    break;
+                }
+            }
+        }
+        records += 1;
+    }
+    out.flush().context("cannot write the output")?;
+    let stats = pool.shutdown();
+    signals_handle.close();
+
+    let skipped = counts.skipped_bad.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut summary = format!(
+        "done: {records} records, {} failed, with {workers} workers ({} processes in all) in {elapsed:.3} s",
+        failures.len(),
+        stats.len()
+    );
+    if skipped > 0 {
+        summary.push_str(&format!("; {skipped} bad input records skipped"));
+    }
+    if resume_from > 0 {
+        summary.push_str(&format!("; resumed after {resume_from} records"));
+    }
+    info!("{summary}");
+    if !failures.is_empty() {
+        let shown: Vec<String> = failures
+            .iter()
+            .take(10)
+            .map(|(seq, e)| format!("#{seq}: {e}"))
+            .collect();
+        let more = failures.len().saturating_sub(10);
+        warn!(
+            "{} records failed: {}{}",
+            failures.len(),
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    let sig = signal.load(Ordering::SeqCst);
+    if sig != 0 {
+        warn!(
+            "interrupted by {}: output holds the first {} records in order",
+            procpool::signal_name(sig),
+            resume_from + records
+        );
+        return Ok(ExitCode::from(128 + sig as u8));
+    }
+    if let Some(bad) = bad_input.borrow_mut().take() {
+        bail!("{bad} (use --skip-bad-input to skip such records)");
+    }
+    if stopped_early && failures.is_empty() {
+        bail!("the run stopped before every record was processed");
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

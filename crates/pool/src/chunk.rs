@@ -1,0 +1,218 @@
+//! Chunks of encoded records, and the adaptive choice of their size.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Identifies one `map`, `map_unordered` or `submit` call.
+pub(crate) type JobId = u64;
+
+/// Most records in one batch.
+pub const MAX_BATCH_RECORDS: usize = 4096;
+/// Most payload bytes in one batch: below ipc-channel's fragment threshold
+/// (~212 KB here), above which every message costs an extra socket.
+pub const MAX_BATCH_BYTES: usize = 128 << 10;
+/// A batch is sized to keep a worker busy for about this long: long enough
+/// to amortise a round trip, short enough that work spreads evenly at the end.
+const TARGET_BATCH_NANOS: f64 = 4_000_000.0;
+
+/// Encoded records of one job, kept contiguous in one buffer. The
+/// supervisor keeps a chunk until every record in it has an outcome, so that
+/// the records of a worker that died can be sent again.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    pub job: JobId,
+    pub seqs: Vec<u64>,
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    /// How many workers died while running (part of) this chunk.
+    pub deaths: u32,
+}
+
+impl Chunk {
+    pub fn new(job: JobId) -> Self {
+        Chunk {
+            job,
+            ..Chunk::default()
+        }
+    }
+
+    /// Append one record: `encode` appends its payload to the buffer.
+    pub fn push_with<E>(
+        &mut self,
+        seq: u64,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.data.len();
+        match encode(&mut self.data) {
+            Ok(()) => {
+                self.seqs.push(seq);
+                self.ends.push(self.data.len());
+                Ok(())
+            }
+            Err(e) => {
+                self.data.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+
+    /// `(seq, payload)` of every record, for encoding a batch.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> + Clone + '_ {
+        (0..self.len()).map(move |i| (self.seqs[i], self.payload(i)))
+    }
+
+    /// Keep records `..at`, return records `at..` as a new chunk.
+    pub fn split_off(&mut self, at: usize) -> Chunk {
+        let byte_at = if at == 0 { 0 } else { self.ends[at - 1] };
+        let tail = Chunk {
+            job: self.job,
+            seqs: self.seqs.split_off(at),
+            data: self.data.split_off(byte_at),
+            ends: self
+                .ends
+                .split_off(at)
+                .into_iter()
+                .map(|e| e - byte_at)
+                .collect(),
+            deaths: self.deaths,
+        };
+        tail
+    }
+
+    /// One chunk per record, each keeping this chunk's death count.
+    pub fn into_singletons(mut self) -> Vec<Chunk> {
+        let mut out = Vec::with_capacity(self.len());
+        while self.len() > 1 {
+            let tail = self.split_off(self.len() - 1);
+            out.push(tail);
+        }
+        out.push(self);
+        out.reverse();
+        out
+    }
+}
+
+/// Picks the batch size from the measured cost per record, unless the user fixed it.
+#[derive(Debug)]
+pub(crate) struct Sizer {
+    fixed: Option<usize>,
+    suggested: AtomicUsize,
+    /// Smoothed cost per record in nanoseconds, as f64 bits (0 = not measured yet).
+    cost_bits: AtomicU64,
+}
+
+impl Sizer {
+    pub fn new(fixed: Option<usize>) -> Self {
+        Sizer {
+            fixed,
+            suggested: AtomicUsize::new(fixed.unwrap_or(1)),
+            cost_bits: AtomicU64::new(0),
+        }
+    }
+
+    /// Records per batch to use now.
+    pub fn batch_size(&self) -> usize {
+        self.suggested.load(Ordering::Relaxed)
+    }
+
+    /// Fold in a measurement: `records` took `busy_nanos` in a worker.
+    pub fn observe(&self, records: usize, busy_nanos: u64) {
+        if records == 0 {
+            return;
+        }
+        let sample = (busy_nanos as f64 / records as f64).max(1.0);
+        let old = f64::from_bits(self.cost_bits.load(Ordering::Relaxed));
+        let cost = if old == 0.0 {
+            sample
+        } else {
+            0.7 * old + 0.3 * sample
+        };
+        self.cost_bits.store(cost.to_bits(), Ordering::Relaxed);
+        if self.fixed.is_none() {
+            self.suggested.store(size_for_cost(cost), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Records per batch for a given cost per record.
+pub(crate) fn size_for_cost(cost_nanos: f64) -> usize {
+    ((TARGET_BATCH_NANOS / cost_nanos) as usize).clamp(1, MAX_BATCH_RECORDS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: u64) -> Chunk {
+        let mut c = Chunk::new(7);
+        for seq in 0..n {
+            c.push_with(seq, |buf| {
+                buf.extend(std::iter::repeat_n(seq as u8, seq as usize));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn payloads_split_and_singletons_keep_their_bytes() {
+        let mut c = chunk(5);
+        c.deaths = 2;
+        assert_eq!(c.payload(3), &[3, 3, 3]);
+        let tail = c.split_off(3);
+        assert_eq!(c.seqs, vec![0, 1, 2]);
+        assert_eq!(tail.seqs, vec![3, 4]);
+        assert_eq!(tail.payload(1), &[4, 4, 4, 4]);
+        assert_eq!(tail.deaths, 2);
+        let singles = chunk(4).into_singletons();
+        assert_eq!(singles.len(), 4);
+        for (i, s) in singles.iter().enumerate() {
+            assert_eq!(s.seqs, vec![i as u64]);
+            assert_eq!(s.payload(0).len(), i);
+        }
+    }
+
+    #[test]
+    fn failed_encode_leaves_no_trace() {
+        let mut c = chunk(2);
+        let before = c.bytes();
+        let r = c.push_with(9, |buf| {
+            buf.extend_from_slice(b"partial");
+            Err("too big")
+        });
+        assert_eq!(r, Err("too big"));
+        assert_eq!((c.len(), c.bytes()), (2, before));
+    }
+
+    #[test]
+    fn batch_size_follows_cost() {
+        assert_eq!(size_for_cost(1e9), 1); // one-second records: one at a time
+        assert_eq!(size_for_cost(1e5), 40); // 100 us records
+        assert_eq!(size_for_cost(100.0), MAX_BATCH_RECORDS); // tiny records
+        let s = Sizer::new(None);
+        assert_eq!(s.batch_size(), 1);
+        s.observe(10, 10_000); // 1 us per record
+        assert_eq!(s.batch_size(), MAX_BATCH_RECORDS);
+        let fixed = Sizer::new(Some(3));
+        fixed.observe(10, 10_000);
+        assert_eq!(fixed.batch_size(), 3);
+    }
+}

@@ -1,0 +1,606 @@
+//! The public face: `PoolBuilder`, `Pool`, its iterators and handles.
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo};
+
+use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
+use crate::error::{PoolError, RecordError};
+use crate::reorder::ReorderBuffer;
+use crate::stats::WorkerStats;
+use crate::supervisor::{Command, Completion, Event, Settings, Started, Supervisor};
+
+/// Configures and starts a [`Pool`].
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    workers: usize,
+    worker_bin: Option<PathBuf>,
+    chunk_size: Option<usize>,
+    in_flight: usize,
+    handshake_timeout: Duration,
+    record_timeout: Option<Duration>,
+    retries: u32,
+    max_tasks_per_child: Option<u64>,
+    shutdown_grace: Duration,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: thread::available_parallelism().map_or(1, |n| n.get()),
+            worker_bin: None,
+            chunk_size: None,
+            in_flight: 2,
+            handshake_timeout: Duration::from_secs(10),
+            record_timeout: None,
+            retries: 2,
+            max_tasks_per_child: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Defaults: one worker per CPU, adaptive chunk size, 2 batches in flight
+    /// per worker, 10 s handshake deadline, no record timeout, 2 retries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of worker processes (at least 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Path of the worker binary. Default: `worker` next to the current executable.
+    pub fn worker_bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_bin = Some(path.into());
+        self
+    }
+
+    /// Fix the number of records per batch. Default: adapted to the measured
+    /// cost per record (about 4 ms of work per batch, at most 4096 records
+    /// or 128 KiB).
+    pub fn chunk_size(mut self, records: usize) -> Self {
+        self.chunk_size = Some(records);
+        self
+    }
+
+    /// Batches outstanding per worker (at least 1; default 2).
+    pub fn in_flight(mut self, batches: usize) -> Self {
+        self.in_flight = batches;
+        self
+    }
+
+    /// Deadline for a worker to start, say hello and accept its task.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Per-record deadline: a record running longer fails as timed out and
+    /// its worker is killed and replaced. Timed-out records are not retried.
+    pub fn record_timeout(mut self, timeout: Duration) -> Self {
+        self.record_timeout = Some(timeout);
+        self
+    }
+
+    /// How many times a record whose worker died is sent again before it fails.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Replace each worker after it has been given this many records.
+    pub fn max_tasks_per_child(mut self, records: u64) -> Self {
+        self.max_tasks_per_child = Some(records);
+        self
+    }
+
+    /// How long `shutdown` and `cancel` wait for workers before killing them.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    fn resolved_bin(&self) -> Result<PathBuf, PoolError> {
+        match &self.worker_bin {
+            Some(p) => Ok(p.clone()),
+            None => default_worker_bin().ok_or_else(|| PoolError::WorkerBinMissing {
+                path: PathBuf::from("worker"),
+            }),
+        }
+    }
+
+    fn validate(&self) -> Result<(), PoolError> {
+        if self.workers == 0 {
+            return Err(PoolError::Config("workers must be at least 1".into()));
+        }
+        if self.in_flight == 0 {
+            return Err(PoolError::Config("in_flight must be at least 1".into()));
+        }
+        if self.chunk_size == Some(0) {
+            return Err(PoolError::Config("chunk size must be at least 1".into()));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(PoolError::Config(
+                "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        if self.record_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(PoolError::Config(
+                "the record timeout must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Start the workers and configure `task` on each. Returns once every
+    /// worker is ready, or with the first start-up error (missing binary,
+    /// handshake failure or timeout, a task the worker does not offer).
+    pub fn build<T: Task>(self, task: T) -> Result<Pool<T>, PoolError> {
+        let config = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
+        let core = self.start(Some((T::NAME.to_owned(), config)))?;
+        Ok(Pool {
+            core,
+            _task: PhantomData,
+        })
+    }
+
+    /// Start one worker, read its handshake and stop it: what tasks does this
+    /// worker binary offer?
+    pub fn probe(self) -> Result<Vec<TaskInfo>, PoolError> {
+        let core = self.workers(1).start(None)?;
+        let offered = core.offered.clone();
+        core.shutdown_inner();
+        Ok(offered)
+    }
+
+    fn start(self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+        self.validate()?;
+        let bin = self.resolved_bin()?;
+        crate::process::check_binary(&bin)?;
+        let sizer = Arc::new(Sizer::new(self.chunk_size));
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token)
+            .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let settings = Settings {
+            bin,
+            workers: self.workers,
+            in_flight: self.in_flight,
+            handshake_timeout: self.handshake_timeout,
+            record_timeout: self.record_timeout,
+            retries: self.retries,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task,
+            token,
+            sizer: sizer.clone(),
+        };
+        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        let (started_tx, started_rx) = mpsc::channel::<Result<Started, PoolError>>();
+        let supervisor = Supervisor::new(settings, events_tx.clone(), started_tx);
+        let thread = thread::Builder::new()
+            .name("procpool-supervisor".into())
+            .spawn(move || supervisor.run(events_rx))
+            .map_err(PoolError::Ipc)?;
+        // The supervisor enforces the handshake deadline; this one only
+        // guards against the supervisor itself going wrong.
+        let started = started_rx
+            .recv_timeout(self.handshake_timeout + Duration::from_secs(10))
+            .map_err(|_| PoolError::SupervisorGone)??;
+        Ok(Core {
+            events: events_tx,
+            thread: Some(thread),
+            sizer,
+            pids: started.pids,
+            offered: started.offered,
+            workers: self.workers,
+            in_flight: self.in_flight,
+            grace: self.shutdown_grace,
+            next_job: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The `worker` binary next to the running executable (or one directory up,
+/// for test binaries in `target/*/deps`).
+pub fn default_worker_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("worker"), dir.parent()?.join("worker")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .or_else(|| Some(dir.join("worker")))
+}
+
+struct Core {
+    events: Sender<Event>,
+    thread: Option<thread::JoinHandle<()>>,
+    sizer: Arc<Sizer>,
+    pids: Vec<u32>,
+    offered: Vec<TaskInfo>,
+    workers: usize,
+    in_flight: usize,
+    grace: Duration,
+    next_job: AtomicU64,
+}
+
+impl Core {
+    fn send(&self, command: Command) -> bool {
+        self.events.send(Event::Command(command)).is_ok()
+    }
+
+    fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::NewJob { id, results: tx });
+        (id, rx)
+    }
+
+    fn shutdown_inner(mut self) -> Vec<WorkerStats> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Vec<WorkerStats> {
+        let Some(thread) = self.thread.take() else {
+            return Vec::new();
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut stats = Vec::new();
+        if self.send(Command::Shutdown {
+            grace: self.grace,
+            reply: tx,
+        }) {
+            // Bounded: the supervisor kills what does not stop within the grace period.
+            if let Ok(s) = rx.recv() {
+                stats = s;
+            }
+        }
+        let _ = thread.join();
+        stats
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// A pool of worker processes running task `T`.
+///
+/// Dropping the pool shuts it down as [`Pool::shutdown`] does.
+pub struct Pool<T: Task> {
+    core: Core,
+    _task: PhantomData<fn(T)>,
+}
+
+/// One finished record with where and when it ran.
+#[derive(Debug)]
+pub struct Done<O> {
+    /// Position in the input.
+    pub seq: u64,
+    /// The worker that answered it (0 when no worker did, e.g. cancelled).
+    pub pid: u32,
+    /// When it started, in microseconds since the Unix epoch (0 if unknown).
+    pub started_us: u64,
+    /// How long it ran.
+    pub duration: Duration,
+    /// The result.
+    pub result: Result<O, RecordError>,
+}
+
+fn finish<O: serde::de::DeserializeOwned>(c: Completion) -> Done<O> {
+    let result = c.result.and_then(|bytes| {
+        decode_value::<O>(&bytes).map_err(|e| RecordError::BadOutput(e.to_string()))
+    });
+    Done {
+        seq: c.seq,
+        pid: c.pid,
+        started_us: c.started_us,
+        duration: Duration::from_nanos(c.nanos),
+        result,
+    }
+}
+
+impl<T: Task> Pool<T> {
+    /// A builder with the defaults.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    /// Results in input order, as an iterator. The input is consumed lazily:
+    /// only a bounded window of records is in flight or waiting to be
+    /// reordered, whatever the input's size.
+    pub fn map<'a, I>(
+        &'a self,
+        inputs: I,
+    ) -> impl Iterator<Item = Result<T::Output, RecordError>> + 'a
+    where
+        I: IntoIterator<Item = T::Input>,
+        I::IntoIter: 'a,
+    {
+        self.map_detailed(inputs).map(|d| d.result)
+    }
+
+    /// As [`Pool::map`], with each result's position, worker pid and timing.
+    pub fn map_detailed<I>(&self, inputs: I) -> MapIter<'_, T, I::IntoIter>
+    where
+        I: IntoIterator<Item = T::Input>,
+    {
+        MapIter::new(self, inputs.into_iter(), true)
+    }
+
+    /// Results as they complete, each with its position in the input.
+    pub fn map_unordered<I>(&self, inputs: I) -> MapIter<'_, T, I::IntoIter>
+    where
+        I: IntoIterator<Item = T::Input>,
+    {
+        MapIter::new(self, inputs.into_iter(), false)
+    }
+
+    /// Submit one record; wait on the returned handle for its result.
+    pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
+        let (job, rx) = self.core.new_job();
+        let mut chunk = Chunk::new(job);
+        let early = match chunk.push_with(0, |buf| encode_into(&input, buf)) {
+            Ok(()) => {
+                if !self.core.send(Command::Chunk(chunk)) {
+                    Some(RecordError::PoolBroken("the pool is shut down".into()))
+                } else {
+                    None
+                }
+            }
+            Err(e) => Some(RecordError::BadInput(e.to_string())),
+        };
+        Pending {
+            rx,
+            early,
+            events: self.core.events.clone(),
+            job,
+            _out: PhantomData,
+        }
+    }
+
+    /// Process ids of the workers started with the pool.
+    pub fn pids(&self) -> &[u32] {
+        &self.core.pids
+    }
+
+    /// The tasks the worker binary offers (from its handshake).
+    pub fn offered_tasks(&self) -> &[TaskInfo] {
+        &self.core.offered
+    }
+
+    /// Statistics of every worker that has run so far.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        let (tx, rx) = mpsc::channel();
+        if self.core.send(Command::Stats(tx)) {
+            rx.recv().unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A handle that can cancel the pool's work from another thread (e.g. a
+    /// signal handler thread).
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            events: self.core.events.clone(),
+            grace: self.core.grace,
+        }
+    }
+
+    /// Let submitted work finish, stop every worker (killing those that do
+    /// not exit within the grace period), reap them, and return statistics.
+    pub fn shutdown(self) -> Vec<WorkerStats> {
+        self.core.shutdown_inner()
+    }
+}
+
+/// Cancels a pool's work from any thread.
+#[derive(Clone)]
+pub struct Canceller {
+    events: Sender<Event>,
+    grace: Duration,
+}
+
+impl Canceller {
+    /// Stop dispatching: queued records end as cancelled, records in flight
+    /// may finish within the grace period, then their workers are killed.
+    /// A second call kills at once.
+    pub fn cancel(&self) {
+        let _ = self
+            .events
+            .send(Event::Command(Command::Cancel { grace: self.grace }));
+    }
+}
+
+/// The result of one [`Pool::submit`], to wait on.
+pub struct Pending<O> {
+    rx: Receiver<Vec<Completion>>,
+    early: Option<RecordError>,
+    events: Sender<Event>,
+    job: JobId,
+    _out: PhantomData<fn() -> O>,
+}
+
+impl<O: serde::de::DeserializeOwned> Pending<O> {
+    /// Wait for the result. Bounded by the pool: every record ends (with a
+    /// record timeout, within it), and a pool shut down ends it too.
+    pub fn wait(mut self) -> Result<O, RecordError> {
+        if let Some(e) = self.early.take() {
+            return Err(e);
+        }
+        match self.rx.recv() {
+            Ok(mut list) => match list.pop() {
+                Some(c) => finish(c).result,
+                None => Err(RecordError::Cancelled),
+            },
+            Err(_) => Err(RecordError::PoolBroken("the pool is shut down".into())),
+        }
+    }
+
+    /// Wait at most `timeout`; on timeout the handle is given back.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<O, RecordError>, Self> {
+        if let Some(e) = self.early.take() {
+            return Ok(Err(e));
+        }
+        match self.rx.recv_timeout(timeout) {
+            Ok(mut list) => Ok(list
+                .pop()
+                .map_or(Err(RecordError::Cancelled), |c| finish(c).result)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(Err(RecordError::PoolBroken("the pool is shut down".into())))
+            }
+        }
+    }
+}
+
+impl<O> Drop for Pending<O> {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Command(Command::EndJob(self.job)));
+    }
+}
+
+/// The iterator behind [`Pool::map_detailed`] and [`Pool::map_unordered`].
+pub struct MapIter<'p, T: Task, I> {
+    pool: &'p Pool<T>,
+    input: Option<I>,
+    job: JobId,
+    rx: Receiver<Vec<Completion>>,
+    ordered: bool,
+    reorder: ReorderBuffer<Completion>,
+    arrived: std::collections::VecDeque<Completion>,
+    next_seq: u64,
+    yielded: u64,
+}
+
+impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
+    fn new(pool: &'p Pool<T>, input: I, ordered: bool) -> Self {
+        let (job, rx) = pool.core.new_job();
+        MapIter {
+            pool,
+            input: Some(input),
+            job,
+            rx,
+            ordered,
+            reorder: ReorderBuffer::new(0),
+            arrived: Default::default(),
+            next_seq: 0,
+            yielded: 0,
+        }
+    }
+
+    /// Records read from the input but not yet yielded, at most.
+    fn window(&self) -> u64 {
+        let core = &self.pool.core;
+        (core.sizer.batch_size() * core.workers * (core.in_flight + 1)) as u64
+    }
+
+    /// Read input and send chunks while the window has room.
+    fn top_up(&mut self) {
+        while self.input.is_some() && self.next_seq - self.yielded < self.window() {
+            let room = self.window() - (self.next_seq - self.yielded);
+            let size = (self.pool.core.sizer.batch_size() as u64).min(room).max(1);
+            let mut chunk = Chunk::new(self.job);
+            while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
+                let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
+                    self.input = None;
+                    break;
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                if let Err(e) = chunk.push_with(seq, |buf| encode_into(&item, buf)) {
+                    // Never sent: fails here, in its place.
+                    self.accept(Completion {
+                        seq,
+                        pid: 0,
+                        started_us: 0,
+                        nanos: 0,
+                        result: Err(RecordError::BadInput(e.to_string())),
+                    });
+                }
+            }
+            if !chunk.is_empty() && !self.pool.core.send(Command::Chunk(chunk)) {
+                // The supervisor is gone: nothing more will arrive.
+                self.input = None;
+            }
+        }
+    }
+
+    fn accept(&mut self, c: Completion) {
+        if self.ordered {
+            self.reorder.insert(c.seq, c);
+        } else {
+            self.arrived.push_back(c);
+        }
+    }
+
+    fn take_ready(&mut self) -> Option<Completion> {
+        if self.ordered {
+            self.reorder.pop().map(|(_, c)| c)
+        } else {
+            self.arrived.pop_front()
+        }
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
+    type Item = Done<T::Output>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.top_up();
+            if let Some(c) = self.take_ready() {
+                self.yielded += 1;
+                return Some(finish(c));
+            }
+            if self.input.is_none() && self.yielded == self.next_seq {
+                return None;
+            }
+            // Bounded by the supervisor, which ends every record it holds
+            // (result, failure, timeout, cancel) and closes the channel if it dies.
+            match self.rx.recv() {
+                Ok(list) => {
+                    for c in list {
+                        self.accept(c);
+                    }
+                }
+                Err(_) => {
+                    // Supervisor gone: what is missing ends as broken.
+                    let missing = self.reorder.next_seq();
+                    self.input = None;
+                    if self.ordered && missing < self.next_seq {
+                        self.accept(Completion {
+                            seq: missing,
+                            pid: 0,
+                            started_us: 0,
+                            nanos: 0,
+                            result: Err(RecordError::PoolBroken("the pool stopped".into())),
+                        });
+                    } else {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: Task, I> Drop for MapIter<'_, T, I> {
+    fn drop(&mut self) {
+        self.pool.core.send(Command::EndJob(self.job));
+    }
+}

@@ -1,0 +1,212 @@
+//! One worker process seen from the coordinator: spawn, rendezvous,
+//! reader and writer threads, reaping.
+//!
+//! Every blocking call on the worker lives on a thread of its own (the
+//! accept thread, the reader, the writer) that reports to the supervisor's
+//! event channel, so the supervisor itself never blocks on a worker and can
+//! enforce every deadline.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
+use ipc_channel::IpcError;
+use procpool_protocol::{
+    decode, decode_prefix, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
+};
+
+use crate::error::{PoolError, WorkerExit};
+use crate::supervisor::Event;
+
+type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
+
+/// Check the worker binary before spawning anything, for a clear error.
+pub(crate) fn check_binary(path: &Path) -> Result<(), PoolError> {
+    let meta = std::fs::metadata(path).map_err(|_| PoolError::WorkerBinMissing {
+        path: path.to_owned(),
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(PoolError::WorkerBinNotExecutable {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A started worker process whose rendezvous is not yet accepted.
+pub(crate) struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+    server_name: String,
+}
+
+impl Spawned {
+    /// Unblock the accept thread when the worker will never connect: connect
+    /// to the rendezvous ourselves. The supervisor drops what arrives.
+    pub fn unblock_accept(&self) {
+        if let Ok(tx) = IpcSender::<Rendezvous>::connect(self.server_name.clone()) {
+            if let (Ok(a), Ok(b)) = (ipc::bytes_channel(), ipc::bytes_channel()) {
+                let _ = tx.send((a.0, b.1));
+            }
+        }
+    }
+}
+
+/// Start a worker process and a thread that waits for it to connect.
+///
+/// Must be called on the supervisor thread: `PR_SET_PDEATHSIG` in the worker
+/// fires when the *thread* that forked it exits.
+pub(crate) fn spawn(
+    bin: &Path,
+    token: &str,
+    slot: usize,
+    gen: u64,
+    events: &Sender<Event>,
+) -> Result<Spawned, PoolError> {
+    let (server, server_name) = IpcOneShotServer::<Rendezvous>::new().map_err(PoolError::Ipc)?;
+    // Workers write task output and logs to our stderr; stdout is the results'.
+    let stdout = io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let child = Command::new(bin)
+        .env(ENV_SERVER, &server_name)
+        .env(ENV_TOKEN, token)
+        .env(ENV_PARENT, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        // Own process group: a terminal's Ctrl-C reaches the coordinator
+        // only, which then shuts the workers down in order.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                PoolError::WorkerBinNotExecutable {
+                    path: bin.to_owned(),
+                }
+            } else {
+                PoolError::Spawn {
+                    path: bin.to_owned(),
+                    source,
+                }
+            }
+        })?;
+    let pid = child.id();
+    let events = events.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("procpool-accept-{pid}"))
+        .spawn(move || {
+            let result = server
+                .accept()
+                .map(|(_, pair)| pair)
+                .map_err(|e| format!("rendezvous failed: {e:?}"));
+            let _ = events.send(Event::Accepted { slot, gen, result });
+        });
+    if let Err(e) = spawned {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(PoolError::Ipc(e));
+    }
+    Ok(Spawned {
+        child,
+        pid,
+        server_name,
+    })
+}
+
+/// The coordinator's ends of a connected worker: a writer thread fed by a
+/// channel, and a reader thread feeding the supervisor.
+pub(crate) struct Connection {
+    writer: Option<Sender<Vec<u8>>>,
+}
+
+impl Connection {
+    pub fn start(
+        (to_worker, from_worker): Rendezvous,
+        slot: usize,
+        gen: u64,
+        events: &Sender<Event>,
+    ) -> io::Result<Connection> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        thread::Builder::new()
+            .name(format!("procpool-writer-{slot}"))
+            .spawn(move || {
+                // Ends when the supervisor drops its sender (the worker then
+                // sees its request channel close) or the worker is gone.
+                for message in rx {
+                    if to_worker.send(&message).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        let events = events.clone();
+        thread::Builder::new()
+            .name(format!("procpool-reader-{slot}"))
+            .spawn(move || read_loop(from_worker, slot, gen, events))?;
+        Ok(Connection { writer: Some(tx) })
+    }
+
+    /// Queue an encoded request. A closed writer means the worker is gone,
+    /// which the reader reports; nothing to do here.
+    pub fn send(&self, message: Vec<u8>) {
+        if let Some(w) = &self.writer {
+            let _ = w.send(message);
+        }
+    }
+}
+
+fn read_loop(rx: IpcBytesReceiver, slot: usize, gen: u64, events: Sender<Event>) {
+    let mut first = true;
+    let reason = loop {
+        let bytes = match rx.recv() {
+            Ok(bytes) => bytes,
+            Err(IpcError::Disconnected) => break None,
+            Err(e) => break Some(format!("channel error: {e:?}")),
+        };
+        if first {
+            first = false;
+            if let Ok((0, version)) = decode_prefix(&bytes) {
+                if version != PROTOCOL_VERSION {
+                    break Some(format!(
+                        "speaks protocol version {version}, this coordinator speaks version {PROTOCOL_VERSION}"
+                    ));
+                }
+            }
+        }
+        match decode::<WorkerMessage>(&bytes) {
+            Ok(message) => {
+                if events.send(Event::Message { slot, gen, message }).is_err() {
+                    return;
+                }
+            }
+            Err(e) => break Some(format!("sent a malformed message ({e})")),
+        }
+    };
+    let _ = events.send(Event::Closed { slot, gen, reason });
+}
+
+/// Reap a worker whose channel closed (it is exiting, or we killed it): wait
+/// briefly, then kill. Never blocks longer than `patience` plus a kill.
+pub(crate) fn reap(child: &mut Child, patience: Duration) -> WorkerExit {
+    let deadline = Instant::now() + patience;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.into(),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = child.kill();
+                return child.wait().map_or(WorkerExit::Unknown, WorkerExit::from);
+            }
+            Err(_) => return WorkerExit::Unknown,
+        }
+    }
+}
