@@ -483,7 +483,7 @@ fn json_reason(err: &serde_json::Error) -> String {
 /// comments): only enough of it to tell whether a `\n` ends the record or is
 /// inside a quoted field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quote {
+enum QuoteState {
     /// At the start of a field: a `"` opens a quoted field.
     FieldStart,
     /// In an unquoted field (or after a closed quote): `"` is literal.
@@ -492,12 +492,12 @@ enum Quote {
     Quoted,
     /// After a `"` in a quoted field: `"` is an escaped quote, anything else
     /// closes the quoted field.
-    QuotedQuote,
+    QuoteInQuoted,
 }
 
-impl Quote {
-    fn scan(self, bytes: &[u8]) -> Quote {
-        use Quote::*;
+impl QuoteState {
+    fn scan(self, bytes: &[u8]) -> QuoteState {
+        use QuoteState::*;
         if !bytes.contains(&b'"') {
             return match (self, bytes.last()) {
                 (_, None) => self,
@@ -507,9 +507,9 @@ impl Quote {
             };
         }
         bytes.iter().fold(self, |state, &b| match (state, b) {
-            (Quoted, b'"') => QuotedQuote,
+            (Quoted, b'"') => QuoteInQuoted,
             (Quoted, _) => Quoted,
-            (FieldStart | QuotedQuote, b'"') => Quoted,
+            (FieldStart | QuoteInQuoted, b'"') => Quoted,
             (_, b',') => FieldStart,
             _ => Unquoted,
         })
@@ -522,7 +522,7 @@ struct Feeder {
     data: Vec<u8>,
     pos: usize,
     /// Set when the parser asked for more than the record it was given:
-    /// then it disagrees with [`Quote`] about where the record ends.
+    /// then it disagrees with [`QuoteState`] about where the record ends.
     starved: bool,
 }
 
@@ -612,7 +612,7 @@ impl CsvParser {
         feeder.starved = false;
         // Room for the record and a `\r`.
         let cap = input.limit.saturating_add(1);
-        let mut quote = Quote::FieldStart;
+        let mut quote = QuoteState::FieldStart;
         // Bytes of the record so far, with the `\n`s inside it.
         let mut total: u64 = 0;
         let mut last = None;
@@ -634,13 +634,13 @@ impl CsvParser {
             input.line += 1;
             total += line.len + u64::from(line.newline);
             last = line.last.or(last);
-            if quote != Quote::Quoted || !line.newline {
+            if quote != QuoteState::Quoted || !line.newline {
                 break line.newline;
             }
             // A `\n` inside a quoted field: the record goes on.
             last = Some(b'\n');
         };
-        if quote == Quote::Quoted {
+        if quote == QuoteState::Quoted {
             return Some(Err(input.bad(
                 start,
                 "malformed CSV: unterminated quoted field (its closing quote is missing)".into(),
@@ -662,7 +662,7 @@ impl CsvParser {
         let parsed = self.parser.read_byte_record(&mut self.raw);
         let feeder = self.parser.get_ref();
         if parsed.is_err() || feeder.starved || feeder.pos != feeder.data.len() {
-            // Cannot happen as long as `Quote` agrees with csv_core; if it
+            // Cannot happen as long as `QuoteState` agrees with csv_core; if it
             // does not, start over with a fresh parser rather than let the
             // next record be glued to this one.
             self.parser = csv_reader();
@@ -1060,7 +1060,7 @@ mod tests {
         assert!(bad(&got[2])
             .1
             .starts_with("invalid type: string \"x\", expected i32 at column"));
-        assert_eq!(bad(&got[3]), (4, "missing field `nobel` at column 34"));
+        assert_eq!(bad(&got[3]), (4, "missing field `nobel` at column 33"));
         assert_eq!(bad(&got[4]).0, 6);
         assert!(bad(&got[4]).1.contains("trailing characters"));
         assert_eq!(bad(&got[5]).0, 7);
@@ -1070,7 +1070,7 @@ mod tests {
         let err = got[3].as_ref().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "test:4: missing field `nobel` at column 34"
+            "test:4: missing field `nobel` at column 33"
         );
     }
 
@@ -1239,16 +1239,16 @@ mod tests {
 
     #[test]
     fn quote_scan_matches_csv_rules() {
-        use Quote::*;
+        use QuoteState::*;
         assert_eq!(FieldStart.scan(b"a,\"b"), Quoted);
         assert_eq!(FieldStart.scan(b"a\"b"), Unquoted);
         assert_eq!(FieldStart.scan(b" \"b"), Unquoted);
         assert_eq!(FieldStart.scan(b"\"a\"\"b"), Quoted);
-        assert_eq!(FieldStart.scan(b"\"a\"\"b\""), QuotedQuote);
+        assert_eq!(FieldStart.scan(b"\"a\"\"b\""), QuoteInQuoted);
         assert_eq!(FieldStart.scan(b"\"a\"b,"), FieldStart);
         assert_eq!(Quoted.scan(b"abc"), Quoted);
-        assert_eq!(QuotedQuote.scan(b"x"), Unquoted);
-        assert_eq!(QuotedQuote.scan(b""), QuotedQuote);
+        assert_eq!(QuoteInQuoted.scan(b"x"), Unquoted);
+        assert_eq!(QuoteInQuoted.scan(b""), QuoteInQuoted);
         // Split anywhere, the scan gives the same answer.
         let line = b"\"a,\"\"b\",c\"d,\"e\nf\"\"\",\"";
         for split in 0..line.len() {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use log::{error, info, warn};
 use procpool::{PoolBuilder, PoolError, RecordError, Task};
-use procpool_tasks::{Age, Locked, Primes};
+use procpool_tasks::{Age, Fault, Locked, Primes};
 use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -24,7 +24,7 @@ use crate::input::{BadRecord, RecordReader};
 use crate::output::{self, Output};
 
 /// Tasks the command line can feed (it must know their input and output types).
-pub const CLI_TASKS: &[&str] = &["age", "primes", "locked"];
+pub const CLI_TASKS: &[&str] = &["age", "primes", "locked", "fault"];
 
 /// The current year, for `age`'s default.
 fn current_year() -> i32 {
@@ -34,6 +34,13 @@ fn current_year() -> i32 {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let demo = args.input.is_none();
+    if !CLI_TASKS.contains(&args.task.as_str()) {
+        bail!(
+            "unknown task `{}`; the coordinator can run: {} (`coordinator tasks` lists what the worker binary offers)",
+            args.task,
+            CLI_TASKS.join(", ")
+        );
+    }
     match args.task.as_str() {
         "age" => {
             let task = Age {
@@ -42,15 +49,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             };
             run_task(args, task)
         }
-        other if demo => bail!(
-            "task `{other}` needs --input (the built-in data set is for `age`)"
-        ),
+        other if demo => bail!("task `{other}` needs --input (the built-in data set is for `age`)"),
         "primes" => run_task(args, Primes),
         "locked" => run_task(args, Locked),
-        other => bail!(
-            "unknown task `{other}`; the coordinator can run: {} (`coordinator tasks` lists what the worker binary offers)",
-            CLI_TASKS.join(", ")
-        ),
+        "fault" => run_task(args, Fault),
+        other => unreachable!("task {other} is in CLI_TASKS but not dispatched"),
     }
 }
 

@@ -37,7 +37,7 @@ impl Default for PoolBuilder {
             worker_bin: None,
             chunk_size: None,
             in_flight: 2,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             record_timeout: None,
             retries: 2,
             max_tasks_per_child: None,
@@ -48,7 +48,7 @@ impl Default for PoolBuilder {
 
 impl PoolBuilder {
     /// Defaults: one worker per CPU, adaptive chunk size, 2 batches in flight
-    /// per worker, 10 s handshake deadline, no record timeout, 2 retries.
+    /// per worker, 5 s handshake deadline, no record timeout, 2 retries.
     pub fn new() -> Self {
         Self::default()
     }

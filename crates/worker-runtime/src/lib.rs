@@ -38,4 +38,4 @@ mod serve;
 
 pub use logging::init_logging;
 pub use registry::{Registry, Runner};
-pub use serve::{main_with, serve, ServeError};
+pub use serve::{main_with, serve, ServeError, ENV_FAULT};

@@ -35,6 +35,59 @@ pub enum ServeError {
     NotConfigured,
 }
 
+/// Environment variable that makes a worker misbehave on purpose, to test
+/// how coordinators cope. Values: `exit-before-hello`, `hang-before-hello`,
+/// `hang-after-connect`, `garbage-hello`, `wrong-version`, `wrong-token`,
+/// `crash-after:K` (abort after K records), `garbage-after:K` (send garbage
+/// after K records).
+pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InjectedFault {
+    None,
+    ExitBeforeHello,
+    HangBeforeHello,
+    HangAfterConnect,
+    GarbageHello,
+    WrongVersion,
+    WrongToken,
+    CrashAfter(u64),
+    GarbageAfter(u64),
+}
+
+impl InjectedFault {
+    fn from_env() -> Self {
+        let Ok(v) = std::env::var(ENV_FAULT) else {
+            return InjectedFault::None;
+        };
+        let after = |prefix: &str| v.strip_prefix(prefix).and_then(|k| k.parse().ok());
+        match v.as_str() {
+            "exit-before-hello" => InjectedFault::ExitBeforeHello,
+            "hang-before-hello" => InjectedFault::HangBeforeHello,
+            "hang-after-connect" => InjectedFault::HangAfterConnect,
+            "garbage-hello" => InjectedFault::GarbageHello,
+            "wrong-version" => InjectedFault::WrongVersion,
+            "wrong-token" => InjectedFault::WrongToken,
+            _ => {
+                if let Some(k) = after("crash-after:") {
+                    InjectedFault::CrashAfter(k)
+                } else if let Some(k) = after("garbage-after:") {
+                    InjectedFault::GarbageAfter(k)
+                } else {
+                    warn!("ignoring unknown {ENV_FAULT}={v}");
+                    InjectedFault::None
+                }
+            }
+        }
+    }
+}
+
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 /// Per-record log lines are for watching slow work: beyond a burst of
 /// `BURST` lines they are limited to `PER_SECOND`, and the rest are counted.
 struct LineBudget {
@@ -79,6 +132,12 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
     // Panics inside tasks are reported as failed records, with the message; the
     // default hook's extra stderr lines would only repeat them.
     std::panic::set_hook(Box::new(|_| {}));
+    let fault = InjectedFault::from_env();
+    match fault {
+        InjectedFault::ExitBeforeHello => std::process::exit(4),
+        InjectedFault::HangBeforeHello => hang(),
+        _ => {}
+    }
 
     let (to_coordinator, from_worker) = ipc::bytes_channel().map_err(ServeError::Connect)?;
     let (to_worker, requests) = ipc::bytes_channel().map_err(ServeError::Connect)?;
@@ -94,10 +153,27 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
         tx: to_coordinator,
         buf: Vec::with_capacity(64 << 10),
     };
+    let garbage = [0xFFu8; 37];
+    match fault {
+        InjectedFault::HangAfterConnect => hang(),
+        InjectedFault::GarbageHello => {
+            let _ = out.tx.send(&garbage);
+            hang();
+        }
+        _ => {}
+    }
     out.send(&WorkerMessage::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: if fault == InjectedFault::WrongVersion {
+            PROTOCOL_VERSION + 98
+        } else {
+            PROTOCOL_VERSION
+        },
         pid,
-        token,
+        token: if fault == InjectedFault::WrongToken {
+            "forged".into()
+        } else {
+            token
+        },
         tasks: registry.infos(),
     }))?;
 
@@ -137,6 +213,14 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
                 let mut outcomes = Vec::with_capacity(batch.records.len());
                 let mut started = Instant::now();
                 for record in batch.records {
+                    match fault {
+                        InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
+                        InjectedFault::GarbageAfter(k) if done >= k => {
+                            let _ = out.tx.send(&garbage);
+                            hang();
+                        }
+                        _ => {}
+                    }
                     if log::log_enabled!(log::Level::Info) && budget.allow() {
                         let label = runner
                             .label(&record.payload)

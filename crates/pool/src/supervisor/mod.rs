@@ -189,6 +189,8 @@ pub(crate) struct Supervisor {
     cancel_deadline: Option<Instant>,
     cancelled: bool,
     shutdown: Option<ShutdownState>,
+    /// Start-up failed: the supervisor ends.
+    aborted: bool,
 }
 
 const REAP_PATIENCE: Duration = Duration::from_millis(500);
@@ -216,6 +218,7 @@ impl Supervisor {
             cancel_deadline: None,
             cancelled: false,
             shutdown: None,
+            aborted: false,
         }
     }
 
@@ -237,7 +240,13 @@ impl Supervisor {
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
             }
+            if self.aborted {
+                break;
+            }
             self.check_deadlines();
+            if self.aborted {
+                break;
+            }
             if self.starting.is_some() && self.all_ready() {
                 let pids = self.workers.iter().map(|w| w.pid).collect();
                 if let Some(tx) = self.starting.take() {
@@ -260,6 +269,7 @@ impl Supervisor {
 
     /// Report a start-up failure to `build` and take everything down.
     fn fail_start(&mut self, error: PoolError) {
+        self.aborted = true;
         for w in &mut self.workers {
             w.kill();
             if let Some(s) = &w.spawned {

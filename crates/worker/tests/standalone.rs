@@ -1,0 +1,16 @@
+//! The worker binary run by hand (not by a coordinator) explains itself and exits 2.
+//! (This test also makes `cargo test` build the `worker` binary that the
+//! end-to-end tests in the repository's `tests/` spawn.)
+
+use std::process::Command;
+
+#[test]
+fn run_by_hand_it_explains_and_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .env_remove("PROCPOOL_SERVER")
+        .output()
+        .expect("run the worker binary");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a coordinator starts it"), "{stderr}");
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests: the real coordinator and worker binaries.
