@@ -10,8 +10,8 @@
 //! Record size limit: a record is measured as the bytes of its line(s) in the
 //! input, without the final line terminator (`\n` or `\r\n`). A record over
 //! `max_record_bytes` is reported as a [`BadRecord`] and skipped *without*
-//! being held in memory: at most `max_record_bytes + 1` bytes of it are kept,
-//! the rest is read and discarded. There is no "unlimited" value; pass
+//! being held in memory: at most `max_record_bytes + 2` bytes of it are
+//! kept, the rest is read and discarded. There is no "unlimited" value; pass
 //! `usize::MAX` for no practical limit.
 //!
 //! CSV details: the first non-blank line is the header; fields are split and
@@ -633,6 +633,11 @@ impl CsvParser {
             }
             input.line += 1;
             total += line.len + u64::from(line.newline);
+            // Past the limit, keep no more (`read_line` may still add a `\n`
+            // per line of a long quoted field).
+            if feeder.data.len() > cap.saturating_add(1) {
+                feeder.data.truncate(cap);
+            }
             last = line.last.or(last);
             if quote != QuoteState::Quoted || !line.newline {
                 break line.newline;
@@ -704,7 +709,7 @@ fn deserialize<T: DeserializeOwned>(
         };
         let field = err.field().and_then(|i| usize::try_from(i).ok());
         let name = field.and_then(|i| headers.get(i));
-        let value = field.and_then(|i| record.get(i));
+        let value = field.and_then(|i| record.get(i)).filter(|v| !v.is_empty());
         match (name, value, err.kind()) {
             (
                 Some(name),
@@ -987,6 +992,31 @@ mod tests {
             (3, "record is 1010 bytes, over the limit of 100 bytes")
         );
         assert_eq!(got[2].as_ref().unwrap(), &sci("ok", "b", 2, "yes"));
+    }
+
+    #[test]
+    fn csv_over_limit_quoted_field_is_not_buffered() {
+        let data = io::Cursor::new(format!("{HEADER}a,\"b"))
+            .chain(io::repeat(b'\n').take(1_000_000))
+            .chain(io::Cursor::new("\",1,no\nc,d,2,yes\n"));
+        let mut reader: RecordReader<Sci> = RecordReader::from_reader(
+            Box::new(BufReader::new(data)),
+            Format::Csv,
+            "big".into(),
+            100,
+        );
+        let err = reader.next().unwrap().unwrap_err();
+        assert_eq!(
+            (err.line, err.reason.as_str()),
+            (2, "record is 1000010 bytes, over the limit of 100 bytes")
+        );
+        let Parser::Csv(csv) = &mut reader.parser else {
+            unreachable!()
+        };
+        assert!(csv.parser.get_mut().data.capacity() < 1024);
+        let ok = reader.next().unwrap().unwrap();
+        assert_eq!(ok, sci("c", "d", 2, "yes"));
+        assert_eq!(reader.input.line, 1_000_003);
     }
 
     #[test]

@@ -509,11 +509,16 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         (core.sizer.batch_size() * core.workers * (core.in_flight + 1)) as u64
     }
 
-    /// Read input and send chunks while the window has room.
+    /// Read input and send whole chunks while the window has room for one.
     fn top_up(&mut self) {
-        while self.input.is_some() && self.next_seq - self.yielded < self.window() {
-            let room = self.window() - (self.next_seq - self.yielded);
-            let size = (self.pool.core.sizer.batch_size() as u64).min(room).max(1);
+        loop {
+            let size = self.pool.core.sizer.batch_size() as u64;
+            let outstanding = self.next_seq - self.yielded;
+            // Wait for room for a whole batch: topping up record by record as
+            // results are yielded would send one-record batches.
+            if self.input.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
+                break;
+            }
             let mut chunk = Chunk::new(self.job);
             while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
                 let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
