@@ -13,6 +13,9 @@ Examples:
   coordinator --input people.csv --task age --year 2000 --work-ms 0 --output ages.jsonl
   seq 1 200 | sed 's/.*/{\"n\": &000}/' | coordinator --task primes --input - --workers 2
   coordinator --input big.jsonl --output out.jsonl --timeout 5s --retries 3 --resume
+  coordinator --input big.jsonl --output out.jsonl --stats --joblog jobs.tsv --progress
+  coordinator --task locked --input n.jsonl --executor thread   (threads share one lock)
+  coordinator scale --workers 1,2,4 --executor process,thread --task locked
   coordinator tasks             List the tasks the worker binary offers.
   RUST_LOG=debug coordinator    More detail on stderr (RUST_LOG=warn for less).
 
@@ -39,6 +42,24 @@ pub enum Commands {
         #[command(flatten)]
         worker: WorkerArgs,
     },
+}
+
+/// Where tasks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// Worker processes (the pool).
+    Process,
+    /// Threads inside the coordinator, running the same task code.
+    Thread,
+}
+
+impl std::fmt::Display for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Executor::Process => "process",
+            Executor::Thread => "thread",
+        })
+    }
 }
 
 /// Where the worker binary is.
@@ -118,6 +139,34 @@ pub struct RunArgs {
     /// Largest input record accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_record_bytes: usize,
+
+    /// Where tasks run: worker processes, or threads inside the coordinator
+    /// (to compare: a task under a process-wide lock does not scale on threads).
+    #[arg(long, value_enum, default_value_t = Executor::Process)]
+    pub executor: Executor,
+
+    /// Show a progress bar with rate and ETA on stderr (default: only when
+    /// stderr is a terminal; when it is not, --progress logs a progress line every 2 s).
+    #[arg(long)]
+    pub progress: bool,
+
+    /// Never show a progress bar.
+    #[arg(long, conflicts_with = "progress")]
+    pub no_progress: bool,
+
+    /// Print a table of per-worker statistics at the end (pid, records,
+    /// failures, busy time, utilisation, how it ended).
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Write the per-worker statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+
+    /// Write one tab-separated line per record to FILE as results are
+    /// written: seq, pid, start (Unix seconds), duration (s), outcome.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
 
     /// Seconds that workers get to finish their records on Ctrl-C or SIGTERM
     /// before they are killed (a second Ctrl-C kills at once).

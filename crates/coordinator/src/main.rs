@@ -3,14 +3,29 @@
 mod cli;
 mod input;
 mod output;
+mod report;
 mod run;
+mod threads;
 
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::Parser;
+use indicatif::MultiProgress;
+
+/// Progress bars live here; log lines are printed above them.
+pub static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 
 fn main() -> ExitCode {
-    procpool_worker::init_logging("coordinator");
+    let logger = procpool_worker::build_logger("coordinator");
+    let level = logger.filter();
+    let multi = MULTI.get_or_init(MultiProgress::new).clone();
+    if indicatif_log_bridge::LogWrapper::new(multi, logger)
+        .try_init()
+        .is_ok()
+    {
+        log::set_max_level(level);
+    }
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Some(cli::Commands::Tasks { worker }) => run::list_tasks(&worker),

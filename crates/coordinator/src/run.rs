@@ -2,6 +2,7 @@
 //! failure policy and resume.
 
 use std::cell::RefCell;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -9,19 +10,22 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use log::{error, info, warn};
-use procpool::{PoolBuilder, PoolError, RecordError, Task};
+use procpool::{Done, PoolBuilder, PoolError, RecordError, Task};
 use procpool_tasks::{Age, Fault, Locked, Primes};
 use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{RunArgs, WorkerArgs};
+use crate::cli::{Executor, RunArgs, WorkerArgs};
 use crate::input::{BadRecord, RecordReader};
 use crate::output::{self, Output};
+use crate::report::{JobLog, Stats};
+use crate::threads::ThreadMap;
 
 /// Tasks the command line can feed (it must know their input and output types).
 pub const CLI_TASKS: &[&str] = &["age", "primes", "locked", "fault"];
@@ -105,6 +109,98 @@ struct InputCounts {
     skipped_bad: AtomicU64,
 }
 
+/// The progress display: a bar on a terminal, periodic log lines with
+/// `--progress` elsewhere, nothing otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    every: Option<(Instant, Duration)>,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(args: &RunArgs, multi: &MultiProgress, total: Option<u64>) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let started = Instant::now();
+        if args.no_progress || !(terminal || args.progress) {
+            return Progress {
+                bar: None,
+                every: None,
+                started,
+            };
+        }
+        if !terminal {
+            return Progress {
+                bar: None,
+                every: Some((started, Duration::from_secs(2))),
+                started,
+            };
+        }
+        let bar = multi.add(ProgressBar::no_length());
+        let style = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        Progress {
+            bar: Some(bar),
+            every: None,
+            started,
+        }
+    }
+
+    fn tick(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        } else if let Some((last, every)) = &mut self.every {
+            if last.elapsed() >= *every {
+                *last = Instant::now();
+                let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                info!("progress: {done} records, {rate:.0} records/s");
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Records in an input file, counted on a thread for the progress bar's ETA.
+fn count_records_in_background(path: Option<&str>, bar: Option<ProgressBar>) {
+    let (Some(path), Some(bar)) = (path, bar) else {
+        return;
+    };
+    if path == "-" {
+        return;
+    }
+    let path = path.to_owned();
+    let _ = thread::Builder::new().name("count".into()).spawn(move || {
+        use std::io::Read;
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return;
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut lines, mut last) = (0u64, b'\n');
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            last = buf[n - 1];
+        }
+        if last != b'\n' {
+            lines += 1;
+        }
+        let csv = path.ends_with(".csv");
+        bar.set_length(lines.saturating_sub(u64::from(csv)));
+    });
+}
+
 fn run_task<T: Task>(args: &RunArgs, task: T) -> anyhow::Result<ExitCode>
 where
     T::Output: Serialize,
@@ -121,28 +217,66 @@ where
     let workers = args
         .workers
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut builder = PoolBuilder::new()
-        .workers(workers)
-        .worker_bin(worker_bin(&args.worker)?)
-        .in_flight(args.in_flight)
-        .retries(args.retries)
-        .shutdown_grace(args.grace);
-    if let Some(n) = args.chunksize {
-        builder = builder.chunk_size(n);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
     }
-    if let Some(t) = args.timeout {
-        builder = builder.record_timeout(t);
-    }
-    if let Some(n) = args.max_tasks_per_child {
-        builder = builder.max_tasks_per_child(n);
-    }
-    let pool = builder.build(task).map_err(explain)?;
-    info!(
-        "{} workers ready (pids {:?}) in {:.3} s",
-        workers,
-        pool.pids(),
-        started.elapsed().as_secs_f64()
+    let multi = crate::MULTI.get().cloned().unwrap_or_default();
+    let mut progress = Progress::new(args, &multi, None);
+    count_records_in_background(
+        args.input.as_deref().or(Some("")).filter(|p| !p.is_empty()),
+        progress.bar.clone(),
     );
+    if args.input.is_none() {
+        if let Some(bar) = &progress.bar {
+            bar.set_length(7);
+        }
+    }
+
+    let (pool, thread_task) = match args.executor {
+        Executor::Process => {
+            let mut builder = PoolBuilder::new()
+                .workers(workers)
+                .worker_bin(worker_bin(&args.worker)?)
+                .in_flight(args.in_flight)
+                .retries(args.retries)
+                .shutdown_grace(args.grace);
+            if let Some(n) = args.chunksize {
+                builder = builder.chunk_size(n);
+            }
+            if let Some(t) = args.timeout {
+                builder = builder.record_timeout(t);
+            }
+            if let Some(n) = args.max_tasks_per_child {
+                builder = builder.max_tasks_per_child(n);
+            }
+            if progress.bar.is_some() {
+                // Worker lines go above the bar, never through it.
+                let multi = multi.clone();
+                builder = builder.worker_output(move |_pid, line| {
+                    multi.suspend(|| eprintln!("{line}"));
+                });
+            }
+            let pool = builder.build(task).map_err(explain)?;
+            info!(
+                "{} workers ready (pids {:?}) in {:.3} s",
+                workers,
+                pool.pids(),
+                started.elapsed().as_secs_f64()
+            );
+            (Some(pool), None)
+        }
+        Executor::Thread => {
+            if args.timeout.is_some() || args.max_tasks_per_child.is_some() {
+                bail!("--timeout and --max-tasks-per-child need worker processes (--executor process)");
+            }
+            info!(
+                "running `{}` on {workers} threads inside the coordinator",
+                T::NAME
+            );
+            (None, Some(task))
+        }
+    };
+    let canceller = pool.as_ref().map(|p| p.canceller());
 
     // Signals: the first stops dispatching and lets records in flight finish
     // within the grace period; the second kills at once.
@@ -151,7 +285,7 @@ where
     let signals_handle = signals.handle();
     {
         let signal = signal.clone();
-        let canceller = pool.canceller();
+        let canceller = canceller.clone();
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -163,8 +297,13 @@ where
                         );
                     } else {
                         warn!("{}: stopping now", procpool::signal_name(sig));
+                        if canceller.is_none() {
+                            std::process::exit(128 + sig);
+                        }
                     }
-                    canceller.cancel();
+                    if let Some(c) = &canceller {
+                        c.cancel();
+                    }
                 }
             })?;
     }
@@ -199,29 +338,56 @@ where
         })?;
     }
     let bad_input: Rc<RefCell<Option<BadRecord>>> = Rc::default();
+    let stop_input = Rc::new(std::cell::Cell::new(false));
     let inputs = {
         let bad_input = bad_input.clone();
-        rx.into_iter().flatten().map_while(move |item| match item {
-            Ok(record) => Some(record),
-            Err(bad) => {
-                *bad_input.borrow_mut() = Some(bad);
-                None
+        let stop_input = stop_input.clone();
+        let signal = signal.clone();
+        rx.into_iter().flatten().map_while(move |item| {
+            // Threads cannot be cancelled: stop feeding them instead.
+            if stop_input.get() || signal.load(Ordering::Relaxed) != 0 {
+                return None;
+            }
+            match item {
+                Ok(record) => Some(record),
+                Err(bad) => {
+                    *bad_input.borrow_mut() = Some(bad);
+                    None
+                }
             }
         })
     };
+    let results: Box<dyn Iterator<Item = Done<T::Output>> + '_> = match (&pool, thread_task) {
+        (Some(pool), _) => Box::new(pool.map_detailed(inputs)),
+        (None, Some(task)) => Box::new(ThreadMap::new(task, workers, inputs)?),
+        (None, None) => bail!("no executor"),
+    };
 
     let mut out = Output::open(args.output.as_deref(), args.resume)?;
+    let mut joblog = match &args.joblog {
+        Some(p) => Some(JobLog::create(p, args.resume)?),
+        None => None,
+    };
     let mut records = 0u64;
     let mut failures: Vec<(u64, RecordError)> = Vec::new();
     let mut stopped_early = false;
-    for done in pool.map_detailed(inputs) {
+    for done in results {
         let seq = resume_from + done.seq;
+        if matches!(done.result, Err(RecordError::Cancelled)) {
+            stopped_early = true;
+            break;
+        }
+        if let Some(j) = joblog.as_mut() {
+            j.record(
+                seq,
+                done.pid,
+                done.started_us,
+                done.duration,
+                done.result.as_ref().map(|_| ()),
+            )?;
+        }
         match done.result {
             Ok(value) => out.ok(&value, done.duration)?,
-            Err(RecordError::Cancelled) => {
-                stopped_early = true;
-                break;
-            }
             Err(e) => {
                 out.failed(seq, &e, done.duration)?;
                 error!("record #{seq} failed: {e}");
@@ -229,25 +395,47 @@ where
                 if args.fail_fast {
                     records += 1;
                     stopped_early = true;
-                    let c = pool.canceller();
-                    c.cancel();
-                    c.cancel();
+                    stop_input.set(true);
+                    if let Some(c) = &canceller {
+                        c.cancel();
+                        c.cancel();
+                    }
                     break;
                 }
             }
         }
         records += 1;
+        progress.tick(records);
     }
+    progress.finish();
     out.flush().context("cannot write the output")?;
-    let stats = pool.shutdown();
+    if let Some(j) = joblog.as_mut() {
+        j.flush().context("cannot write the job log")?;
+    }
+    let stats = pool.map(|p| p.shutdown()).unwrap_or_default();
     signals_handle.close();
 
     let skipped = counts.skipped_bad.load(Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let report = Stats::new(&stats, records, elapsed, &args.executor.to_string());
+    if args.stats {
+        if args.executor == Executor::Thread {
+            warn!("--stats reports worker processes; --executor thread has none");
+        } else {
+            multi.suspend(|| eprint!("{}", report.table()));
+        }
+    }
+    if let Some(path) = &args.stats_json {
+        report.write_json(path)?;
+    }
     let mut summary = format!(
-        "done: {records} records, {} failed, with {workers} workers ({} processes in all) in {elapsed:.3} s",
+        "done: {records} records, {} failed, with {workers} {} in {:.3} s",
         failures.len(),
-        stats.len()
+        match args.executor {
+            Executor::Process => format!("workers ({} processes in all)", stats.len()),
+            Executor::Thread => "threads".to_string(),
+        },
+        elapsed.as_secs_f64()
     );
     if skipped > 0 {
         summary.push_str(&format!("; {skipped} bad input records skipped"));

@@ -12,12 +12,13 @@ use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo}
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
+use crate::process::OutputHandler;
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
 use crate::supervisor::{Command, Completion, Event, Settings, Started, Supervisor};
 
 /// Configures and starts a [`Pool`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolBuilder {
     workers: usize,
     worker_bin: Option<PathBuf>,
@@ -28,6 +29,18 @@ pub struct PoolBuilder {
     retries: u32,
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
+    output: Option<OutputHandler>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("worker_bin", &self.worker_bin)
+            .field("chunk_size", &self.chunk_size)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for PoolBuilder {
@@ -42,6 +55,7 @@ impl Default for PoolBuilder {
             retries: 2,
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
+            output: None,
         }
     }
 }
@@ -107,6 +121,14 @@ impl PoolBuilder {
     /// How long `shutdown` and `cancel` wait for workers before killing them.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Hand every line that workers write to stdout or stderr to `handler`
+    /// (with the worker's pid) instead of passing it to this process's
+    /// stderr, e.g. to print it above a progress bar.
+    pub fn worker_output(mut self, handler: impl Fn(u32, &str) + Send + Sync + 'static) -> Self {
+        self.output = Some(Arc::new(handler));
         self
     }
 
@@ -183,6 +205,7 @@ impl PoolBuilder {
             task,
             token,
             sizer: sizer.clone(),
+            output: self.output.clone(),
         };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
         let (started_tx, started_rx) = mpsc::channel::<Result<Started, PoolError>>();

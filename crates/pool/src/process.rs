@@ -27,6 +27,9 @@ use crate::supervisor::Event;
 
 type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
 
+/// Receives each line a worker writes to its stdout or stderr, with its pid.
+pub type OutputHandler = std::sync::Arc<dyn Fn(u32, &str) + Send + Sync>;
+
 /// Check the worker binary before spawning anything, for a clear error.
 pub(crate) fn check_binary(path: &Path) -> Result<(), PoolError> {
     let meta = std::fs::metadata(path).map_err(|_| PoolError::WorkerBinMissing {
@@ -69,15 +72,29 @@ pub(crate) fn spawn(
     slot: usize,
     gen: u64,
     events: &Sender<Event>,
+    output: Option<&OutputHandler>,
 ) -> Result<Spawned, PoolError> {
     let (server, server_name) = IpcOneShotServer::<Rendezvous>::new().map_err(PoolError::Ipc)?;
-    // Workers write task output and logs to our stderr; stdout is the results'.
-    let stdout = io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
-    let child = Command::new(bin)
+    // Workers write task output and logs to our stderr, or to a handler that
+    // gets them line by line; never to our stdout, which is the results'.
+    let (stdout, stderr, pipe) = match output {
+        Some(_) => {
+            let (reader, writer) = io::pipe().map_err(PoolError::Ipc)?;
+            let writer2 = writer.try_clone().map_err(PoolError::Ipc)?;
+            (Stdio::from(writer), Stdio::from(writer2), Some(reader))
+        }
+        None => {
+            let stdout = io::stderr()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null());
+            (stdout, Stdio::inherit(), None)
+        }
+    };
+    let mut command = Command::new(bin);
+    command.stderr(stderr);
+    let child = command
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)
         .env(ENV_PARENT, std::process::id().to_string())
@@ -100,6 +117,20 @@ pub(crate) fn spawn(
             }
         })?;
     let pid = child.id();
+    if let (Some(reader), Some(handler)) = (pipe, output) {
+        let handler = handler.clone();
+        let _ = thread::Builder::new()
+            .name(format!("procpool-output-{pid}"))
+            .spawn(move || {
+                use std::io::BufRead;
+                for line in io::BufReader::new(reader).lines() {
+                    match line {
+                        Ok(line) => handler(pid, &line),
+                        Err(_) => break,
+                    }
+                }
+            });
+    }
     let events = events.clone();
     let spawned = thread::Builder::new()
         .name(format!("procpool-accept-{pid}"))

@@ -36,6 +36,6 @@ mod logging;
 mod registry;
 mod serve;
 
-pub use logging::init_logging;
+pub use logging::{build_logger, init_logging};
 pub use registry::{Registry, Runner};
 pub use serve::{main_with, serve, ServeError, ENV_FAULT};

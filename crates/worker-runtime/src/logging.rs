@@ -2,12 +2,12 @@
 
 use std::io::Write;
 
-/// Install an `env_logger` logger on stderr (`RUST_LOG` honoured, `info` by
-/// default) whose lines carry the role and process id. Does nothing if a
-/// logger is already installed.
-pub fn init_logging(role: &'static str) {
+/// An `env_logger` logger on stderr (`RUST_LOG` honoured, `info` by default)
+/// whose lines carry the role and process id, not yet installed: for
+/// wrapping (e.g. to print above a progress bar).
+pub fn build_logger(role: &'static str) -> env_logger::Logger {
     let pid = std::process::id();
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
             let ts = buf.timestamp_millis();
             writeln!(
@@ -17,5 +17,14 @@ pub fn init_logging(role: &'static str) {
                 record.args()
             )
         })
-        .try_init();
+        .build()
+}
+
+/// Install [`build_logger`]'s logger. Does nothing if a logger is already installed.
+pub fn init_logging(role: &'static str) {
+    let logger = build_logger(role);
+    let level = logger.filter();
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
 }

@@ -101,6 +101,7 @@ pub(crate) struct Settings {
     pub task: Option<(String, Vec<u8>)>,
     pub token: String,
     pub sizer: Arc<Sizer>,
+    pub output: Option<process::OutputHandler>,
 }
 
 /// What `Pool::build` learns once every worker is ready.
@@ -292,6 +293,7 @@ impl Supervisor {
             slot,
             gen,
             &self.events,
+            self.settings.output.as_ref(),
         )?;
         let pid = spawned.pid;
         info!("spawned worker pid={pid}");
