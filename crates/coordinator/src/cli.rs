@@ -37,11 +37,62 @@ pub struct Cli {
 /// Subcommands; without one, the coordinator runs records.
 #[derive(Debug, Subcommand)]
 pub enum Commands {
+    /// Run one workload at several worker counts and executors; print a
+    /// table (wall time, records/s, speed-up, efficiency) and draw a chart.
+    Scale(ScaleArgs),
     /// List the tasks the worker binary offers, with their input and output fields.
     Tasks {
         #[command(flatten)]
         worker: WorkerArgs,
     },
+}
+
+/// Options of `coordinator scale`.
+#[derive(Debug, Clone, Args)]
+pub struct ScaleArgs {
+    /// Worker counts to try.
+    #[arg(short, long, value_delimiter = ',', default_values_t = [1, 2, 4, 8])]
+    pub workers: Vec<usize>,
+
+    /// Executors to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Executor::Process, Executor::Thread])]
+    pub executor: Vec<Executor>,
+
+    /// Task: primes, locked or age.
+    #[arg(short, long, default_value = "primes")]
+    pub task: String,
+
+    /// Input file [default: --records copies of {"n": N} for primes/locked,
+    /// the scientists for age].
+    #[arg(short, long, value_name = "PATH")]
+    pub input: Option<String>,
+
+    /// Records generated for primes/locked without --input.
+    #[arg(long, default_value_t = 48)]
+    pub records: usize,
+
+    /// `n` of each generated primes/locked record.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub n: u64,
+
+    /// Simulated work per record for `age`, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub work_ms: u64,
+
+    /// Year for `age`.
+    #[arg(long, default_value_t = 2026)]
+    pub year: i32,
+
+    /// Runs per point; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+
+    /// Write the chart (SVG) here.
+    #[arg(long, value_name = "FILE", default_value = "scale.svg")]
+    pub chart: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 /// Where tasks run.

@@ -5,6 +5,7 @@ mod input;
 mod output;
 mod report;
 mod run;
+mod scale;
 mod threads;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Some(cli::Commands::Tasks { worker }) => run::list_tasks(&worker),
+        Some(cli::Commands::Scale(args)) => scale::scale(&args),
         None => run::run(&cli.run),
     };
     match result {

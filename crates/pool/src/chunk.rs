@@ -80,7 +80,7 @@ impl Chunk {
     /// Keep records `..at`, return records `at..` as a new chunk.
     pub fn split_off(&mut self, at: usize) -> Chunk {
         let byte_at = if at == 0 { 0 } else { self.ends[at - 1] };
-        let tail = Chunk {
+        Chunk {
             job: self.job,
             seqs: self.seqs.split_off(at),
             data: self.data.split_off(byte_at),
@@ -91,8 +91,7 @@ impl Chunk {
                 .map(|e| e - byte_at)
                 .collect(),
             deaths: self.deaths,
-        };
-        tail
+        }
     }
 
     /// One chunk per record, each keeping this chunk's death count.
