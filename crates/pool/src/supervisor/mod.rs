@@ -736,6 +736,16 @@ impl Supervisor {
         w.phase = Phase::Gone;
         let pid = w.pid;
         let held: usize = w.in_flight.iter().map(|f| f.chunk.len() - f.done).sum();
+        let held_seqs: Vec<u64> = w
+            .in_flight
+            .iter()
+            .flat_map(|f| f.chunk.seqs[f.done..].iter().copied())
+            .collect();
+        let held_desc = match held_seqs.as_slice() {
+            [] => "no records".to_owned(),
+            [one] => format!("record #{one}"),
+            [first, .., last] => format!("{held} records (#{first} to #{last})"),
+        };
         let end = match w.end.take() {
             Some(WorkerEnd::Recycled(_)) => WorkerEnd::Recycled(exit),
             Some(end) => end,
@@ -750,7 +760,7 @@ impl Supervisor {
             WorkerEnd::Stopped(_) | WorkerEnd::Recycled(_) => {
                 info!("worker pid={pid} exited ({exit}): {end}")
             }
-            _ => warn!("worker pid={pid} ended: {end}; it held {held} records"),
+            _ => warn!("worker pid={pid} ended: {end}; it held {held_desc}"),
         }
         let charge = matches!(end, WorkerEnd::Crashed(_) | WorkerEnd::ProtocolError(_))
             .then_some((pid, exit));
