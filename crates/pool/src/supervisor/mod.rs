@@ -165,6 +165,27 @@ impl Worker {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
         }
+        if let Some(s) = self.spawned.as_mut() {
+            let _ = s.child.kill();
+        }
+    }
+
+    /// Give up on a worker that is still starting (or must go now): kill it,
+    /// release its accept thread, reap it, and ignore what its threads still
+    /// report.
+    fn abandon(&mut self) {
+        self.kill();
+        if let Some(s) = self.spawned.take() {
+            s.unblock_accept();
+            self.child = Some(s.child);
+        }
+        if let Some(child) = self.child.as_mut() {
+            process::reap(child, REAP_PATIENCE);
+        }
+        self.child = None;
+        self.conn = None;
+        self.phase = Phase::Gone;
+        self.gen += 1;
     }
 }
 
@@ -272,13 +293,7 @@ impl Supervisor {
     fn fail_start(&mut self, error: PoolError) {
         self.aborted = true;
         for w in &mut self.workers {
-            w.kill();
-            if let Some(s) = &w.spawned {
-                s.unblock_accept();
-            }
-            if let Some(child) = w.child.as_mut() {
-                process::reap(child, REAP_PATIENCE);
-            }
+            w.abandon();
         }
         if let Some(tx) = self.starting.take() {
             let _ = tx.send(Err(error));
@@ -547,21 +562,7 @@ impl Supervisor {
 
     fn start_failed(&mut self, slot: usize, reason: String) {
         let pid = self.workers[slot].pid;
-        let w = &mut self.workers[slot];
-        w.kill();
-        if let Some(s) = &w.spawned {
-            s.unblock_accept();
-        }
-        if let Some(s) = w.spawned.take() {
-            w.child = Some(s.child);
-        }
-        if let Some(child) = w.child.as_mut() {
-            process::reap(child, REAP_PATIENCE);
-        }
-        w.child = None;
-        w.conn = None;
-        w.phase = Phase::Gone;
-        w.gen += 1; // ignore what its threads still report
+        self.workers[slot].abandon();
         if self.starting.is_some() {
             self.fail_start(PoolError::Handshake { pid, reason });
             return;
@@ -999,21 +1000,7 @@ impl Supervisor {
                         }
                         w.phase = Phase::Draining;
                     }
-                    Phase::Starting { .. } | Phase::Configuring { .. } => {
-                        w.kill();
-                        if let Some(s) = &w.spawned {
-                            s.unblock_accept();
-                        }
-                        if let Some(s) = w.spawned.take() {
-                            w.child = Some(s.child);
-                        }
-                        if let Some(c) = w.child.as_mut() {
-                            process::reap(c, REAP_PATIENCE);
-                        }
-                        w.child = None;
-                        w.phase = Phase::Gone;
-                        w.gen += 1;
-                    }
+                    Phase::Starting { .. } | Phase::Configuring { .. } => w.abandon(),
                     _ => {}
                 }
             }
