@@ -1,1 +1,15 @@
 //! End-to-end tests: the real coordinator and worker binaries.
+//!
+//! Run with `cargo test --workspace` (which also builds the `worker` binary
+//! these tests need next to the coordinator). Every coordinator run has a
+//! deadline (see `util`): a hang fails the test instead of blocking the suite.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+mod demo;
+mod faults;
+mod input;
+mod library;
+mod resume;
+mod signals;

@@ -3,23 +3,33 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use procpool::RecordError;
 use serde::Serialize;
 
-/// Writes one JSON object per line, flushing often enough that slow runs
-/// show each line as it completes and seldom enough that fast runs stay fast.
+/// Writes one JSON object per line. Lines of slow records are flushed at
+/// once; fast runs are buffered, and a background thread flushes whatever
+/// waits every 100 ms, so that a finished line never sits unwritten while a
+/// slow record runs.
 pub struct Output {
-    out: BufWriter<Box<dyn Write>>,
-    last_flush: Instant,
+    shared: Arc<Shared>,
+    line: Vec<u8>,
+}
+
+struct Shared {
+    out: Mutex<BufWriter<Box<dyn Write + Send>>>,
+    dirty: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Output {
     /// Stdout, or a file created (or, with `resume`, appended to).
     pub fn open(path: Option<&Path>, resume: bool) -> anyhow::Result<Output> {
-        let sink: Box<dyn Write> = match path {
+        let sink: Box<dyn Write + Send> = match path {
             None => Box::new(io::stdout()),
             Some(p) => {
                 let file = if resume {
@@ -30,15 +40,38 @@ impl Output {
                 Box::new(file.with_context(|| format!("cannot open output {}", p.display()))?)
             }
         };
+        let shared = Arc::new(Shared {
+            out: Mutex::new(BufWriter::with_capacity(256 << 10, sink)),
+            dirty: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("output-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(100));
+                let Some(shared) = weak.upgrade() else { return };
+                if shared.closed.load(Ordering::Relaxed) {
+                    return;
+                }
+                if shared.dirty.swap(false, Ordering::Relaxed) {
+                    if let Ok(mut out) = shared.out.lock() {
+                        // An error shows again on the writer's next flush.
+                        let _ = out.flush();
+                    }
+                }
+            })
+            .context("cannot start the output thread")?;
         Ok(Output {
-            out: BufWriter::with_capacity(256 << 10, sink),
-            last_flush: Instant::now(),
+            shared,
+            line: Vec::with_capacity(256),
         })
     }
 
     /// Write a result line.
     pub fn ok<O: Serialize>(&mut self, value: &O, took: Duration) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value).map_err(io::Error::other)?;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value).map_err(io::Error::other)?;
         self.end_line(took)
     }
 
@@ -48,23 +81,40 @@ impl Output {
             "seq": seq,
             "error": { "kind": error_kind(error), "message": error.to_string() },
         });
-        serde_json::to_writer(&mut self.out, &line).map_err(io::Error::other)?;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &line).map_err(io::Error::other)?;
         self.end_line(took)
     }
 
     fn end_line(&mut self, took: Duration) -> io::Result<()> {
-        self.out.write_all(b"\n")?;
-        if took >= Duration::from_millis(10)
-            || self.last_flush.elapsed() >= Duration::from_millis(50)
-        {
-            self.flush()?;
+        self.line.push(b'\n');
+        let mut out = self
+            .shared
+            .out
+            .lock()
+            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        out.write_all(&self.line)?;
+        if took >= Duration::from_millis(10) {
+            out.flush()?;
+        } else {
+            self.shared.dirty.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
 
+    /// Write out everything buffered.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.last_flush = Instant::now();
-        self.out.flush()
+        self.shared
+            .out
+            .lock()
+            .map_err(|_| io::Error::other("output lock poisoned"))?
+            .flush()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
     }
 }
 

@@ -208,7 +208,9 @@ mod tests {
         assert_eq!(size_for_cost(100.0), MAX_BATCH_RECORDS); // tiny records
         let s = Sizer::new(None);
         assert_eq!(s.batch_size(), 1);
-        s.observe(10, 10_000); // 1 us per record
+        s.observe(10, 10_000); // 1 us per record: 4 ms is 4000 records
+        assert_eq!(s.batch_size(), 4000);
+        s.observe(10, 10); // far cheaper: capped
         assert_eq!(s.batch_size(), MAX_BATCH_RECORDS);
         let fixed = Sizer::new(Some(3));
         fixed.observe(10, 10_000);

@@ -8,12 +8,12 @@
 //! so a task that takes a process-wide lock still runs in parallel.
 //!
 //! ```
-//! use procpool::Pool;
+//! use procpool::PoolBuilder;
 //! use procpool_tasks::{Primes, PrimesIn};
 //! # let bin = std::env::var("PROCPOOL_WORKER_BIN").unwrap_or_else(|_|
 //! #     concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/debug/worker").into());
 //!
-//! let pool = Pool::builder()
+//! let pool = PoolBuilder::new()
 //!     .workers(2)
 //!     .worker_bin(bin) // default: the `worker` binary next to this executable
 //!     .build(Primes)?;
@@ -60,7 +60,7 @@
 //! }
 //!
 //! // In the program that drives it (sharing the `Scale` type):
-//! let pool = procpool::Pool::builder().workers(4).worker_bin("target/release/my-worker")
+//! let pool = procpool::PoolBuilder::new().workers(4).worker_bin("target/release/my-worker")
 //!     .build(Scale { factor: 2.0 })?;
 //! for row in pool.map(rows) { println!("{:?}", row?); }
 //! ```
@@ -72,7 +72,7 @@
 //!
 //! Task errors and panics fail one record ([`RecordError`]); the worker lives
 //! on. A worker that dies is replaced and its records are sent again (a
-//! record that kills `retries + 1` workers fails). See the supervisor's
+//! record that kills `retries + 1` workers while running alone fails). See the supervisor's
 //! README for the worker lifecycle.
 
 mod chunk;

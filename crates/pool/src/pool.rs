@@ -337,11 +337,6 @@ fn finish<O: serde::de::DeserializeOwned>(c: Completion) -> Done<O> {
 }
 
 impl<T: Task> Pool<T> {
-    /// A builder with the defaults.
-    pub fn builder() -> PoolBuilder {
-        PoolBuilder::new()
-    }
-
     /// Results in input order, as an iterator. The input is consumed lazily:
     /// only a bounded window of records is in flight or waiting to be
     /// reordered, whatever the input's size.

@@ -784,34 +784,36 @@ impl Supervisor {
         if let (Some((pid, exit)), false) = (charge, chunks.is_empty()) {
             let mut running = chunks.remove(0);
             if self.settings.record_timeout.is_some() && running.len() > 1 {
-                // Record-by-record answers: only the first unanswered record was running.
+                // Record-by-record answers: the first unanswered record was running.
                 chunks.insert(0, running.split_off(1));
             }
-            running.deaths += 1;
-            let retries = self.settings.retries;
             if running.len() == 1 {
-                if running.deaths > retries {
+                // The one record that was running when the worker died.
+                running.deaths += 1;
+                if running.deaths > self.settings.retries {
                     let seq = running.seqs[0];
                     warn!(
-                        "record #{seq} given up after {} workers died running it",
+                        "record #{seq} given up: {} workers died running it",
                         running.deaths
                     );
+                    let attempts = running.deaths;
                     self.fail_chunk(
                         running,
                         RecordError::WorkerDied {
                             pid,
                             exit,
-                            attempts: self.settings.retries + 1,
+                            attempts,
                         },
                         pid,
                     );
                 } else {
                     back.push(running);
                 }
-            } else if running.deaths >= 2 || running.deaths > retries {
-                back.extend(running.into_singletons());
             } else {
-                back.push(running);
+                // Which record of the batch was running is unknown: nobody is
+                // charged, and each is sent again alone, so that a poison
+                // record is found by the deaths it causes by itself.
+                back.extend(running.into_singletons());
             }
         }
         back.extend(chunks);
@@ -926,22 +928,34 @@ impl Supervisor {
         if self.cancelled {
             return;
         }
+        // A record that a worker died running ("suspect") goes to a fresh
+        // worker when one is on its way, so that only deaths it causes
+        // itself count against it (not, say, a worker's leak that kills it
+        // at its Nth record whatever the record).
+        let fresh_coming = self
+            .workers
+            .iter()
+            .any(|w| matches!(w.phase, Phase::Starting { .. } | Phase::Configuring { .. }));
         while !self.pending.is_empty() {
             let limit = self.settings.in_flight;
             let max = self.settings.max_tasks_per_child;
-            let pick = self
-                .workers
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| {
-                    w.phase == Phase::Ready
-                        && w.in_flight.len() < limit
-                        && max.is_none_or(|m| w.assigned < m)
-                })
-                .min_by_key(|(_, w)| w.in_flight.len())
-                .map(|(slot, _)| slot);
-            let Some(slot) = pick else { break };
-            let Some(mut chunk) = self.pending.pop_front() else {
+            let eligible = |w: &Worker, suspect: bool| {
+                w.phase == Phase::Ready
+                    && w.in_flight.len() < limit
+                    && max.is_none_or(|m| w.assigned < m)
+                    && (!suspect || !fresh_coming || w.assigned == 0)
+            };
+            // The first of the next few queued chunks that some worker may take.
+            let pick = self.pending.iter().take(64).enumerate().find_map(|(i, c)| {
+                self.workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| eligible(w, c.deaths > 0))
+                    .min_by_key(|(_, w)| (w.in_flight.len(), w.assigned))
+                    .map(|(slot, _)| (i, slot))
+            });
+            let Some((index, slot)) = pick else { break };
+            let Some(mut chunk) = self.pending.remove(index) else {
                 break;
             };
             let w = &mut self.workers[slot];

@@ -1,0 +1,371 @@
+//! Bad input: named by file, line and reason; fatal (exit 2) unless
+//! `--skip-bad-input`, which skips and counts it.
+
+use std::time::Duration;
+
+use crate::util::{coordinator, tempdir, write_file, Output};
+
+/// One kind of bad input.
+struct Case {
+    name: &'static str,
+    /// File name (its extension picks the format).
+    file: &'static str,
+    contents: Vec<u8>,
+    task: &'static str,
+    extra: &'static [&'static str],
+    /// 1-based line of the (first) bad record.
+    line: u64,
+    /// Part of the reason.
+    reason: &'static str,
+    /// Output lines of the good records before the bad one.
+    before: Vec<&'static str>,
+    /// Output lines of the good records after it (all skipped bad records
+    /// left out), when the bad ones are skipped.
+    after: Vec<&'static str>,
+    /// How many bad records there are.
+    bad: usize,
+}
+
+const HEADER: &str = "name,field,born,nobel\n";
+
+fn cases() -> Vec<Case> {
+    let p1 = "{\"n\":10,\"primes\":4}";
+    let p3 = "{\"n\":30,\"primes\":10}";
+    let ada = "{\"name\":\"Ada\",\"age\":185}";
+    let cy = "{\"name\":\"Cy\",\"age\":100}";
+    let csv = |middle: &str| {
+        format!("{HEADER}Ada,math,1815,no\n{middle}Cy,physics,1900,yes\n").into_bytes()
+    };
+    let mut invalid_utf8_json = b"{\"n\":10}\n{\"n\":20,\"x\":\"\xff\xfe\"}\n".to_vec();
+    invalid_utf8_json.extend_from_slice(b"{\"n\":30}\n");
+    let mut invalid_utf8_csv = format!("{HEADER}Ada,math,1815,no\nB").into_bytes();
+    invalid_utf8_csv.extend_from_slice(b"\xC3ob,math,1900,no\nCy,physics,1900,yes\n");
+    let long = "x".repeat(300);
+    vec![
+        Case {
+            name: "wrong field type (JSON)",
+            file: "in.jsonl",
+            contents: b"{\"n\":10}\n{\"n\":\"twenty\"}\n{\"n\":30}\n".to_vec(),
+            task: "primes",
+            extra: &[],
+            line: 2,
+            reason: "invalid type",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "missing field (JSON)",
+            file: "in.ndjson",
+            contents: b"{\"n\":10}\n{\"m\":20}\n{\"n\":30}\n".to_vec(),
+            task: "primes",
+            extra: &[],
+            line: 2,
+            reason: "missing field `n`",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "malformed JSON",
+            file: "in.json",
+            contents: b"{\"n\":10}\n{\"n\":20\n{\"n\":30}\n".to_vec(),
+            task: "primes",
+            extra: &[],
+            line: 2,
+            reason: "invalid JSON",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "trailing characters (JSON)",
+            file: "in.jsonl",
+            contents: b"{\"n\":10}\n{\"n\":20} {\"n\":21}\n{\"n\":30}\n".to_vec(),
+            task: "primes",
+            extra: &[],
+            line: 2,
+            reason: "trailing characters",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "blank lines count in line numbers (JSON)",
+            file: "in.jsonl",
+            contents: b"{\"n\":10}\n\n   \n{\"n\":-1}\n{\"n\":30}\n".to_vec(),
+            task: "primes",
+            extra: &[],
+            line: 4,
+            reason: "invalid value",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "invalid UTF-8 (JSON)",
+            file: "in.jsonl",
+            contents: invalid_utf8_json,
+            task: "primes",
+            extra: &[],
+            line: 2,
+            reason: "invalid UTF-8",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "record over --max-record-bytes (JSON)",
+            file: "in.jsonl",
+            contents: format!("{{\"n\":10}}\n{{\"n\":20,\"pad\":\"{long}\"}}\n{{\"n\":30}}\n")
+                .into_bytes(),
+            task: "primes",
+            extra: &["--max-record-bytes", "100"],
+            line: 2,
+            reason: "over the limit of 100 bytes",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "sniffed JSON lines without an extension",
+            file: "input",
+            contents: b"{\"n\":10}\n{\"n\":true}\n{\"n\":30}\n".to_vec(),
+            task: "primes",
+            extra: &[],
+            line: 2,
+            reason: "invalid type",
+            before: vec![p1],
+            after: vec![p3],
+            bad: 1,
+        },
+        Case {
+            name: "wrong field type (CSV)",
+            file: "in.csv",
+            contents: csv("Bob,math,abc,no\n"),
+            task: "age",
+            extra: &[],
+            line: 3,
+            reason: "born",
+            before: vec![ada],
+            after: vec![cy],
+            bad: 1,
+        },
+        Case {
+            name: "bad yes/no (CSV)",
+            file: "in.csv",
+            contents: csv("Bob,math,1900,maybe\n"),
+            task: "age",
+            extra: &[],
+            line: 3,
+            reason: "maybe",
+            before: vec![ada],
+            after: vec![cy],
+            bad: 1,
+        },
+        Case {
+            name: "wrong number of fields (CSV)",
+            file: "in.csv",
+            contents: csv("Bob,math,1900\n"),
+            task: "age",
+            extra: &[],
+            line: 3,
+            reason: "wrong number of fields",
+            before: vec![ada],
+            after: vec![cy],
+            bad: 1,
+        },
+        Case {
+            name: "invalid UTF-8 (CSV)",
+            file: "in.csv",
+            contents: invalid_utf8_csv,
+            task: "age",
+            extra: &[],
+            line: 3,
+            reason: "invalid UTF-8",
+            before: vec![ada],
+            after: vec![cy],
+            bad: 1,
+        },
+        Case {
+            name: "record over --max-record-bytes (CSV)",
+            file: "in.csv",
+            contents: csv(&format!("{long},math,1900,no\n")),
+            task: "age",
+            extra: &["--max-record-bytes", "100"],
+            line: 3,
+            reason: "over the limit of 100 bytes",
+            before: vec![ada],
+            after: vec![cy],
+            bad: 1,
+        },
+        Case {
+            name: "several bad records (CSV)",
+            file: "in.csv",
+            contents: csv("Bob,math,abc,no\n\nBo,math\nBe,math,1,sometimes\n"),
+            task: "age",
+            extra: &[],
+            line: 3,
+            reason: "born",
+            before: vec![ada],
+            after: vec![cy],
+            bad: 3,
+        },
+        Case {
+            // The quoted field runs to the end of the input: nothing after it.
+            name: "unterminated quote (CSV)",
+            file: "in.csv",
+            contents: csv("Bob,\"math,1900,no\n"),
+            task: "age",
+            extra: &[],
+            line: 3,
+            reason: "unterminated quoted field",
+            before: vec![ada],
+            after: vec![],
+            bad: 1,
+        },
+    ]
+}
+
+fn run_case(case: &Case, skip: bool) -> (Output, String) {
+    let dir = tempdir();
+    let path = write_file(dir.path(), case.file, &case.contents);
+    let mut cmd = coordinator(["--task", case.task, "--input", &path, "--workers", "2"])
+        .args(["--year", "2000"])
+        .args(case.extra);
+    if skip {
+        cmd = cmd.arg("--skip-bad-input");
+    }
+    (cmd.run(), path)
+}
+
+#[test]
+fn bad_input_stops_the_run_naming_file_and_line() {
+    for case in cases() {
+        let (out, path) = run_case(&case, false);
+        assert_eq!(
+            out.code(),
+            Some(2),
+            "{}: {:?}\n{}",
+            case.name,
+            out.status,
+            out.stderr
+        );
+        let msg = out.the_error();
+        let place = format!("{path}:{}: ", case.line);
+        assert!(
+            msg.starts_with(&place),
+            "{}: {msg} (expected {place})",
+            case.name
+        );
+        assert!(msg.contains(case.reason), "{}: {msg}", case.name);
+        assert!(msg.contains("--skip-bad-input"), "{}: {msg}", case.name);
+        // Whatever was output before stopping is the records before it, in order.
+        let lines = out.lines();
+        assert!(
+            case.before.starts_with(&lines),
+            "{}: output {lines:?} is not a prefix of {:?}",
+            case.name,
+            case.before
+        );
+        out.assert_no_panic();
+        out.assert_no_workers_left(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn skip_bad_input_skips_and_counts() {
+    for case in cases() {
+        let (out, path) = run_case(&case, true);
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "{}: {:?}\n{}",
+            case.name,
+            out.status,
+            out.stderr
+        );
+        let expected: Vec<&str> = case.before.iter().chain(&case.after).copied().collect();
+        assert_eq!(out.lines(), expected, "{}", case.name);
+        let warning = format!("skipping bad input: {path}:{}: ", case.line);
+        assert!(
+            out.stderr.contains(&warning) && out.stderr.contains(case.reason),
+            "{}: no warning {warning:?}:\n{}",
+            case.name,
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.matches("skipping bad input: ").count(),
+            case.bad,
+            "{}",
+            case.name
+        );
+        let summary = out.summary().expect("summary");
+        assert!(
+            summary.contains(&format!("; {} bad input records skipped", case.bad)),
+            "{}: {summary}",
+            case.name
+        );
+        assert!(out.error_message().is_none(), "{}", case.name);
+    }
+}
+
+#[test]
+fn bad_input_on_stdin_is_named_stdin() {
+    let out = coordinator(["--task", "primes", "--input", "-", "--workers", "1"])
+        .stdin("{\"n\":10}\nnot json\n")
+        .run();
+    out.assert_code(2);
+    let msg = out.the_error();
+    assert!(msg.starts_with("<stdin>:2: "), "{msg}");
+    let out = coordinator(["--task", "primes", "--input", "-", "--workers", "1"])
+        .arg("--skip-bad-input")
+        .stdin("{\"n\":10}\nnot json\n{\"n\":30}")
+        .run();
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout_str(),
+        "{\"n\":10,\"primes\":4}\n{\"n\":30,\"primes\":10}\n"
+    );
+}
+
+#[test]
+fn unreadable_inputs_exit_2() {
+    let dir = tempdir();
+    let missing = dir.path().join("missing.csv");
+    let out = coordinator(["--workers", "1", "--input"])
+        .arg(&missing)
+        .run();
+    out.assert_code(2);
+    let msg = out.the_error();
+    assert!(msg.contains("cannot open"), "{msg}");
+    assert!(msg.contains(missing.to_str().unwrap()), "{msg}");
+    let out = coordinator(["--workers", "1", "--input"])
+        .arg(dir.path())
+        .run();
+    out.assert_code(2);
+    assert!(out.the_error().contains("directory"), "{}", out.stderr);
+}
+
+#[test]
+fn the_last_line_needs_no_newline_and_crlf_is_fine() {
+    let dir = tempdir();
+    let csv = write_file(
+        dir.path(),
+        "in.csv",
+        "name,field,born,nobel\r\nAda,math,1815,no\r\n\r\nCy,physics,1900,yes",
+    );
+    let out = coordinator(["--input", &csv, "--year", "2000", "--workers", "2"]).run();
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout_str(),
+        "{\"name\":\"Ada\",\"age\":185}\n{\"name\":\"Cy\",\"age\":100}\n"
+    );
+    let json = write_file(dir.path(), "in.jsonl", "{\"n\":10}\r\n\r\n{\"n\":30}");
+    let out = coordinator(["--task", "primes", "--input", &json, "--workers", "2"]).run();
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout_str(),
+        "{\"n\":10,\"primes\":4}\n{\"n\":30,\"primes\":10}\n"
+    );
+}

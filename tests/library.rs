@@ -1,0 +1,312 @@
+//! The `procpool` library driven directly, with the real worker binary.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use procpool::{Pool, PoolBuilder, PoolError, RecordError, Task, TaskError};
+use procpool_tasks::{Fault, FaultIn, Primes, PrimesIn};
+use serde::{Deserialize, Serialize};
+
+use crate::util::{alive, worker_bin};
+
+/// Run `f` on its own thread and fail the test if it takes longer than
+/// `deadline` (a hang), instead of blocking the suite.
+fn within<R: Send + 'static>(deadline: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(r) => {
+            let _ = handle.join();
+            r
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: not done within {deadline:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the closure returned without sending"),
+        },
+    }
+}
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn primes_pool(workers: usize) -> Pool<Primes> {
+    procpool::PoolBuilder::new()
+        .workers(workers)
+        .worker_bin(worker_bin())
+        .build(Primes)
+        .unwrap_or_else(|e| panic!("build: {e}"))
+}
+
+fn inputs(count: u64) -> Vec<PrimesIn> {
+    // Mixed sizes so that completion order differs from input order.
+    (0..count)
+        .map(|i| PrimesIn {
+            n: if i % 5 == 0 { 100_000 + i } else { i * 13 },
+        })
+        .collect()
+}
+
+#[test]
+fn map_unordered_submit_and_shutdown_stats() {
+    within(DEADLINE, || {
+        let pool = primes_pool(2);
+        assert_eq!(pool.pids().len(), 2);
+        for &pid in pool.pids() {
+            assert!(alive(pid), "worker {pid} is not running");
+        }
+        let names: Vec<&str> = pool
+            .offered_tasks()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        for task in ["age", "primes", "locked", "fault"] {
+            assert!(names.contains(&task), "{names:?}");
+        }
+
+        // map: in order, correct.
+        let ins = inputs(300);
+        let got: Vec<u64> = pool.map(ins.clone()).map(|r| r.unwrap().primes).collect();
+        let expected: Vec<u64> = ins
+            .iter()
+            .map(|i| procpool_tasks::count_primes_below(i.n))
+            .collect();
+        assert_eq!(got, expected);
+
+        // map_detailed: seqs in order, every pid a worker's.
+        let pids = pool.pids().to_vec();
+        let detailed: Vec<_> = pool.map_detailed(inputs(50)).collect();
+        for (i, d) in detailed.iter().enumerate() {
+            assert_eq!(d.seq, i as u64);
+            assert!(pids.contains(&d.pid), "{} is not one of {pids:?}", d.pid);
+            assert!(d.started_us > 0);
+            assert_eq!(
+                d.result.as_ref().unwrap().primes,
+                procpool_tasks::count_primes_below(inputs(50)[i].n)
+            );
+        }
+
+        // map_unordered: the same multiset, each with its position.
+        let mut by_seq = BTreeMap::new();
+        for d in pool.map_unordered(ins.clone()) {
+            let out = d.result.unwrap();
+            assert_eq!(out.n, ins[d.seq as usize].n);
+            assert!(
+                by_seq.insert(d.seq, out.primes).is_none(),
+                "seq {} twice",
+                d.seq
+            );
+        }
+        assert_eq!(by_seq.len(), ins.len());
+        assert_eq!(by_seq.into_values().collect::<Vec<_>>(), expected);
+
+        // submit: one at a time, and several outstanding.
+        assert_eq!(pool.submit(PrimesIn { n: 100 }).wait().unwrap().primes, 25);
+        let pending: Vec<_> = (1..=5u64)
+            .map(|k| pool.submit(PrimesIn { n: k * 10 }))
+            .collect();
+        let counts: Vec<u64> = pending
+            .into_iter()
+            .map(|p| p.wait().unwrap().primes)
+            .collect();
+        assert_eq!(counts, [4, 8, 10, 12, 15]);
+
+        // An empty input is fine.
+        assert_eq!(pool.map(Vec::new()).count(), 0);
+
+        let live = pool.stats();
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|s| s.end.is_none()));
+
+        let processed = (300 + 50 + 300 + 1 + 5) as u64;
+        let stats = pool.shutdown();
+        assert_eq!(stats.len(), 2, "{stats:?}");
+        assert_eq!(stats.iter().map(|s| s.records).sum::<u64>(), processed);
+        assert!(stats.iter().all(|s| s.failed == 0));
+        for s in &stats {
+            assert!(
+                matches!(s.end, Some(procpool::WorkerEnd::Stopped(_))),
+                "{s:?}"
+            );
+            assert!((0.0..=1.0).contains(&s.utilisation()));
+        }
+        // Shut down means reaped.
+        for pid in pids {
+            assert!(!alive(pid), "worker {pid} survived shutdown");
+        }
+    });
+}
+
+/// A task that the worker binary does not offer.
+#[derive(Serialize, Deserialize)]
+struct Nope;
+
+impl Task for Nope {
+    const NAME: &'static str = "nope";
+    type Input = u64;
+    type Output = u64;
+    fn run(&self, x: u64) -> Result<u64, TaskError> {
+        Ok(x)
+    }
+}
+
+#[test]
+fn a_task_the_worker_does_not_offer_is_rejected_in_build() {
+    let (result, took) = within(Duration::from_secs(20), || {
+        let start = Instant::now();
+        let result = PoolBuilder::new()
+            .workers(2)
+            .worker_bin(worker_bin())
+            .build(Nope)
+            .err();
+        (result, start.elapsed())
+    });
+    match result {
+        Some(PoolError::TaskRejected { reason }) => {
+            assert!(reason.contains("nope"), "{reason}");
+            assert!(reason.contains("primes"), "names what it offers: {reason}");
+        }
+        Some(other) => panic!("expected TaskRejected, got {other:?}"),
+        None => panic!("a pool for task `nope` was built"),
+    }
+    assert!(
+        took < Duration::from_secs(10),
+        "rejected only after {took:?}"
+    );
+}
+
+#[test]
+fn a_missing_or_unusable_binary_fails_in_build() {
+    within(DEADLINE, || {
+        let err = PoolBuilder::new()
+            .workers(1)
+            .worker_bin("/nonexistent/worker")
+            .build(Primes)
+            .err();
+        assert!(
+            matches!(&err, Some(PoolError::WorkerBinMissing { path }) if path.to_str() == Some("/nonexistent/worker")),
+            "{err:?}"
+        );
+        let dir = crate::util::tempdir();
+        let err = PoolBuilder::new()
+            .workers(1)
+            .worker_bin(dir.path())
+            .build(Primes)
+            .err();
+        assert!(
+            matches!(err, Some(PoolError::WorkerBinNotExecutable { .. })),
+            "{err:?}"
+        );
+        let err = PoolBuilder::new()
+            .workers(0)
+            .worker_bin(worker_bin())
+            .build(Primes)
+            .err();
+        assert!(matches!(err, Some(PoolError::Config(_))), "{err:?}");
+    });
+}
+
+#[test]
+fn probe_lists_the_tasks() {
+    let tasks = within(DEADLINE, || {
+        procpool::PoolBuilder::new()
+            .worker_bin(worker_bin())
+            .probe()
+            .unwrap()
+    });
+    let primes = tasks.iter().find(|t| t.name == "primes").expect("primes");
+    assert_eq!(primes.input_fields, ["n"]);
+    assert_eq!(primes.output_fields, ["n", "primes"]);
+}
+
+#[test]
+fn record_failures_through_the_library() {
+    within(DEADLINE, || {
+        let pool = PoolBuilder::new()
+            .workers(2)
+            .worker_bin(worker_bin())
+            .record_timeout(Duration::from_millis(500))
+            .build(Fault)
+            .unwrap_or_else(|e| panic!("build: {e}"));
+        let faults = ["", "error", "panic", "abort", "hang", "", "sleep:10", ""];
+        let ins: Vec<FaultIn> = faults
+            .iter()
+            .enumerate()
+            .map(|(n, f)| FaultIn {
+                n: n as u64,
+                fault: (*f).to_owned(),
+            })
+            .collect();
+        let results: Vec<_> = pool.map(ins).collect();
+        assert_eq!(results.len(), faults.len());
+        for (n, (r, fault)) in results.iter().zip(faults).enumerate() {
+            match (fault, r) {
+                ("" | "sleep:10", Ok(out)) => assert_eq!(out.n, n as u64),
+                ("error", Err(RecordError::Task(m))) => assert!(m.contains("asked for an error")),
+                ("panic", Err(RecordError::Panicked(m))) => {
+                    assert!(m.contains("asked for a panic"))
+                }
+                ("abort", Err(RecordError::WorkerDied { attempts, .. })) => {
+                    assert_eq!(*attempts, 3)
+                }
+                ("hang", Err(RecordError::TimedOut { after, .. })) => {
+                    assert_eq!(*after, Duration::from_millis(500))
+                }
+                _ => panic!("record {n} ({fault:?}): unexpected {r:?}"),
+            }
+        }
+        let stats = pool.shutdown();
+        // The abort took 3 workers with it (retries + 1), the hang 1.
+        let ends = |want: procpool::WorkerEnd| {
+            stats
+                .iter()
+                .filter(|s| s.end.as_ref() == Some(&want))
+                .count()
+        };
+        let abort = procpool::WorkerExit::Signal(libc::SIGABRT);
+        assert_eq!(ends(procpool::WorkerEnd::Crashed(abort)), 3, "{stats:?}");
+        assert_eq!(ends(procpool::WorkerEnd::TimedOut), 1, "{stats:?}");
+        // Every record answered by a worker, or timed out on one, is
+        // counted: all but the abort.
+        assert_eq!(
+            stats.iter().map(|s| s.records).sum::<u64>(),
+            8 - 1,
+            "{stats:?}"
+        );
+    });
+}
+
+#[test]
+fn cancel_ends_queued_records_as_cancelled() {
+    within(DEADLINE, || {
+        let pool = PoolBuilder::new()
+            .workers(1)
+            .worker_bin(worker_bin())
+            .shutdown_grace(Duration::from_millis(200))
+            .build(Fault)
+            .unwrap_or_else(|e| panic!("build: {e}"));
+        let canceller = pool.canceller();
+        let ins = (0..50u64).map(|n| FaultIn {
+            n,
+            fault: "sleep:20".into(),
+        });
+        let mut ok = 0;
+        let mut cancelled = 0;
+        for (i, r) in pool.map(ins).enumerate() {
+            if i == 2 {
+                canceller.cancel();
+            }
+            match r {
+                Ok(_) => ok += 1,
+                Err(RecordError::Cancelled) => cancelled += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!((3..50).contains(&ok), "{ok} ok");
+        assert_eq!(ok + cancelled, 50);
+        pool.shutdown();
+    });
+}

@@ -1,0 +1,197 @@
+//! `--resume`: an interrupted run, run again, leaves exactly the output of
+//! an uninterrupted one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::{coordinator, fault_input, tempdir, write_file, Cmd};
+
+const RECORDS: u64 = 400;
+
+/// Record n fails with a task error when n % 37 == 36, so that resumed
+/// error lines must carry their absolute `seq`.
+fn fails(n: u64) -> bool {
+    n % 37 == 36
+}
+
+/// 400 records; with `slow`, each sleeps 5 ms (about 1 s on 2 workers).
+fn input(slow: bool) -> String {
+    let sleep = if slow { "sleep:5" } else { "" };
+    fault_input((0..RECORDS).map(|n| (n, if fails(n) { "error" } else { sleep })))
+}
+
+fn command(input: &str, output: &Path, resume: bool) -> Cmd {
+    let cmd = coordinator([
+        "--task",
+        "fault",
+        "--input",
+        input,
+        "--workers",
+        "2",
+        "--output",
+    ])
+    .arg(output);
+    if resume {
+        cmd.arg("--resume")
+    } else {
+        cmd
+    }
+}
+
+/// The output of an uninterrupted run (the fast input gives the same lines).
+fn reference(dir: &Path) -> String {
+    let path = write_file(dir, "fast.jsonl", input(false));
+    let output = dir.join("reference.jsonl");
+    let out = command(&path, &output, false).run();
+    out.assert_code(1);
+    let text = std::fs::read_to_string(&output).unwrap();
+    // Sanity: it is what we think it is.
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len() as u64, RECORDS);
+    for (n, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if fails(n as u64) {
+            assert_eq!(v["seq"], n as u64, "{line}");
+            assert_eq!(v["error"]["kind"], "task_error", "{line}");
+        } else {
+            assert_eq!(v, serde_json::json!({ "n": n }));
+        }
+    }
+    text
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+fn interrupted_then_resumed(signal: i32) {
+    let dir = tempdir();
+    let expected = reference(dir.path());
+    let slow = write_file(dir.path(), "slow.jsonl", input(true));
+    let output = dir.path().join("out.jsonl");
+
+    let mut run = command(&slow, &output, false).spawn();
+    run.wait_for("part of the output", |_| lines_in(&output) >= 60);
+    run.signal(signal);
+    let first = run.wait();
+    match signal {
+        libc::SIGKILL => {}
+        libc::SIGINT => first
+            .assert_code(130)
+            .assert_no_workers_left(Duration::from_secs(2)),
+        _ => unreachable!(),
+    };
+    let partial = std::fs::read_to_string(&output).unwrap();
+    let complete = partial.matches('\n').count();
+    assert!(
+        (complete as u64) < RECORDS,
+        "the first run was not interrupted"
+    );
+    assert!(
+        expected.starts_with(&partial[..partial.rfind('\n').map_or(0, |i| i + 1)]),
+        "the interrupted output is not a prefix"
+    );
+
+    let second = command(&slow, &output, true).run();
+    let more_failures = (complete as u64..RECORDS).any(fails);
+    second.assert_code(i32::from(more_failures));
+    let resumed = std::fs::read_to_string(&output).unwrap();
+    crate::util::assert_same_output(&resumed, &expected, "resumed");
+    let summary = second.summary().expect("summary");
+    assert!(
+        summary.contains(&format!("resumed after {complete} records")),
+        "{summary}"
+    );
+    assert_eq!(second.stdout_str(), "", "results go to the file");
+}
+
+#[test]
+fn resume_after_sigkill() {
+    interrupted_then_resumed(libc::SIGKILL);
+}
+
+#[test]
+fn resume_after_sigint() {
+    interrupted_then_resumed(libc::SIGINT);
+}
+
+#[test]
+fn resume_cuts_a_partial_last_line() {
+    let dir = tempdir();
+    let expected = reference(dir.path());
+    let fast = write_file(dir.path(), "fast.jsonl", input(false));
+    let output = dir.path().join("out.jsonl");
+    // Cut inside and at a failed line's neighbourhood, and at the very start.
+    for keep in [0usize, 1, 36, 37, 250] {
+        let prefix: String = expected.split_inclusive('\n').take(keep).collect();
+        for garbage in ["{\"n\":", "{\"error\":{\"kind\":\"task_e", "x"] {
+            std::fs::write(&output, format!("{prefix}{garbage}")).unwrap();
+            let out = command(&fast, &output, true).run();
+            out.assert_code(1);
+            let resumed = std::fs::read_to_string(&output).unwrap();
+            crate::util::assert_same_output(
+                &resumed,
+                &expected,
+                &format!("resumed after {keep} lines + {garbage:?}"),
+            );
+            assert!(out.stderr.contains("partial last line"), "{}", out.stderr);
+        }
+    }
+}
+
+#[test]
+fn resume_of_a_finished_or_missing_output() {
+    let dir = tempdir();
+    let expected = reference(dir.path());
+    let fast = write_file(dir.path(), "fast.jsonl", input(false));
+    // Nothing there yet: a full run.
+    let output = dir.path().join("new.jsonl");
+    command(&fast, &output, true).run().assert_code(1);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+    // Already complete: nothing to do, nothing changes.
+    let out = command(&fast, &output, true).run();
+    // (0 or 1: whether failures of the earlier run count is not specified.)
+    assert!(matches!(out.code(), Some(0 | 1)), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+    assert!(
+        out.summary()
+            .unwrap()
+            .starts_with("done: 0 records, 0 failed"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn resume_with_age_csv() {
+    // Resuming works for CSV input too: the header is not a record.
+    let dir = tempdir();
+    let mut csv = String::from("name,field,born,nobel\n");
+    for i in 0..50 {
+        csv.push_str(&format!("Person {i},math,{},no\n", 1900 + i));
+    }
+    let input = write_file(dir.path(), "people.csv", &csv);
+    let output = dir.path().join("ages.jsonl");
+    let args = |resume: bool| {
+        let cmd =
+            coordinator(["--input", &input, "--year", "2000", "--workers", "2", "-o"]).arg(&output);
+        if resume {
+            cmd.arg("--resume")
+        } else {
+            cmd
+        }
+    };
+    args(false).run().assert_code(0);
+    let expected = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(expected.lines().count(), 50);
+    assert_eq!(
+        expected.lines().nth(7).unwrap(),
+        "{\"name\":\"Person 7\",\"age\":93}"
+    );
+    let prefix: String = expected.split_inclusive('\n').take(20).collect();
+    std::fs::write(&output, format!("{prefix}{{\"na")).unwrap();
+    args(true).run().assert_code(0);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+}
