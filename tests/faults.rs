@@ -149,7 +149,11 @@ fn poison_record_fails_alone_as_worker_died() {
         .stderr
         .matches("crashed with signal 6 (SIGABRT)")
         .count();
-    assert!((3..=4).contains(&crashes), "{crashes} crashes\n{}", out.stderr);
+    assert!(
+        (3..=4).contains(&crashes),
+        "{crashes} crashes\n{}",
+        out.stderr
+    );
     assert!(out.spawned_pids().len() >= 2 + 3);
     assert!(
         out.summary()
