@@ -43,6 +43,19 @@ pub(crate) fn check_binary(path: &Path) -> Result<(), PoolError> {
     Ok(())
 }
 
+/// Restrict the rendezvous to this user: its directory to 0700, the socket
+/// to 0600 (ipc-channel creates them with the umask's defaults). The worker
+/// must also present the run's token, so a process that still reached the
+/// socket could not pose as a worker.
+pub(crate) fn make_private(socket: &str) -> io::Result<()> {
+    let socket = Path::new(socket);
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(dir) = socket.parent() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// A started worker process whose rendezvous is not yet accepted.
 pub(crate) struct Spawned {
     pub child: Child,
@@ -75,6 +88,7 @@ pub(crate) fn spawn(
     output: Option<&OutputHandler>,
 ) -> Result<Spawned, PoolError> {
     let (server, server_name) = IpcOneShotServer::<Rendezvous>::new().map_err(PoolError::Ipc)?;
+    make_private(&server_name).map_err(PoolError::Ipc)?;
     // Workers write task output and logs to our stderr, or to a handler that
     // gets them line by line; never to our stdout, which is the results'.
     let (stdout, stderr, pipe) = match output {
@@ -239,5 +253,33 @@ pub(crate) fn reap(child: &mut Child, patience: Duration) -> WorkerExit {
             }
             Err(_) => return WorkerExit::Unknown,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The rendezvous a worker connects to lives in a fresh directory that
+    /// only this user can enter, and is gone once the worker has connected.
+    #[test]
+    fn rendezvous_is_private_and_removed_after_accept() {
+        let (server, name) = IpcOneShotServer::<Rendezvous>::new().unwrap();
+        make_private(&name).unwrap();
+        let socket_mode = std::fs::metadata(&name).unwrap().permissions().mode() & 0o777;
+        assert_eq!(socket_mode, 0o600);
+        let dir = Path::new(&name).parent().unwrap().to_owned();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        let connect = thread::spawn(move || {
+            let tx = IpcSender::<Rendezvous>::connect(name).unwrap();
+            let (a, _) = ipc::bytes_channel().unwrap();
+            let (_, b) = ipc::bytes_channel().unwrap();
+            tx.send((a, b)).unwrap();
+        });
+        let _ = server.accept().unwrap();
+        connect.join().unwrap();
+        assert!(!dir.exists(), "{} left behind", dir.display());
     }
 }
