@@ -12,7 +12,7 @@ use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo}
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
-use crate::process::OutputHandler;
+use crate::process::{LocalLauncher, OutputHandler};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
 use crate::supervisor::{Command, Completion, Event, Settings, Started, Supervisor};
@@ -194,6 +194,11 @@ impl PoolBuilder {
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let launcher = Box::new(LocalLauncher {
+            bin: bin.clone(),
+            token: token.clone(),
+            output: self.output.clone(),
+        });
         let settings = Settings {
             bin,
             workers: self.workers,
@@ -205,7 +210,7 @@ impl PoolBuilder {
             task,
             token,
             sizer: sizer.clone(),
-            output: self.output.clone(),
+            launcher,
         };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
         let (started_tx, started_rx) = mpsc::channel::<Result<Started, PoolError>>();

@@ -57,16 +57,16 @@ pub(crate) fn make_private(socket: &str) -> io::Result<()> {
 }
 
 /// A started worker process whose rendezvous is not yet accepted.
-pub(crate) struct Spawned {
-    pub child: Child,
-    pub pid: u32,
+struct Spawned {
+    child: Child,
+    pid: u32,
     server_name: String,
 }
 
 impl Spawned {
     /// Unblock the accept thread when the worker will never connect: connect
     /// to the rendezvous ourselves. The supervisor drops what arrives.
-    pub fn unblock_accept(&self) {
+    fn unblock_accept(&self) {
         if let Ok(tx) = IpcSender::<Rendezvous>::connect(self.server_name.clone()) {
             if let (Ok(a), Ok(b)) = (ipc::bytes_channel(), ipc::bytes_channel()) {
                 let _ = tx.send((a.0, b.1));
@@ -79,7 +79,7 @@ impl Spawned {
 ///
 /// Must be called on the supervisor thread: `PR_SET_PDEATHSIG` in the worker
 /// fires when the *thread* that forked it exits.
-pub(crate) fn spawn(
+fn spawn(
     bin: &Path,
     token: &str,
     slot: usize,
@@ -149,11 +149,33 @@ pub(crate) fn spawn(
     let spawned = thread::Builder::new()
         .name(format!("procpool-accept-{pid}"))
         .spawn(move || {
-            let result = server
+            let pair = server
                 .accept()
                 .map(|(_, pair)| pair)
                 .map_err(|e| format!("rendezvous failed: {e:?}"));
-            let _ = events.send(Event::Accepted { slot, gen, result });
+            // `Accepted` goes out before the reader starts, so that the
+            // supervisor holds the writer before the worker's `Hello` arrives.
+            match pair.and_then(|pair| Connection::start(pair).map_err(|e| e.to_string())) {
+                Ok((writer, reader)) => {
+                    let ok = events
+                        .send(Event::Accepted {
+                            slot,
+                            gen,
+                            result: Ok(writer),
+                        })
+                        .is_ok();
+                    if ok {
+                        read_loop(reader, slot, gen, events);
+                    }
+                }
+                Err(e) => {
+                    let _ = events.send(Event::Accepted {
+                        slot,
+                        gen,
+                        result: Err(e),
+                    });
+                }
+            }
         });
     if let Err(e) = spawned {
         let mut child = child;
@@ -169,21 +191,16 @@ pub(crate) fn spawn(
 }
 
 /// The coordinator's ends of a connected worker: a writer thread fed by a
-/// channel, and a reader thread feeding the supervisor.
-pub(crate) struct Connection {
-    writer: Option<Sender<Vec<u8>>>,
-}
+/// channel (returned), and the receiving end for [`read_loop`].
+struct Connection;
 
 impl Connection {
-    pub fn start(
+    fn start(
         (to_worker, from_worker): Rendezvous,
-        slot: usize,
-        gen: u64,
-        events: &Sender<Event>,
-    ) -> io::Result<Connection> {
+    ) -> io::Result<(Sender<Vec<u8>>, IpcBytesReceiver)> {
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
         thread::Builder::new()
-            .name(format!("procpool-writer-{slot}"))
+            .name("procpool-writer".into())
             .spawn(move || {
                 // Ends when the supervisor drops its sender (the worker then
                 // sees its request channel close) or the worker is gone.
@@ -193,19 +210,7 @@ impl Connection {
                     }
                 }
             })?;
-        let events = events.clone();
-        thread::Builder::new()
-            .name(format!("procpool-reader-{slot}"))
-            .spawn(move || read_loop(from_worker, slot, gen, events))?;
-        Ok(Connection { writer: Some(tx) })
-    }
-
-    /// Queue an encoded request. A closed writer means the worker is gone,
-    /// which the reader reports; nothing to do here.
-    pub fn send(&self, message: Vec<u8>) {
-        if let Some(w) = &self.writer {
-            let _ = w.send(message);
-        }
+        Ok((tx, from_worker))
     }
 }
 
@@ -239,9 +244,144 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, gen: u64, events: Sender<Event>)
     let _ = events.send(Event::Closed { slot, gen, reason });
 }
 
+/// How workers are started and reached: the transport seam. The local
+/// implementation spawns processes and connects them over ipc-channel;
+/// another backend (e.g. MPI ranks started by `mpirun`) provides its own.
+pub(crate) trait Launcher: Send {
+    /// Start (or attach to) the worker for `slot`. It reports
+    /// `Event::Accepted` with a writer once reachable, then its messages.
+    fn launch(
+        &mut self,
+        slot: usize,
+        gen: u64,
+        events: &Sender<Event>,
+    ) -> Result<Box<dyn Link>, PoolError>;
+
+    /// Whether a worker that is gone can be replaced.
+    fn respawns(&self) -> bool {
+        true
+    }
+}
+
+/// The supervisor's handle on one worker.
+pub(crate) trait Link: Send {
+    /// The process id, if known before its `Hello` (0 otherwise).
+    fn pid(&self) -> u32;
+    /// The worker is reachable: requests go to `writer`.
+    fn connected(&mut self, writer: Sender<Vec<u8>>);
+    /// Queue an encoded request (dropped if the worker is gone: its reader reports that).
+    fn send(&self, message: Vec<u8>);
+    /// Close our request channel.
+    fn disconnect(&mut self);
+    /// Kill the worker now.
+    fn kill(&mut self);
+    /// Has it exited (without blocking)?
+    fn exited(&mut self) -> Option<WorkerExit>;
+    /// Wait for it to exit, killing it after `patience`.
+    fn reap(&mut self, patience: Duration) -> WorkerExit;
+    /// Give up on it: kill, release whatever waits for it, reap.
+    fn abandon(&mut self);
+}
+
+/// Spawns worker processes of a binary and connects them over ipc-channel.
+pub(crate) struct LocalLauncher {
+    pub bin: std::path::PathBuf,
+    pub token: String,
+    pub output: Option<OutputHandler>,
+}
+
+impl Launcher for LocalLauncher {
+    fn launch(
+        &mut self,
+        slot: usize,
+        gen: u64,
+        events: &Sender<Event>,
+    ) -> Result<Box<dyn Link>, PoolError> {
+        let spawned = spawn(
+            &self.bin,
+            &self.token,
+            slot,
+            gen,
+            events,
+            self.output.as_ref(),
+        )?;
+        Ok(Box::new(LocalLink {
+            spawned,
+            connected: false,
+            writer: None,
+            reaped: None,
+        }))
+    }
+}
+
+struct LocalLink {
+    spawned: Spawned,
+    connected: bool,
+    writer: Option<Sender<Vec<u8>>>,
+    reaped: Option<WorkerExit>,
+}
+
+impl Link for LocalLink {
+    fn pid(&self) -> u32 {
+        self.spawned.pid
+    }
+
+    fn connected(&mut self, writer: Sender<Vec<u8>>) {
+        self.connected = true;
+        self.writer = Some(writer);
+    }
+
+    fn send(&self, message: Vec<u8>) {
+        if let Some(w) = &self.writer {
+            let _ = w.send(message);
+        }
+    }
+
+    fn disconnect(&mut self) {
+        self.writer = None;
+    }
+
+    fn kill(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.spawned.child.kill();
+        }
+    }
+
+    fn exited(&mut self) -> Option<WorkerExit> {
+        if self.reaped.is_none() {
+            self.reaped = self
+                .spawned
+                .child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(WorkerExit::from);
+        }
+        self.reaped
+    }
+
+    fn reap(&mut self, patience: Duration) -> WorkerExit {
+        if let Some(exit) = self.reaped {
+            return exit;
+        }
+        let exit = reap(&mut self.spawned.child, patience);
+        self.reaped = Some(exit);
+        exit
+    }
+
+    fn abandon(&mut self) {
+        self.kill();
+        if !self.connected {
+            self.spawned.unblock_accept();
+        }
+        self.writer = None;
+        self.reap(Duration::from_millis(500));
+    }
+}
+
 /// Reap a worker whose channel closed (it is exiting, or we killed it): wait
 /// briefly, then kill. Never blocks longer than `patience` plus a kill.
-pub(crate) fn reap(child: &mut Child, patience: Duration) -> WorkerExit {
+fn reap(child: &mut Child, patience: Duration) -> WorkerExit {
     let deadline = Instant::now() + patience;
     loop {
         match child.try_wait() {

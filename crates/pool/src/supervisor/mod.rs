@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use procpool_protocol::{
 
 use crate::chunk::{Chunk, JobId, Sizer};
 use crate::error::{PoolError, RecordError, WorkerEnd, WorkerExit};
-use crate::process::{self, Connection, Spawned};
+use crate::process::{Launcher, Link};
 use crate::stats::WorkerStats;
 
 /// Everything the supervisor reacts to.
@@ -24,13 +23,7 @@ pub(crate) enum Event {
     Accepted {
         slot: usize,
         gen: u64,
-        result: Result<
-            (
-                ipc_channel::ipc::IpcBytesSender,
-                ipc_channel::ipc::IpcBytesReceiver,
-            ),
-            String,
-        >,
+        result: Result<Sender<Vec<u8>>, String>,
     },
     /// A decoded message from a worker.
     Message {
@@ -101,7 +94,8 @@ pub(crate) struct Settings {
     pub task: Option<(String, Vec<u8>)>,
     pub token: String,
     pub sizer: Arc<Sizer>,
-    pub output: Option<process::OutputHandler>,
+    /// Starts and reaches workers (the transport).
+    pub launcher: Box<dyn Launcher>,
 }
 
 /// What `Pool::build` learns once every worker is ready.
@@ -131,9 +125,7 @@ struct Worker {
     gen: u64,
     phase: Phase,
     pid: u32,
-    child: Option<Child>,
-    spawned: Option<Spawned>,
-    conn: Option<Connection>,
+    link: Option<Box<dyn Link>>,
     in_flight: VecDeque<InFlight>,
     /// Records sent to this worker in its life (for recycling).
     assigned: u64,
@@ -150,9 +142,7 @@ impl Worker {
             gen: 0,
             phase: Phase::Gone,
             pid: 0,
-            child: None,
-            spawned: None,
-            conn: None,
+            link: None,
             in_flight: VecDeque::new(),
             assigned: 0,
             current_started: None,
@@ -162,28 +152,32 @@ impl Worker {
     }
 
     fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-        }
-        if let Some(s) = self.spawned.as_mut() {
-            let _ = s.child.kill();
+        if let Some(link) = self.link.as_mut() {
+            link.kill();
         }
     }
 
+    fn send(&self, message: Vec<u8>) {
+        if let Some(link) = &self.link {
+            link.send(message);
+        }
+    }
+
+    /// Wait for the worker to exit (killing it after `patience`).
+    fn reap(&mut self) -> WorkerExit {
+        self.link
+            .as_mut()
+            .map_or(WorkerExit::Unknown, |l| l.reap(REAP_PATIENCE))
+    }
+
     /// Give up on a worker that is still starting (or must go now): kill it,
-    /// release its accept thread, reap it, and ignore what its threads still
-    /// report.
+    /// release whatever waits for it, reap it, and ignore what its threads
+    /// still report.
     fn abandon(&mut self) {
-        self.kill();
-        if let Some(s) = self.spawned.take() {
-            s.unblock_accept();
-            self.child = Some(s.child);
+        if let Some(link) = self.link.as_mut() {
+            link.abandon();
         }
-        if let Some(child) = self.child.as_mut() {
-            process::reap(child, REAP_PATIENCE);
-        }
-        self.child = None;
-        self.conn = None;
+        self.link = None;
         self.phase = Phase::Gone;
         self.gen += 1;
     }
@@ -302,15 +296,8 @@ impl Supervisor {
 
     fn start_worker(&mut self, slot: usize) -> Result<(), PoolError> {
         let gen = self.workers[slot].gen + 1;
-        let spawned = process::spawn(
-            &self.settings.bin,
-            &self.settings.token,
-            slot,
-            gen,
-            &self.events,
-            self.settings.output.as_ref(),
-        )?;
-        let pid = spawned.pid;
+        let link = self.settings.launcher.launch(slot, gen, &self.events)?;
+        let pid = link.pid();
         info!("spawned worker pid={pid}");
         let w = &mut self.workers[slot];
         *w = Worker::empty();
@@ -319,9 +306,7 @@ impl Supervisor {
         w.phase = Phase::Starting {
             deadline: Instant::now() + self.settings.handshake_timeout,
         };
-        let Spawned { child, .. } = &spawned;
-        let _ = child;
-        w.spawned = Some(spawned);
+        w.link = Some(link);
         Ok(())
     }
 
@@ -365,15 +350,11 @@ impl Supervisor {
                 {
                     return; // a forced connect for a worker already given up
                 }
-                match result.and_then(|pair| {
-                    Connection::start(pair, slot, gen, &self.events).map_err(|e| e.to_string())
-                }) {
-                    Ok(conn) => {
-                        let w = &mut self.workers[slot];
-                        if let Some(s) = w.spawned.take() {
-                            w.child = Some(s.child);
+                match result {
+                    Ok(writer) => {
+                        if let Some(link) = self.workers[slot].link.as_mut() {
+                            link.connected(writer);
                         }
-                        w.conn = Some(conn);
                     }
                     Err(reason) => self.start_failed(slot, reason),
                 }
@@ -473,7 +454,7 @@ impl Supervisor {
                 let w = &self.workers[slot];
                 let reason = if hello.token != self.settings.token {
                     Some("presented a wrong token (not a worker of this run)".to_owned())
-                } else if hello.pid != w.pid {
+                } else if w.pid != 0 && hello.pid != w.pid {
                     Some(format!(
                         "claims pid {}, but the process started is pid {}",
                         hello.pid, w.pid
@@ -484,6 +465,10 @@ impl Supervisor {
                 if let Some(reason) = reason {
                     self.start_failed(slot, reason);
                     return;
+                }
+                if self.workers[slot].pid == 0 {
+                    // A backend that learns the pid from the handshake.
+                    self.workers[slot].pid = hello.pid;
                 }
                 self.offered = hello.tasks.clone();
                 match &self.settings.task {
@@ -507,9 +492,7 @@ impl Supervisor {
                         match encode(&request) {
                             Ok(bytes) => {
                                 let w = &mut self.workers[slot];
-                                if let Some(conn) = &w.conn {
-                                    conn.send(bytes);
-                                }
+                                w.send(bytes);
                                 w.phase = Phase::Configuring { deadline };
                             }
                             Err(e) => self.start_failed(slot, e.to_string()),
@@ -590,6 +573,10 @@ impl Supervisor {
 
     fn respawn(&mut self, slot: usize) {
         if self.broken.is_some() || self.cancelled {
+            return;
+        }
+        if !self.settings.launcher.respawns() {
+            self.break_pool("a worker is gone and this backend cannot replace it".into());
             return;
         }
         let needed = self.shutdown.as_ref().is_none_or(|s| s.deadline.is_none());
@@ -695,8 +682,8 @@ impl Supervisor {
         };
         let w = &mut self.workers[slot];
         if w.phase == Phase::Ready && w.assigned >= max && w.in_flight.is_empty() {
-            if let (Some(conn), Ok(bytes)) = (&w.conn, encode(&Request::Stop)) {
-                conn.send(bytes);
+            if let Ok(bytes) = encode(&Request::Stop) {
+                w.send(bytes);
             }
             w.phase = Phase::Draining;
             w.end = Some(WorkerEnd::Recycled(WorkerExit::Unknown));
@@ -708,10 +695,7 @@ impl Supervisor {
         let phase = self.workers[slot].phase;
         if let Phase::Starting { .. } | Phase::Configuring { .. } = phase {
             let w = &mut self.workers[slot];
-            let exit = w
-                .child
-                .as_mut()
-                .map_or(WorkerExit::Unknown, |c| process::reap(c, REAP_PATIENCE));
+            let exit = w.reap();
             let reason = reason
                 .unwrap_or_else(|| format!("exited with {exit} before completing its handshake"));
             self.start_failed(slot, reason);
@@ -728,12 +712,10 @@ impl Supervisor {
             w.kill();
         }
         let w = &mut self.workers[slot];
-        w.conn = None;
-        let exit = w
-            .child
-            .as_mut()
-            .map_or(WorkerExit::Unknown, |c| process::reap(c, REAP_PATIENCE));
-        w.child = None;
+        if let Some(link) = w.link.as_mut() {
+            link.disconnect();
+        }
+        let exit = w.reap();
         w.phase = Phase::Gone;
         let pid = w.pid;
         let held: usize = w.in_flight.iter().map(|f| f.chunk.len() - f.done).sum();
@@ -835,12 +817,8 @@ impl Supervisor {
             match phase {
                 Phase::Starting { deadline } => {
                     let w = &mut self.workers[slot];
-                    let exited = w
-                        .spawned
-                        .as_mut()
-                        .and_then(|s| s.child.try_wait().ok().flatten());
-                    if let Some(status) = exited {
-                        let exit = WorkerExit::from(status);
+                    let exited = w.link.as_mut().and_then(|l| l.exited());
+                    if let Some(exit) = exited {
                         self.start_failed(slot, format!("exited with {exit} before its handshake"));
                     } else if now >= deadline {
                         let t = self.settings.handshake_timeout.as_secs_f64();
@@ -973,9 +951,7 @@ impl Supervisor {
                 self.fail_chunk(chunk, RecordError::BadInput(e.to_string()), 0);
                 continue;
             }
-            if let Some(conn) = &w.conn {
-                conn.send(buf);
-            }
+            w.send(buf);
             if self.settings.record_timeout.is_some() && w.in_flight.is_empty() {
                 w.current_started = Some(Instant::now());
             }
@@ -1009,8 +985,8 @@ impl Supervisor {
             for w in &mut self.workers {
                 match w.phase {
                     Phase::Ready => {
-                        if let (Some(conn), Ok(bytes)) = (&w.conn, encode(&Request::Stop)) {
-                            conn.send(bytes);
+                        if let Ok(bytes) = encode(&Request::Stop) {
+                            w.send(bytes);
                         }
                         w.phase = Phase::Draining;
                     }
@@ -1031,11 +1007,9 @@ impl Supervisor {
                     w.end = Some(WorkerEnd::Killed);
                     w.kill();
                     // Its reader reports the close; reap right here all the same.
-                    if let Some(c) = w.child.as_mut() {
-                        let exit = process::reap(c, REAP_PATIENCE);
-                        debug!("worker pid={} reaped: {exit}", w.pid);
-                    }
-                    w.child = None;
+                    let exit = w.reap();
+                    debug!("worker pid={} reaped: {exit}", w.pid);
+                    w.link = None;
                     if let Some(s) = w.stats.and_then(|i| self.stats.get_mut(i)) {
                         s.end(WorkerEnd::Killed);
                     }
