@@ -77,6 +77,8 @@
 
 mod chunk;
 mod error;
+#[cfg(test)]
+mod fake;
 mod pool;
 mod process;
 mod reorder;

@@ -189,7 +189,6 @@ impl PoolBuilder {
         self.validate()?;
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
-        let sizer = Arc::new(Sizer::new(self.chunk_size));
         let mut token = [0u8; 16];
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
@@ -199,6 +198,19 @@ impl PoolBuilder {
             token: token.clone(),
             output: self.output.clone(),
         });
+        self.start_with(task, bin, token, launcher)
+    }
+
+    /// Start a pool whose workers come from `launcher` (the transport seam).
+    pub(crate) fn start_with(
+        self,
+        task: Option<(String, Vec<u8>)>,
+        bin: PathBuf,
+        token: String,
+        launcher: Box<dyn crate::process::Launcher>,
+    ) -> Result<Core, PoolError> {
+        self.validate()?;
+        let sizer = Arc::new(Sizer::new(self.chunk_size));
         let settings = Settings {
             bin,
             workers: self.workers,
@@ -249,7 +261,7 @@ pub fn default_worker_bin() -> Option<PathBuf> {
         .or_else(|| Some(dir.join("worker")))
 }
 
-struct Core {
+pub(crate) struct Core {
     events: Sender<Event>,
     thread: Option<thread::JoinHandle<()>>,
     sizer: Arc<Sizer>,
@@ -342,6 +354,14 @@ fn finish<O: serde::de::DeserializeOwned>(c: Completion) -> Done<O> {
 }
 
 impl<T: Task> Pool<T> {
+    #[cfg(test)]
+    pub(crate) fn from_core(core: Core) -> Self {
+        Pool {
+            core,
+            _task: PhantomData,
+        }
+    }
+
     /// Results in input order, as an iterator. The input is consumed lazily:
     /// only a bounded window of records is in flight or waiting to be
     /// reordered, whatever the input's size.
