@@ -147,17 +147,78 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
         .send((to_worker, from_worker))
         .map_err(|e| ServeError::Ipc(e.to_string()))?;
     drop(rendezvous);
+    let transport = IpcTransport {
+        tx: to_coordinator,
+        rx: requests,
+    };
+    serve_on(transport, registry, token, fault)
+}
 
+/// How a worker reaches its coordinator: ipc-channel locally, or another
+/// backend (e.g. MPI) behind the same protocol.
+pub trait WorkerTransport {
+    /// The next request; `Ok(None)` once the coordinator is gone.
+    fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError>;
+    /// Send one encoded message.
+    fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError>;
+    /// Called once after `Stop`, before returning.
+    fn finish(&mut self) -> Result<(), ServeError> {
+        Ok(())
+    }
+}
+
+struct IpcTransport {
+    tx: IpcBytesSender,
+    rx: IpcBytesReceiver,
+}
+
+impl WorkerTransport for IpcTransport {
+    fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
+        match self.rx.recv() {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(IpcError::Disconnected) => Ok(None),
+            Err(e) => Err(ServeError::Ipc(e.to_string())),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
+        self.tx.send(bytes).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                ServeError::Ipc("the coordinator closed the result channel".into())
+            } else {
+                ServeError::Ipc(e.to_string())
+            }
+        })
+    }
+}
+
+/// The protocol loop over any transport: `Hello`, then requests until `Stop`
+/// or the coordinator goes away.
+pub fn serve_over<T: WorkerTransport>(
+    transport: T,
+    registry: Registry,
+    token: String,
+) -> Result<(), ServeError> {
+    std::panic::set_hook(Box::new(|_| {}));
+    serve_on(transport, registry, token, InjectedFault::from_env())
+}
+
+fn serve_on<T: WorkerTransport>(
+    transport: T,
+    registry: Registry,
+    token: String,
+    fault: InjectedFault,
+) -> Result<(), ServeError> {
     let pid = std::process::id();
     let mut out = Outbox {
-        tx: to_coordinator,
+        transport,
         buf: Vec::with_capacity(64 << 10),
     };
     let garbage = [0xFFu8; 37];
     match fault {
         InjectedFault::HangAfterConnect => hang(),
         InjectedFault::GarbageHello => {
-            let _ = out.tx.send(&garbage);
+            let _ = out.transport.send(&garbage);
             hang();
         }
         _ => {}
@@ -183,13 +244,9 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
     let mut done = 0u64;
     let mut failed = 0u64;
     loop {
-        let bytes = match requests.recv() {
-            Ok(bytes) => bytes,
-            Err(IpcError::Disconnected) => {
-                info!("coordinator went away; exiting after {done} records");
-                return Ok(());
-            }
-            Err(e) => return Err(ServeError::Ipc(e.to_string())),
+        let Some(bytes) = out.transport.recv()? else {
+            info!("coordinator went away; exiting after {done} records");
+            return Ok(());
         };
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
             Request::Configure {
@@ -216,7 +273,7 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
                     match fault {
                         InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
                         InjectedFault::GarbageAfter(k) if done >= k => {
-                            let _ = out.tx.send(&garbage);
+                            let _ = out.transport.send(&garbage);
                             hang();
                         }
                         _ => {}
@@ -262,29 +319,23 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
                     String::new()
                 };
                 info!("stopping after {done} records, {failed} failed{quiet}");
-                return Ok(());
+                return out.transport.finish();
             }
         }
     }
 }
 
 /// The worker's sending side, with one reused encode buffer.
-struct Outbox {
-    tx: IpcBytesSender,
+struct Outbox<T> {
+    transport: T,
     buf: Vec<u8>,
 }
 
-impl Outbox {
+impl<T: WorkerTransport> Outbox<T> {
     fn send(&mut self, message: &WorkerMessage) -> Result<(), ServeError> {
         self.buf.clear();
         encode_into(message, &mut self.buf).map_err(ServeError::Protocol)?;
-        self.tx.send(&self.buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                ServeError::Ipc("the coordinator closed the result channel".into())
-            } else {
-                ServeError::Ipc(e.to_string())
-            }
-        })
+        self.transport.send(&self.buf)
     }
 
     fn send_results(
