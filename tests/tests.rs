@@ -11,5 +11,6 @@ mod demo;
 mod faults;
 mod input;
 mod library;
+mod operate;
 mod resume;
 mod signals;
