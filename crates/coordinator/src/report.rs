@@ -53,7 +53,38 @@ pub struct Stats {
 
 impl Stats {
     pub fn new(stats: &[WorkerStats], records: u64, wall: Duration, executor: &str) -> Self {
-        let workers: Vec<StatsRow> = stats.iter().map(StatsRow::from).collect();
+        Self::from_rows(
+            stats.iter().map(StatsRow::from).collect(),
+            records,
+            wall,
+            executor,
+        )
+    }
+
+    /// Rows for the thread executor: one per task thread of this process.
+    pub fn threads(threads: &[crate::threads::ThreadStats], records: u64, wall: Duration) -> Self {
+        let pid = std::process::id();
+        let rows = threads
+            .iter()
+            .enumerate()
+            .map(|(i, t)| StatsRow {
+                pid,
+                records: t.records,
+                failed: t.failed,
+                busy_s: t.busy.as_secs_f64(),
+                lifetime_s: wall.as_secs_f64(),
+                utilisation: if wall.is_zero() {
+                    0.0
+                } else {
+                    (t.busy.as_secs_f64() / wall.as_secs_f64()).min(1.0)
+                },
+                ended: format!("thread task-{i}"),
+            })
+            .collect();
+        Self::from_rows(rows, records, wall, "thread")
+    }
+
+    fn from_rows(workers: Vec<StatsRow>, records: u64, wall: Duration, executor: &str) -> Self {
         let total_records = workers.iter().map(|w| w.records).sum();
         let total_failed = workers.iter().map(|w| w.failed).sum();
         Stats {
@@ -86,13 +117,18 @@ impl Stats {
         }
         let busy: f64 = self.workers.iter().map(|w| w.busy_s).sum();
         t.push_str(&format!(
-            "{:>8}  {:>10}  {:>8}  {:>9.3}  {:>6}  {} processes, {:.3} s wall{}\n",
+            "{:>8}  {:>10}  {:>8}  {:>9.3}  {:>6}  {} {}, {:.3} s wall{}\n",
             "total",
             self.total_records,
             self.total_failed,
             busy,
             "",
             self.workers.len(),
+            if self.executor == "thread" {
+                "threads"
+            } else {
+                "processes"
+            },
             self.wall_s,
             if self.not_run > 0 {
                 format!(", {} records not run", self.not_run)

@@ -357,9 +357,14 @@ where
             }
         })
     };
+    let mut thread_stats = None;
     let results: Box<dyn Iterator<Item = Done<T::Output>> + '_> = match (&pool, thread_task) {
         (Some(pool), _) => Box::new(pool.map_detailed(inputs)),
-        (None, Some(task)) => Box::new(ThreadMap::new(task, workers, inputs)?),
+        (None, Some(task)) => {
+            let map = ThreadMap::new(task, workers, inputs)?;
+            thread_stats = Some(map.stats_handle());
+            Box::new(map)
+        }
         (None, None) => bail!("no executor"),
     };
 
@@ -417,13 +422,18 @@ where
 
     let skipped = counts.skipped_bad.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let report = Stats::new(&stats, records, elapsed, &args.executor.to_string());
-    if args.stats {
-        if args.executor == Executor::Thread {
-            warn!("--stats reports worker processes; --executor thread has none");
-        } else {
-            multi.suspend(|| eprint!("{}", report.table()));
+    let report = match &thread_stats {
+        Some(handle) => {
+            let threads: Vec<_> = handle
+                .iter()
+                .map(|m| m.lock().map(|s| s.clone()).unwrap_or_default())
+                .collect();
+            Stats::threads(&threads, records, elapsed)
         }
+        None => Stats::new(&stats, records, elapsed, &args.executor.to_string()),
+    };
+    if args.stats {
+        multi.suspend(|| eprint!("{}", report.table()));
     }
     if let Some(path) = &args.stats_json {
         report.write_json(path)?;

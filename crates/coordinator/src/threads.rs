@@ -15,6 +15,34 @@ use procpool::{Done, RecordError, ReorderBuffer, Task};
 
 type Work<I> = Arc<Mutex<Receiver<(u64, I)>>>;
 
+/// What one task thread did.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadStats {
+    pub records: u64,
+    pub failed: u64,
+    pub busy: std::time::Duration,
+}
+
+/// Per-thread statistics, readable while and after the threads run.
+pub type StatsHandle = Arc<Vec<Mutex<ThreadStats>>>;
+
+/// Task panics are per-record failures here as in worker processes: keep
+/// the default hook's message (and backtrace) off stderr for task threads.
+fn quiet_task_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let task_thread = thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("task-"));
+            if !task_thread {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Results of `task` over `inputs` in input order, computed on `threads` threads.
 pub struct ThreadMap<T: Task, I> {
     input: Option<I>,
@@ -26,21 +54,29 @@ pub struct ThreadMap<T: Task, I> {
     yielded: u64,
     window: u64,
     handles: Vec<thread::JoinHandle<()>>,
+    stats: StatsHandle,
 }
 
 impl<T: Task, I: Iterator<Item = T::Input>> ThreadMap<T, I> {
     pub fn new(task: T, threads: usize, inputs: I) -> std::io::Result<Self> {
+        quiet_task_panics();
         let task = Arc::new(task);
+        let stats: StatsHandle = Arc::new(
+            (0..threads.max(1))
+                .map(|_| Mutex::new(ThreadStats::default()))
+                .collect(),
+        );
         let (work_tx, work_rx) = mpsc::channel::<(u64, T::Input)>();
         let work: Work<T::Input> = Arc::new(Mutex::new(work_rx));
         let (res_tx, res_rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let (task, work, res_tx) = (task.clone(), work.clone(), res_tx.clone());
+            let stats = stats.clone();
             handles.push(
                 thread::Builder::new()
                     .name(format!("task-{i}"))
-                    .spawn(move || run_thread(&*task, &work, &res_tx))?,
+                    .spawn(move || run_thread(&*task, &work, &res_tx, &stats[i]))?,
             );
         }
         Ok(ThreadMap {
@@ -53,11 +89,22 @@ impl<T: Task, I: Iterator<Item = T::Input>> ThreadMap<T, I> {
             yielded: 0,
             window: 64 * threads.max(1) as u64,
             handles,
+            stats,
         })
+    }
+
+    /// Statistics of each thread, updated as records complete.
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
     }
 }
 
-fn run_thread<T: Task>(task: &T, work: &Work<T::Input>, results: &Sender<Done<T::Output>>) {
+fn run_thread<T: Task>(
+    task: &T,
+    work: &Work<T::Input>,
+    results: &Sender<Done<T::Output>>,
+    stats: &Mutex<ThreadStats>,
+) {
     let pid = std::process::id();
     loop {
         // The lock is held only to take one record.
@@ -80,11 +127,17 @@ fn run_thread<T: Task>(task: &T, work: &Work<T::Input>, results: &Sender<Done<T:
                     .unwrap_or_else(|| "panic".into()),
             )),
         };
+        let duration = t0.elapsed();
+        if let Ok(mut s) = stats.lock() {
+            s.records += 1;
+            s.failed += u64::from(result.is_err());
+            s.busy += duration;
+        }
         let done = Done {
             seq,
             pid,
             started_us,
-            duration: t0.elapsed(),
+            duration,
             result,
         };
         if results.send(done).is_err() {

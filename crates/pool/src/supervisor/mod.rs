@@ -79,6 +79,23 @@ impl Completion {
             result: Err(error),
         }
     }
+
+    /// A record that failed while running since `started` (timed out, or its worker died).
+    fn failed_running(seq: u64, pid: u32, error: RecordError, started: Instant) -> Self {
+        let now = Instant::now();
+        let ran = now.saturating_duration_since(started);
+        let started_us = std::time::SystemTime::now()
+            .checked_sub(ran)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_micros() as u64);
+        Completion {
+            seq,
+            pid,
+            started_us,
+            nanos: ran.as_nanos() as u64,
+            result: Err(error),
+        }
+    }
 }
 
 /// What the supervisor is told at start.
@@ -114,8 +131,18 @@ enum Phase {
     Gone,
 }
 
+/// Who is to blame for the records a dead worker was running.
+struct Charge {
+    pid: u32,
+    exit: WorkerExit,
+    /// When the record it was running started (about).
+    since: Instant,
+}
+
 struct InFlight {
     batch: u64,
+    /// When it was sent.
+    sent: Instant,
     chunk: Chunk,
     /// Records of the chunk already answered.
     done: usize,
@@ -131,6 +158,8 @@ struct Worker {
     assigned: u64,
     /// When the record now running started (kept only with a record timeout).
     current_started: Option<Instant>,
+    /// When its last results arrived.
+    last_answer: Option<Instant>,
     /// Why we ended it, when we did.
     end: Option<WorkerEnd>,
     stats: Option<usize>,
@@ -146,6 +175,7 @@ impl Worker {
             in_flight: VecDeque::new(),
             assigned: 0,
             current_started: None,
+            last_answer: None,
             end: None,
             stats: None,
         }
@@ -657,6 +687,7 @@ impl Supervisor {
             });
         }
         front.done += n;
+        w.last_answer = Some(Instant::now());
         let job = front.chunk.job;
         if front.done == front.chunk.len() {
             w.in_flight.pop_front();
@@ -738,6 +769,10 @@ impl Supervisor {
         if let Some(s) = w.stats.and_then(|i| self.stats.get_mut(i)) {
             s.end(end.clone());
         }
+        let since = w.in_flight.front().map_or_else(Instant::now, |f| {
+            w.last_answer.map_or(f.sent, |a| a.max(f.sent))
+        });
+        let stats_index = w.stats;
         let in_flight: Vec<InFlight> = w.in_flight.drain(..).collect();
         match &end {
             WorkerEnd::Stopped(_) | WorkerEnd::Recycled(_) => {
@@ -746,8 +781,13 @@ impl Supervisor {
             _ => warn!("worker pid={pid} ended: {end}; it held {held_desc}"),
         }
         let charge = matches!(end, WorkerEnd::Crashed(_) | WorkerEnd::ProtocolError(_))
-            .then_some((pid, exit));
-        self.requeue(in_flight, charge);
+            .then_some(Charge { pid, exit, since });
+        let given_up = self.requeue(in_flight, charge);
+        if let Some(s) = stats_index.and_then(|i| self.stats.get_mut(i)) {
+            // A record given up was run, and failed, by this worker.
+            s.records += given_up;
+            s.failed += given_up;
+        }
         let shutting_down = self.shutdown.as_ref().is_some_and(|s| s.deadline.is_some());
         if !shutting_down {
             self.respawn(slot);
@@ -756,14 +796,16 @@ impl Supervisor {
 
     /// Put the records a worker held back in front of the queue. `charge`
     /// names the dead worker when the record(s) it was running are to blame.
-    fn requeue(&mut self, in_flight: Vec<InFlight>, charge: Option<(u32, WorkerExit)>) {
+    /// Returns how many records were given up (failed as `WorkerDied`).
+    fn requeue(&mut self, in_flight: Vec<InFlight>, charge: Option<Charge>) -> u64 {
+        let mut given_up = 0;
         let mut chunks: Vec<Chunk> = in_flight
             .into_iter()
             .map(|mut f| f.chunk.split_off(f.done))
             .filter(|c| !c.is_empty())
             .collect();
         let mut back = Vec::new();
-        if let (Some((pid, exit)), false) = (charge, chunks.is_empty()) {
+        if let (Some(Charge { pid, exit, since }), false) = (charge, chunks.is_empty()) {
             let mut running = chunks.remove(0);
             if self.settings.record_timeout.is_some() && running.len() > 1 {
                 // Record-by-record answers: the first unanswered record was running.
@@ -778,15 +820,15 @@ impl Supervisor {
                         "record #{seq} given up: {} workers died running it",
                         running.deaths
                     );
-                    let attempts = running.deaths;
-                    self.fail_chunk(
-                        running,
-                        RecordError::WorkerDied {
-                            pid,
-                            exit,
-                            attempts,
-                        },
+                    let error = RecordError::WorkerDied {
                         pid,
+                        exit,
+                        attempts: running.deaths,
+                    };
+                    given_up += 1;
+                    self.deliver(
+                        running.job,
+                        vec![Completion::failed_running(seq, pid, error, since)],
                     );
                 } else {
                     back.push(running);
@@ -803,11 +845,12 @@ impl Supervisor {
             for chunk in back {
                 self.fail_chunk(chunk, reason.clone(), 0);
             }
-            return;
+            return given_up;
         }
         for chunk in back.into_iter().rev() {
             self.pending.push_front(chunk);
         }
+        given_up
     }
 
     fn check_deadlines(&mut self) {
@@ -891,13 +934,14 @@ impl Supervisor {
         }
         self.deliver(
             job,
-            vec![Completion::failed(
+            vec![Completion::failed_running(
                 seq,
                 pid,
                 RecordError::TimedOut {
                     pid,
                     after: timeout,
                 },
+                started,
             )],
         );
     }
@@ -958,6 +1002,7 @@ impl Supervisor {
             w.assigned += chunk.len() as u64;
             w.in_flight.push_back(InFlight {
                 batch,
+                sent: Instant::now(),
                 chunk,
                 done: 0,
             });
