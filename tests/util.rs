@@ -487,10 +487,12 @@ pub fn spawned_pids(stderr: &str) -> Vec<u32> {
     find_pids(stderr, "spawned worker pid=", "\n")
 }
 
-/// Pids of `worker pid=N ready` lines.
+/// Pids of `worker pid=N on HOST ready` lines.
 pub fn ready_pids(stderr: &str) -> BTreeSet<u32> {
-    find_pids(stderr, "worker pid=", " ready")
-        .into_iter()
+    stderr
+        .lines()
+        .filter(|l| l.ends_with(" ready"))
+        .flat_map(|l| find_pids(l, "worker pid=", " on "))
         .collect()
 }
 

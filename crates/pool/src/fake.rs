@@ -106,6 +106,7 @@ impl Launcher for FakeLauncher {
             say(WorkerMessage::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
                 pid,
+                host: "fake".into(),
                 token: TOKEN.into(),
                 tasks: vec![TaskInfo {
                     name: "echo".into(),

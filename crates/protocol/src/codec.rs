@@ -136,6 +136,7 @@ mod tests {
         WorkerMessage::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             pid: 4242,
+            host: "node-a".into(),
             token: "secret".into(),
             tasks: vec![TaskInfo {
                 name: "age".into(),

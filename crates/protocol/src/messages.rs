@@ -30,6 +30,8 @@ pub struct Hello {
     pub protocol_version: u32,
     /// The worker's process id.
     pub pid: u32,
+    /// The host it runs on (workers may run on other machines, e.g. as MPI ranks).
+    pub host: String,
     /// The per-run secret the coordinator handed the worker in its environment.
     pub token: String,
     /// The tasks compiled into this worker binary.

@@ -230,6 +230,7 @@ fn serve_on<T: WorkerTransport>(
             PROTOCOL_VERSION
         },
         pid,
+        host: host_name(),
         token: if fault == InjectedFault::WrongToken {
             "forged".into()
         } else {
@@ -353,6 +354,13 @@ impl<T: WorkerTransport> Outbox<T> {
             outcomes: std::mem::take(outcomes),
         }))
     }
+}
+
+/// This machine's host name, as the kernel reports it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Ask the kernel to kill this worker when its coordinator dies, and exit now

@@ -162,6 +162,8 @@ struct Worker {
     last_answer: Option<Instant>,
     /// Why we ended it, when we did.
     end: Option<WorkerEnd>,
+    /// The host it runs on, from its `Hello`.
+    host: String,
     stats: Option<usize>,
 }
 
@@ -177,6 +179,7 @@ impl Worker {
             current_started: None,
             last_answer: None,
             end: None,
+            host: String::new(),
             stats: None,
         }
     }
@@ -500,6 +503,7 @@ impl Supervisor {
                     // A backend that learns the pid from the handshake.
                     self.workers[slot].pid = hello.pid;
                 }
+                self.workers[slot].host = hello.host.clone();
                 self.offered = hello.tasks.clone();
                 match &self.settings.task {
                     Some((name, config)) => {
@@ -557,7 +561,7 @@ impl Supervisor {
         w.phase = Phase::Ready;
         w.stats = Some(index);
         self.stats.push(WorkerStats::new(w.pid));
-        info!("worker pid={} ready", w.pid);
+        info!("worker pid={} on {} ready", w.pid, w.host);
     }
 
     /// The worker cannot run our task: a start-up error, never retried.
