@@ -95,6 +95,15 @@ pub struct ScaleArgs {
     pub worker: WorkerArgs,
 }
 
+/// How worker processes are started and reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Spawned by the coordinator on this machine, over ipc-channel.
+    Local,
+    /// Ranks 1..N of the MPI job whose rank 0 is the coordinator.
+    Mpi,
+}
+
 /// Where tasks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Executor {
@@ -190,6 +199,13 @@ pub struct RunArgs {
     /// Largest input record accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_record_bytes: usize,
+
+    /// How worker processes are started and reached: `local` (spawned here,
+    /// over ipc-channel) or `mpi` (the other ranks of this MPI job; needs a
+    /// build with `--features mpi` and a launch such as
+    /// `mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`).
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    pub backend: Backend,
 
     /// Where tasks run: worker processes, or threads inside the coordinator
     /// (to compare: a task under a process-wide lock does not scale on threads).

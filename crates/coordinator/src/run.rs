@@ -21,7 +21,7 @@ use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{Executor, RunArgs, WorkerArgs};
+use crate::cli::{Backend, Executor, RunArgs, WorkerArgs};
 use crate::input::{BadRecord, RecordReader};
 use crate::output::{self, Output};
 use crate::report::{JobLog, Stats};
@@ -59,6 +59,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         "fault" => run_task(args, Fault),
         other => unreachable!("task {other} is in CLI_TASKS but not dispatched"),
     }
+}
+
+/// Workers as the other ranks of this MPI job.
+#[cfg(feature = "mpi")]
+fn use_mpi(builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
+    if !procpool::mpi::launched_by_mpi() {
+        bail!(
+            "--backend mpi: this coordinator was not started by an MPI launcher; run it as rank 0, e.g. `mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`"
+        );
+    }
+    Ok(builder.mpi())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn use_mpi(_builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
+    bail!(
+        "--backend mpi: this coordinator was built without MPI support; rebuild with `cargo build --release -p procpool-coordinator -p procpool-worker-bin --features procpool-coordinator/mpi,procpool-worker-bin/mpi`"
+    )
 }
 
 /// The worker binary to use, with a message that says how to get it.
@@ -232,14 +250,18 @@ where
         }
     }
 
+    let mut workers = workers;
     let (pool, thread_task) = match args.executor {
         Executor::Process => {
             let mut builder = PoolBuilder::new()
                 .workers(workers)
-                .worker_bin(worker_bin(&args.worker)?)
                 .in_flight(args.in_flight)
                 .retries(args.retries)
                 .shutdown_grace(args.grace);
+            builder = match args.backend {
+                Backend::Local => builder.worker_bin(worker_bin(&args.worker)?),
+                Backend::Mpi => use_mpi(builder)?,
+            };
             if let Some(n) = args.chunksize {
                 builder = builder.chunk_size(n);
             }
@@ -257,6 +279,7 @@ where
                 });
             }
             let pool = builder.build(task).map_err(explain)?;
+            workers = pool.workers();
             info!(
                 "{} workers ready (pids {:?}) in {:.3} s",
                 workers,
@@ -266,6 +289,11 @@ where
             (Some(pool), None)
         }
         Executor::Thread => {
+            if args.backend == Backend::Mpi {
+                bail!(
+                    "--backend mpi runs worker processes: it cannot be used with --executor thread"
+                );
+            }
             if args.timeout.is_some() || args.max_tasks_per_child.is_some() {
                 bail!("--timeout and --max-tasks-per-child need worker processes (--executor process)");
             }

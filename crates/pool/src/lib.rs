@@ -79,6 +79,8 @@ mod chunk;
 mod error;
 #[cfg(test)]
 mod fake;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod pool;
 mod process;
 mod reorder;

@@ -30,6 +30,8 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
+    #[cfg(feature = "mpi")]
+    mpi: bool,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -56,6 +58,8 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
+            #[cfg(feature = "mpi")]
+            mpi: false,
         }
     }
 }
@@ -186,6 +190,10 @@ impl PoolBuilder {
     }
 
     fn start(self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+        #[cfg(feature = "mpi")]
+        if self.mpi {
+            return self.start_mpi(task);
+        }
         self.validate()?;
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
@@ -201,6 +209,37 @@ impl PoolBuilder {
         self.start_with(task, bin, token, launcher)
     }
 
+    /// Workers are the other ranks of this MPI job (rank 0 is this process):
+    /// run under `mpirun -n 1 <this program> : -n N worker`. The worker count
+    /// is the world size minus one. Record timeouts and recycling need
+    /// worker processes that can be killed and replaced, which MPI ranks
+    /// cannot be: they are refused.
+    #[cfg(feature = "mpi")]
+    pub fn mpi(mut self) -> Self {
+        self.mpi = true;
+        self
+    }
+
+    #[cfg(feature = "mpi")]
+    fn start_mpi(mut self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+        if self.record_timeout.is_some() || self.max_tasks_per_child.is_some() {
+            return Err(PoolError::Config(
+                "record timeouts and max_tasks_per_child need local worker processes; MPI ranks cannot be killed or replaced one by one".into(),
+            ));
+        }
+        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone())?;
+        self.workers = ranks;
+        self.start_on(
+            task,
+            PathBuf::from("<MPI ranks>"),
+            String::new(),
+            Box::new(launcher),
+            events_tx,
+            events_rx,
+        )
+    }
+
     /// Start a pool whose workers come from `launcher` (the transport seam).
     pub(crate) fn start_with(
         self,
@@ -208,6 +247,19 @@ impl PoolBuilder {
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::process::Launcher>,
+    ) -> Result<Core, PoolError> {
+        let (events_tx, events_rx) = mpsc::channel::<Event>();
+        self.start_on(task, bin, token, launcher, events_tx, events_rx)
+    }
+
+    fn start_on(
+        self,
+        task: Option<(String, Vec<u8>)>,
+        bin: PathBuf,
+        token: String,
+        launcher: Box<dyn crate::process::Launcher>,
+        events_tx: Sender<Event>,
+        events_rx: Receiver<Event>,
     ) -> Result<Core, PoolError> {
         self.validate()?;
         let sizer = Arc::new(Sizer::new(self.chunk_size));
@@ -224,7 +276,6 @@ impl PoolBuilder {
             sizer: sizer.clone(),
             launcher,
         };
-        let (events_tx, events_rx) = mpsc::channel::<Event>();
         let (started_tx, started_rx) = mpsc::channel::<Result<Started, PoolError>>();
         let supervisor = Supervisor::new(settings, events_tx.clone(), started_tx);
         let thread = thread::Builder::new()
@@ -413,6 +464,11 @@ impl<T: Task> Pool<T> {
             job,
             _out: PhantomData,
         }
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.core.workers
     }
 
     /// Process ids of the workers started with the pool.

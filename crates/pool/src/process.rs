@@ -222,26 +222,32 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, gen: u64, events: Sender<Event>)
             Err(IpcError::Disconnected) => break None,
             Err(e) => break Some(format!("channel error: {e:?}")),
         };
-        if first {
-            first = false;
-            if let Ok((0, version)) = decode_prefix(&bytes) {
-                if version != PROTOCOL_VERSION {
-                    break Some(format!(
-                        "speaks protocol version {version}, this coordinator speaks version {PROTOCOL_VERSION}"
-                    ));
-                }
-            }
-        }
-        match decode::<WorkerMessage>(&bytes) {
+        match decode_from_worker(&mut first, &bytes) {
             Ok(message) => {
                 if events.send(Event::Message { slot, gen, message }).is_err() {
                     return;
                 }
             }
-            Err(e) => break Some(format!("sent a malformed message ({e})")),
+            Err(reason) => break Some(reason),
         }
     };
     let _ = events.send(Event::Closed { slot, gen, reason });
+}
+
+/// Decode a message from a worker; `first` marks its first message, whose
+/// protocol version is checked before anything else. An error says why the
+/// worker is to be dropped.
+pub(crate) fn decode_from_worker(first: &mut bool, bytes: &[u8]) -> Result<WorkerMessage, String> {
+    if std::mem::take(first) {
+        if let Ok((0, version)) = decode_prefix(bytes) {
+            if version != PROTOCOL_VERSION {
+                return Err(format!(
+                    "speaks protocol version {version}, this coordinator speaks version {PROTOCOL_VERSION}"
+                ));
+            }
+        }
+    }
+    decode::<WorkerMessage>(bytes).map_err(|e| format!("sent a malformed message ({e})"))
 }
 
 /// How workers are started and reached: the transport seam. The local
@@ -267,6 +273,10 @@ pub(crate) trait Launcher: Send {
 pub(crate) trait Link: Send {
     /// The process id, if known before its `Hello` (0 otherwise).
     fn pid(&self) -> u32;
+    /// How to name the worker in logs before its `Hello`.
+    fn label(&self) -> String {
+        format!("pid={}", self.pid())
+    }
     /// The worker is reachable: requests go to `writer`.
     fn connected(&mut self, writer: Sender<Vec<u8>>);
     /// Queue an encoded request (dropped if the worker is gone: its reader reports that).

@@ -30,6 +30,11 @@ pub use messages::{
 };
 pub use task::{Task, TaskError};
 
+/// MPI backend: the tag of protocol messages, both ways.
+pub const MPI_TAG_DATA: i32 = 1;
+/// MPI backend: the tag of a worker's empty goodbye after `Stop` (its channel closes).
+pub const MPI_TAG_BYE: i32 = 2;
+
 /// Environment variable carrying the one-shot server name a worker connects to.
 pub const ENV_SERVER: &str = "PROCPOOL_SERVER";
 /// Environment variable carrying the per-run secret a worker must echo in its `Hello`.

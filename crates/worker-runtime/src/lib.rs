@@ -33,6 +33,8 @@
 //! A panic inside a task becomes a failed record; the worker lives on.
 
 mod logging;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod registry;
 mod serve;
 

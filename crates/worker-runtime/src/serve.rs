@@ -384,8 +384,23 @@ fn die_with_parent() {
 /// `main` for a worker binary: log setup, [`serve`], and an exit code
 /// (0 on an orderly end, 2 when run by hand, 1 on any other failure).
 pub fn main_with(registry: Registry) -> ExitCode {
+    #[cfg(feature = "mpi")]
+    if crate::mpi::launched_by_mpi() {
+        // Ranks may run on several hosts: say which in every line.
+        let role: &'static str = Box::leak(format!("worker@{}", host_name()).into_boxed_str());
+        crate::init_logging(role);
+        return exit_code(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || crate::mpi::serve_mpi(registry),
+        )));
+    }
     crate::init_logging("worker");
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(registry))) {
+    exit_code(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || serve(registry),
+    )))
+}
+
+fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> ExitCode {
+    match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(ServeError::NotUnderCoordinator)) => {
             eprintln!("worker: {}", ServeError::NotUnderCoordinator);

@@ -331,7 +331,7 @@ impl Supervisor {
         let gen = self.workers[slot].gen + 1;
         let link = self.settings.launcher.launch(slot, gen, &self.events)?;
         let pid = link.pid();
-        info!("spawned worker pid={pid}");
+        info!("spawned worker {}", link.label());
         let w = &mut self.workers[slot];
         *w = Worker::empty();
         w.gen = gen;

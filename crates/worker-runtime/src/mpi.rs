@@ -1,0 +1,60 @@
+//! The worker side of the MPI backend (cargo feature `mpi`): this process is
+//! a rank > 0 of an MPI job whose rank 0 is the coordinator.
+
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::Threading;
+use procpool_protocol::{MPI_TAG_BYE, MPI_TAG_DATA};
+
+use crate::{serve_over, Registry, ServeError, WorkerTransport};
+
+/// Whether an MPI launcher (mpirun, srun, Hydra) started this process.
+pub fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+struct MpiTransport {
+    world: SimpleCommunicator,
+}
+
+impl WorkerTransport for MpiTransport {
+    fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
+        let (bytes, _status) = self
+            .world
+            .process_at_rank(0)
+            .receive_vec_with_tag::<u8>(MPI_TAG_DATA);
+        Ok(Some(bytes))
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
+        self.world
+            .process_at_rank(0)
+            .send_with_tag(bytes, MPI_TAG_DATA);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ServeError> {
+        self.world
+            .process_at_rank(0)
+            .send_with_tag(&[] as &[u8], MPI_TAG_BYE);
+        Ok(())
+    }
+}
+
+/// Serve the coordinator at rank 0 until it says `Stop`, then finalise MPI.
+pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
+    let Some((universe, _)) = mpi::initialize_with_threading(Threading::Single) else {
+        return Err(ServeError::Ipc("MPI is already initialised".into()));
+    };
+    let world = universe.world();
+    if world.rank() == 0 {
+        return Err(ServeError::Ipc(
+            "this worker is rank 0 of its MPI job; rank 0 must be the coordinator (`mpirun -n 1 coordinator --backend mpi ... : -n N worker`)".into(),
+        ));
+    }
+    let result = serve_over(MpiTransport { world }, registry, String::new());
+    drop(universe); // MPI_Finalize
+    result
+}
