@@ -11,6 +11,8 @@ mod demo;
 mod faults;
 mod input;
 mod library;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod operate;
 mod resume;
 mod signals;

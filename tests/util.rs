@@ -74,6 +74,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// A coordinator command line to run.
 #[derive(Debug, Clone)]
 pub struct Cmd {
+    program: Option<PathBuf>,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     env: Vec<(String, String)>,
@@ -96,11 +97,19 @@ impl Cmd {
         S: Into<OsString>,
     {
         Cmd {
+            program: None,
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
             env: Vec::new(),
             deadline: DEADLINE,
         }
+    }
+
+    /// Run `program` (e.g. `mpirun`) with the arguments instead of the coordinator.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Cmd {
+        self.program = Some(program.into());
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Cmd {
@@ -142,7 +151,7 @@ impl Cmd {
     pub fn spawn(self) -> Running {
         // Fail early and clearly if the worker binary was not built.
         worker_bin();
-        let mut command = Command::new(coordinator_bin());
+        let mut command = Command::new(self.program.unwrap_or_else(coordinator_bin));
         command
             .args(&self.args)
             .stdin(if self.stdin.is_some() {

@@ -314,10 +314,16 @@ where
     {
         let signal = signal.clone();
         let canceller = canceller.clone();
+        let mpi = args.backend == Backend::Mpi;
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
+                    if mpi && sig == SIGTERM {
+                        warn!(
+                            "SIGTERM under MPI: the launcher is ending the job (usually because a rank failed; see its message); the output keeps every complete record in order, and `--resume` continues the job"
+                        );
+                    }
                     if signal.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                         warn!(
                             "{}: finishing records in flight, then stopping (again to stop at once)",

@@ -1,0 +1,213 @@
+//! The MPI backend (`--features mpi`): the coordinator as rank 0 of an
+//! `mpirun` job, workers as the other ranks. Needs Open MPI's `mpirun` on
+//! the PATH (CI installs it). Results must equal the local backend's.
+
+use std::time::Duration;
+
+use crate::util::{
+    coordinator, fault_input, ready_pids, send_signal, tempdir, worker_bin, write_file, Cmd, Output,
+};
+
+/// `mpirun -n 1 coordinator --backend mpi ARGS : -n RANKS worker`.
+fn mpirun(ranks: usize, mpirun_opts: &[&str], args: &[&str]) -> Cmd {
+    let coordinator = crate::util::coordinator_bin();
+    let worker = worker_bin();
+    let mut all: Vec<String> = vec!["--oversubscribe".into()];
+    all.extend(mpirun_opts.iter().map(|s| s.to_string()));
+    all.extend(["-n".into(), "1".into()]);
+    all.push(coordinator.display().to_string());
+    all.extend(["--backend".into(), "mpi".into()]);
+    all.extend(args.iter().map(|s| s.to_string()));
+    all.extend([
+        ":".into(),
+        "-n".into(),
+        ranks.to_string(),
+        worker.display().to_string(),
+    ]);
+    Cmd::new(all)
+        .program("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .deadline(Duration::from_secs(120))
+}
+
+fn local(args: &[&str]) -> Output {
+    coordinator(args.iter().copied()).run()
+}
+
+#[test]
+fn demo_under_mpirun_equals_local() {
+    let args = ["--work-ms", "50", "--year", "2024"];
+    let want = local(&[&args[..], &["--workers", "3"]].concat());
+    want.assert_code(0);
+    let got = mpirun(3, &[], &args).run();
+    got.assert_code(0);
+    assert_eq!(got.stdout_str(), want.stdout_str());
+    let pids = ready_pids(&got.stderr);
+    assert_eq!(pids.len(), 3, "{}", got.stderr);
+    // Worker lines name their host and pid; every record has one.
+    for name in ["Ada Lovelace", "Sally Ride", "Tu Youyou"] {
+        assert!(
+            got.stderr
+                .lines()
+                .any(|l| l.contains("worker@") && l.contains(&format!("working record {name}"))),
+            "{}",
+            got.stderr
+        );
+    }
+    assert!(got.stderr.contains("3 workers ready"), "{}", got.stderr);
+}
+
+#[test]
+fn hundred_thousand_records_equal_local_over_shared_memory_and_tcp() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..100_000).map(|n| (n, ""))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
+    want.assert_code(0);
+    for opts in [&[][..], &["--mca", "btl", "tcp,self"][..]] {
+        let got = mpirun(3, opts, &["--task", "fault", "--input", &input]).run();
+        got.assert_code(0);
+        assert!(
+            got.stdout_str() == want.stdout_str(),
+            "MPI output differs from local ({opts:?})"
+        );
+    }
+}
+
+#[test]
+fn task_errors_and_panics_are_per_record_under_mpi() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..50).map(|n| {
+            (
+                n,
+                match n {
+                    7 => "error",
+                    21 => "panic",
+                    _ => "",
+                },
+            )
+        })),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(1);
+    let got = mpirun(2, &[], &["--task", "fault", "--input", &input]).run();
+    got.assert_code(1);
+    assert_eq!(got.stdout_str(), want.stdout_str());
+}
+
+#[test]
+fn statistics_and_job_log_under_mpi() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..2_000).map(|n| (n, ""))),
+    );
+    let joblog = dir.path().join("jobs.tsv");
+    let stats = dir.path().join("stats.json");
+    let got = mpirun(
+        3,
+        &[],
+        &[
+            "--task",
+            "fault",
+            "--input",
+            &input,
+            "--joblog",
+            joblog.to_str().unwrap_or_default(),
+            "--stats-json",
+            stats.to_str().unwrap_or_default(),
+        ],
+    )
+    .run();
+    got.assert_code(0);
+    let pids = ready_pids(&got.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["total_records"].as_u64(), Some(2_000), "{json}");
+    let rows = json["workers"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{json}");
+    for row in rows {
+        assert!(
+            pids.contains(&(row["pid"].as_u64().unwrap() as u32)),
+            "{row}"
+        );
+    }
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    let lines: Vec<&str> = log.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2_000);
+    for (i, line) in lines.iter().enumerate() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols[0], i.to_string());
+        assert!(pids.contains(&cols[1].parse().unwrap()), "{line}");
+        assert_eq!(cols[4], "ok");
+    }
+}
+
+#[test]
+fn options_needing_local_processes_are_refused() {
+    let got = mpirun(2, &[], &["--timeout", "1s"]).run();
+    assert_ne!(got.code(), Some(0));
+    assert!(
+        got.stderr.contains("cannot be killed or replaced"),
+        "{}",
+        got.stderr
+    );
+    // Not started by mpirun at all.
+    let alone = coordinator(["--backend", "mpi"]).run();
+    alone.assert_code(2);
+    assert!(alone.stderr.contains("mpirun"), "{}", alone.stderr);
+}
+
+#[test]
+fn a_rank_crash_ends_the_job_and_resume_continues_it() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..600).map(|n| (n, "sleep:5"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let args = [
+        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
+    ];
+    let mut run = mpirun(2, &[], &args).spawn();
+    run.wait_for("two workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 2
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
+    });
+    let victim = *ready_pids(&run.stderr_now()).iter().next().unwrap();
+    send_signal(victim, libc::SIGKILL);
+    let crashed = run.wait();
+    assert_ne!(crashed.code(), Some(0), "{}", crashed.stderr);
+    let partial = std::fs::read_to_string(&out).unwrap();
+    let done = partial.lines().count();
+    assert!(done < 600, "the job should have stopped early");
+    assert!(
+        want.stdout_str().starts_with(&partial),
+        "not an ordered prefix"
+    );
+    // Continue the job: the file ends as an uninterrupted run's.
+    let resumed = mpirun(2, &[], &args).run();
+    resumed.assert_code(0);
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("resumed after {done} records")),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+}
