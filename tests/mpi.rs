@@ -211,3 +211,99 @@ fn a_rank_crash_ends_the_job_and_resume_continues_it() {
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
+
+/// Removes the namespace hosts even if the test fails.
+struct NetnsHosts;
+
+impl NetnsHosts {
+    fn up() -> NetnsHosts {
+        let status = std::process::Command::new("bash")
+            .arg(script("mpi-netns.sh"))
+            .arg("up")
+            .status()
+            .expect("run scripts/mpi-netns.sh (needs root and iproute2)");
+        assert!(status.success(), "scripts/mpi-netns.sh up failed");
+        NetnsHosts
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(script("mpi-netns.sh"))
+            .arg("down")
+            .status();
+    }
+}
+
+fn script(name: &str) -> String {
+    format!("{}/../../scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Two hosts (network namespaces with their own addresses and host names)
+/// joined by a veth pair; coordinator and one worker on `ppa`, two workers
+/// on `ppb`, MPI over TCP between them.
+#[test]
+fn across_two_namespace_hosts_over_tcp() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..100_000).map(|n| (n, ""))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
+    want.assert_code(0);
+    let _hosts = NetnsHosts::up();
+    let (coordinator, worker) = (
+        crate::util::coordinator_bin().display().to_string(),
+        worker_bin().display().to_string(),
+    );
+    let demo_want = local(&["--workers", "3", "--work-ms", "50", "--year", "2024"]);
+    for (args, want) in [
+        (vec!["--work-ms", "50", "--year", "2024"], &demo_want),
+        (vec!["--task", "fault", "--input", input.as_str()], &want),
+    ] {
+        let mut all = vec![
+            "run",
+            "--",
+            "-n",
+            "1",
+            "--host",
+            "10.99.0.1",
+            &coordinator,
+            "--backend",
+            "mpi",
+        ];
+        all.extend(args.iter().copied());
+        all.extend([
+            ":",
+            "-n",
+            "1",
+            "--host",
+            "10.99.0.1",
+            &worker,
+            ":",
+            "-n",
+            "2",
+            "--host",
+            "10.99.0.2:2",
+            &worker,
+        ]);
+        let got = Cmd::new(
+            [script("mpi-netns.sh")]
+                .into_iter()
+                .chain(all.iter().map(|s| s.to_string())),
+        )
+        .program("bash")
+        .deadline(Duration::from_secs(120))
+        .run();
+        got.assert_code(0);
+        assert!(
+            got.stdout_str() == want.stdout_str(),
+            "output differs from local"
+        );
+        for host in ["on ppa ready", "on ppb ready"] {
+            assert!(got.stderr.contains(host), "{}", got.stderr);
+        }
+    }
+}
