@@ -28,20 +28,6 @@ use crate::supervisor::Event;
 
 use procpool_protocol::{MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA};
 
-/// How many ranks the launcher started, from its environment (Open MPI's
-/// `mpirun`, PMIx as under `srun --mpi=pmix`, MPICH's Hydra), without
-/// initialising MPI.
-pub fn world_size_from_env() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMIX_SIZE",
-        "PMI_SIZE",
-        "SLURM_NTASKS",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok()?.parse().ok())
-}
-
 /// Whether this process was started by an MPI launcher.
 pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"]
@@ -265,8 +251,19 @@ fn mpi_thread(cmds: Receiver<Cmd>, events: Sender<Event>, ready: Sender<Result<u
             }
         }
     }
-    drop(sends); // waits for unfinished sends
-    drop(universe); // MPI_Finalize, on the thread that initialised MPI
+    if peers.iter().all(|p| p.closed) {
+        drop(sends); // waits for unfinished sends
+        drop(universe); // MPI_Finalize, on the thread that initialised MPI
+    } else {
+        // A rank that did not say goodbye (stuck in a task past the grace
+        // period) would make MPI_Finalize wait forever: end the job instead.
+        log::error!("a worker rank did not stop; aborting the MPI job");
+        // SAFETY: MPI is initialised on this thread; MPI_Abort takes the
+        // predefined world communicator and does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+        }
+    }
 }
 
 /// Hand a message from `rank` to the supervisor as its worker's event.

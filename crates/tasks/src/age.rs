@@ -20,26 +20,44 @@ pub struct Scientist {
 }
 
 /// Accept `yes`/`no` as well as booleans in text formats (CSV, JSON); binary
-/// formats carry a plain `bool`.
+/// formats carry a plain `bool`. A visitor rather than an untagged enum: the
+/// enum would build (and format) an error for every word before trying it.
 fn yes_no<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    if !d.is_human_readable() {
-        return bool::deserialize(d);
+    struct YesNo;
+
+    impl serde::de::Visitor<'_> for YesNo {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("yes, no, true or false")
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<bool, E> {
+            Ok(b)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, w: &str) -> Result<bool, E> {
+            let w = w.trim();
+            if ["yes", "y", "true", "1"]
+                .iter()
+                .any(|t| w.eq_ignore_ascii_case(t))
+            {
+                Ok(true)
+            } else if ["no", "n", "false", "0", ""]
+                .iter()
+                .any(|t| w.eq_ignore_ascii_case(t))
+            {
+                Ok(false)
+            } else {
+                Err(E::custom(format!("nobel: expected yes or no, found `{w}`")))
+            }
+        }
     }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        Bool(bool),
-        Word(String),
-    }
-    match Text::deserialize(d)? {
-        Text::Bool(b) => Ok(b),
-        Text::Word(w) => match w.trim().to_ascii_lowercase().as_str() {
-            "yes" | "y" | "true" | "1" => Ok(true),
-            "no" | "n" | "false" | "0" | "" => Ok(false),
-            other => Err(serde::de::Error::custom(format!(
-                "nobel: expected yes or no, found `{other}`"
-            ))),
-        },
+
+    if d.is_human_readable() {
+        d.deserialize_any(YesNo)
+    } else {
+        bool::deserialize(d)
     }
 }
 

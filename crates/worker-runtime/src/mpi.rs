@@ -54,7 +54,32 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
             "this worker is rank 0 of its MPI job; rank 0 must be the coordinator (`mpirun -n 1 coordinator --backend mpi ... : -n N worker`)".into(),
         ));
     }
-    let result = serve_over(MpiTransport { world }, registry, String::new());
-    drop(universe); // MPI_Finalize
-    result
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve_over(MpiTransport { world }, registry, String::new())
+    }));
+    match served {
+        Ok(Ok(())) => {
+            drop(universe); // MPI_Finalize
+            Ok(())
+        }
+        // Finalising would wait for the other ranks forever: end the job instead.
+        Ok(Err(e)) => {
+            log::error!("{e}; aborting the MPI job");
+            abort_job(1)
+        }
+        Err(_) => {
+            log::error!("worker panicked outside a task; aborting the MPI job");
+            abort_job(101)
+        }
+    }
+}
+
+/// `MPI_Abort` on the world communicator: the launcher ends every rank.
+fn abort_job(code: i32) -> ! {
+    // SAFETY: MPI is initialised; MPI_Abort takes the predefined world
+    // communicator and an error code, and does not return.
+    unsafe {
+        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+    }
+    std::process::exit(code)
 }

@@ -108,8 +108,7 @@ impl LineBudget {
         }
     }
 
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
+    fn allow(&mut self, now: Instant) -> bool {
         let refill = now.duration_since(self.last).as_secs_f64() * Self::PER_SECOND;
         self.last = now;
         self.tokens = (self.tokens + refill).min(Self::BURST);
@@ -270,6 +269,13 @@ fn serve_on<T: WorkerTransport>(
                 let runner = runner.as_deref().ok_or(ServeError::NotConfigured)?;
                 let mut outcomes = Vec::with_capacity(batch.records.len());
                 let mut started = Instant::now();
+                // One wall-clock read per batch; records are timed with the
+                // monotonic clock from there (one read per record).
+                let batch_wall_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                let batch_t0 = started;
+                let mut t0 = started;
                 for record in batch.records {
                     match fault {
                         InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
@@ -279,18 +285,17 @@ fn serve_on<T: WorkerTransport>(
                         }
                         _ => {}
                     }
-                    if log::log_enabled!(log::Level::Info) && budget.allow() {
+                    if log::log_enabled!(log::Level::Info) && budget.allow(t0) {
                         let label = runner
                             .label(&record.payload)
                             .unwrap_or_else(|| format!("#{}", record.seq));
                         info!("Process {pid} working record {label}");
                     }
-                    let started_us = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as u64);
-                    let t0 = Instant::now();
+                    let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
                     let outcome = runner.run_encoded(&record.payload);
-                    let nanos = t0.elapsed().as_nanos() as u64;
+                    let t1 = Instant::now();
+                    let nanos = t1.duration_since(t0).as_nanos() as u64;
+                    t0 = t1;
                     done += 1;
                     if let Outcome::Failed(f) = &outcome {
                         failed += 1;
@@ -384,8 +389,10 @@ fn die_with_parent() {
 /// `main` for a worker binary: log setup, [`serve`], and an exit code
 /// (0 on an orderly end, 2 when run by hand, 1 on any other failure).
 pub fn main_with(registry: Registry) -> ExitCode {
+    // A local worker of a coordinator that itself runs under mpirun inherits
+    // the launcher's variables: the coordinator's own variable decides.
     #[cfg(feature = "mpi")]
-    if crate::mpi::launched_by_mpi() {
+    if crate::mpi::launched_by_mpi() && std::env::var_os(ENV_SERVER).is_none() {
         // Ranks may run on several hosts: say which in every line.
         let role: &'static str = Box::leak(format!("worker@{}", host_name()).into_boxed_str());
         crate::init_logging(role);
