@@ -68,11 +68,13 @@ pub struct ScaleArgs {
     pub input: Option<String>,
 
     /// Records generated for primes/locked without --input.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 2000)]
     pub records: usize,
 
-    /// `n` of each generated primes/locked record.
-    #[arg(long, default_value_t = 5_000_000)]
+    /// `n` of each generated primes/locked record (the default keeps each
+    /// record's sieve in a core's cache, so that memory bandwidth does not
+    /// blur the scaling).
+    #[arg(long, default_value_t = 1_000_000)]
     pub n: u64,
 
     /// Simulated work per record for `age`, in ms.

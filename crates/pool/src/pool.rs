@@ -201,11 +201,12 @@ impl PoolBuilder {
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-        let launcher = Box::new(LocalLauncher {
-            bin: bin.clone(),
-            token: token.clone(),
-            output: self.output.clone(),
-        });
+        let launcher = Box::new(LocalLauncher::new(
+            bin.clone(),
+            token.clone(),
+            self.output.clone(),
+            self.workers,
+        )?);
         self.start_with(task, bin, token, launcher)
     }
 

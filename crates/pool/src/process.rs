@@ -12,7 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -263,6 +264,18 @@ pub(crate) trait Launcher: Send {
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError>;
 
+    /// Start the workers of several slots; by default one after the other.
+    fn launch_all(
+        &mut self,
+        slots: &[(usize, u64)],
+        events: &Sender<Event>,
+    ) -> Vec<Result<Box<dyn Link>, PoolError>> {
+        slots
+            .iter()
+            .map(|&(slot, gen)| self.launch(slot, gen, events))
+            .collect()
+    }
+
     /// Whether a worker that is gone can be replaced.
     fn respawns(&self) -> bool {
         true
@@ -294,10 +307,113 @@ pub(crate) trait Link: Send {
 }
 
 /// Spawns worker processes of a binary and connects them over ipc-channel.
+///
+/// Spawning happens on a few long-lived spawner threads: `PR_SET_PDEATHSIG`
+/// in a worker fires when the *thread* that forked it exits, so they live as
+/// long as the pool; and with several of them, starting many workers
+/// overlaps (each spawn waits for its child's `exec`).
 pub(crate) struct LocalLauncher {
-    pub bin: std::path::PathBuf,
-    pub token: String,
-    pub output: Option<OutputHandler>,
+    spec: Arc<SpawnSpec>,
+    spawners: Vec<Sender<SpawnJob>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+struct SpawnSpec {
+    bin: std::path::PathBuf,
+    token: String,
+    output: Option<OutputHandler>,
+}
+
+struct SpawnJob {
+    slot: usize,
+    gen: u64,
+    events: Sender<Event>,
+    reply: Sender<Result<Spawned, PoolError>>,
+}
+
+impl LocalLauncher {
+    const SPAWNERS: usize = 4;
+
+    pub fn new(
+        bin: std::path::PathBuf,
+        token: String,
+        output: Option<OutputHandler>,
+        workers: usize,
+    ) -> Result<Self, PoolError> {
+        let spec = Arc::new(SpawnSpec { bin, token, output });
+        let mut spawners = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..workers.clamp(1, Self::SPAWNERS) {
+            let (tx, rx) = mpsc::channel::<SpawnJob>();
+            let spec = spec.clone();
+            let handle = thread::Builder::new()
+                .name(format!("procpool-spawn-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        let result = spawn(
+                            &spec.bin,
+                            &spec.token,
+                            job.slot,
+                            job.gen,
+                            &job.events,
+                            spec.output.as_ref(),
+                        );
+                        let _ = job.reply.send(result);
+                    }
+                })
+                .map_err(PoolError::Ipc)?;
+            spawners.push(tx);
+            threads.push(handle);
+        }
+        Ok(LocalLauncher {
+            spec,
+            spawners,
+            threads,
+        })
+    }
+
+    fn request(
+        &self,
+        index: usize,
+        slot: usize,
+        gen: u64,
+        events: &Sender<Event>,
+    ) -> Receiver<Result<Spawned, PoolError>> {
+        let (reply, rx) = mpsc::channel();
+        let job = SpawnJob {
+            slot,
+            gen,
+            events: events.clone(),
+            reply,
+        };
+        if let Some(spawner) = self.spawners.get(index % self.spawners.len().max(1)) {
+            let _ = spawner.send(job);
+        }
+        rx
+    }
+
+    fn link(
+        result: Result<Result<Spawned, PoolError>, mpsc::RecvError>,
+    ) -> Result<Box<dyn Link>, PoolError> {
+        let spawned = result
+            .map_err(|_| PoolError::Ipc(io::Error::other("the spawner thread is gone")))??;
+        Ok(Box::new(LocalLink {
+            spawned,
+            connected: false,
+            writer: None,
+            reaped: None,
+        }))
+    }
+}
+
+impl Drop for LocalLauncher {
+    fn drop(&mut self) {
+        self.spawners.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = &self.spec;
+    }
 }
 
 impl Launcher for LocalLauncher {
@@ -307,20 +423,23 @@ impl Launcher for LocalLauncher {
         gen: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
-        let spawned = spawn(
-            &self.bin,
-            &self.token,
-            slot,
-            gen,
-            events,
-            self.output.as_ref(),
-        )?;
-        Ok(Box::new(LocalLink {
-            spawned,
-            connected: false,
-            writer: None,
-            reaped: None,
-        }))
+        Self::link(self.request(slot, slot, gen, events).recv())
+    }
+
+    fn launch_all(
+        &mut self,
+        slots: &[(usize, u64)],
+        events: &Sender<Event>,
+    ) -> Vec<Result<Box<dyn Link>, PoolError>> {
+        let pending: Vec<_> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, &(slot, gen))| self.request(i, slot, gen, events))
+            .collect();
+        pending
+            .into_iter()
+            .map(|rx| Self::link(rx.recv()))
+            .collect()
     }
 }
 

@@ -272,11 +272,19 @@ impl Supervisor {
     }
 
     pub fn run(mut self, events: Receiver<Event>) {
-        for slot in 0..self.workers.len() {
-            if let Err(e) = self.start_worker(slot) {
-                self.fail_start(e);
-                return;
+        // All at once: the launcher may start them side by side.
+        let slots: Vec<(usize, u64)> = (0..self.workers.len()).map(|s| (s, 1)).collect();
+        let links = self.settings.launcher.launch_all(&slots, &self.events);
+        let mut failure = None;
+        for ((slot, gen), link) in slots.into_iter().zip(links) {
+            match link {
+                Ok(link) => self.attach(slot, gen, link),
+                Err(e) => failure = failure.or(Some(e)),
             }
+        }
+        if let Some(e) = failure {
+            self.fail_start(e);
+            return;
         }
         loop {
             let wait = self.next_wakeup();
@@ -330,6 +338,11 @@ impl Supervisor {
     fn start_worker(&mut self, slot: usize) -> Result<(), PoolError> {
         let gen = self.workers[slot].gen + 1;
         let link = self.settings.launcher.launch(slot, gen, &self.events)?;
+        self.attach(slot, gen, link);
+        Ok(())
+    }
+
+    fn attach(&mut self, slot: usize, gen: u64, link: Box<dyn Link>) {
         let pid = link.pid();
         info!("spawned worker {}", link.label());
         let w = &mut self.workers[slot];
@@ -340,7 +353,6 @@ impl Supervisor {
             deadline: Instant::now() + self.settings.handshake_timeout,
         };
         w.link = Some(link);
-        Ok(())
     }
 
     fn next_wakeup(&self) -> Duration {
