@@ -187,7 +187,7 @@ def main():
         p(f"## c. In-memory map of {N:,} records, 2 workers (only the map is timed; pool started and warmed up first)\n")
         p("| program | config | map time | records/s |")
         p("|---|---|---|---|")
-        rows = [("c.rust", "Rust `Pool::map` (scripts/inmem_bench.rs)", "default chunksize"),
+        rows = [("c.rust", "Rust `Pool::map` (crates/pool/examples/inmem.rs)", "default chunksize"),
                 ("c.rust.cs1000", "Rust `Pool::map`", "chunk_size 1000"),
                 ("c.rust.cs10000", "Rust `Pool::map`", "chunk_size 10000"),
                 ("c.py.serial", "Python", "no pool (plain map)")]
@@ -195,7 +195,7 @@ def main():
             for cs in (1000, 10000):
                 rows.append((f"c.py.{ex}.cs{cs}", f"Python {exname}", f"chunksize {cs}"))
         if not c_rust:
-            p("| Rust | needs a bench target; to be added (inmem_bench.rs did not build) | – | – |")
+            p("| Rust | the inmem example did not build | – | – |")
         for i, prog, cfg in rows:
             if i in R:
                 v = med(i, "out_seconds")

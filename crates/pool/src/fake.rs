@@ -50,26 +50,14 @@ struct FakeLauncher(Script);
 
 struct FakeLink {
     pid: u32,
-    writer: Option<Sender<Vec<u8>>>,
 }
 
 impl Link for FakeLink {
     fn pid(&self) -> u32 {
         self.pid
     }
-    fn connected(&mut self, writer: Sender<Vec<u8>>) {
-        self.writer = Some(writer);
-    }
-    fn send(&self, message: Vec<u8>) {
-        if let Some(w) = &self.writer {
-            let _ = w.send(message);
-        }
-    }
-    fn disconnect(&mut self) {
-        self.writer = None;
-    }
     fn kill(&mut self) {
-        self.writer = None;
+        // The supervisor drops its writer: the fake worker's loop ends.
     }
     fn exited(&mut self) -> Option<WorkerExit> {
         None
@@ -77,9 +65,7 @@ impl Link for FakeLink {
     fn reap(&mut self, _patience: Duration) -> WorkerExit {
         WorkerExit::Signal(libc::SIGKILL)
     }
-    fn abandon(&mut self) {
-        self.writer = None;
-    }
+    fn abandon(&mut self) {}
 }
 
 impl Launcher for FakeLauncher {
@@ -152,7 +138,7 @@ impl Launcher for FakeLauncher {
                 reason: None,
             });
         });
-        Ok(Box::new(FakeLink { pid, writer: None }))
+        Ok(Box::new(FakeLink { pid }))
     }
 }
 

@@ -113,12 +113,9 @@ impl Launcher for MpiLauncher {
         let _ = events.send(Event::Accepted {
             slot,
             gen,
-            result: Ok(tx.clone()),
+            result: Ok(tx),
         });
-        Ok(Box::new(MpiLink {
-            writer: Some(tx),
-            rank,
-        }))
+        Ok(Box::new(MpiLink { rank }))
     }
 
     fn respawns(&self) -> bool {
@@ -127,7 +124,6 @@ impl Launcher for MpiLauncher {
 }
 
 struct MpiLink {
-    writer: Option<Sender<Vec<u8>>>,
     rank: Rank,
 }
 
@@ -138,20 +134,9 @@ impl Link for MpiLink {
     fn label(&self) -> String {
         format!("rank {}", self.rank)
     }
-    fn connected(&mut self, writer: Sender<Vec<u8>>) {
-        self.writer = Some(writer);
-    }
-    fn send(&self, message: Vec<u8>) {
-        if let Some(w) = &self.writer {
-            let _ = w.send(message);
-        }
-    }
-    fn disconnect(&mut self) {
-        self.writer = None;
-    }
     fn kill(&mut self) {
-        // A rank cannot be killed alone; it stops when told to.
-        self.writer = None;
+        // A rank cannot be killed alone; it stops when told to (the
+        // supervisor drops its writer).
     }
     fn exited(&mut self) -> Option<WorkerExit> {
         None
@@ -159,9 +144,7 @@ impl Link for MpiLink {
     fn reap(&mut self, _patience: Duration) -> WorkerExit {
         WorkerExit::Code(0)
     }
-    fn abandon(&mut self) {
-        self.writer = None;
-    }
+    fn abandon(&mut self) {}
 }
 
 struct Peer {

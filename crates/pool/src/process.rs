@@ -290,12 +290,8 @@ pub(crate) trait Link: Send {
     fn label(&self) -> String {
         format!("pid={}", self.pid())
     }
-    /// The worker is reachable: requests go to `writer`.
-    fn connected(&mut self, writer: Sender<Vec<u8>>);
-    /// Queue an encoded request (dropped if the worker is gone: its reader reports that).
-    fn send(&self, message: Vec<u8>);
-    /// Close our request channel.
-    fn disconnect(&mut self);
+    /// The worker has connected (its writer went to the supervisor).
+    fn connected(&mut self) {}
     /// Kill the worker now.
     fn kill(&mut self);
     /// Has it exited (without blocking)?
@@ -400,7 +396,6 @@ impl LocalLauncher {
         Ok(Box::new(LocalLink {
             spawned,
             connected: false,
-            writer: None,
             reaped: None,
         }))
     }
@@ -446,7 +441,6 @@ impl Launcher for LocalLauncher {
 struct LocalLink {
     spawned: Spawned,
     connected: bool,
-    writer: Option<Sender<Vec<u8>>>,
     reaped: Option<WorkerExit>,
 }
 
@@ -455,19 +449,8 @@ impl Link for LocalLink {
         self.spawned.pid
     }
 
-    fn connected(&mut self, writer: Sender<Vec<u8>>) {
+    fn connected(&mut self) {
         self.connected = true;
-        self.writer = Some(writer);
-    }
-
-    fn send(&self, message: Vec<u8>) {
-        if let Some(w) = &self.writer {
-            let _ = w.send(message);
-        }
-    }
-
-    fn disconnect(&mut self) {
-        self.writer = None;
     }
 
     fn kill(&mut self) {
@@ -503,7 +486,6 @@ impl Link for LocalLink {
         if !self.connected {
             self.spawned.unblock_accept();
         }
-        self.writer = None;
         self.reap(Duration::from_millis(500));
     }
 }

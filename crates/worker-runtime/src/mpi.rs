@@ -21,11 +21,23 @@ struct MpiTransport {
 
 impl WorkerTransport for MpiTransport {
     fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
-        let (bytes, _status) = self
-            .world
-            .process_at_rank(0)
-            .receive_vec_with_tag::<u8>(MPI_TAG_DATA);
-        Ok(Some(bytes))
+        // Open MPI's blocking receive spins at full speed while it waits,
+        // taking a core from the ranks that compute: probe, spin briefly,
+        // then sleep between probes.
+        let root = self.world.process_at_rank(0);
+        let mut idle = 0u32;
+        loop {
+            if let Some((message, status)) = root.immediate_matched_probe_with_tag(MPI_TAG_DATA) {
+                let (bytes, _) = (message, status).matched_receive_vec::<u8>();
+                return Ok(Some(bytes));
+            }
+            idle = idle.saturating_add(1);
+            if idle > 200 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {

@@ -153,6 +153,8 @@ struct Worker {
     phase: Phase,
     pid: u32,
     link: Option<Box<dyn Link>>,
+    /// Requests to the worker, once it has connected.
+    writer: Option<Sender<Vec<u8>>>,
     in_flight: VecDeque<InFlight>,
     /// Records sent to this worker in its life (for recycling).
     assigned: u64,
@@ -174,6 +176,7 @@ impl Worker {
             phase: Phase::Gone,
             pid: 0,
             link: None,
+            writer: None,
             in_flight: VecDeque::new(),
             assigned: 0,
             current_started: None,
@@ -184,15 +187,19 @@ impl Worker {
         }
     }
 
+    /// Kill it; our request channel closes too.
     fn kill(&mut self) {
         if let Some(link) = self.link.as_mut() {
             link.kill();
         }
+        self.writer = None;
     }
 
+    /// Queue an encoded request (dropped if the worker is gone: its reader
+    /// reports that).
     fn send(&self, message: Vec<u8>) {
-        if let Some(link) = &self.link {
-            link.send(message);
+        if let Some(w) = &self.writer {
+            let _ = w.send(message);
         }
     }
 
@@ -211,6 +218,7 @@ impl Worker {
             link.abandon();
         }
         self.link = None;
+        self.writer = None;
         self.phase = Phase::Gone;
         self.gen += 1;
     }
@@ -397,8 +405,10 @@ impl Supervisor {
                 }
                 match result {
                     Ok(writer) => {
-                        if let Some(link) = self.workers[slot].link.as_mut() {
-                            link.connected(writer);
+                        let w = &mut self.workers[slot];
+                        w.writer = Some(writer);
+                        if let Some(link) = w.link.as_mut() {
+                            link.connected();
                         }
                     }
                     Err(reason) => self.start_failed(slot, reason),
@@ -759,9 +769,7 @@ impl Supervisor {
             w.kill();
         }
         let w = &mut self.workers[slot];
-        if let Some(link) = w.link.as_mut() {
-            link.disconnect();
-        }
+        w.writer = None;
         let exit = w.reap();
         w.phase = Phase::Gone;
         let pid = w.pid;
