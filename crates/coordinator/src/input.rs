@@ -1,4 +1,3 @@
-#![allow(dead_code)] // used by the CLI run loop
 //! Streaming, typed record reader for the CLI.
 //!
 //! A [`RecordReader<T>`] reads records of type `T` one at a time from CSV or
