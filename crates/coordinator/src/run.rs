@@ -232,7 +232,11 @@ where
         None => RecordReader::demo(args.max_record_bytes),
         Some(path) => RecordReader::open(path, args.max_record_bytes)?,
     };
-    log::debug!("reading {:?} records from {}", reader.format(), reader.source());
+    log::debug!(
+        "reading {:?} records from {}",
+        reader.format(),
+        reader.source()
+    );
     let workers = args
         .workers
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
