@@ -309,7 +309,6 @@ pub(crate) trait Link: Send {
 /// long as the pool; and with several of them, starting many workers
 /// overlaps (each spawn waits for its child's `exec`).
 pub(crate) struct LocalLauncher {
-    spec: Arc<SpawnSpec>,
     spawners: Vec<Sender<SpawnJob>>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -361,11 +360,7 @@ impl LocalLauncher {
             spawners.push(tx);
             threads.push(handle);
         }
-        Ok(LocalLauncher {
-            spec,
-            spawners,
-            threads,
-        })
+        Ok(LocalLauncher { spawners, threads })
     }
 
     fn request(
@@ -407,7 +402,6 @@ impl Drop for LocalLauncher {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let _ = &self.spec;
     }
 }
 
