@@ -124,6 +124,7 @@ impl Launcher for FakeLauncher {
                             });
                         }
                         say(WorkerMessage::Results(BatchResults {
+                            thread: 0,
                             batch: batch.id,
                             busy_nanos: 1_000 * outcomes.len() as u64,
                             outcomes,
@@ -146,7 +147,13 @@ fn pool(builder: PoolBuilder, script: Script) -> Pool<Echo> {
     let config = encode_value(&Echo).unwrap();
     let core = builder
         .start_with(
-            Some(("echo".into(), config)),
+            Some(procpool_protocol::TaskSpec {
+                name: "echo".into(),
+                params: config,
+                params_encoding: procpool_protocol::ParamsEncoding::Bincode,
+                records: procpool_protocol::Encoding::Bincode,
+                threads: 1,
+            }),
             "fake-worker".into(),
             TOKEN.into(),
             Box::new(FakeLauncher(script)),

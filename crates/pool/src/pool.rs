@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo};
+use procpool_protocol::{
+    decode_value, encode_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec,
+};
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
@@ -172,8 +174,14 @@ impl PoolBuilder {
     /// worker is ready, or with the first start-up error (missing binary,
     /// handshake failure or timeout, a task the worker does not offer).
     pub fn build<T: Task>(self, task: T) -> Result<Pool<T>, PoolError> {
-        let config = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
-        let core = self.start(Some((T::NAME.to_owned(), config)))?;
+        let params = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
+        let core = self.start(Some(TaskSpec {
+            name: T::NAME.to_owned(),
+            params,
+            params_encoding: ParamsEncoding::Bincode,
+            records: Encoding::Bincode,
+            threads: 1,
+        }))?;
         Ok(Pool {
             core,
             _task: PhantomData,
@@ -189,7 +197,7 @@ impl PoolBuilder {
         Ok(offered)
     }
 
-    fn start(self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+    pub(crate) fn start(self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
         #[cfg(feature = "mpi")]
         if self.mpi {
             return self.start_mpi(task);
@@ -222,7 +230,7 @@ impl PoolBuilder {
     }
 
     #[cfg(feature = "mpi")]
-    fn start_mpi(mut self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+    fn start_mpi(mut self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
         if self.record_timeout.is_some() || self.max_tasks_per_child.is_some() {
             return Err(PoolError::Config(
                 "record timeouts and max_tasks_per_child need local worker processes; MPI ranks cannot be killed or replaced one by one".into(),
@@ -244,7 +252,7 @@ impl PoolBuilder {
     /// Start a pool whose workers come from `launcher` (the transport seam).
     pub(crate) fn start_with(
         self,
-        task: Option<(String, Vec<u8>)>,
+        task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::process::Launcher>,
@@ -255,7 +263,7 @@ impl PoolBuilder {
 
     fn start_on(
         self,
-        task: Option<(String, Vec<u8>)>,
+        task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::process::Launcher>,
@@ -314,30 +322,41 @@ pub fn default_worker_bin() -> Option<PathBuf> {
 }
 
 pub(crate) struct Core {
-    events: Sender<Event>,
+    pub(crate) events: Sender<Event>,
     thread: Option<thread::JoinHandle<()>>,
-    sizer: Arc<Sizer>,
-    pids: Vec<u32>,
+    pub(crate) sizer: Arc<Sizer>,
+    pub(crate) pids: Vec<u32>,
     offered: Vec<TaskInfo>,
-    workers: usize,
-    in_flight: usize,
-    grace: Duration,
+    pub(crate) workers: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) grace: Duration,
     next_job: AtomicU64,
 }
 
 impl Core {
-    fn send(&self, command: Command) -> bool {
+    pub(crate) fn send(&self, command: Command) -> bool {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob { id, results: tx });
         (id, rx)
     }
 
-    fn shutdown_inner(mut self) -> Vec<WorkerStats> {
+    pub(crate) fn offered(&self) -> &[TaskInfo] {
+        &self.offered
+    }
+
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            events: self.events.clone(),
+            grace: self.grace,
+        }
+    }
+
+    pub(crate) fn shutdown_inner(mut self) -> Vec<WorkerStats> {
         self.stop()
     }
 
@@ -632,6 +651,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                     self.accept(Completion {
                         seq,
                         pid: 0,
+                        thread: 0,
                         started_us: 0,
                         nanos: 0,
                         result: Err(RecordError::BadInput(e.to_string())),
@@ -691,6 +711,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                         self.accept(Completion {
                             seq: missing,
                             pid: 0,
+                            thread: 0,
                             started_us: 0,
                             nanos: 0,
                             result: Err(RecordError::PoolBroken("the pool stopped".into())),

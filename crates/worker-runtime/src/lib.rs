@@ -40,4 +40,4 @@ mod serve;
 
 pub use logging::{build_logger, init_logging};
 pub use registry::{Registry, Runner};
-pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport, ENV_FAULT};
+pub use serve::{main_with, serve, serve_over, ServeError, SharedSend, WorkerTransport, ENV_FAULT};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    encode, encode_batch, FailureKind, Outcome, Request, TaskInfo, WorkerMessage,
+    encode, encode_batch, FailureKind, Outcome, Request, TaskInfo, TaskSpec, WorkerMessage,
 };
 
 use crate::chunk::{Chunk, JobId, Sizer};
@@ -64,6 +64,8 @@ pub(crate) enum Command {
 pub(crate) struct Completion {
     pub seq: u64,
     pub pid: u32,
+    /// The worker thread that ran it (0 in a single-threaded worker).
+    pub thread: u32,
     pub started_us: u64,
     pub nanos: u64,
     pub result: Result<Vec<u8>, RecordError>,
@@ -74,6 +76,7 @@ impl Completion {
         Completion {
             seq,
             pid,
+            thread: 0,
             started_us: 0,
             nanos: 0,
             result: Err(error),
@@ -91,6 +94,7 @@ impl Completion {
         Completion {
             seq,
             pid,
+            thread: 0,
             started_us,
             nanos: ran.as_nanos() as u64,
             result: Err(error),
@@ -107,8 +111,8 @@ pub(crate) struct Settings {
     pub record_timeout: Option<Duration>,
     pub retries: u32,
     pub max_tasks_per_child: Option<u64>,
-    /// The task to configure, as name and encoded parameters; `None` only probes.
-    pub task: Option<(String, Vec<u8>)>,
+    /// The task to configure and how its records are encoded; `None` only probes.
+    pub task: Option<TaskSpec>,
     pub token: String,
     pub sizer: Arc<Sizer>,
     /// Starts and reaches workers (the transport).
@@ -528,7 +532,8 @@ impl Supervisor {
                 self.workers[slot].host = hello.host.clone();
                 self.offered = hello.tasks.clone();
                 match &self.settings.task {
-                    Some((name, config)) => {
+                    Some(spec) => {
+                        let name = &spec.name;
                         if !hello.tasks.iter().any(|t| &t.name == name) {
                             let offered: Vec<&str> =
                                 hello.tasks.iter().map(|t| t.name.as_str()).collect();
@@ -541,8 +546,7 @@ impl Supervisor {
                             return;
                         }
                         let request = Request::Configure {
-                            task: name.clone(),
-                            config: config.clone(),
+                            spec: spec.clone(),
                             flush_each: self.settings.record_timeout.is_some(),
                         };
                         match encode(&request) {
@@ -707,6 +711,7 @@ impl Supervisor {
             list.push(Completion {
                 seq: o.seq,
                 pid,
+                thread: results.thread,
                 started_us: o.started_us,
                 nanos: o.nanos,
                 result,
