@@ -6,7 +6,6 @@ mod output;
 mod report;
 mod run;
 mod scale;
-mod threads;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;

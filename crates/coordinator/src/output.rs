@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use procpool::RecordError;
-use serde::Serialize;
 
 /// Writes one JSON object per line. Lines of slow records are flushed at
 /// once; fast runs are buffered, and a background thread flushes whatever
@@ -68,10 +67,10 @@ impl Output {
         })
     }
 
-    /// Write a result line.
-    pub fn ok<O: Serialize>(&mut self, value: &O, took: Duration) -> io::Result<()> {
+    /// Write a result line from the worker's JSON bytes, as they are.
+    pub fn ok_bytes(&mut self, json: &[u8], took: Duration) -> io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, value).map_err(io::Error::other)?;
+        self.line.extend_from_slice(json);
         self.end_line(took)
     }
 

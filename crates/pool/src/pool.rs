@@ -32,6 +32,7 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
+    threads: usize,
     #[cfg(feature = "mpi")]
     mpi: bool,
 }
@@ -60,6 +61,7 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
+            threads: 1,
             #[cfg(feature = "mpi")]
             mpi: false,
         }
@@ -130,6 +132,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Threads each worker runs batches on (default 1). With `workers(1)`
+    /// this is Python's `ThreadPoolExecutor`: one process, one set of
+    /// process-wide locks, N tasks at a time. Batches in flight per worker
+    /// are multiplied by it, to keep every thread busy.
+    pub fn threads_per_worker(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
     /// Hand every line that workers write to stdout or stderr to `handler`
     /// (with the worker's pid) instead of passing it to this process's
     /// stderr, e.g. to print it above a progress bar.
@@ -153,6 +164,11 @@ impl PoolBuilder {
         }
         if self.in_flight == 0 {
             return Err(PoolError::Config("in_flight must be at least 1".into()));
+        }
+        if self.threads == 0 {
+            return Err(PoolError::Config(
+                "threads per worker must be at least 1".into(),
+            ));
         }
         if self.chunk_size == Some(0) {
             return Err(PoolError::Config("chunk size must be at least 1".into()));
@@ -198,6 +214,8 @@ impl PoolBuilder {
     }
 
     pub(crate) fn start(self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
+        let threads = u32::try_from(self.threads).unwrap_or(u32::MAX);
+        let task = task.map(|spec| TaskSpec { threads, ..spec });
         #[cfg(feature = "mpi")]
         if self.mpi {
             return self.start_mpi(task);
@@ -272,10 +290,11 @@ impl PoolBuilder {
     ) -> Result<Core, PoolError> {
         self.validate()?;
         let sizer = Arc::new(Sizer::new(self.chunk_size));
+        let in_flight = self.in_flight.saturating_mul(self.threads);
         let settings = Settings {
             bin,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             handshake_timeout: self.handshake_timeout,
             record_timeout: self.record_timeout,
             retries: self.retries,
@@ -303,7 +322,7 @@ impl PoolBuilder {
             pids: started.pids,
             offered: started.offered,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             grace: self.shutdown_grace,
             next_job: AtomicU64::new(0),
         })

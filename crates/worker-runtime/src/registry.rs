@@ -200,25 +200,23 @@ fn decode_csv<I: DeserializeOwned>(payload: &[u8], header: &csv::ByteRecord) -> 
     })
 }
 
-/// The task value from its parameters. An empty JSON object also stands for
-/// a task without fields (a unit struct decodes from `null` in JSON).
+/// The task value from its parameters. A task without fields (a unit
+/// struct, which JSON writes as `null`) also decodes from any JSON object,
+/// whose keys it ignores as a struct ignores keys it has no field for.
 fn decode_params<T: Task>(params: &[u8], encoding: ParamsEncoding) -> Result<T, String> {
     let fail =
         |e: &dyn std::fmt::Display| format!("parameters of task `{}` do not decode: {e}", T::NAME);
     match encoding {
         ParamsEncoding::Bincode => decode_value(params).map_err(|e| fail(&e)),
-        ParamsEncoding::Json => match serde_json::from_slice::<T>(params) {
-            Ok(task) => Ok(task),
-            Err(e) => {
-                let empty =
-                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(params)
-                        .is_ok_and(|m| m.is_empty());
-                match empty.then(|| serde_json::from_slice::<T>(b"null")) {
-                    Some(Ok(task)) => Ok(task),
-                    _ => Err(fail(&e)),
-                }
+        ParamsEncoding::Json => serde_json::from_slice::<T>(params).or_else(|e| {
+            let object =
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(params)
+                    .is_ok();
+            match object.then(|| serde_json::from_slice::<T>(b"null")) {
+                Some(Ok(task)) => Ok(task),
+                _ => Err(fail(&e)),
             }
-        },
+        }),
     }
 }
 
