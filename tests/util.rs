@@ -77,6 +77,8 @@ pub struct Cmd {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
+    /// Hand the stdin pipe to the test (see [`Running::stdin`]).
+    stdin_pipe: bool,
     env: Vec<(String, String)>,
     deadline: Duration,
 }
@@ -100,6 +102,7 @@ impl Cmd {
             program: None,
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
+            stdin_pipe: false,
             env: Vec::new(),
             deadline: DEADLINE,
         }
@@ -132,6 +135,13 @@ impl Cmd {
         self
     }
 
+    /// A pipe on stdin that the test writes to and closes when it wants
+    /// (`Running::stdin`), like a slow producer or `tail -f`.
+    pub fn stdin_pipe(mut self) -> Cmd {
+        self.stdin_pipe = true;
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Cmd {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -154,7 +164,7 @@ impl Cmd {
         let mut command = Command::new(self.program.unwrap_or_else(coordinator_bin));
         command
             .args(&self.args)
-            .stdin(if self.stdin.is_some() {
+            .stdin(if self.stdin.is_some() || self.stdin_pipe {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -170,6 +180,11 @@ impl Cmd {
         let mut child = command.spawn().expect("spawn the coordinator");
         let pid = child.id();
         let mut threads = Vec::new();
+        let stdin = if self.stdin_pipe {
+            child.stdin.take()
+        } else {
+            None
+        };
         if let (Some(bytes), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
             // On its own thread: the coordinator may not read it all (or at all).
             threads.push(thread::spawn(move || {
@@ -192,6 +207,7 @@ impl Cmd {
             stderr_reader: Some(stderr_reader),
             status: None,
             _stdin_writer: threads,
+            stdin,
         }
     }
 }
@@ -227,12 +243,19 @@ pub struct Running {
     stderr_reader: Option<JoinHandle<()>>,
     status: Option<ExitStatus>,
     _stdin_writer: Vec<JoinHandle<()>>,
+    /// The coordinator's stdin, with [`Cmd::stdin_pipe`]: write to it, drop it to close.
+    pub stdin: Option<std::process::ChildStdin>,
 }
 
 impl Running {
     /// Stderr so far.
     pub fn stderr_now(&self) -> String {
         String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Stdout so far.
+    pub fn stdout_now(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stdout)).into_owned()
     }
 
     /// Complete lines on stdout so far.

@@ -475,6 +475,15 @@ impl Splitter {
             let Some(at) = memchr::memchr(b'\n', &self.buf[from..]).map(|i| from + i) else {
                 let held = self.buf.len() - self.rec_start;
                 if held > self.limit.saturating_add(1) {
+                    if self.format == Format::Csv && self.header.is_none() {
+                        // Nothing can be read without the header: say so now
+                        // rather than read on to its end (/dev/zero has none).
+                        let reason = format!(
+                            "the CSV header is over the limit of {} bytes (no line end in its first {held} bytes)",
+                            self.limit
+                        );
+                        return self.push_bad(self.rec_line, reason, items);
+                    }
                     // Over the limit whatever follows: keep none of it.
                     if self.format == Format::Csv {
                         self.quote = self.quote.scan(&self.buf[from..]);

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,13 +43,31 @@ const BLOCKS_AHEAD: usize = 4;
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let plan = Plan::new(args)?;
+    let (blocks_tx, blocks_rx) = sync_channel::<Feeding>(BLOCKS_AHEAD);
+    let signals = SignalWatch::start(blocks_tx.clone(), plan.mpi())?;
+    start_input(&plan, blocks_tx)?;
+    let Some(opened) = wait_opened(&blocks_rx, &signals)? else {
+        let signal = signals.signal.load(Ordering::SeqCst);
+        warn!(
+            "interrupted by {} before the input could be read: nothing was run",
+            procpool::signal_name(signal)
+        );
+        return Ok(ExitCode::from(128 + signal as u8));
+    };
+    let settings = Settings {
+        args,
+        source: opened.source,
+        executor: plan.executor,
+        workers: plan.workers,
+        resume_from: plan.resume_from,
+    };
     let multi = crate::MULTI.get().cloned().unwrap_or_default();
     // The built-in data set's size is known; a file's is counted on the side.
     let demo_records = || crate::input::DEMO_CSV.lines().skip(1).count() as u64;
     let mut progress = Progress::new(args, &multi, args.input.is_none().then(demo_records));
     count_records_in_background(args.input.as_deref(), progress.bar.clone());
 
-    let pool = plan.start_pool(&multi, progress.bar.is_some())?;
+    let pool = plan.start_pool(opened.records, &multi, progress.bar.is_some())?;
     info!(
         "{} ready (pids {:?}) in {:.3} s",
         match plan.executor {
@@ -59,26 +77,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         pool.pids(),
         started.elapsed().as_secs_f64()
     );
-    let (blocks_tx, blocks_rx) = sync_channel::<Feeding>(BLOCKS_AHEAD);
-    let signals = SignalWatch::start(pool.canceller(), blocks_tx.clone(), plan.mpi())?;
-    let feeder = Feeder::start(
-        plan.splitter,
-        blocks_tx,
-        blocks_rx,
-        plan.resume_from,
-        &signals,
-    )?;
-    let drained = drain(&plan.settings, &pool, feeder, &mut progress)?;
+    signals.arm(pool.canceller());
+    let feeder = Feeder::new(blocks_rx, plan.resume_from, &signals);
+    let drained = drain(&settings, &pool, feeder, &mut progress)?;
     progress.finish();
     let stats = pool.shutdown();
     signals.handle.close();
-    report(&plan.settings, &drained, &stats, started.elapsed(), &multi)?;
+    report(&settings, &drained, &stats, started.elapsed(), &multi)?;
     let signal = signals.signal.load(Ordering::SeqCst);
     if signal != 0 {
         warn!(
             "interrupted by {}: output holds the first {} records in order",
             procpool::signal_name(signal),
-            plan.settings.resume_from + drained.records
+            plan.resume_from + drained.records
         );
     }
     drained.exit_code(signal)
@@ -95,9 +106,10 @@ struct Settings<'a> {
 
 /// Everything about a run that can be checked before anything starts.
 struct Plan<'a> {
-    settings: Settings<'a>,
-    splitter: Splitter,
-    spec: TaskSpec,
+    args: &'a RunArgs,
+    /// The input's format if the command line says it.
+    format: Option<Format>,
+    params: Vec<u8>,
     executor: Executor,
     workers: usize,
     resume_from: u64,
@@ -138,40 +150,10 @@ impl<'a> Plan<'a> {
             InputFormat::Jsonl => Some(Format::JsonLines),
             InputFormat::Csv => Some(Format::Csv),
         };
-        let mut splitter = match &args.input {
-            None => Splitter::demo(args.max_record_bytes),
-            Some(path) => Splitter::open(path, format, args.max_record_bytes)?,
-        };
-        let records = match splitter.format() {
-            Format::JsonLines => Encoding::Json,
-            Format::Csv => Encoding::Csv {
-                header: splitter
-                    .header()
-                    .map_err(|bad| anyhow!("{bad} (the CSV header cannot be read)"))?
-                    .unwrap_or_default(),
-            },
-        };
-        log::debug!(
-            "reading {:?} records from {}",
-            splitter.format(),
-            splitter.source()
-        );
         Ok(Plan {
-            settings: Settings {
-                args,
-                source: splitter.source().to_owned(),
-                executor: args.executor,
-                workers,
-                resume_from,
-            },
-            splitter,
-            spec: TaskSpec {
-                name: args.task.clone(),
-                params,
-                params_encoding: ParamsEncoding::Json,
-                records,
-                threads: 1,
-            },
+            args,
+            format,
+            params,
             executor: args.executor,
             workers,
             resume_from,
@@ -179,12 +161,17 @@ impl<'a> Plan<'a> {
     }
 
     fn mpi(&self) -> bool {
-        self.settings.args.backend == Backend::Mpi
+        self.args.backend == Backend::Mpi
     }
 
     /// Start the workers: N processes, or one process of N threads.
-    fn start_pool(&self, multi: &MultiProgress, bar: bool) -> anyhow::Result<RawPool> {
-        let args = self.settings.args;
+    fn start_pool(
+        &self,
+        records: Encoding,
+        multi: &MultiProgress,
+        bar: bool,
+    ) -> anyhow::Result<RawPool> {
+        let args = self.args;
         let mut builder = PoolBuilder::new()
             .in_flight(args.in_flight)
             .retries(args.retries)
@@ -213,7 +200,15 @@ impl<'a> Plan<'a> {
                 multi.suspend(|| eprintln!("{line}"));
             });
         }
-        builder.build_raw(self.spec.clone()).map_err(explain)
+        builder
+            .build_raw(TaskSpec {
+                name: args.task.clone(),
+                params: self.params.clone(),
+                params_encoding: ParamsEncoding::Json,
+                records,
+                threads: 1,
+            })
+            .map_err(explain)
     }
 }
 
@@ -249,8 +244,16 @@ fn task_params(args: &RunArgs, demo: bool) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&Value::Object(map))?)
 }
 
+/// The input, once open: its name and how its records are encoded.
+struct Opened {
+    source: String,
+    records: Encoding,
+}
+
 /// What goes from the input thread to the pool's feed.
 enum Feeding {
+    /// The input is open (or cannot be read); comes first.
+    Opened(anyhow::Result<Opened>),
     Block(Block),
     /// The end of the input.
     End,
@@ -265,11 +268,15 @@ enum Feeding {
 struct SignalWatch {
     signal: Arc<AtomicI32>,
     handle: signal_hook::iterator::Handle,
+    /// The pool's canceller, once the pool runs.
+    canceller: Arc<Mutex<Option<Canceller>>>,
 }
 
 impl SignalWatch {
-    fn start(canceller: Canceller, wake: SyncSender<Feeding>, mpi: bool) -> anyhow::Result<Self> {
+    fn start(wake: SyncSender<Feeding>, mpi: bool) -> anyhow::Result<Self> {
         let signal = Arc::new(AtomicI32::new(0));
+        let canceller: Arc<Mutex<Option<Canceller>>> = Arc::default();
+        let pool = canceller.clone();
         let mut signals =
             Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
         let handle = signals.handle();
@@ -293,10 +300,26 @@ impl SignalWatch {
                     }
                     // A full queue means the feed is not waiting: it sees the flag.
                     let _ = wake.try_send(Feeding::Wake);
-                    canceller.cancel();
+                    if let Some(c) = pool.lock().ok().as_ref().and_then(|c| c.as_ref()) {
+                        c.cancel();
+                    }
                 }
             })?;
-        Ok(SignalWatch { signal, handle })
+        Ok(SignalWatch {
+            signal,
+            handle,
+            canceller,
+        })
+    }
+
+    /// Signals now cancel the pool's work (at once, if one came already).
+    fn arm(&self, canceller: Canceller) {
+        if self.signal.load(Ordering::SeqCst) != 0 {
+            canceller.cancel();
+        }
+        if let Ok(mut slot) = self.canceller.lock() {
+            *slot = Some(canceller);
+        }
     }
 }
 
@@ -313,28 +336,80 @@ struct Feeder {
     signal: Arc<AtomicI32>,
 }
 
-impl Feeder {
-    /// Start the input thread. The main thread never waits on the input
-    /// itself, only on this channel, which a signal can wake.
-    fn start(
-        mut splitter: Splitter,
-        tx: SyncSender<Feeding>,
-        rx: Receiver<Feeding>,
-        to_skip: u64,
-        signals: &SignalWatch,
-    ) -> anyhow::Result<Feeder> {
-        thread::Builder::new()
-            .name("input".into())
-            .spawn(move || {
-                while let Some(block) = splitter.next_block() {
-                    if tx.send(Feeding::Block(block)).is_err() {
+/// Open the input, read its CSV header, then cut it into blocks, all on a
+/// thread of its own: the main thread never waits on the input itself, only
+/// on a channel that a signal can wake (an idle pipe, `tail -f`, /dev/zero).
+fn start_input(plan: &Plan<'_>, tx: SyncSender<Feeding>) -> anyhow::Result<()> {
+    let (path, format, limit) = (
+        plan.args.input.clone(),
+        plan.format,
+        plan.args.max_record_bytes,
+    );
+    thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            let opened = (|| -> anyhow::Result<(Splitter, Opened)> {
+                let mut splitter = match &path {
+                    None => Splitter::demo(limit),
+                    Some(path) => Splitter::open(path, format, limit)?,
+                };
+                let records = match splitter.format() {
+                    Format::JsonLines => Encoding::Json,
+                    Format::Csv => Encoding::Csv {
+                        header: splitter
+                            .header()
+                            .map_err(|bad| anyhow!("{bad} (the CSV header cannot be read)"))?
+                            .unwrap_or_default(),
+                    },
+                };
+                log::debug!(
+                    "reading {:?} records from {}",
+                    splitter.format(),
+                    splitter.source()
+                );
+                let source = splitter.source().to_owned();
+                Ok((splitter, Opened { source, records }))
+            })();
+            let mut splitter = match opened {
+                Ok((splitter, opened)) => {
+                    if tx.send(Feeding::Opened(Ok(opened))).is_err() {
                         return;
                     }
+                    splitter
                 }
-                let _ = tx.send(Feeding::End);
-            })
-            .context("cannot start the input thread")?;
-        Ok(Feeder {
+                Err(e) => {
+                    let _ = tx.send(Feeding::Opened(Err(e)));
+                    return;
+                }
+            };
+            while let Some(block) = splitter.next_block() {
+                if tx.send(Feeding::Block(block)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Feeding::End);
+        })
+        .context("cannot start the input thread")?;
+    Ok(())
+}
+
+/// Wait for the input to be open; `None` if a signal came first.
+fn wait_opened(rx: &Receiver<Feeding>, signals: &SignalWatch) -> anyhow::Result<Option<Opened>> {
+    loop {
+        match rx.recv() {
+            Ok(Feeding::Opened(opened)) => return opened.map(Some),
+            Ok(Feeding::Wake) if signals.signal.load(Ordering::SeqCst) != 0 => return Ok(None),
+            Ok(Feeding::Wake) => {}
+            Ok(Feeding::Block(_) | Feeding::End) | Err(_) => {
+                bail!("the input thread stopped before opening the input")
+            }
+        }
+    }
+}
+
+impl Feeder {
+    fn new(rx: Receiver<Feeding>, to_skip: u64, signals: &SignalWatch) -> Feeder {
+        Feeder {
             rx,
             block: Block::default(),
             next: 0,
@@ -342,7 +417,7 @@ impl Feeder {
             lines: Rc::default(),
             halt: Rc::default(),
             signal: signals.signal.clone(),
-        })
+        }
     }
 }
 
@@ -378,7 +453,7 @@ impl RawSource for Feeder {
                     self.block = block;
                     self.next = 0;
                 }
-                Some(Feeding::Wake) => {}
+                Some(Feeding::Wake | Feeding::Opened(_)) => {}
                 Some(Feeding::End) | None => {
                     self.halt.set(true);
                     return Feed::End;
