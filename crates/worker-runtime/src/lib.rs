@@ -32,12 +32,14 @@
 //! then runs batches until told to stop or until its coordinator goes away.
 //! A panic inside a task becomes a failed record; the worker lives on.
 
+mod fault;
 mod logging;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod registry;
 mod serve;
 
+pub use fault::ENV_FAULT;
 pub use logging::{build_logger, init_logging};
 pub use registry::{Registry, Runner};
-pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport, ENV_FAULT};
+pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport};
