@@ -27,6 +27,7 @@ pub struct PoolBuilder {
     in_flight: usize,
     handshake_timeout: Duration,
     record_timeout: Option<Duration>,
+    liveness_timeout: Duration,
     retries: u32,
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
@@ -55,6 +56,7 @@ impl Default for PoolBuilder {
             in_flight: 2,
             handshake_timeout: Duration::from_secs(5),
             record_timeout: None,
+            liveness_timeout: Duration::from_secs(10),
             retries: 2,
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
@@ -111,6 +113,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Liveness: a worker that holds records and sends nothing, not even a
+    /// heartbeat (workers send one every 500 ms from a thread of their own),
+    /// for this long is declared dead: killed, replaced, and its records sent
+    /// again as after a crash. Default 10 s. Long records are not affected
+    /// while their worker keeps heart-beating.
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness_timeout = timeout;
+        self
+    }
+
     /// How many times a record whose worker died is sent again before it fails.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
@@ -159,6 +171,11 @@ impl PoolBuilder {
         if self.max_tasks_per_child == Some(0) {
             return Err(PoolError::Config(
                 "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        if self.liveness_timeout.is_zero() {
+            return Err(PoolError::Config(
+                "the liveness timeout must be above zero".into(),
             ));
         }
         if self.record_timeout.is_some_and(|t| t.is_zero()) {
@@ -271,6 +288,7 @@ impl PoolBuilder {
             in_flight: self.in_flight,
             handshake_timeout: self.handshake_timeout,
             record_timeout: self.record_timeout,
+            liveness_timeout: self.liveness_timeout,
             retries: self.retries,
             max_tasks_per_child: self.max_tasks_per_child,
             task,
@@ -284,10 +302,11 @@ impl PoolBuilder {
             .name("procpool-supervisor".into())
             .spawn(move || supervisor.run(events_rx))
             .map_err(PoolError::Ipc)?;
-        // The supervisor enforces the handshake deadline; this one only
-        // guards against the supervisor itself going wrong.
+        // The supervisor enforces the handshake deadline (a worker that fails
+        // to start is replaced, up to three in a row); this one only guards
+        // against the supervisor itself going wrong.
         let started = started_rx
-            .recv_timeout(self.handshake_timeout + Duration::from_secs(10))
+            .recv_timeout(self.handshake_timeout * 4 + Duration::from_secs(10))
             .map_err(|_| PoolError::SupervisorGone)??;
         Ok(Core {
             events: events_tx,
