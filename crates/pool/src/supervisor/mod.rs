@@ -505,6 +505,8 @@ impl Supervisor {
     fn message(&mut self, slot: usize, message: WorkerMessage) {
         let phase = self.workers[slot].phase;
         match (phase, message) {
+            // Proof of life; it may arrive in any phase after the Hello.
+            (_, WorkerMessage::Heartbeat) => {}
             (Phase::Starting { deadline }, WorkerMessage::Hello(hello)) => {
                 let w = &self.workers[slot];
                 let reason = if hello.token != self.settings.token {
@@ -570,6 +572,7 @@ impl Supervisor {
                     WorkerMessage::Ready => "Ready",
                     WorkerMessage::Rejected { .. } => "Rejected",
                     WorkerMessage::Results(_) => "Results",
+                    WorkerMessage::Heartbeat => "Heartbeat",
                 };
                 self.protocol_error(slot, format!("sent {what} while {phase:?}"));
             }
