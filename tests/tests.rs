@@ -9,6 +9,7 @@ mod util;
 
 mod demo;
 mod faults;
+mod files;
 mod heartbeat;
 mod input;
 mod library;

@@ -3,6 +3,7 @@
 mod cli;
 mod input;
 mod output;
+mod paths;
 mod report;
 mod run;
 mod scale;

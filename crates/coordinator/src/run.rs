@@ -37,6 +37,8 @@ fn current_year() -> i32 {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything is opened for writing.
+    crate::paths::check_distinct(&crate::paths::of_run(args))?;
     let demo = args.input.is_none();
     if !CLI_TASKS.contains(&args.task.as_str()) {
         bail!(
