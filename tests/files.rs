@@ -122,3 +122,77 @@ fn stdout_or_stdin_that_is_the_input_is_refused() {
     assert!(run.the_error().contains("stdin"), "{}", run.the_error());
     assert_eq!(fs::read(&input).unwrap(), before);
 }
+
+#[test]
+fn write_errors_name_the_file() {
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let fault = [
+        "--task",
+        "fault",
+        "--workers",
+        "1",
+        "--input",
+        input.as_str(),
+    ];
+    for (flag, name) in [
+        ("--output", "output /dev/full"),
+        ("--joblog", "job log /dev/full"),
+        ("--stats-json", "statistics file /dev/full"),
+    ] {
+        let run = coordinator(fault).args([flag, "/dev/full"]).run();
+        run.assert_code(2);
+        let e = run.the_error();
+        assert!(
+            e.contains(name) && e.contains("No space left"),
+            "{flag}: {e}"
+        );
+        run.assert_no_panic();
+    }
+    // stdout on a full device.
+    let run = coordinator(fault).stdout_to("/dev/full").run();
+    run.assert_code(2);
+    let e = run.the_error();
+    assert!(
+        e.contains("cannot write stdout") && e.contains("No space left"),
+        "{e}"
+    );
+    // A job log in a directory that does not exist: named, and nothing run.
+    let missing = dir.path().join("no/such/jobs.tsv");
+    let run = coordinator(fault).arg("--joblog").arg(&missing).run();
+    run.assert_code(2);
+    assert!(
+        run.the_error().contains(missing.to_str().unwrap()),
+        "{}",
+        run.the_error()
+    );
+}
+
+#[test]
+fn scale_checks_its_chart_before_measuring() {
+    let dir = tempdir();
+    let chart = dir.path().join("no/such/scale.svg");
+    let run = coordinator(["scale", "--workers", "1", "--records", "20", "--chart"])
+        .arg(&chart)
+        .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("--chart"), "{}", run.the_error());
+    assert!(
+        run.spawned_pids().is_empty(),
+        "it measured before checking the chart"
+    );
+    // A chart that is its input is refused as well.
+    let input = write_file(dir.path(), "n.jsonl", "{\"n\":1000}\n");
+    let run = coordinator([
+        "scale",
+        "--workers",
+        "1",
+        "--input",
+        &input,
+        "--chart",
+        &input,
+    ])
+    .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("same file"), "{}", run.the_error());
+}

@@ -5,6 +5,7 @@ mod input;
 mod output;
 mod paths;
 mod report;
+mod resume;
 mod run;
 mod scale;
 mod threads;

@@ -154,6 +154,27 @@ pub fn check_distinct(files: &[RunFile]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Check, before a long run, that a file written only at its end (the
+/// statistics, a chart) can be written: opened for writing without changing
+/// it, and removed again if this created it.
+pub fn check_writable(role: &str, path: &Path) -> anyhow::Result<()> {
+    let existed = fs::symlink_metadata(path).is_ok();
+    match fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+    {
+        Ok(_) => {
+            if !existed {
+                let _ = fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Err(e) => bail!("cannot write {role} {}: {e}", path.display()),
+    }
+}
+
 /// The standard streams as files, for `--input -` and output to stdout:
 /// `/proc/self/fd/N` is the file the stream is open on.
 pub fn stdin() -> PathBuf {
@@ -222,6 +243,19 @@ mod tests {
             RunFile::written("--joblog", dir.path().join("jobs.tsv")),
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn writability_is_checked_without_leaving_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("chart.svg");
+        check_writable("--chart", &p).unwrap();
+        assert!(!p.exists());
+        fs::write(&p, "keep").unwrap();
+        check_writable("--chart", &p).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "keep");
+        let e = check_writable("--chart", &dir.path().join("no/such/dir.svg")).unwrap_err();
+        assert!(e.to_string().contains("no/such/dir.svg"), "{e}");
     }
 
     #[test]
