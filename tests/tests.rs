@@ -16,5 +16,6 @@ mod library;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod preflight;
 mod resume;
 mod signals;
