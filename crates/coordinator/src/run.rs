@@ -23,8 +23,8 @@ use signal_hook::iterator::Signals;
 
 use crate::cli::{Backend, Executor, RunArgs, WorkerArgs};
 use crate::input::{BadRecord, RecordReader};
-use crate::output::{self, Output};
-use crate::report::{JobLog, Stats};
+use crate::output::{Output, OutputSpec};
+use crate::report::{open_joblog, JobEntry, Stats};
 use crate::threads::ThreadMap;
 
 /// Tasks the command line can feed (it must know their input and output types).
@@ -37,6 +37,11 @@ fn current_year() -> i32 {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything is opened for writing.
+    crate::paths::check_distinct(&crate::paths::of_run(args))?;
+    if let Some(p) = &args.stats_json {
+        crate::paths::check_writable("--stats-json", p)?;
+    }
     let demo = args.input.is_none();
     if !CLI_TASKS.contains(&args.task.as_str()) {
         bail!(
@@ -224,10 +229,14 @@ where
     T::Output: Serialize,
 {
     let started = Instant::now();
-    let resume_from = match (&args.output, args.resume) {
-        (Some(path), true) => output::prepare_resume(path)?,
-        _ => 0,
-    };
+    let resume = crate::resume::plan(
+        args.output.as_deref(),
+        args.resume,
+        args.input.as_deref(),
+        T::NAME,
+        serde_json::to_value(&task)?,
+    )?;
+    let resume_from = resume.skip;
     let reader: RecordReader<T::Input> = match &args.input {
         None => RecordReader::demo(args.max_record_bytes),
         Some(path) => RecordReader::open(path, args.max_record_bytes)?,
@@ -401,11 +410,19 @@ where
         (None, None) => bail!("no executor"),
     };
 
-    let mut out = Output::open(args.output.as_deref(), args.resume)?;
-    let mut joblog = match &args.joblog {
-        Some(p) => Some(JobLog::create(p, args.resume)?),
+    let joblog = match &args.joblog {
+        Some(p) => Some((
+            p.clone(),
+            open_joblog(p, args.resume.then_some(resume_from))?,
+        )),
         None => None,
     };
+    let mut out = Output::open(OutputSpec {
+        path: args.output.as_deref(),
+        append: args.resume,
+        joblog,
+        sidecar: resume.sidecar,
+    })?;
     let mut records = 0u64;
     let mut failures: Vec<(u64, RecordError)> = Vec::new();
     let mut stopped_early = false;
@@ -415,19 +432,17 @@ where
             stopped_early = true;
             break;
         }
-        if let Some(j) = joblog.as_mut() {
-            j.record(
-                seq,
-                done.pid,
-                done.started_us,
-                done.duration,
-                done.result.as_ref().map(|_| ()),
-            )?;
-        }
+        let entry = JobEntry::new(
+            seq,
+            done.pid,
+            done.started_us,
+            done.duration,
+            done.result.as_ref().map(|_| ()),
+        );
         match done.result {
-            Ok(value) => out.ok(&value, done.duration)?,
+            Ok(value) => out.ok(&value, entry)?,
             Err(e) => {
-                out.failed(seq, &e, done.duration)?;
+                out.failed(seq, &e, entry)?;
                 error!("record #{seq} failed: {e}");
                 failures.push((seq, e));
                 if args.fail_fast {
@@ -446,10 +461,7 @@ where
         progress.tick(records);
     }
     progress.finish();
-    out.flush().context("cannot write the output")?;
-    if let Some(j) = joblog.as_mut() {
-        j.flush().context("cannot write the job log")?;
-    }
+    out.flush()?;
     let stats = pool.map(|p| p.shutdown()).unwrap_or_default();
     signals_handle.close();
 

@@ -84,6 +84,7 @@ mod fake;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod preflight;
 mod process;
 mod reorder;
 mod stats;

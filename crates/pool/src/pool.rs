@@ -215,6 +215,7 @@ impl PoolBuilder {
         self.validate()?;
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
+        crate::preflight::check_local(self.workers)?;
         let mut token = [0u8; 16];
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;

@@ -192,6 +192,7 @@ mod tests {
                     },
                 ],
             }),
+            WorkerMessage::Heartbeat,
         ];
         (requests, replies)
     }

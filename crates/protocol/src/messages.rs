@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The first two fields of every worker's first message are, in order, the
 /// variant index of [`WorkerMessage::Hello`] and this version, so that any
 /// future version can still be recognised (see [`crate::decode_prefix`]).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a worker binary says it can run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,8 +143,8 @@ pub enum WorkerMessage {
     /// Outcomes of records.
     Results(BatchResults),
     /// Proof of life, sent from a thread of the worker's own every few
-    /// hundred milliseconds, so that a worker busy with a long record can be
-    /// told from one that is stopped or stuck. Carries nothing; any message
-    /// counts as proof of life. Must stay last.
+    /// hundred milliseconds (see [`crate::ENV_HEARTBEAT_MS`]), so that a worker
+    /// busy with a long record can be told from one that is stopped or stuck.
+    /// Carries nothing; any message counts as proof of life. Must stay last.
     Heartbeat,
 }

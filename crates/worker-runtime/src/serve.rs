@@ -12,6 +12,7 @@ use procpool_protocol::{
 };
 
 use crate::fault::InjectedFault;
+use crate::heartbeat::{self, Heartbeat, SideSender};
 use crate::registry::{panic_message, Registry, Runner};
 
 /// Why a worker stopped serving before it was told to.
@@ -108,6 +109,12 @@ pub trait WorkerTransport {
     fn finish(&mut self) -> Result<(), ServeError> {
         Ok(())
     }
+    /// A second sender, usable from another thread while the serve loop sends
+    /// results, for heartbeats. `None` (the default) when the transport
+    /// cannot send from two threads: the worker then sends no heartbeats.
+    fn side_sender(&self) -> Option<SideSender> {
+        None
+    }
 }
 
 struct IpcTransport {
@@ -132,6 +139,14 @@ impl WorkerTransport for IpcTransport {
                 ServeError::Ipc(e.to_string())
             }
         })
+    }
+
+    fn side_sender(&self) -> Option<SideSender> {
+        // A clone of the sender: ipc-channel sends each message as one
+        // datagram on the channel's socket (larger ones continue on a socket
+        // of their own), so two threads' messages never interleave.
+        let tx = self.tx.clone();
+        Some(Box::new(move |bytes| tx.send(bytes).is_ok()))
     }
 }
 
@@ -167,6 +182,10 @@ fn serve_on<T: WorkerTransport>(
         token: fault.token(token),
         tasks: registry.infos(),
     }))?;
+    // After the Hello, which must come first; stopped when this returns.
+    let _heartbeat = heartbeat::period_from_env()
+        .and_then(|period| Some((period, out.transport.side_sender()?)))
+        .and_then(|(period, send)| Heartbeat::start(period, send));
 
     let mut runner: Option<Box<dyn Runner>> = None;
     let mut flush_each = false;

@@ -221,6 +221,7 @@ impl Supervisor {
     fn message(&mut self, slot: usize, message: WorkerMessage) {
         let phase = self.workers[slot].phase;
         match (phase, message) {
+            // Proof of life; it may arrive in any phase after the Hello.
             (_, WorkerMessage::Heartbeat) => {}
             (Phase::Starting { deadline }, WorkerMessage::Hello(hello)) => {
                 self.hello(slot, deadline, hello)
