@@ -2,11 +2,28 @@
 //! `mpirun` job, workers as the other ranks. Needs Open MPI's `mpirun` on
 //! the PATH (CI installs it). Results must equal the local backend's.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{
-    coordinator, fault_input, ready_pids, send_signal, tempdir, worker_bin, write_file, Cmd, Output,
+    alive, coordinator, fault_input, ready_pids, send_signal, tempdir, wait_until, worker_bin,
+    write_file, Cmd, Output,
 };
+
+/// `mpirun --oversubscribe ARGS`, as root if need be.
+fn mpirun_args<S: AsRef<str>>(args: &[S]) -> Cmd {
+    Cmd::new(
+        std::iter::once("--oversubscribe".to_string())
+            .chain(args.iter().map(|s| s.as_ref().to_string())),
+    )
+    .program("mpirun")
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .deadline(Duration::from_secs(120))
+}
+
+fn bin_str(path: std::path::PathBuf) -> String {
+    path.display().to_string()
+}
 
 /// `mpirun -n 1 coordinator --backend mpi ARGS : -n RANKS worker`.
 fn mpirun(ranks: usize, mpirun_opts: &[&str], args: &[&str]) -> Cmd {
@@ -160,10 +177,177 @@ fn options_needing_local_processes_are_refused() {
         "{}",
         got.stderr
     );
-    // Not started by mpirun at all.
-    let alone = coordinator(["--backend", "mpi"]).run();
-    alone.assert_code(2);
-    assert!(alone.stderr.contains("mpirun"), "{}", alone.stderr);
+    let got = mpirun(2, &[], &["--max-tasks-per-child", "10"]).run();
+    assert_ne!(got.code(), Some(0));
+    assert!(
+        got.stderr.contains("cannot be killed or replaced"),
+        "{}",
+        got.stderr
+    );
+}
+
+/// Every way of launching wrongly ends within seconds (no hang), with a
+/// message that says how to launch.
+#[test]
+fn wrong_launches_end_at_once_saying_how_to_launch() {
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
+    );
+    let how = "coordinator --backend mpi --workers";
+    let cases: Vec<(&str, Cmd, &str)> = vec![
+        (
+            "only workers",
+            mpirun_args(&["-n", "3", &w]),
+            "rank 0 must be the coordinator",
+        ),
+        (
+            "only two workers",
+            mpirun_args(&["-n", "2", &w]),
+            "rank 0 must be the coordinator",
+        ),
+        (
+            "several coordinators",
+            mpirun_args(&["-n", "3", &c, "--backend", "mpi"]),
+            "there must be one coordinator, at rank 0",
+        ),
+        (
+            "a worker at rank 0",
+            mpirun_args(&["-n", "1", &w, ":", "-n", "1", &c, "--backend", "mpi"]),
+            "rank 0 must be the coordinator",
+        ),
+        (
+            "a coordinator alone under mpirun, no --workers",
+            mpirun_args(&["-n", "1", &c, "--backend", "mpi"]),
+            "no worker ranks",
+        ),
+        (
+            "a coordinator alone, no --workers",
+            coordinator(["--backend", "mpi"]),
+            "no --workers to spawn",
+        ),
+    ];
+    for (what, cmd, says) in cases {
+        let started = Instant::now();
+        // A hang fails at this deadline; the launch should end in seconds.
+        let got = cmd.deadline(Duration::from_secs(60)).run();
+        assert_ne!(got.code(), Some(0), "{what}: {}", got.stderr);
+        assert!(got.stderr.contains(says), "{what}: {}", got.stderr);
+        assert!(got.stderr.contains(how), "{what}: {}", got.stderr);
+        eprintln!("{what}: ended in {:.1} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// `coordinator --backend mpi --workers N` alone (an MPI singleton) or
+/// under `mpirun -n 1` spawns N worker ranks: same output as local.
+#[test]
+fn a_lone_coordinator_spawns_its_worker_ranks() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..20_000).map(|n| (n, if n % 997 == 5 { "error" } else { "" }))),
+    );
+    let c = bin_str(crate::util::coordinator_bin());
+    let demo = ["--work-ms", "20", "--year", "2024", "--workers", "3"];
+    let fault = [
+        "--task",
+        "fault",
+        "--input",
+        input.as_str(),
+        "--workers",
+        "3",
+    ];
+    for args in [&demo[..], &fault[..]] {
+        let want = local(args);
+        let mut mpi_args = vec!["--backend", "mpi"];
+        mpi_args.extend(args);
+        let singleton = coordinator(mpi_args.iter().copied())
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            // Three ranks on a machine with fewer cores.
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .deadline(Duration::from_secs(120));
+        let under_mpirun = mpirun_args(&[&["-n", "1", c.as_str()][..], &mpi_args[..]].concat());
+        for (how, cmd) in [("singleton", singleton), ("mpirun -n 1", under_mpirun)] {
+            let got = cmd.run();
+            assert_eq!(got.code(), want.code(), "{how}: {}", got.stderr);
+            assert!(
+                got.stdout_str() == want.stdout_str(),
+                "{how}: output differs from local"
+            );
+            assert!(
+                got.stderr.contains("spawned 3 worker ranks"),
+                "{how}: {}",
+                got.stderr
+            );
+            assert_eq!(ready_pids(&got.stderr).len(), 3, "{how}: {}", got.stderr);
+        }
+    }
+}
+
+/// A rank that goes silent (SIGSTOP) is noticed by the heartbeats: the job
+/// ends with a clear error, leaves nothing running, and its output is an
+/// ordered prefix that `--resume` completes.
+#[test]
+fn a_stopped_rank_ends_the_job_and_resume_completes_it() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..400).map(|n| (n, "sleep:20"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let args = [
+        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
+    ];
+    let mut run = mpirun(2, &[], &args)
+        .env("PROCPOOL_MPI_LIVENESS", "2")
+        .spawn();
+    run.wait_for("two workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 2
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 20)
+    });
+    let pids = ready_pids(&run.stderr_now());
+    let victim = *pids.iter().next().unwrap();
+    send_signal(victim, libc::SIGSTOP);
+    let stopped = run.wait();
+    assert_ne!(stopped.code(), Some(0), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains(&format!("(pid {victim} on"))
+            && stopped.stderr.contains("sent nothing for 2.0 s"),
+        "{}",
+        stopped.stderr
+    );
+    // Nothing left running (the launcher kills the stopped rank too).
+    for pid in pids {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(pid)),
+            "rank pid {pid} left running"
+        );
+    }
+    let partial = std::fs::read_to_string(&out).unwrap();
+    let done = partial.lines().count();
+    assert!(done < 400, "the job should have stopped early");
+    assert!(
+        want.stdout_str().starts_with(&partial),
+        "not an ordered prefix"
+    );
+    let resumed = mpirun(2, &[], &args).run();
+    resumed.assert_code(0);
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("resumed after {done} records")),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
 
 #[test]
