@@ -396,6 +396,73 @@ fn a_rank_crash_ends_the_job_and_resume_continues_it() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
 
+/// Recovery without a person: `scripts/mpi-relaunch.sh` relaunches the job
+/// with `--resume` after a rank is killed, and the output ends identical to
+/// an undisturbed run's.
+#[test]
+fn the_relaunch_loop_survives_a_rank_killed_and_finishes_identical() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..600).map(|n| (n, "sleep:5"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
+    );
+    let mut run = Cmd::new([
+        script("mpi-relaunch.sh"),
+        "--pause".into(),
+        "0".into(),
+        "--".into(),
+        "mpirun".into(),
+        "--oversubscribe".into(),
+        "-n".into(),
+        "1".into(),
+        c,
+        "--backend".into(),
+        "mpi".into(),
+        "--task".into(),
+        "fault".into(),
+        "--input".into(),
+        input.clone(),
+        "--output".into(),
+        out_s.into(),
+        "--resume".into(),
+        ":".into(),
+        "-n".into(),
+        "2".into(),
+        w,
+    ])
+    .program("bash")
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .deadline(Duration::from_secs(120))
+    .spawn();
+    run.wait_for("two workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 2
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
+    });
+    let victim = *ready_pids(&run.stderr_now()).iter().next().unwrap();
+    send_signal(victim, libc::SIGKILL);
+    let got = run.wait();
+    got.assert_code(0);
+    assert!(
+        got.stderr.contains("relaunching with --resume"),
+        "{}",
+        got.stderr
+    );
+    assert!(got.stderr.contains("resumed after"), "{}", got.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+}
+
 /// Two namespace hosts of this test run alone (`scripts/mpi-netns.sh`):
 /// unique names and subnet, removed even if the test fails.
 struct NetnsHosts {

@@ -50,6 +50,12 @@ use procpool_protocol::{
 /// Environment variable: seconds a rank may stay silent before the job is
 /// ended (default [`DEFAULT_LIVENESS`]).
 pub const ENV_LIVENESS: &str = "PROCPOOL_MPI_LIVENESS";
+/// The exit code of an MPI job this coordinator aborted after a failure
+/// (a rank dead, silent or stuck): the output holds every record finished
+/// before it, in order, and the same command with `--resume` continues it.
+/// (`EX_TEMPFAIL`: a relaunch loop can tell it from bad input or options.)
+pub const EXIT_RELAUNCH: i32 = 75;
+
 /// How long a rank may stay silent by default.
 pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(10);
 
@@ -375,7 +381,7 @@ fn mpi_thread(
         // A rank that did not say goodbye (dead, silent, stuck in a task past
         // the grace period) would make MPI_Finalize wait forever: end the job.
         log::error!("aborting the MPI job: not every worker rank stopped in order");
-        abort(raw, 1);
+        abort(raw, EXIT_RELAUNCH);
     }
 }
 
@@ -481,7 +487,7 @@ impl MpiThread {
                 // the pool, end the job anyway.
                 if at.elapsed() > Duration::from_secs(10) {
                     log::error!("the pool did not stop within 10 s of the failure");
-                    abort(self.comm.as_raw(), 1);
+                    abort(self.comm.as_raw(), EXIT_RELAUNCH);
                 }
             }
             idle.pause(busy);
