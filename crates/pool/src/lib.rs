@@ -86,6 +86,7 @@ mod process;
 mod reorder;
 mod stats;
 mod supervisor;
+mod transport;
 
 pub use chunk::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use error::{signal_name, PoolError, RecordError, WorkerEnd, WorkerExit};

@@ -40,8 +40,8 @@ use mpi::{Rank, Tag, Threading};
 use procpool_protocol::WorkerMessage;
 
 use crate::error::{PoolError, WorkerExit};
-use crate::process::{decode_from_worker, Launcher, Link};
-use crate::supervisor::{Command, Event};
+use crate::supervisor::Command;
+use crate::transport::{decode_from_worker, Event, Launcher, Link};
 
 use procpool_protocol::{
     MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA, MPI_TAG_HEARTBEAT as TAG_HEARTBEAT,
