@@ -34,6 +34,8 @@ pub struct PoolBuilder {
     output: Option<OutputHandler>,
     #[cfg(feature = "mpi")]
     mpi: bool,
+    #[cfg(feature = "mpi")]
+    mpi_spawn: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -63,6 +65,8 @@ impl Default for PoolBuilder {
             output: None,
             #[cfg(feature = "mpi")]
             mpi: false,
+            #[cfg(feature = "mpi")]
+            mpi_spawn: None,
         }
     }
 }
@@ -240,6 +244,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Like [`mpi`](Self::mpi), and if this process is alone in its MPI job
+    /// (started on its own, or by `mpirun -n 1`), spawn `workers` ranks of
+    /// the worker binary with `MPI_Comm_spawn` (where the MPI launcher or the
+    /// allocation places them). A rank silent for the liveness timeout
+    /// (`PROCPOOL_MPI_LIVENESS` seconds, default 10) ends the job.
+    #[cfg(feature = "mpi")]
+    pub fn mpi_spawn(mut self, workers: usize) -> Self {
+        self.mpi = true;
+        self.mpi_spawn = Some(workers);
+        self
+    }
+
     #[cfg(feature = "mpi")]
     fn start_mpi(mut self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
         if self.record_timeout.is_some() || self.max_tasks_per_child.is_some() {
@@ -247,8 +263,19 @@ impl PoolBuilder {
                 "record timeouts and max_tasks_per_child need local worker processes; MPI ranks cannot be killed or replaced one by one".into(),
             ));
         }
+        // Resolved (and checked) only if the job turns out to need spawning.
+        let spawn = self.mpi_spawn.map(|n| {
+            let bin = self
+                .resolved_bin()
+                .and_then(|bin| crate::process::check_binary(&bin).map(|()| bin));
+            (bin, n)
+        });
+        let start = crate::mpi::MpiStart {
+            spawn,
+            liveness: crate::mpi::liveness_from_env()?,
+        };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
-        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone())?;
+        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone(), start)?;
         self.workers = ranks;
         self.start_on(
             task,
