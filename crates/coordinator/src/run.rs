@@ -31,8 +31,9 @@ use signal_hook::iterator::Signals;
 
 use crate::cli::{Backend, Executor, InputFormat, RunArgs, WorkerArgs};
 use crate::input::{BadRecord, Block, Format, Item, Splitter};
-use crate::output::{self, Output};
-use crate::report::{JobLog, Stats, ThreadStats};
+use crate::output::{Output, OutputSpec};
+use crate::report::{open_joblog, JobEntry, Stats, ThreadStats};
+use crate::resume::Sidecar;
 
 /// The task the built-in data set is for.
 const DEMO_TASK: &str = "age";
@@ -42,7 +43,7 @@ const BLOCKS_AHEAD: usize = 4;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let plan = Plan::new(args)?;
+    let mut plan = Plan::new(args)?;
     let (blocks_tx, blocks_rx) = sync_channel::<Feeding>(BLOCKS_AHEAD);
     let signals = SignalWatch::start(blocks_tx.clone(), plan.mpi())?;
     start_input(&plan, blocks_tx)?;
@@ -79,7 +80,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     );
     signals.arm(pool.canceller());
     let feeder = Feeder::new(blocks_rx, plan.resume_from, &signals);
-    let drained = drain(&settings, &pool, feeder, &mut progress)?;
+    let drained = drain(&settings, &pool, feeder, plan.sidecar.take(), &mut progress)?;
     progress.finish();
     let stats = pool.shutdown();
     signals.handle.close();
@@ -113,10 +114,17 @@ struct Plan<'a> {
     executor: Executor,
     workers: usize,
     resume_from: u64,
+    /// What lets a later `--resume` recognise this run.
+    sidecar: Option<Sidecar>,
 }
 
 impl<'a> Plan<'a> {
     fn new(args: &'a RunArgs) -> anyhow::Result<Plan<'a>> {
+        // Before anything is opened for writing.
+        crate::paths::check_distinct(&crate::paths::of_run(args))?;
+        if let Some(p) = &args.stats_json {
+            crate::paths::check_writable("--stats-json", p)?;
+        }
         let demo = args.input.is_none();
         if demo && args.task != DEMO_TASK {
             bail!(
@@ -141,10 +149,13 @@ impl<'a> Plan<'a> {
             }
         }
         let params = task_params(args, demo)?;
-        let resume_from = match (&args.output, args.resume) {
-            (Some(path), true) => output::prepare_resume(path)?,
-            _ => 0,
-        };
+        let resume = crate::resume::plan(
+            args.output.as_deref(),
+            args.resume,
+            args.input.as_deref(),
+            &args.task,
+            serde_json::from_slice(&params)?,
+        )?;
         let format = match args.format {
             InputFormat::Auto => None,
             InputFormat::Jsonl => Some(Format::JsonLines),
@@ -156,7 +167,8 @@ impl<'a> Plan<'a> {
             params,
             executor: args.executor,
             workers,
-            resume_from,
+            resume_from: resume.skip,
+            sidecar: resume.sidecar,
         })
     }
 
@@ -182,7 +194,7 @@ impl<'a> Plan<'a> {
         };
         builder = match args.backend {
             Backend::Local => builder.worker_bin(worker_bin(&args.worker)?),
-            Backend::Mpi => use_mpi(builder)?,
+            Backend::Mpi => use_mpi(builder, args)?,
         };
         if let Some(n) = args.chunksize {
             builder = builder.chunk_size(n);
@@ -286,6 +298,8 @@ impl SignalWatch {
             .spawn(move || {
                 for sig in signals.forever() {
                     if mpi && sig == SIGTERM {
+                        #[cfg(feature = "mpi")]
+                        procpool::mpi::end_job();
                         warn!(
                             "SIGTERM under MPI: the launcher is ending the job (usually because a rank failed; see its message); the output keeps every complete record in order, and `--resume` continues the job"
                         );
@@ -523,14 +537,23 @@ fn drain(
     settings: &Settings<'_>,
     pool: &RawPool,
     feeder: Feeder,
+    sidecar: Option<Sidecar>,
     progress: &mut Progress,
 ) -> anyhow::Result<Drained> {
     let args = settings.args;
-    let mut out = Output::open(args.output.as_deref(), args.resume)?;
-    let mut joblog = match &args.joblog {
-        Some(p) => Some(JobLog::create(p, args.resume)?),
+    let joblog = match &args.joblog {
+        Some(p) => Some((
+            p.clone(),
+            open_joblog(p, args.resume.then_some(settings.resume_from))?,
+        )),
         None => None,
     };
+    let mut out = Output::open(OutputSpec {
+        path: args.output.as_deref(),
+        append: args.resume,
+        joblog,
+        sidecar,
+    })?;
     let lines = feeder.lines.clone();
     let halt = feeder.halt.clone();
     let canceller = pool.canceller();
@@ -565,20 +588,18 @@ fn drain(
         if settings.executor == Executor::Thread && done.pid != 0 {
             d.count_thread(&done);
         }
-        if let Some(j) = joblog.as_mut() {
-            j.record(
-                seq,
-                done.pid,
-                done.started_us,
-                done.duration,
-                done.result.as_ref().map(|_| ()),
-            )?;
-        }
+        let entry = JobEntry::new(
+            seq,
+            done.pid,
+            done.started_us,
+            done.duration,
+            done.result.as_ref().map(|_| ()),
+        );
         d.records += 1;
         match done.result {
-            Ok(bytes) => out.ok_bytes(&bytes, done.duration)?,
+            Ok(bytes) => out.ok_bytes(&bytes, entry)?,
             Err(e) => {
-                out.failed(seq, &e, done.duration)?;
+                out.failed(seq, &e, entry)?;
                 error!("record #{seq} failed: {e}");
                 d.failures.push((seq, e));
                 if args.fail_fast {
@@ -590,10 +611,7 @@ fn drain(
         }
         progress.tick(d.records);
     }
-    out.flush().context("cannot write the output")?;
-    if let Some(j) = joblog.as_mut() {
-        j.flush().context("cannot write the job log")?;
-    }
+    out.flush()?;
     Ok(d)
 }
 
@@ -662,19 +680,23 @@ fn report(
     Ok(())
 }
 
-/// Workers as the other ranks of this MPI job.
+/// Workers as MPI ranks: the other ranks of this MPI job, or, with
+/// `--workers N` and no other ranks, N ranks spawned with `MPI_Comm_spawn`.
 #[cfg(feature = "mpi")]
-fn use_mpi(builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
-    if !procpool::mpi::launched_by_mpi() {
-        bail!(
-            "--backend mpi: this coordinator was not started by an MPI launcher; run it as rank 0, e.g. `mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`"
-        );
+fn use_mpi(builder: PoolBuilder, args: &RunArgs) -> anyhow::Result<PoolBuilder> {
+    match args.workers {
+        Some(n) => Ok(builder
+            .worker_bin(worker_bin(&args.worker)?)
+            .mpi_spawn(n)),
+        None if procpool::mpi::launched_by_mpi() => Ok(builder.mpi()),
+        None => bail!(
+            "--backend mpi: this coordinator was not started by an MPI launcher and has no --workers to spawn; run it as rank 0 with its workers (`mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`), or let it spawn them (`coordinator --backend mpi --workers 3`)"
+        ),
     }
-    Ok(builder.mpi())
 }
 
 #[cfg(not(feature = "mpi"))]
-fn use_mpi(_builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
+fn use_mpi(_builder: PoolBuilder, _args: &RunArgs) -> anyhow::Result<PoolBuilder> {
     bail!(
         "--backend mpi: this coordinator was built without MPI support; rebuild with `cargo build --release -p procpool-coordinator -p procpool-worker-bin --features procpool-coordinator/mpi,procpool-worker-bin/mpi`"
     )

@@ -210,6 +210,7 @@ mod tests {
                     },
                 ],
             }),
+            WorkerMessage::Heartbeat,
         ];
         (requests, replies)
     }

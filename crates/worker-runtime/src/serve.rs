@@ -14,6 +14,8 @@ use procpool_protocol::{
     WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
+use crate::fault::InjectedFault;
+use crate::heartbeat::{self, Heartbeat, SideSender};
 use crate::registry::{panic_message, Registry, Runner};
 
 /// Why a worker stopped serving before it was told to.
@@ -36,59 +38,6 @@ pub enum ServeError {
     /// The coordinator sent a batch before choosing a task.
     #[error("the coordinator sent records before configuring a task")]
     NotConfigured,
-}
-
-/// Environment variable that makes a worker misbehave on purpose, to test
-/// how coordinators cope. Values: `exit-before-hello`, `hang-before-hello`,
-/// `hang-after-connect`, `garbage-hello`, `wrong-version`, `wrong-token`,
-/// `crash-after:K` (abort after K records), `garbage-after:K` (send garbage
-/// after K records).
-pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InjectedFault {
-    None,
-    ExitBeforeHello,
-    HangBeforeHello,
-    HangAfterConnect,
-    GarbageHello,
-    WrongVersion,
-    WrongToken,
-    CrashAfter(u64),
-    GarbageAfter(u64),
-}
-
-impl InjectedFault {
-    fn from_env() -> Self {
-        let Ok(v) = std::env::var(ENV_FAULT) else {
-            return InjectedFault::None;
-        };
-        let after = |prefix: &str| v.strip_prefix(prefix).and_then(|k| k.parse().ok());
-        match v.as_str() {
-            "exit-before-hello" => InjectedFault::ExitBeforeHello,
-            "hang-before-hello" => InjectedFault::HangBeforeHello,
-            "hang-after-connect" => InjectedFault::HangAfterConnect,
-            "garbage-hello" => InjectedFault::GarbageHello,
-            "wrong-version" => InjectedFault::WrongVersion,
-            "wrong-token" => InjectedFault::WrongToken,
-            _ => {
-                if let Some(k) = after("crash-after:") {
-                    InjectedFault::CrashAfter(k)
-                } else if let Some(k) = after("garbage-after:") {
-                    InjectedFault::GarbageAfter(k)
-                } else {
-                    warn!("ignoring unknown {ENV_FAULT}={v}");
-                    InjectedFault::None
-                }
-            }
-        }
-    }
-}
-
-fn hang() -> ! {
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
 }
 
 /// Per-record log lines are for watching slow work: beyond a burst of
@@ -135,11 +84,7 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
     // default hook's extra stderr lines would only repeat them.
     std::panic::set_hook(Box::new(|_| {}));
     let fault = InjectedFault::from_env();
-    match fault {
-        InjectedFault::ExitBeforeHello => std::process::exit(4),
-        InjectedFault::HangBeforeHello => hang(),
-        _ => {}
-    }
+    fault.before_connect();
 
     let (to_coordinator, from_worker) = ipc::bytes_channel().map_err(ServeError::Connect)?;
     let (to_worker, requests) = ipc::bytes_channel().map_err(ServeError::Connect)?;
@@ -167,10 +112,10 @@ pub trait WorkerTransport {
     fn finish(&mut self) -> Result<(), ServeError> {
         Ok(())
     }
-    /// A sender that other threads of this worker can use (the thread
-    /// executor runs batches on several threads); `None` if this transport
-    /// can send only from the serve loop.
-    fn sender(&self) -> Option<SharedSend> {
+    /// A second sender, usable from another thread while the serve loop sends
+    /// results, for heartbeats. `None` (the default) when the transport
+    /// cannot send from two threads: the worker then sends no heartbeats.
+    fn side_sender(&self) -> Option<SideSender> {
         None
     }
 }
@@ -181,13 +126,6 @@ struct IpcTransport {
 }
 
 impl WorkerTransport for IpcTransport {
-    fn sender(&self) -> Option<SharedSend> {
-        let tx = self.tx.clone();
-        Some(Box::new(move |bytes: &[u8]| {
-            tx.send(bytes).map_err(|e| ServeError::Ipc(e.to_string()))
-        }))
-    }
-
     fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
         match self.rx.recv() {
             Ok(bytes) => Ok(Some(bytes)),
@@ -204,6 +142,14 @@ impl WorkerTransport for IpcTransport {
                 ServeError::Ipc(e.to_string())
             }
         })
+    }
+
+    fn side_sender(&self) -> Option<SideSender> {
+        // A clone of the sender: ipc-channel sends each message as one
+        // datagram on the channel's socket (larger ones continue on a socket
+        // of their own), so two threads' messages never interleave.
+        let tx = self.tx.clone();
+        Some(Box::new(move |bytes| tx.send(bytes).is_ok()))
     }
 }
 
@@ -229,30 +175,20 @@ fn serve_on<T: WorkerTransport>(
         transport,
         buf: Vec::with_capacity(64 << 10),
     };
-    let garbage = [0xFFu8; 37];
-    match fault {
-        InjectedFault::HangAfterConnect => hang(),
-        InjectedFault::GarbageHello => {
-            let _ = out.transport.send(&garbage);
-            hang();
-        }
-        _ => {}
-    }
+    fault.before_hello(|bytes| {
+        let _ = out.transport.send(bytes);
+    });
     out.send(&WorkerMessage::Hello(Hello {
-        protocol_version: if fault == InjectedFault::WrongVersion {
-            PROTOCOL_VERSION + 98
-        } else {
-            PROTOCOL_VERSION
-        },
+        protocol_version: fault.version(PROTOCOL_VERSION),
         pid,
         host: host_name(),
-        token: if fault == InjectedFault::WrongToken {
-            "forged".into()
-        } else {
-            token
-        },
+        token: fault.token(token),
         tasks: registry.infos(),
     }))?;
+    // After the Hello, which must come first; stopped when this returns.
+    let _heartbeat = heartbeat::period_from_env()
+        .and_then(|period| Some((period, out.transport.side_sender()?)))
+        .and_then(|(period, send)| Heartbeat::start(period, send));
 
     let mut state: Option<Configured> = None;
     let ctx = Arc::new(RunContext {
@@ -276,7 +212,7 @@ fn serve_on<T: WorkerTransport>(
                     if threads == 1 {
                         return Ok(Configured::Inline { runner, flush_each });
                     }
-                    let send = out.transport.sender().ok_or_else(|| {
+                    let send = out.transport.side_sender().ok_or_else(|| {
                         "this transport cannot run batches on several threads".to_owned()
                     })?;
                     ThreadedBatches::start(threads, runner, ctx.clone(), send)
@@ -297,20 +233,12 @@ fn serve_on<T: WorkerTransport>(
             }
             Request::Batch(batch) => match state.as_mut().ok_or(ServeError::NotConfigured)? {
                 Configured::Inline { runner, flush_each } => {
-                    let flush_each = *flush_each;
-                    let mut started = Instant::now();
-                    let id = batch.id;
-                    let mut flush = |outcomes: &mut Vec<RecordOutcome>| {
-                        out.send_results(id, 0, &mut started, outcomes)
+                    let mut sink = InlineSink {
+                        out: &mut out,
+                        batch: batch.id,
+                        started: Instant::now(),
                     };
-                    match run_batch(&**runner, &ctx, batch, flush_each, &mut flush) {
-                        Ok(()) => {}
-                        Err(BatchStop::Serve(e)) => return Err(e),
-                        Err(BatchStop::Garbage) => {
-                            let _ = out.transport.send(&garbage);
-                            hang();
-                        }
-                    }
+                    run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
                 }
                 Configured::Threads(threads) => threads.submit(batch)?,
             },
@@ -333,17 +261,29 @@ fn serve_on<T: WorkerTransport>(
     }
 }
 
-/// Why [`run_batch`] stopped before the end of its batch.
-enum BatchStop {
-    /// Sending failed.
-    Serve(ServeError),
-    /// `garbage-after:K`: the caller sends garbage and hangs.
-    Garbage,
+/// Where [`run_batch`] puts its outcomes.
+trait BatchSink {
+    /// Send (or keep) these outcomes; `outcomes` is left empty.
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError>;
+    /// Send raw bytes (fault injection only).
+    fn raw(&mut self, bytes: &[u8]);
 }
 
-impl From<ServeError> for BatchStop {
-    fn from(e: ServeError) -> Self {
-        BatchStop::Serve(e)
+/// Outcomes sent from the serve loop.
+struct InlineSink<'a, T> {
+    out: &'a mut Outbox<T>,
+    batch: u64,
+    started: Instant,
+}
+
+impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
+        self.out
+            .send_results(self.batch, 0, &mut self.started, outcomes)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        let _ = self.out.transport.send(bytes);
     }
 }
 
@@ -374,8 +314,8 @@ fn run_batch(
     ctx: &RunContext,
     batch: Batch,
     flush_each: bool,
-    flush: &mut dyn FnMut(&mut Vec<RecordOutcome>) -> Result<(), ServeError>,
-) -> Result<(), BatchStop> {
+    sink: &mut dyn BatchSink,
+) -> Result<(), ServeError> {
     let mut outcomes = Vec::with_capacity(batch.records.len());
     // One wall-clock read per batch; records are timed with the monotonic
     // clock from there (one read per record).
@@ -386,12 +326,8 @@ fn run_batch(
     let mut t0 = batch_t0;
     let log_records = log::log_enabled!(log::Level::Info);
     for record in batch.records {
-        let done = ctx.done.load(Ordering::Relaxed);
-        match ctx.fault {
-            InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
-            InjectedFault::GarbageAfter(k) if done >= k => return Err(BatchStop::Garbage),
-            _ => {}
-        }
+        ctx.fault
+            .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
         let seq = record.seq;
         let pid = ctx.pid;
         let mut log_start = |label: Option<String>| {
@@ -425,17 +361,14 @@ fn run_batch(
             outcome,
         });
         if flush_each {
-            flush(&mut outcomes)?;
+            sink.flush(&mut outcomes)?;
         }
     }
     if !outcomes.is_empty() {
-        flush(&mut outcomes)?;
+        sink.flush(&mut outcomes)?;
     }
     Ok(())
 }
-
-/// A sender usable from any thread of the worker.
-pub type SharedSend = Box<dyn FnMut(&[u8]) -> Result<(), ServeError> + Send>;
 
 /// Batches run on N threads. The supervisor expects a worker's results in
 /// the order it sent the batches, so finished batches wait in a small
@@ -448,9 +381,28 @@ struct ThreadedBatches {
 }
 
 struct Emitter {
-    send: SharedSend,
+    send: SideSender,
     next: u64,
     waiting: BTreeMap<u64, Vec<u8>>,
+}
+
+/// Outcomes of one batch on a task thread, sent whole when it is done.
+struct ThreadSink<'a> {
+    collected: Vec<RecordOutcome>,
+    emitter: &'a Mutex<Emitter>,
+}
+
+impl BatchSink for ThreadSink<'_> {
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
+        self.collected.append(outcomes);
+        Ok(())
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        if let Ok(mut e) = self.emitter.lock() {
+            let _ = (e.send)(bytes);
+        }
+    }
 }
 
 impl ThreadedBatches {
@@ -458,7 +410,7 @@ impl ThreadedBatches {
         threads: u32,
         runner: Arc<dyn Runner>,
         ctx: Arc<RunContext>,
-        send: SharedSend,
+        send: SideSender,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(u64, Batch)>();
         let rx = Arc::new(Mutex::new(rx));
@@ -484,21 +436,12 @@ impl ThreadedBatches {
                     let Some((index, batch)) = next else { return };
                     let id = batch.id;
                     let started = Instant::now();
-                    let mut collected = Vec::new();
-                    let result = run_batch(&*runner, &ctx, batch, false, &mut |o| {
-                        collected.append(o);
-                        Ok(())
-                    });
-                    let result = match result {
-                        Ok(()) => Ok(()),
-                        Err(BatchStop::Serve(e)) => Err(e),
-                        Err(BatchStop::Garbage) => {
-                            if let Ok(mut e) = emitter.lock() {
-                                let _ = (e.send)(&[0xFF; 37]);
-                            }
-                            hang();
-                        }
+                    let mut sink = ThreadSink {
+                        collected: Vec::new(),
+                        emitter: &emitter,
                     };
+                    let result = run_batch(&*runner, &ctx, batch, false, &mut sink);
+                    let collected = sink.collected;
                     let busy_nanos = started.elapsed().as_nanos() as u64;
                     let message = WorkerMessage::Results(BatchResults {
                         batch: id,
@@ -520,7 +463,11 @@ impl ThreadedBatches {
                                 let next = e.next;
                                 e.waiting.remove(&next)
                             } {
-                                (e.send)(&bytes)?;
+                                if !(e.send)(&bytes) {
+                                    return Err(ServeError::Ipc(
+                                        "the coordinator closed the result channel".into(),
+                                    ));
+                                }
                                 e.next += 1;
                             }
                             Ok(())
