@@ -40,6 +40,19 @@ pub fn worker_bin() -> PathBuf {
     path
 }
 
+/// The example of a user's own worker binary (crate `word-stats`), next to
+/// the coordinator (built by `cargo test --workspace`).
+pub fn word_stats_bin() -> PathBuf {
+    let path = coordinator_bin().with_file_name("word-stats-worker");
+    assert!(
+        path.is_file(),
+        "the example worker binary is missing at {}: run the tests with `cargo test --workspace` \
+         (or build it first with `cargo build -p word-stats`)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh temporary directory for one test's files.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
