@@ -75,7 +75,7 @@ where
             use serde::ser::SerializeSeq;
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for (n, payload) in self.0.clone() {
-                seq.serialize_element(&(n, payload))?;
+                seq.serialize_element(&(n, crate::bytes::AsBytes(payload)))?;
             }
             seq.end()
         }

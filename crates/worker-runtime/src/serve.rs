@@ -331,20 +331,16 @@ fn run_batch(
         let seq = record.seq;
         let pid = ctx.pid;
         let mut log_start = |label: Option<String>| {
-            let allowed = ctx.budget.lock().is_ok_and(|mut b| b.allow(Instant::now()));
-            if allowed {
-                let label = label.unwrap_or_else(|| format!("#{seq}"));
-                info!("Process {pid} working record {label}");
-            }
+            let label = label.unwrap_or_else(|| format!("#{seq}"));
+            info!("Process {pid} working record {label}");
         };
+        // The budget is asked first, so that a record's label is built only
+        // for a line that is written.
+        let log_this = log_records && ctx.budget.lock().is_ok_and(|mut b| b.allow(t0));
         let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
         let outcome = runner.run_record(
             &record.payload,
-            if log_records {
-                Some(&mut log_start)
-            } else {
-                None
-            },
+            if log_this { Some(&mut log_start) } else { None },
         );
         let t1 = Instant::now();
         let nanos = t1.duration_since(t0).as_nanos() as u64;
