@@ -15,7 +15,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
 
-const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
+pub(crate) const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,9 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, encode_into, Batch, BatchResults, CodecError, Hello, Outcome, RecordOutcome, Request,
-    WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
+    decode, decode_batch_ref, encode_into, encode_results, is_batch, CodecError, Hello, OutcomeRef,
+    RecordOutcomeRef, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+    PROTOCOL_VERSION,
 };
 
 use crate::fault::InjectedFault;
@@ -204,6 +205,25 @@ fn serve_on<T: WorkerTransport>(
             info!("coordinator went away; exiting after {done} records");
             return Ok(());
         };
+        // Batches first, decoded in place (the hot path).
+        if is_batch(&bytes) {
+            match state.as_mut().ok_or(ServeError::NotConfigured)? {
+                Configured::Inline { runner, flush_each } => {
+                    let batch = decode_batch_ref(&bytes)
+                        .map_err(ServeError::Protocol)?
+                        .ok_or(ServeError::NotConfigured)?;
+                    let mut sink = InlineSink {
+                        out: &mut out,
+                        batch: batch.id,
+                        started: Instant::now(),
+                    };
+                    run_batch(&**runner, &ctx, &batch.records, *flush_each, &mut sink)?;
+                }
+                // The task thread decodes it.
+                Configured::Threads(threads) => threads.submit(bytes)?,
+            }
+            continue;
+        }
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
             Request::Configure { spec, flush_each } => {
                 let configured = registry.runner(&spec).and_then(|runner| {
@@ -231,17 +251,7 @@ fn serve_on<T: WorkerTransport>(
                     }
                 }
             }
-            Request::Batch(batch) => match state.as_mut().ok_or(ServeError::NotConfigured)? {
-                Configured::Inline { runner, flush_each } => {
-                    let mut sink = InlineSink {
-                        out: &mut out,
-                        batch: batch.id,
-                        started: Instant::now(),
-                    };
-                    run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
-                }
-                Configured::Threads(threads) => threads.submit(batch)?,
-            },
+            Request::Batch(_) => unreachable!("batches are decoded in place above"),
             Request::Stop => {
                 if let Some(Configured::Threads(threads)) = state.take() {
                     threads.finish();
@@ -261,10 +271,65 @@ fn serve_on<T: WorkerTransport>(
     }
 }
 
+/// The outcomes of (part of) a batch: outputs in one buffer, so that no
+/// record needs an allocation of its own.
+#[derive(Default)]
+struct Collected {
+    outputs: Vec<u8>,
+    records: Vec<Finished>,
+}
+
+struct Finished {
+    seq: u64,
+    started_us: u64,
+    nanos: u64,
+    /// The output's end in `outputs` (it starts where the previous one ended).
+    result: Result<usize, TaskFailure>,
+}
+
+impl Collected {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.outputs.clear();
+        self.records.clear();
+    }
+
+    /// Encode as `WorkerMessage::Results`, appending to `buf`.
+    fn encode(
+        &self,
+        batch: u64,
+        thread: u32,
+        busy_nanos: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ServeError> {
+        let mut start = 0;
+        let outcomes = self.records.iter().map(move |r| {
+            let outcome = match &r.result {
+                Ok(end) => {
+                    let bytes = &self.outputs[start..*end];
+                    start = *end;
+                    OutcomeRef::Ok(bytes)
+                }
+                Err(f) => OutcomeRef::Failed(f),
+            };
+            RecordOutcomeRef {
+                seq: r.seq,
+                started_us: r.started_us,
+                nanos: r.nanos,
+                outcome,
+            }
+        });
+        encode_results(batch, thread, busy_nanos, outcomes, buf).map_err(ServeError::Protocol)
+    }
+}
+
 /// Where [`run_batch`] puts its outcomes.
 trait BatchSink {
-    /// Send (or keep) these outcomes; `outcomes` is left empty.
-    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError>;
+    /// Send (or keep) these outcomes; `collected` is left empty.
+    fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError>;
     /// Send raw bytes (fault injection only).
     fn raw(&mut self, bytes: &[u8]);
 }
@@ -277,9 +342,14 @@ struct InlineSink<'a, T> {
 }
 
 impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
-    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
-        self.out
-            .send_results(self.batch, 0, &mut self.started, outcomes)
+    fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError> {
+        let now = Instant::now();
+        let busy = now.duration_since(self.started).as_nanos() as u64;
+        self.started = now;
+        self.out.buf.clear();
+        collected.encode(self.batch, 0, busy, &mut self.out.buf)?;
+        collected.clear();
+        self.out.transport.send(&self.out.buf)
     }
 
     fn raw(&mut self, bytes: &[u8]) {
@@ -307,16 +377,19 @@ struct RunContext {
     failed: AtomicU64,
 }
 
-/// Run one batch: `flush` gets the outcomes (after each record with
+/// Run one batch: `sink` gets the outcomes (after each record with
 /// `flush_each`, else once at the end).
 fn run_batch(
     runner: &dyn Runner,
     ctx: &RunContext,
-    batch: Batch,
+    records: &[(u64, &[u8])],
     flush_each: bool,
     sink: &mut dyn BatchSink,
 ) -> Result<(), ServeError> {
-    let mut outcomes = Vec::with_capacity(batch.records.len());
+    let mut collected = Collected {
+        outputs: Vec::with_capacity(records.iter().map(|r| r.1.len()).sum::<usize>()),
+        records: Vec::with_capacity(records.len()),
+    };
     // One wall-clock read per batch; records are timed with the monotonic
     // clock from there (one read per record).
     let batch_wall_us = std::time::SystemTime::now()
@@ -325,10 +398,9 @@ fn run_batch(
     let batch_t0 = Instant::now();
     let mut t0 = batch_t0;
     let log_records = log::log_enabled!(log::Level::Info);
-    for record in batch.records {
+    for &(seq, payload) in records {
         ctx.fault
             .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
-        let seq = record.seq;
         let pid = ctx.pid;
         let mut log_start = |label: Option<String>| {
             let label = label.unwrap_or_else(|| format!("#{seq}"));
@@ -338,30 +410,32 @@ fn run_batch(
         // for a line that is written.
         let log_this = log_records && ctx.budget.lock().is_ok_and(|mut b| b.allow(t0));
         let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
-        let outcome = runner.run_record(
-            &record.payload,
+        let result = runner.run_record(
+            payload,
+            &mut collected.outputs,
             if log_this { Some(&mut log_start) } else { None },
         );
         let t1 = Instant::now();
         let nanos = t1.duration_since(t0).as_nanos() as u64;
         t0 = t1;
         ctx.done.fetch_add(1, Ordering::Relaxed);
-        if let Outcome::Failed(f) = &outcome {
+        if let Err(f) = &result {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
             debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
         }
-        outcomes.push(RecordOutcome {
+        let end = collected.outputs.len();
+        collected.records.push(Finished {
             seq,
             started_us,
             nanos,
-            outcome,
+            result: result.map(|()| end),
         });
         if flush_each {
-            sink.flush(&mut outcomes)?;
+            sink.flush(&mut collected)?;
         }
     }
-    if !outcomes.is_empty() {
-        sink.flush(&mut outcomes)?;
+    if !collected.is_empty() {
+        sink.flush(&mut collected)?;
     }
     Ok(())
 }
@@ -370,7 +444,7 @@ fn run_batch(
 /// the order it sent the batches, so finished batches wait in a small
 /// reorder map until the ones before them are sent.
 struct ThreadedBatches {
-    work: Option<mpsc::Sender<(u64, Batch)>>,
+    work: Option<mpsc::Sender<(u64, Vec<u8>)>>,
     handles: Vec<std::thread::JoinHandle<()>>,
     next: u64,
     error: Arc<Mutex<Option<String>>>,
@@ -384,13 +458,14 @@ struct Emitter {
 
 /// Outcomes of one batch on a task thread, sent whole when it is done.
 struct ThreadSink<'a> {
-    collected: Vec<RecordOutcome>,
+    collected: Collected,
     emitter: &'a Mutex<Emitter>,
 }
 
 impl BatchSink for ThreadSink<'_> {
-    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
-        self.collected.append(outcomes);
+    fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError> {
+        // Called once, at the end of the batch (threads never flush each record).
+        std::mem::swap(&mut self.collected, collected);
         Ok(())
     }
 
@@ -408,7 +483,7 @@ impl ThreadedBatches {
         ctx: Arc<RunContext>,
         send: SideSender,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<(u64, Batch)>();
+        let (tx, rx) = mpsc::channel::<(u64, Vec<u8>)>();
         let rx = Arc::new(Mutex::new(rx));
         let emitter = Arc::new(Mutex::new(Emitter {
             send,
@@ -429,26 +504,21 @@ impl ThreadedBatches {
                 .name(format!("task-{thread}"))
                 .spawn(move || loop {
                     let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((index, batch)) = next else { return };
-                    let id = batch.id;
+                    let Some((index, message)) = next else { return };
                     let started = Instant::now();
                     let mut sink = ThreadSink {
-                        collected: Vec::new(),
+                        collected: Collected::default(),
                         emitter: &emitter,
                     };
-                    let result = run_batch(&*runner, &ctx, batch, false, &mut sink);
-                    let collected = sink.collected;
-                    let busy_nanos = started.elapsed().as_nanos() as u64;
-                    let message = WorkerMessage::Results(BatchResults {
-                        batch: id,
-                        thread,
-                        busy_nanos,
-                        outcomes: collected,
-                    });
                     let mut bytes = Vec::new();
-                    let sent = result
-                        .and_then(|()| {
-                            encode_into(&message, &mut bytes).map_err(ServeError::Protocol)
+                    let sent = decode_batch_ref(&message)
+                        .map_err(ServeError::Protocol)
+                        .and_then(|batch| batch.ok_or(ServeError::NotConfigured))
+                        .and_then(|batch| {
+                            run_batch(&*runner, &ctx, &batch.records, false, &mut sink)?;
+                            let busy_nanos = started.elapsed().as_nanos() as u64;
+                            sink.collected
+                                .encode(batch.id, thread, busy_nanos, &mut bytes)
                         })
                         .and_then(|()| {
                             let mut e = emitter
@@ -485,7 +555,7 @@ impl ThreadedBatches {
         })
     }
 
-    fn submit(&mut self, batch: Batch) -> Result<(), ServeError> {
+    fn submit(&mut self, batch: Vec<u8>) -> Result<(), ServeError> {
         if let Some(err) = self.error.lock().ok().and_then(|e| e.clone()) {
             return Err(ServeError::Ipc(err));
         }
@@ -517,24 +587,6 @@ impl<T: WorkerTransport> Outbox<T> {
         self.buf.clear();
         encode_into(message, &mut self.buf).map_err(ServeError::Protocol)?;
         self.transport.send(&self.buf)
-    }
-
-    fn send_results(
-        &mut self,
-        batch: u64,
-        thread: u32,
-        started: &mut Instant,
-        outcomes: &mut Vec<RecordOutcome>,
-    ) -> Result<(), ServeError> {
-        let now = Instant::now();
-        let busy_nanos = now.duration_since(*started).as_nanos() as u64;
-        *started = now;
-        self.send(&WorkerMessage::Results(BatchResults {
-            batch,
-            thread,
-            busy_nanos,
-            outcomes: std::mem::take(outcomes),
-        }))
     }
 }
 
