@@ -37,6 +37,14 @@ fn current_year() -> i32 {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // A record travels in one message of at most 64 MiB.
+    let max_record = procpool_protocol::MAX_RECORD_BYTES - 1024;
+    if args.max_record_bytes > max_record {
+        bail!(
+            "--max-record-bytes {} is over the largest record the pool can carry ({max_record} bytes: a record travels in one message of at most 64 MiB)",
+            args.max_record_bytes
+        );
+    }
     // Before anything is opened for writing.
     crate::paths::check_distinct(&crate::paths::of_run(args))?;
     if let Some(p) = &args.stats_json {

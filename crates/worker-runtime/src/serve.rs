@@ -7,8 +7,9 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, encode_into, BatchResults, CodecError, Hello, Outcome, RecordOutcome, Request,
-    WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
+    decode, encode_into, BatchResults, CodecError, FailureKind, Hello, Outcome, RecordOutcome,
+    Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, MAX_RECORD_BYTES,
+    PROTOCOL_VERSION,
 };
 
 use crate::heartbeat::{self, Heartbeat, SideSender};
@@ -295,6 +296,7 @@ fn serve_on<T: WorkerTransport>(
                     .map_or(0, |d| d.as_micros() as u64);
                 let batch_t0 = started;
                 let mut t0 = started;
+                let mut pending_bytes = 0usize;
                 for record in batch.records {
                     match fault {
                         InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
@@ -311,7 +313,7 @@ fn serve_on<T: WorkerTransport>(
                         info!("Process {pid} working record {label}");
                     }
                     let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
-                    let outcome = runner.run_encoded(&record.payload);
+                    let outcome = bounded(runner.run_encoded(&record.payload));
                     let t1 = Instant::now();
                     let nanos = t1.duration_since(t0).as_nanos() as u64;
                     t0 = t1;
@@ -323,13 +325,17 @@ fn serve_on<T: WorkerTransport>(
                             record.seq, f.kind, f.message
                         );
                     }
+                    pending_bytes += outcome_bytes(&outcome);
                     outcomes.push(RecordOutcome {
                         seq: record.seq,
                         started_us,
                         nanos,
                         outcome,
                     });
-                    if flush_each {
+                    // Large outputs go in several messages, each well under
+                    // what the coordinator decodes.
+                    if flush_each || pending_bytes >= RESULTS_FLUSH_BYTES {
+                        pending_bytes = 0;
                         out.send_results(batch.id, &mut started, &mut outcomes)?;
                     }
                 }
@@ -347,6 +353,42 @@ fn serve_on<T: WorkerTransport>(
                 return out.transport.finish();
             }
         }
+    }
+}
+
+/// Outcome bytes beyond which a batch's results are sent in several
+/// messages; with [`MAX_RECORD_BYTES`] per output, a message stays under
+/// the wire limit.
+const RESULTS_FLUSH_BYTES: usize = 1 << 20;
+
+fn outcome_bytes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Ok(bytes) => bytes.len(),
+        Outcome::Failed(f) => f.message.len(),
+    }
+}
+
+/// An output too large for a results message fails its record (the
+/// coordinator could not decode it), rather than the whole message.
+fn bounded(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => Outcome::Failed(TaskFailure {
+            kind: FailureKind::Error,
+            message: format!(
+                "the output is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
+                bytes.len()
+            ),
+        }),
+        Outcome::Failed(mut f) if f.message.len() > MAX_RECORD_BYTES => {
+            // Cut at a character boundary (truncate panics elsewhere).
+            let mut cut = MAX_RECORD_BYTES / 2;
+            while !f.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            f.message.truncate(cut);
+            Outcome::Failed(f)
+        }
+        other => other,
     }
 }
 
@@ -448,6 +490,126 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> ExitCode {
                 panic_message(panic.as_ref())
             );
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use procpool_protocol::{
+        encode, encode_value, Batch, Record, Task, TaskError, MAX_MESSAGE_BYTES,
+    };
+    use serde::{Deserialize, Serialize};
+    use std::collections::VecDeque;
+
+    /// Outputs a string of as many MiB as its input says.
+    #[derive(Serialize, Deserialize)]
+    struct Big;
+
+    impl Task for Big {
+        const NAME: &'static str = "big";
+        type Input = u64;
+        type Output = String;
+        fn run(&self, mib: u64) -> Result<String, TaskError> {
+            Ok("x".repeat((mib as usize) << 20))
+        }
+    }
+
+    /// Plays the coordinator: canned requests in, every message kept.
+    struct Scripted {
+        requests: VecDeque<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+    }
+
+    impl WorkerTransport for Scripted {
+        fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
+            Ok(self.requests.pop_front())
+        }
+        fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
+            assert!(
+                bytes.len() <= MAX_MESSAGE_BYTES,
+                "a message of {} bytes",
+                bytes.len()
+            );
+            self.sent.push(bytes.to_vec());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_output_over_the_record_limit_fails_its_record() {
+        let Outcome::Failed(f) = bounded(Outcome::Ok(vec![0; MAX_RECORD_BYTES + 1])) else {
+            panic!("an oversized output passed");
+        };
+        assert_eq!(f.kind, FailureKind::Error);
+        assert!(f.message.contains("limit"), "{}", f.message);
+        assert!(matches!(bounded(Outcome::Ok(vec![0; 10])), Outcome::Ok(b) if b.len() == 10));
+    }
+
+    #[test]
+    fn large_outputs_are_split_across_messages() {
+        let mut registry = Registry::new();
+        registry.register::<Big>();
+        // 70 MiB of results for one batch: over the limit of one message.
+        let sizes = [10u64; 7];
+        let records = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &mib)| Record {
+                seq: i as u64,
+                payload: encode_value(&mib).unwrap(),
+            })
+            .collect();
+        let requests = [
+            Request::Configure {
+                task: "big".into(),
+                config: encode_value(&Big).unwrap(),
+                flush_each: false,
+            },
+            Request::Batch(Batch { id: 9, records }),
+            Request::Stop,
+        ];
+        let mut transport = Scripted {
+            requests: requests.iter().map(|r| encode(r).unwrap()).collect(),
+            sent: vec![],
+        };
+        // serve_on consumes the transport: keep its messages through a channel.
+        struct Tee<'a>(&'a mut Scripted);
+        impl WorkerTransport for Tee<'_> {
+            fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
+                self.0.recv()
+            }
+            fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
+                self.0.send(bytes)
+            }
+        }
+        serve_on(
+            Tee(&mut transport),
+            registry,
+            "t".into(),
+            InjectedFault::None,
+        )
+        .unwrap();
+        let mut outcomes = vec![];
+        let mut results_messages = 0;
+        for bytes in &transport.sent {
+            if let WorkerMessage::Results(r) = decode::<WorkerMessage>(bytes).unwrap() {
+                assert_eq!(r.batch, 9);
+                results_messages += 1;
+                outcomes.extend(r.outcomes);
+            }
+        }
+        assert!(results_messages >= 2, "{results_messages} results messages");
+        let seqs: Vec<u64> = outcomes.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+        for (o, &mib) in outcomes.iter().zip(&sizes) {
+            let Outcome::Ok(bytes) = &o.outcome else {
+                panic!("record {}: {:?}", o.seq, o.outcome);
+            };
+            let s: String = procpool_protocol::decode_value(bytes).unwrap();
+            assert_eq!(s.len() as u64, mib << 20);
         }
     }
 }
