@@ -74,19 +74,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Workers as the other ranks of this MPI job.
+/// Workers as MPI ranks: the other ranks of this MPI job, or, with
+/// `--workers N` and no other ranks, N ranks spawned with `MPI_Comm_spawn`.
 #[cfg(feature = "mpi")]
-fn use_mpi(builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
-    if !procpool::mpi::launched_by_mpi() {
-        bail!(
-            "--backend mpi: this coordinator was not started by an MPI launcher; run it as rank 0, e.g. `mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`"
-        );
+fn use_mpi(builder: PoolBuilder, args: &RunArgs) -> anyhow::Result<PoolBuilder> {
+    match args.workers {
+        Some(n) => Ok(builder
+            .worker_bin(worker_bin(&args.worker)?)
+            .mpi_spawn(n)),
+        None if procpool::mpi::launched_by_mpi() => Ok(builder.mpi()),
+        None => bail!(
+            "--backend mpi: this coordinator was not started by an MPI launcher and has no --workers to spawn; run it as rank 0 with its workers (`mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`), or let it spawn them (`coordinator --backend mpi --workers 3`)"
+        ),
     }
-    Ok(builder.mpi())
 }
 
 #[cfg(not(feature = "mpi"))]
-fn use_mpi(_builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
+fn use_mpi(_builder: PoolBuilder, _args: &RunArgs) -> anyhow::Result<PoolBuilder> {
     bail!(
         "--backend mpi: this coordinator was built without MPI support; rebuild with `cargo build --release -p procpool-coordinator -p procpool-worker-bin --features procpool-coordinator/mpi,procpool-worker-bin/mpi`"
     )
@@ -276,7 +280,7 @@ where
                 .shutdown_grace(args.grace);
             builder = match args.backend {
                 Backend::Local => builder.worker_bin(worker_bin(&args.worker)?),
-                Backend::Mpi => use_mpi(builder)?,
+                Backend::Mpi => use_mpi(builder, args)?,
             };
             if let Some(n) = args.chunksize {
                 builder = builder.chunk_size(n);
@@ -336,6 +340,8 @@ where
             .spawn(move || {
                 for sig in signals.forever() {
                     if mpi && sig == SIGTERM {
+                        #[cfg(feature = "mpi")]
+                        procpool::mpi::end_job();
                         warn!(
                             "SIGTERM under MPI: the launcher is ending the job (usually because a rank failed; see its message); the output keeps every complete record in order, and `--resume` continues the job"
                         );

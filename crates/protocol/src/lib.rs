@@ -35,6 +35,9 @@ pub use task::{Task, TaskError};
 pub const MPI_TAG_DATA: i32 = 1;
 /// MPI backend: the tag of a worker's empty goodbye after `Stop` (its channel closes).
 pub const MPI_TAG_BYE: i32 = 2;
+/// MPI backend: the tag of heartbeats, both ways. The coordinator's carry its
+/// liveness timeout in milliseconds (`u64`, little endian); a worker's are empty.
+pub const MPI_TAG_HEARTBEAT: i32 = 3;
 
 /// Environment variable carrying the one-shot server name a worker connects to.
 pub const ENV_SERVER: &str = "PROCPOOL_SERVER";

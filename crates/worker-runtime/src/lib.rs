@@ -35,6 +35,7 @@
 //! `PROCPOOL_HEARTBEAT_MS`; `0` turns it off), so that a long record still
 //! shows the worker alive.
 
+mod fault;
 mod heartbeat;
 mod logging;
 #[cfg(feature = "mpi")]
@@ -42,7 +43,8 @@ pub mod mpi;
 mod registry;
 mod serve;
 
+pub use fault::ENV_FAULT;
 pub use heartbeat::SideSender;
 pub use logging::{build_logger, init_logging};
 pub use registry::{Registry, Runner};
-pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport, ENV_FAULT};
+pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport};
