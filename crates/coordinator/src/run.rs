@@ -243,12 +243,19 @@ where
     let started = Instant::now();
     let resume = crate::resume::plan(
         args.output.as_deref(),
-        args.resume,
+        match (args.resume, args.resume_failed) {
+            (_, true) => crate::resume::Resume::AndFailed,
+            (true, false) => crate::resume::Resume::After,
+            (false, false) => crate::resume::Resume::No,
+        },
         args.input.as_deref(),
         T::NAME,
         serde_json::to_value(&task)?,
     )?;
     let resume_from = resume.skip;
+    let resuming = args.resume || args.resume_failed;
+    let selection = resume.selection.clone();
+    let again = selection.again.len();
     let reader: RecordReader<T::Input> = match &args.input {
         None => RecordReader::demo(args.max_record_bytes),
         Some(path) => RecordReader::open(path, args.max_record_bytes)?,
@@ -371,12 +378,17 @@ where
         let counts = counts.clone();
         let skip_bad = args.skip_bad_input;
         thread::Builder::new().name("input".into()).spawn(move || {
-            let mut to_skip = resume_from;
+            let selection = selection;
+            let mut index = 0u64;
             let mut slice = Vec::with_capacity(256);
             for item in reader {
                 match item {
-                    Ok(_) if to_skip > 0 => to_skip -= 1,
-                    Ok(record) => slice.push(Ok(record)),
+                    Ok(record) => {
+                        index += 1;
+                        if selection.wants(index - 1) {
+                            slice.push(Ok(record));
+                        }
+                    }
                     Err(bad) if skip_bad => {
                         warn!("skipping bad input: {bad}");
                         counts.skipped_bad.fetch_add(1, Ordering::Relaxed);
@@ -425,23 +437,21 @@ where
     };
 
     let joblog = match &args.joblog {
-        Some(p) => Some((
-            p.clone(),
-            open_joblog(p, args.resume.then_some(resume_from))?,
-        )),
+        Some(p) => Some((p.clone(), open_joblog(p, resuming.then_some(resume_from))?)),
         None => None,
     };
     let mut out = Output::open(OutputSpec {
         path: args.output.as_deref(),
-        append: args.resume,
+        append: resuming,
         joblog,
         sidecar: resume.sidecar,
+        patch: resume.patch,
     })?;
     let mut records = 0u64;
     let mut failures: Vec<(u64, RecordError)> = Vec::new();
     let mut stopped_early = false;
     for done in results {
-        let seq = resume_from + done.seq;
+        let seq = resume.selection.seq_of(done.seq);
         if matches!(done.result, Err(RecordError::Cancelled)) {
             stopped_early = true;
             break;
@@ -475,7 +485,7 @@ where
         progress.tick(records);
     }
     progress.finish();
-    out.flush()?;
+    out.finish()?;
     let stats = pool.map(|p| p.shutdown()).unwrap_or_default();
     signals_handle.close();
 
@@ -511,6 +521,11 @@ where
     }
     if resume_from > 0 {
         summary.push_str(&format!("; resumed after {resume_from} records"));
+    }
+    if again > 0 {
+        summary.push_str(&format!(
+            "; {again} failed records run again, their lines replaced"
+        ));
     }
     info!("{summary}");
     if !failures.is_empty() {
