@@ -229,6 +229,7 @@ impl PoolBuilder {
             token.clone(),
             self.output.clone(),
             self.workers,
+            crate::process::heartbeat_period(self.liveness_timeout),
         )?);
         self.start_with(task, bin, token, launcher)
     }
