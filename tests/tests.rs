@@ -17,6 +17,8 @@ mod limits;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod own_worker;
 mod preflight;
 mod resume;
 mod signals;
+mod streams;
