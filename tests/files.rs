@@ -100,6 +100,8 @@ fn two_outputs_on_one_file_are_refused_before_either_is_created() {
     ])
     .run()
     .assert_code(0);
+    // A device keeps no resume file beside it.
+    assert!(!std::path::Path::new("/dev/null.procpool-resume").exists());
 }
 
 #[test]

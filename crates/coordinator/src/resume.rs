@@ -376,6 +376,9 @@ pub fn plan(
     task: &str,
     params: serde_json::Value,
 ) -> anyhow::Result<ResumePlan> {
+    // Only a file can be resumed: a device or a pipe (`/dev/null`) keeps no
+    // sidecar beside it.
+    let output = output.filter(|p| fs::metadata(p).map_or(true, |m| m.is_file()));
     let Some(output) = output else {
         return Ok(ResumePlan {
             skip: 0,
