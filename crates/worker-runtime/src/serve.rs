@@ -12,7 +12,7 @@ use log::{debug, error, info, warn};
 use procpool_protocol::{
     decode, decode_batch_ref, encode_into, encode_results, is_batch, CodecError, Hello, OutcomeRef,
     RecordOutcomeRef, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
-    PROTOCOL_VERSION,
+    MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
 use crate::fault::InjectedFault;
@@ -271,6 +271,35 @@ fn serve_on<T: WorkerTransport>(
     }
 }
 
+/// Outcome bytes beyond which a batch's results are sent in several
+/// messages; with [`MAX_RECORD_BYTES`] per output, a message stays under
+/// the wire limit.
+const RESULTS_FLUSH_BYTES: usize = 1 << 20;
+
+/// An output too large for a results message fails its record (the
+/// coordinator could not decode it), rather than the whole message; a
+/// failure's message is cut to fit.
+fn bounded(result: Result<(), TaskFailure>, output_len: usize) -> Result<(), TaskFailure> {
+    match result {
+        Ok(()) if output_len > MAX_RECORD_BYTES => Err(TaskFailure {
+            kind: procpool_protocol::FailureKind::Error,
+            message: format!(
+                "the output is {output_len} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record"
+            ),
+        }),
+        Err(mut f) if f.message.len() > MAX_RECORD_BYTES => {
+            // Cut at a character boundary (truncate panics elsewhere).
+            let mut cut = MAX_RECORD_BYTES / 2;
+            while !f.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            f.message.truncate(cut);
+            Err(f)
+        }
+        other => other,
+    }
+}
+
 /// The outcomes of (part of) a batch: outputs in one buffer, so that no
 /// record needs an allocation of its own.
 #[derive(Default)]
@@ -398,6 +427,8 @@ fn run_batch(
     let batch_t0 = Instant::now();
     let mut t0 = batch_t0;
     let log_records = log::log_enabled!(log::Level::Info);
+    // Bytes of failure messages not yet flushed (outputs are counted in `collected`).
+    let mut pending_messages = 0usize;
     for &(seq, payload) in records {
         ctx.fault
             .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
@@ -410,17 +441,23 @@ fn run_batch(
         // for a line that is written.
         let log_this = log_records && ctx.budget.lock().is_ok_and(|mut b| b.allow(t0));
         let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
+        let before = collected.outputs.len();
         let result = runner.run_record(
             payload,
             &mut collected.outputs,
             if log_this { Some(&mut log_start) } else { None },
         );
+        let result = bounded(result, collected.outputs.len() - before);
+        if result.is_err() {
+            collected.outputs.truncate(before);
+        }
         let t1 = Instant::now();
         let nanos = t1.duration_since(t0).as_nanos() as u64;
         t0 = t1;
         ctx.done.fetch_add(1, Ordering::Relaxed);
         if let Err(f) = &result {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
+            pending_messages += f.message.len();
             debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
         }
         let end = collected.outputs.len();
@@ -430,7 +467,10 @@ fn run_batch(
             nanos,
             result: result.map(|()| end),
         });
-        if flush_each {
+        // Large outputs go in several messages, each well under what the
+        // coordinator decodes.
+        if flush_each || collected.outputs.len() + pending_messages >= RESULTS_FLUSH_BYTES {
+            pending_messages = 0;
             sink.flush(&mut collected)?;
         }
     }
@@ -453,19 +493,29 @@ struct ThreadedBatches {
 struct Emitter {
     send: SideSender,
     next: u64,
-    waiting: BTreeMap<u64, Vec<u8>>,
+    /// Encoded messages of finished batches, by submission index.
+    waiting: BTreeMap<u64, Vec<Vec<u8>>>,
 }
 
 /// Outcomes of one batch on a task thread, sent whole when it is done.
 struct ThreadSink<'a> {
-    collected: Collected,
+    batch: u64,
+    thread: u32,
+    started: Instant,
+    /// Encoded `Results` messages of this batch (several when its outputs are large).
+    messages: Vec<Vec<u8>>,
     emitter: &'a Mutex<Emitter>,
 }
 
 impl BatchSink for ThreadSink<'_> {
     fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError> {
-        // Called once, at the end of the batch (threads never flush each record).
-        std::mem::swap(&mut self.collected, collected);
+        let now = Instant::now();
+        let busy = now.duration_since(self.started).as_nanos() as u64;
+        self.started = now;
+        let mut bytes = Vec::new();
+        collected.encode(self.batch, self.thread, busy, &mut bytes)?;
+        collected.clear();
+        self.messages.push(bytes);
         Ok(())
     }
 
@@ -507,32 +557,38 @@ impl ThreadedBatches {
                     let Some((index, message)) = next else { return };
                     let started = Instant::now();
                     let mut sink = ThreadSink {
-                        collected: Collected::default(),
+                        batch: 0,
+                        thread,
+                        started,
+                        messages: Vec::new(),
                         emitter: &emitter,
                     };
-                    let mut bytes = Vec::new();
                     let sent = decode_batch_ref(&message)
                         .map_err(ServeError::Protocol)
                         .and_then(|batch| batch.ok_or(ServeError::NotConfigured))
                         .and_then(|batch| {
+                            sink.batch = batch.id;
                             run_batch(&*runner, &ctx, &batch.records, false, &mut sink)?;
-                            let busy_nanos = started.elapsed().as_nanos() as u64;
-                            sink.collected
-                                .encode(batch.id, thread, busy_nanos, &mut bytes)
+                            if sink.messages.is_empty() {
+                                sink.flush(&mut Collected::default())?;
+                            }
+                            Ok(std::mem::take(&mut sink.messages))
                         })
-                        .and_then(|()| {
+                        .and_then(|messages| {
                             let mut e = emitter
                                 .lock()
                                 .map_err(|_| ServeError::Ipc("result sender poisoned".into()))?;
-                            e.waiting.insert(index, bytes);
-                            while let Some(bytes) = {
+                            e.waiting.insert(index, messages);
+                            while let Some(messages) = {
                                 let next = e.next;
                                 e.waiting.remove(&next)
                             } {
-                                if !(e.send)(&bytes) {
-                                    return Err(ServeError::Ipc(
-                                        "the coordinator closed the result channel".into(),
-                                    ));
+                                for bytes in messages {
+                                    if !(e.send)(&bytes) {
+                                        return Err(ServeError::Ipc(
+                                            "the coordinator closed the result channel".into(),
+                                        ));
+                                    }
                                 }
                                 e.next += 1;
                             }
