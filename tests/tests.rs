@@ -16,3 +16,4 @@ mod mpi;
 mod operate;
 mod resume;
 mod signals;
+mod supervise;
