@@ -9,11 +9,16 @@ mod util;
 
 mod demo;
 mod faults;
+mod files;
+mod heartbeat;
 mod input;
 mod library;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod own_worker;
+mod preflight;
 mod resume;
 mod signals;
+mod streams;
 mod supervise;

@@ -84,7 +84,9 @@ mod fake;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod preflight;
 mod process;
+pub mod raw;
 mod reorder;
 mod stats;
 mod supervisor;
@@ -93,6 +95,6 @@ mod transport;
 pub use chunk::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use error::{signal_name, PoolError, RecordError, WorkerEnd, WorkerExit};
 pub use pool::{default_worker_bin, Canceller, Done, MapIter, Pending, Pool, PoolBuilder};
-pub use procpool_protocol::{Task, TaskError, TaskInfo};
+pub use procpool_protocol::{Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec};
 pub use reorder::ReorderBuffer;
 pub use stats::WorkerStats;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo};
+use procpool_protocol::{
+    decode_value, encode_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec,
+};
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
@@ -32,8 +34,11 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
+    threads: usize,
     #[cfg(feature = "mpi")]
     mpi: bool,
+    #[cfg(feature = "mpi")]
+    mpi_spawn: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -61,8 +66,11 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
+            threads: 1,
             #[cfg(feature = "mpi")]
             mpi: false,
+            #[cfg(feature = "mpi")]
+            mpi_spawn: None,
         }
     }
 }
@@ -141,6 +149,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Threads each worker runs batches on (default 1). With `workers(1)`
+    /// this is Python's `ThreadPoolExecutor`: one process, one set of
+    /// process-wide locks, N tasks at a time. Batches in flight per worker
+    /// are multiplied by it, to keep every thread busy.
+    pub fn threads_per_worker(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
     /// Hand every line that workers write to stdout or stderr to `handler`
     /// (with the worker's pid) instead of passing it to this process's
     /// stderr, e.g. to print it above a progress bar.
@@ -164,6 +181,11 @@ impl PoolBuilder {
         }
         if self.in_flight == 0 {
             return Err(PoolError::Config("in_flight must be at least 1".into()));
+        }
+        if self.threads == 0 {
+            return Err(PoolError::Config(
+                "threads per worker must be at least 1".into(),
+            ));
         }
         if self.chunk_size == Some(0) {
             return Err(PoolError::Config("chunk size must be at least 1".into()));
@@ -190,8 +212,14 @@ impl PoolBuilder {
     /// worker is ready, or with the first start-up error (missing binary,
     /// handshake failure or timeout, a task the worker does not offer).
     pub fn build<T: Task>(self, task: T) -> Result<Pool<T>, PoolError> {
-        let config = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
-        let core = self.start(Some((T::NAME.to_owned(), config)))?;
+        let params = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
+        let core = self.start(Some(TaskSpec {
+            name: T::NAME.to_owned(),
+            params,
+            params_encoding: ParamsEncoding::Bincode,
+            records: Encoding::Bincode,
+            threads: 1,
+        }))?;
         Ok(Pool {
             core,
             _task: PhantomData,
@@ -207,7 +235,9 @@ impl PoolBuilder {
         Ok(offered)
     }
 
-    fn start(self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+    pub(crate) fn start(self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
+        let threads = u32::try_from(self.threads).unwrap_or(u32::MAX);
+        let task = task.map(|spec| TaskSpec { threads, ..spec });
         #[cfg(feature = "mpi")]
         if self.mpi {
             return self.start_mpi(task);
@@ -215,6 +245,7 @@ impl PoolBuilder {
         self.validate()?;
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
+        crate::preflight::check_local(self.workers)?;
         let mut token = [0u8; 16];
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
@@ -239,15 +270,38 @@ impl PoolBuilder {
         self
     }
 
+    /// Like [`mpi`](Self::mpi), and if this process is alone in its MPI job
+    /// (started on its own, or by `mpirun -n 1`), spawn `workers` ranks of
+    /// the worker binary with `MPI_Comm_spawn` (where the MPI launcher or the
+    /// allocation places them). A rank silent for the liveness timeout
+    /// (`PROCPOOL_MPI_LIVENESS` seconds, default 10) ends the job.
     #[cfg(feature = "mpi")]
-    fn start_mpi(mut self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+    pub fn mpi_spawn(mut self, workers: usize) -> Self {
+        self.mpi = true;
+        self.mpi_spawn = Some(workers);
+        self
+    }
+
+    #[cfg(feature = "mpi")]
+    fn start_mpi(mut self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
         if self.record_timeout.is_some() || self.max_tasks_per_child.is_some() {
             return Err(PoolError::Config(
                 "record timeouts and max_tasks_per_child need local worker processes; MPI ranks cannot be killed or replaced one by one".into(),
             ));
         }
+        // Resolved (and checked) only if the job turns out to need spawning.
+        let spawn = self.mpi_spawn.map(|n| {
+            let bin = self
+                .resolved_bin()
+                .and_then(|bin| crate::process::check_binary(&bin).map(|()| bin));
+            (bin, n)
+        });
+        let start = crate::mpi::MpiStart {
+            spawn,
+            liveness: crate::mpi::liveness_from_env()?,
+        };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
-        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone())?;
+        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone(), start)?;
         self.workers = ranks;
         self.start_on(
             task,
@@ -262,7 +316,7 @@ impl PoolBuilder {
     /// Start a pool whose workers come from `launcher` (the transport seam).
     pub(crate) fn start_with(
         self,
-        task: Option<(String, Vec<u8>)>,
+        task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::transport::Launcher>,
@@ -273,7 +327,7 @@ impl PoolBuilder {
 
     fn start_on(
         self,
-        task: Option<(String, Vec<u8>)>,
+        task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::transport::Launcher>,
@@ -282,10 +336,11 @@ impl PoolBuilder {
     ) -> Result<Core, PoolError> {
         self.validate()?;
         let sizer = Arc::new(Sizer::new(self.chunk_size));
+        let in_flight = self.in_flight.saturating_mul(self.threads);
         let settings = Settings {
             bin,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             handshake_timeout: self.handshake_timeout,
             record_timeout: self.record_timeout,
             liveness_timeout: self.liveness_timeout,
@@ -315,7 +370,7 @@ impl PoolBuilder {
             pids: started.pids,
             offered: started.offered,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             grace: self.shutdown_grace,
             next_job: AtomicU64::new(0),
         })
@@ -334,30 +389,41 @@ pub fn default_worker_bin() -> Option<PathBuf> {
 }
 
 pub(crate) struct Core {
-    events: Sender<Event>,
+    pub(crate) events: Sender<Event>,
     thread: Option<thread::JoinHandle<()>>,
-    sizer: Arc<Sizer>,
-    pids: Vec<u32>,
+    pub(crate) sizer: Arc<Sizer>,
+    pub(crate) pids: Vec<u32>,
     offered: Vec<TaskInfo>,
-    workers: usize,
-    in_flight: usize,
-    grace: Duration,
+    pub(crate) workers: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) grace: Duration,
     next_job: AtomicU64,
 }
 
 impl Core {
-    fn send(&self, command: Command) -> bool {
+    pub(crate) fn send(&self, command: Command) -> bool {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob { id, results: tx });
         (id, rx)
     }
 
-    fn shutdown_inner(mut self) -> Vec<WorkerStats> {
+    pub(crate) fn offered(&self) -> &[TaskInfo] {
+        &self.offered
+    }
+
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            events: self.events.clone(),
+            grace: self.grace,
+        }
+    }
+
+    pub(crate) fn shutdown_inner(mut self) -> Vec<WorkerStats> {
         self.stop()
     }
 
@@ -659,6 +725,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                     self.accept(Completion {
                         seq,
                         pid: 0,
+                        thread: 0,
                         started_us: 0,
                         nanos: 0,
                         result: Err(RecordError::BadInput(e.to_string())),
@@ -718,6 +785,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                     let broken = |seq| Completion {
                         seq,
                         pid: 0,
+                        thread: 0,
                         started_us: 0,
                         nanos: 0,
                         result: Err(RecordError::PoolBroken("the pool stopped".into())),

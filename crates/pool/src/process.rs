@@ -76,21 +76,27 @@ fn private_umask() -> bool {
 
 /// A rendezvous created under umask 077 when this thread may change its
 /// umask alone: its directory is private before the socket is bound in it.
-fn create_rendezvous(own_umask: bool) -> io::Result<(IpcOneShotServer<Rendezvous>, String)> {
+fn create_rendezvous(own_umask: bool) -> Result<(IpcOneShotServer<Rendezvous>, String), PoolError> {
     // SAFETY: umask only swaps a mask; with `own_umask` this thread's own.
     let old = own_umask.then(|| unsafe { libc::umask(0o077) });
-    let created = IpcOneShotServer::<Rendezvous>::new();
+    let created = std::panic::catch_unwind(IpcOneShotServer::<Rendezvous>::new);
     if let Some(old) = old {
         // SAFETY: as above; the workers this thread spawns get the old mask.
         unsafe { libc::umask(old) };
     }
     created
+        .map_err(|_| {
+            PoolError::Ipc(io::Error::other(
+                "ipc-channel panicked creating a rendezvous",
+            ))
+        })?
+        .map_err(PoolError::Ipc)
 }
 
 /// [`create_rendezvous`], made private whatever the thread could do.
-fn new_rendezvous(own_umask: bool) -> io::Result<(IpcOneShotServer<Rendezvous>, String)> {
+fn new_rendezvous(own_umask: bool) -> Result<(IpcOneShotServer<Rendezvous>, String), PoolError> {
     let (server, name) = create_rendezvous(own_umask)?;
-    make_private(&name)?;
+    make_private(&name).map_err(PoolError::Ipc)?;
     Ok((server, name))
 }
 
@@ -231,7 +237,10 @@ fn spawn(
         spec.token.as_str(),
         spec.output.as_ref(),
     );
-    let (server, server_name) = new_rendezvous(own_umask).map_err(PoolError::Ipc)?;
+    // ipc-channel panics when it cannot bind (e.g. $TMPDIR was removed
+    // mid-run): check first, and keep a panic a start failure.
+    crate::preflight::ensure_rendezvous_dir()?;
+    let (server, server_name) = new_rendezvous(own_umask)?;
     // Workers write task output and logs to our stderr, or to a handler that
     // gets them line by line; never to our stdout, which is the results'.
     let (stdout, stderr, pipe) = match output {
@@ -292,10 +301,17 @@ fn spawn(
     let spawned = thread::Builder::new()
         .name(format!("procpool-accept-{pid}"))
         .spawn(move || {
-            let pair = server
-                .accept()
-                .map(|(_, pair)| pair)
-                .map_err(|e| format!("rendezvous failed: {e:?}"));
+            // ipc-channel panics on a message that arrives without its
+            // descriptors (the preflight keeps them available): a start failure.
+            let pair = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.accept()))
+                .map_err(|_| {
+                    "the rendezvous message arrived without its channels (out of file descriptors?)"
+                        .to_string()
+                })
+                .and_then(|r| {
+                    r.map(|(_, pair)| pair)
+                        .map_err(|e| format!("rendezvous failed: {e:?}"))
+                });
             // `Accepted` goes out before the reader starts, so that the
             // supervisor holds the writer before the worker's `Hello` arrives.
             match pair.and_then(|pair| Connection::start(pair).map_err(|e| e.to_string())) {

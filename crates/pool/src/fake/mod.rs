@@ -422,6 +422,7 @@ impl FakeWorker {
     fn results(&self, batch: u64, outcomes: &mut Vec<RecordOutcome>) {
         self.say(WorkerMessage::Results(BatchResults {
             batch,
+            thread: 0,
             busy_nanos: 1_000 * outcomes.len() as u64,
             outcomes: std::mem::take(outcomes),
         }));
@@ -432,7 +433,13 @@ impl FakeWorker {
 pub(crate) fn pool(builder: PoolBuilder, script: &Script) -> Result<Pool<Echo>, PoolError> {
     let config = encode_value(&Echo).map_err(|e| PoolError::Encode(e.to_string()))?;
     let core = builder.start_with(
-        Some(("echo".into(), config)),
+        Some(procpool_protocol::TaskSpec {
+            name: "echo".into(),
+            params: config,
+            params_encoding: procpool_protocol::ParamsEncoding::Bincode,
+            records: procpool_protocol::Encoding::Bincode,
+            threads: 1,
+        }),
         "fake-worker".into(),
         TOKEN.into(),
         Box::new(FakeLauncher(script.clone())),

@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procpool_protocol::{TaskInfo, WorkerMessage};
+use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 
 pub(crate) use commands::{Command, Completion};
 
@@ -42,8 +42,8 @@ pub(crate) struct Settings {
     pub liveness_timeout: Duration,
     pub retries: u32,
     pub max_tasks_per_child: Option<u64>,
-    /// The task to configure, as name and encoded parameters; `None` only probes.
-    pub task: Option<(String, Vec<u8>)>,
+    /// The task to configure and how its records are encoded; `None` only probes.
+    pub task: Option<TaskSpec>,
     pub token: String,
     pub sizer: Arc<Sizer>,
     /// Starts and reaches workers (the transport).
@@ -221,6 +221,7 @@ impl Supervisor {
     fn message(&mut self, slot: usize, message: WorkerMessage) {
         let phase = self.workers[slot].phase;
         match (phase, message) {
+            // Proof of life; it may arrive in any phase after the Hello.
             (_, WorkerMessage::Heartbeat) => {}
             (Phase::Starting { deadline }, WorkerMessage::Hello(hello)) => {
                 self.hello(slot, deadline, hello)

@@ -83,10 +83,11 @@ impl Supervisor {
         }
         w.host = hello.host;
         self.offered = hello.tasks;
-        let Some((name, config)) = &self.settings.task else {
+        let Some(spec) = &self.settings.task else {
             self.became_ready(slot);
             return;
         };
+        let name = &spec.name;
         if !self.offered.iter().any(|t| &t.name == name) {
             let offered: Vec<&str> = self.offered.iter().map(|t| t.name.as_str()).collect();
             let reason = format!(
@@ -98,8 +99,7 @@ impl Supervisor {
             return;
         }
         let request = Request::Configure {
-            task: name.clone(),
-            config: config.clone(),
+            spec: spec.clone(),
             flush_each: self.settings.record_timeout.is_some(),
         };
         match encode(&request) {
