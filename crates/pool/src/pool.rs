@@ -9,7 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use procpool_protocol::{
-    decode_value, encode_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec,
+    decode_value, encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo,
+    TaskSpec,
 };
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
@@ -255,6 +256,7 @@ impl PoolBuilder {
             token.clone(),
             self.output.clone(),
             self.workers,
+            crate::process::heartbeat_period(self.liveness_timeout),
         )?);
         self.start_with(task, bin, token, launcher)
     }
@@ -534,7 +536,7 @@ impl<T: Task> Pool<T> {
     pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
         let (job, rx) = self.core.new_job();
         let mut chunk = Chunk::new(job);
-        let early = match chunk.push_with(0, |buf| encode_into(&input, buf)) {
+        let early = match chunk.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
                 if !self.core.send(Command::Chunk(chunk)) {
                     Some(RecordError::PoolBroken("the pool is shut down".into()))
@@ -720,7 +722,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 if !self.ordered {
                     self.unanswered.insert(seq);
                 }
-                if let Err(e) = chunk.push_with(seq, |buf| encode_into(&item, buf)) {
+                if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
                     self.accept(Completion {
                         seq,
