@@ -123,7 +123,8 @@ impl PoolBuilder {
     }
 
     /// Liveness: a worker that holds records and sends nothing, not even a
-    /// heartbeat (workers send one every 500 ms from a thread of their own),
+    /// heartbeat (workers send one every 500 ms from a thread of their own,
+    /// more often when this timeout is under 2 s),
     /// for this long is declared dead: killed, replaced, and its records sent
     /// again as after a crash. Default 10 s. Long records are not affected
     /// while their worker keeps heart-beating.
