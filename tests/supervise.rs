@@ -247,3 +247,42 @@ fn a_long_record_outlives_the_liveness_timeout() {
         assert_eq!(stats[0].pid, pid);
     });
 }
+
+/// A coordinator killed before its workers connected leaves a rendezvous
+/// directory with a dead socket in `$TMPDIR`: the next run of the same user
+/// removes it, and leaves alone anything else there.
+#[test]
+fn a_stale_rendezvous_directory_is_removed_at_start_up() {
+    use std::os::unix::net::UnixListener;
+    let dir = tempdir();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let stale = tmp.join(".tmpAbC123");
+    std::fs::create_dir(&stale).unwrap();
+    drop(UnixListener::bind(stale.join("socket")).unwrap());
+    // Left there a minute ago.
+    let minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(minute_ago)
+        .unwrap();
+    let mine = tmp.join(".tmpKeepMe");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes"), "not a rendezvous").unwrap();
+    let input = crate::util::write_file(
+        dir.path(),
+        "in.jsonl",
+        crate::util::fault_input((0..5).map(|n| (n, ""))),
+    );
+    let out = crate::util::coordinator(["--task", "fault", "--workers", "2", "--input", &input])
+        .env("TMPDIR", tmp.to_str().unwrap())
+        .run();
+    out.assert_code(0);
+    assert!(!stale.exists(), "stale rendezvous left: {}", out.stderr);
+    assert!(mine.join("notes").exists());
+    assert!(
+        out.stderr.contains("removed 1 stale rendezvous"),
+        "{}",
+        out.stderr
+    );
+}
