@@ -653,10 +653,6 @@ struct OwnedSend {
     buffer: *mut [u8],
 }
 
-// SAFETY: the buffer is owned by this value alone (MPI only reads it until
-// the request completes), and the request is only used from the MPI thread.
-unsafe impl Send for OwnedSend {}
-
 impl OwnedSend {
     fn start<D: Destination>(dest: &D, data: Vec<u8>, tag: Tag) -> Self {
         let buffer: *mut [u8] = Box::into_raw(data.into_boxed_slice());

@@ -123,7 +123,8 @@ impl PoolBuilder {
     }
 
     /// Liveness: a worker that holds records and sends nothing, not even a
-    /// heartbeat (workers send one every 500 ms from a thread of their own),
+    /// heartbeat (workers send one every 500 ms from a thread of their own,
+    /// more often when this timeout is under 2 s),
     /// for this long is declared dead: killed, replaced, and its records sent
     /// again as after a crash. Default 10 s. Long records are not affected
     /// while their worker keeps heart-beating.
@@ -671,6 +672,9 @@ pub struct MapIter<'p, T: Task, I> {
     ordered: bool,
     reorder: ReorderBuffer<Completion>,
     arrived: std::collections::VecDeque<Completion>,
+    /// Unordered only: records sent and not yet arrived, so that they can be
+    /// reported if the supervisor goes away.
+    unanswered: std::collections::BTreeSet<u64>,
     next_seq: u64,
     yielded: u64,
 }
@@ -686,6 +690,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
             ordered,
             reorder: ReorderBuffer::new(0),
             arrived: Default::default(),
+            unanswered: Default::default(),
             next_seq: 0,
             yielded: 0,
         }
@@ -715,6 +720,9 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                if !self.ordered {
+                    self.unanswered.insert(seq);
+                }
                 if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
                     self.accept(Completion {
@@ -738,6 +746,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         if self.ordered {
             self.reorder.insert(c.seq, c);
         } else {
+            self.unanswered.remove(&c.seq);
             self.arrived.push_back(c);
         }
     }
@@ -776,15 +785,20 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                     // Supervisor gone: what is missing ends as broken.
                     let missing = self.reorder.next_seq();
                     self.input = None;
+                    let broken = |seq| Completion {
+                        seq,
+                        pid: 0,
+                        thread: 0,
+                        started_us: 0,
+                        nanos: 0,
+                        result: Err(RecordError::PoolBroken("the pool stopped".into())),
+                    };
                     if self.ordered && missing < self.next_seq {
-                        self.accept(Completion {
-                            seq: missing,
-                            pid: 0,
-                            thread: 0,
-                            started_us: 0,
-                            nanos: 0,
-                            result: Err(RecordError::PoolBroken("the pool stopped".into())),
-                        });
+                        self.accept(broken(missing));
+                    } else if !self.unanswered.is_empty() {
+                        for seq in std::mem::take(&mut self.unanswered) {
+                            self.accept(broken(seq));
+                        }
                     } else {
                         return None;
                     }
