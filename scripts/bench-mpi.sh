@@ -64,7 +64,7 @@ echo "|---|---|---|"
 AGE=(--task age --year 2024 --input "$TMP/age.jsonl" --output "$TMP/out.jsonl")
 time_runs "1M age records, file to file, local, $W workers" $B/coordinator --workers "$W" "${AGE[@]}"
 time_runs "1M age records, MPI shared memory, $W worker ranks" mpmd "$W" shm "${AGE[@]}"
-time_runs "1M age records, MPI shared memory, $W spawned ranks" spawned "$W" "${AGE[@]}"
+time_runs "1M age records, MPI, $W ranks spawned by the coordinator (TCP between jobs)" spawned "$W" "${AGE[@]}"
 time_runs "1M age records, MPI TCP, $W worker ranks" mpmd "$W" tcp "${AGE[@]}"
 P=(--task primes --input "$TMP/primes.jsonl" --output "$TMP/p.jsonl")
 for w in 1 2; do
