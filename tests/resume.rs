@@ -128,6 +128,12 @@ fn resume_cuts_a_partial_last_line() {
         let prefix: String = expected.split_inclusive('\n').take(keep).collect();
         for garbage in ["{\"n\":", "{\"error\":{\"kind\":\"task_e", "x"] {
             std::fs::write(&output, format!("{prefix}{garbage}")).unwrap();
+            // What the reference run (same task, same input) left beside its output.
+            std::fs::copy(
+                dir.path().join("reference.jsonl.procpool-resume"),
+                dir.path().join("out.jsonl.procpool-resume"),
+            )
+            .unwrap();
             let out = command(&fast, &output, true).run();
             out.assert_code(1);
             let resumed = std::fs::read_to_string(&output).unwrap();
@@ -194,4 +200,216 @@ fn resume_with_age_csv() {
     std::fs::write(&output, format!("{prefix}{{\"na")).unwrap();
     args(true).run().assert_code(0);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+}
+
+/// Every line of a job log after its header: `seq pid start duration outcome`.
+fn joblog_seqs(path: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.ends_with('\n'), "job log ends in a partial line");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("seq\tpid\tstart\tduration_s\toutcome"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 5, "malformed job-log line {l:?}");
+            f[2].parse::<f64>().unwrap();
+            f[3].parse::<f64>().unwrap();
+            (f[0].parse().unwrap(), f[4].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn joblog_holds_one_line_per_record_after_sigkills_and_resumes() {
+    let dir = tempdir();
+    let expected = reference(dir.path());
+    let slow = write_file(dir.path(), "slow.jsonl", input(true));
+    let output = dir.path().join("out.jsonl");
+    let joblog = dir.path().join("jobs.tsv");
+    let with_log = |resume: bool| command(&slow, &output, resume).arg("--joblog").arg(&joblog);
+    // Killed three times, at different points, each time resumed.
+    let mut resume = false;
+    for at in [40, 130, 250] {
+        let mut run = with_log(resume).spawn();
+        run.wait_for("part of the output", |_| lines_in(&output) >= at);
+        run.signal(libc::SIGKILL);
+        run.wait();
+        resume = true;
+    }
+    with_log(true).run().assert_code(1);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &expected,
+        "resumed output",
+    );
+    let log = joblog_seqs(&joblog);
+    let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "one line per record, in order"
+    );
+    for (seq, outcome) in log {
+        let want = if fails(seq) { "task_error" } else { "ok" };
+        assert_eq!(outcome, want, "record {seq}");
+    }
+}
+
+#[test]
+fn resume_of_another_runs_output_is_refused() {
+    let dir = tempdir();
+    let _ = reference(dir.path());
+    let reference_out = dir.path().join("reference.jsonl");
+    let before = std::fs::read(&reference_out).unwrap();
+    // A 400-line output resumed with a 3-record input.
+    let small = write_file(
+        dir.path(),
+        "small.jsonl",
+        fault_input([(1, ""), (2, ""), (3, "")]),
+    );
+    let out = command(&small, &reference_out, true).run();
+    out.assert_code(2);
+    let e = out.the_error();
+    assert!(
+        e.contains("cannot --resume") && e.contains("does not begin with"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&reference_out).unwrap(),
+        before,
+        "the output changed"
+    );
+    // Another task, or other parameters.
+    let fast = dir.path().join("fast.jsonl");
+    let out = coordinator(["--task", "primes", "--input"])
+        .arg(&fast)
+        .arg("--output")
+        .arg(&reference_out)
+        .arg("--resume")
+        .run();
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("task `fault`"),
+        "{}",
+        out.the_error()
+    );
+    // An output with no sidecar (not written by a run) is not trusted either.
+    let foreign = write_file(dir.path(), "foreign.jsonl", "{\"n\":0}\n{\"n\":1}\n");
+    let out = command(fast.to_str().unwrap(), Path::new(&foreign), true).run();
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("procpool-resume"),
+        "{}",
+        out.the_error()
+    );
+    // The same run resumes fine (nothing left to do).
+    command(fast.to_str().unwrap(), &reference_out, true).run();
+    assert_eq!(std::fs::read(&reference_out).unwrap(), before);
+}
+
+#[test]
+fn age_parameters_are_part_of_the_run() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "p.csv",
+        "name,field,born,nobel\nA,math,1900,no\nB,math,1901,no\n",
+    );
+    let output = dir.path().join("ages.jsonl");
+    let run = |year: &str, resume: bool| {
+        let c =
+            coordinator(["--input", &input, "--workers", "1", "--year", year, "-o"]).arg(&output);
+        if resume { c.arg("--resume") } else { c }.run()
+    };
+    run("2000", false).assert_code(0);
+    let out = run("2001", true);
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("parameters"),
+        "{}",
+        out.the_error()
+    );
+}
+
+#[test]
+fn resume_failed_runs_the_failed_records_again_in_place() {
+    let dir = tempdir();
+    // Records 7, 23 and 41 take 1.5 s: over a 300 ms --timeout, they fail.
+    let slow = |n: u64| [7, 23, 41].contains(&n);
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..60).map(|n| (n, if slow(n) { "sleep:1500" } else { "" }))),
+    );
+    let clean = dir.path().join("clean.jsonl");
+    command(&input, &clean, false).run().assert_code(0);
+    let expected = std::fs::read_to_string(&clean).unwrap();
+
+    let output = dir.path().join("out.jsonl");
+    let joblog = dir.path().join("jobs.tsv");
+    let first = command(&input, &output, false)
+        .args(["--timeout", "300ms", "--joblog"])
+        .arg(&joblog)
+        .run();
+    first.assert_code(1);
+    let failed: Vec<u64> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"timed_out\""))
+        .map(|(i, _)| i as u64)
+        .collect();
+    assert_eq!(failed, [7, 23, 41]);
+
+    // Plain --resume has nothing to do: the output is complete.
+    command(&input, &output, true).run();
+    assert_eq!(
+        std::fs::read_to_string(&output)
+            .unwrap()
+            .matches("timed_out")
+            .count(),
+        3
+    );
+
+    let again = command(&input, &output, false)
+        .args(["--resume-failed", "--joblog"])
+        .arg(&joblog)
+        .run();
+    again.assert_code(0);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &expected,
+        "after --resume-failed",
+    );
+    let summary = again.summary().unwrap();
+    assert!(
+        summary.starts_with("done: 3 records, 0 failed"),
+        "{summary}"
+    );
+    assert!(summary.contains("3 failed records run again"), "{summary}");
+    // The job log: every record once, then a line for each record run again.
+    let log: Vec<u64> = joblog_seqs(&joblog).into_iter().map(|(s, _)| s).collect();
+    let mut want: Vec<u64> = (0..60).collect();
+    want.extend([7, 23, 41]);
+    assert_eq!(log, want);
+    assert!(!dir.path().join("out.jsonl.procpool-tmp").exists());
+
+    // Cut after line 30 (keeping the failures at 7 and 23) and back to
+    // them: --resume-failed redoes both those and the missing tail.
+    let text = std::fs::read_to_string(&output).unwrap();
+    let failed_once = std::fs::read_to_string(&clean).unwrap();
+    let mut cut: Vec<String> = text.lines().take(30).map(str::to_owned).collect();
+    for n in [7, 23] {
+        cut[n] = format!("{{\"error\":{{\"kind\":\"timed_out\",\"message\":\"m\"}},\"seq\":{n}}}");
+    }
+    std::fs::write(&output, cut.join("\n") + "\n").unwrap();
+    command(&input, &output, false)
+        .arg("--resume-failed")
+        .run()
+        .assert_code(0);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &failed_once,
+        "cut, then --resume-failed",
+    );
 }

@@ -9,10 +9,16 @@ mod util;
 
 mod demo;
 mod faults;
+mod files;
+mod heartbeat;
 mod input;
 mod library;
+mod limits;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod own_worker;
+mod preflight;
 mod resume;
 mod signals;
+mod streams;

@@ -40,6 +40,19 @@ pub fn worker_bin() -> PathBuf {
     path
 }
 
+/// The example of a user's own worker binary (crate `word-stats`), next to
+/// the coordinator (built by `cargo test --workspace`).
+pub fn word_stats_bin() -> PathBuf {
+    let path = coordinator_bin().with_file_name("word-stats-worker");
+    assert!(
+        path.is_file(),
+        "the example worker binary is missing at {}: run the tests with `cargo test --workspace` \
+         (or build it first with `cargo build -p word-stats`)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh temporary directory for one test's files.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -77,6 +90,10 @@ pub struct Cmd {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
+    /// Hand the stdin pipe to the test (see [`Running::stdin`]).
+    stdin_pipe: bool,
+    stdin_from: Option<PathBuf>,
+    stdout_to: Option<PathBuf>,
     env: Vec<(String, String)>,
     deadline: Duration,
 }
@@ -100,13 +117,15 @@ impl Cmd {
             program: None,
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
+            stdin_pipe: false,
+            stdin_from: None,
+            stdout_to: None,
             env: Vec::new(),
             deadline: DEADLINE,
         }
     }
 
     /// Run `program` (e.g. `mpirun`) with the arguments instead of the coordinator.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub fn program(mut self, program: impl Into<PathBuf>) -> Cmd {
         self.program = Some(program.into());
         self
@@ -132,6 +151,26 @@ impl Cmd {
         self
     }
 
+    /// A pipe on stdin that the test writes to and closes when it wants
+    /// (`Running::stdin`), like a slow producer or `tail -f`.
+    pub fn stdin_pipe(mut self) -> Cmd {
+        self.stdin_pipe = true;
+        self
+    }
+
+    /// Stdin is this file (as by `< path`).
+    pub fn stdin_from(mut self, path: impl Into<PathBuf>) -> Cmd {
+        self.stdin_from = Some(path.into());
+        self
+    }
+
+    /// Stdout goes to this file (opened for appending, as by `>>`), or
+    /// device, instead of being collected.
+    pub fn stdout_to(mut self, path: impl Into<PathBuf>) -> Cmd {
+        self.stdout_to = Some(path.into());
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Cmd {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -154,12 +193,23 @@ impl Cmd {
         let mut command = Command::new(self.program.unwrap_or_else(coordinator_bin));
         command
             .args(&self.args)
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+            .stdin(match (&self.stdin, &self.stdin_from) {
+                (Some(_), _) => Stdio::piped(),
+                _ if self.stdin_pipe => Stdio::piped(),
+                (None, Some(p)) => std::fs::File::open(p)
+                    .expect("open the file for the coordinator's stdin")
+                    .into(),
+                (None, None) => Stdio::null(),
             })
-            .stdout(Stdio::piped())
+            .stdout(match &self.stdout_to {
+                None => Stdio::piped(),
+                Some(p) => std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(p)
+                    .expect("open the file for the coordinator's stdout")
+                    .into(),
+            })
             .stderr(Stdio::piped())
             // Tests assert on the default log format and level.
             .env_remove("RUST_LOG")
@@ -170,6 +220,11 @@ impl Cmd {
         let mut child = command.spawn().expect("spawn the coordinator");
         let pid = child.id();
         let mut threads = Vec::new();
+        let stdin = if self.stdin_pipe {
+            child.stdin.take()
+        } else {
+            None
+        };
         if let (Some(bytes), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
             // On its own thread: the coordinator may not read it all (or at all).
             threads.push(thread::spawn(move || {
@@ -178,7 +233,7 @@ impl Cmd {
         }
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout_reader = collect(child.stdout.take().expect("piped stdout"), &stdout);
+        let stdout_reader = child.stdout.take().map(|pipe| collect(pipe, &stdout));
         let stderr_reader = collect(child.stderr.take().expect("piped stderr"), &stderr);
         Running {
             child,
@@ -188,10 +243,11 @@ impl Cmd {
             deadline: self.deadline,
             stdout,
             stderr,
-            stdout_reader: Some(stdout_reader),
+            stdout_reader,
             stderr_reader: Some(stderr_reader),
             status: None,
             _stdin_writer: threads,
+            stdin,
         }
     }
 }
@@ -227,12 +283,19 @@ pub struct Running {
     stderr_reader: Option<JoinHandle<()>>,
     status: Option<ExitStatus>,
     _stdin_writer: Vec<JoinHandle<()>>,
+    /// The coordinator's stdin, with [`Cmd::stdin_pipe`]: write to it, drop it to close.
+    pub stdin: Option<std::process::ChildStdin>,
 }
 
 impl Running {
     /// Stderr so far.
     pub fn stderr_now(&self) -> String {
         String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Stdout so far.
+    pub fn stdout_now(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stdout)).into_owned()
     }
 
     /// Complete lines on stdout so far.

@@ -3,10 +3,11 @@
 mod cli;
 mod input;
 mod output;
+mod paths;
 mod report;
+mod resume;
 mod run;
 mod scale;
-mod threads;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;

@@ -73,6 +73,9 @@ pub enum WorkerEnd {
     ProtocolError(String),
     /// Killed at shutdown because it did not stop within the grace period.
     Killed,
+    /// Killed because it held records and sent nothing, not even a
+    /// heartbeat, for the liveness timeout (stopped, deadlocked, cut off).
+    Unresponsive,
 }
 
 impl fmt::Display for WorkerEnd {
@@ -84,6 +87,7 @@ impl fmt::Display for WorkerEnd {
             WorkerEnd::TimedOut => write!(f, "timed out"),
             WorkerEnd::ProtocolError(e) => write!(f, "protocol error: {e}"),
             WorkerEnd::Killed => write!(f, "killed at shutdown"),
+            WorkerEnd::Unresponsive => write!(f, "unresponsive (killed)"),
         }
     }
 }

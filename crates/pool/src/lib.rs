@@ -72,8 +72,10 @@
 //!
 //! Task errors and panics fail one record ([`RecordError`]); the worker lives
 //! on. A worker that dies is replaced and its records are sent again (a
-//! record that kills `retries + 1` workers while running alone fails). See the supervisor's
-//! README for the worker lifecycle.
+//! record that kills `retries + 1` fresh workers, running alone as their
+//! first record, fails). A worker that holds records and sends nothing, not
+//! even a heartbeat, for [`PoolBuilder::liveness_timeout`] is declared dead.
+//! See the supervisor's README for the worker lifecycle.
 
 mod chunk;
 mod error;
@@ -82,7 +84,9 @@ mod fake;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod preflight;
 mod process;
+pub mod raw;
 mod reorder;
 mod stats;
 mod supervisor;
@@ -91,6 +95,6 @@ mod transport;
 pub use chunk::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use error::{signal_name, PoolError, RecordError, WorkerEnd, WorkerExit};
 pub use pool::{default_worker_bin, Canceller, Done, MapIter, Pending, Pool, PoolBuilder};
-pub use procpool_protocol::{Task, TaskError, TaskInfo};
+pub use procpool_protocol::{Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec};
 pub use reorder::ReorderBuffer;
 pub use stats::WorkerStats;

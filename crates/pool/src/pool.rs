@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo};
+use procpool_protocol::{
+    decode_value, encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo,
+    TaskSpec,
+};
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
@@ -27,10 +30,12 @@ pub struct PoolBuilder {
     in_flight: usize,
     handshake_timeout: Duration,
     record_timeout: Option<Duration>,
+    liveness_timeout: Duration,
     retries: u32,
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
+    threads: usize,
     #[cfg(feature = "mpi")]
     mpi: bool,
     #[cfg(feature = "mpi")]
@@ -57,10 +62,12 @@ impl Default for PoolBuilder {
             in_flight: 2,
             handshake_timeout: Duration::from_secs(5),
             record_timeout: None,
+            liveness_timeout: Duration::from_secs(10),
             retries: 2,
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
+            threads: 1,
             #[cfg(feature = "mpi")]
             mpi: false,
             #[cfg(feature = "mpi")]
@@ -115,6 +122,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Liveness: a worker that holds records and sends nothing, not even a
+    /// heartbeat (workers send one every 500 ms from a thread of their own),
+    /// for this long is declared dead: killed, replaced, and its records sent
+    /// again as after a crash. Default 10 s. Long records are not affected
+    /// while their worker keeps heart-beating.
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness_timeout = timeout;
+        self
+    }
+
     /// How many times a record whose worker died is sent again before it fails.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
@@ -130,6 +147,15 @@ impl PoolBuilder {
     /// How long `shutdown` and `cancel` wait for workers before killing them.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Threads each worker runs batches on (default 1). With `workers(1)`
+    /// this is Python's `ThreadPoolExecutor`: one process, one set of
+    /// process-wide locks, N tasks at a time. Batches in flight per worker
+    /// are multiplied by it, to keep every thread busy.
+    pub fn threads_per_worker(mut self, threads: usize) -> Self {
+        self.threads = threads;
         self
     }
 
@@ -157,12 +183,22 @@ impl PoolBuilder {
         if self.in_flight == 0 {
             return Err(PoolError::Config("in_flight must be at least 1".into()));
         }
+        if self.threads == 0 {
+            return Err(PoolError::Config(
+                "threads per worker must be at least 1".into(),
+            ));
+        }
         if self.chunk_size == Some(0) {
             return Err(PoolError::Config("chunk size must be at least 1".into()));
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(PoolError::Config(
                 "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        if self.liveness_timeout.is_zero() {
+            return Err(PoolError::Config(
+                "the liveness timeout must be above zero".into(),
             ));
         }
         if self.record_timeout.is_some_and(|t| t.is_zero()) {
@@ -177,8 +213,14 @@ impl PoolBuilder {
     /// worker is ready, or with the first start-up error (missing binary,
     /// handshake failure or timeout, a task the worker does not offer).
     pub fn build<T: Task>(self, task: T) -> Result<Pool<T>, PoolError> {
-        let config = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
-        let core = self.start(Some((T::NAME.to_owned(), config)))?;
+        let params = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
+        let core = self.start(Some(TaskSpec {
+            name: T::NAME.to_owned(),
+            params,
+            params_encoding: ParamsEncoding::Bincode,
+            records: Encoding::Bincode,
+            threads: 1,
+        }))?;
         Ok(Pool {
             core,
             _task: PhantomData,
@@ -194,7 +236,9 @@ impl PoolBuilder {
         Ok(offered)
     }
 
-    fn start(self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+    pub(crate) fn start(self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
+        let threads = u32::try_from(self.threads).unwrap_or(u32::MAX);
+        let task = task.map(|spec| TaskSpec { threads, ..spec });
         #[cfg(feature = "mpi")]
         if self.mpi {
             return self.start_mpi(task);
@@ -202,6 +246,7 @@ impl PoolBuilder {
         self.validate()?;
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
+        crate::preflight::check_local(self.workers)?;
         let mut token = [0u8; 16];
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
@@ -211,6 +256,7 @@ impl PoolBuilder {
             token.clone(),
             self.output.clone(),
             self.workers,
+            crate::process::heartbeat_period(self.liveness_timeout),
         )?);
         self.start_with(task, bin, token, launcher)
     }
@@ -239,7 +285,7 @@ impl PoolBuilder {
     }
 
     #[cfg(feature = "mpi")]
-    fn start_mpi(mut self, task: Option<(String, Vec<u8>)>) -> Result<Core, PoolError> {
+    fn start_mpi(mut self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
         if self.record_timeout.is_some() || self.max_tasks_per_child.is_some() {
             return Err(PoolError::Config(
                 "record timeouts and max_tasks_per_child need local worker processes; MPI ranks cannot be killed or replaced one by one".into(),
@@ -272,7 +318,7 @@ impl PoolBuilder {
     /// Start a pool whose workers come from `launcher` (the transport seam).
     pub(crate) fn start_with(
         self,
-        task: Option<(String, Vec<u8>)>,
+        task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::transport::Launcher>,
@@ -283,7 +329,7 @@ impl PoolBuilder {
 
     fn start_on(
         self,
-        task: Option<(String, Vec<u8>)>,
+        task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
         launcher: Box<dyn crate::transport::Launcher>,
@@ -292,12 +338,14 @@ impl PoolBuilder {
     ) -> Result<Core, PoolError> {
         self.validate()?;
         let sizer = Arc::new(Sizer::new(self.chunk_size));
+        let in_flight = self.in_flight.saturating_mul(self.threads);
         let settings = Settings {
             bin,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             handshake_timeout: self.handshake_timeout,
             record_timeout: self.record_timeout,
+            liveness_timeout: self.liveness_timeout,
             retries: self.retries,
             max_tasks_per_child: self.max_tasks_per_child,
             task,
@@ -311,10 +359,11 @@ impl PoolBuilder {
             .name("procpool-supervisor".into())
             .spawn(move || supervisor.run(events_rx))
             .map_err(PoolError::Ipc)?;
-        // The supervisor enforces the handshake deadline; this one only
-        // guards against the supervisor itself going wrong.
+        // The supervisor enforces the handshake deadline (a worker that fails
+        // to start is replaced, up to three in a row); this one only guards
+        // against the supervisor itself going wrong.
         let started = started_rx
-            .recv_timeout(self.handshake_timeout + Duration::from_secs(10))
+            .recv_timeout(self.handshake_timeout * 4 + Duration::from_secs(10))
             .map_err(|_| PoolError::SupervisorGone)??;
         Ok(Core {
             events: events_tx,
@@ -323,7 +372,7 @@ impl PoolBuilder {
             pids: started.pids,
             offered: started.offered,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             grace: self.shutdown_grace,
             next_job: AtomicU64::new(0),
         })
@@ -342,30 +391,41 @@ pub fn default_worker_bin() -> Option<PathBuf> {
 }
 
 pub(crate) struct Core {
-    events: Sender<Event>,
+    pub(crate) events: Sender<Event>,
     thread: Option<thread::JoinHandle<()>>,
-    sizer: Arc<Sizer>,
-    pids: Vec<u32>,
+    pub(crate) sizer: Arc<Sizer>,
+    pub(crate) pids: Vec<u32>,
     offered: Vec<TaskInfo>,
-    workers: usize,
-    in_flight: usize,
-    grace: Duration,
+    pub(crate) workers: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) grace: Duration,
     next_job: AtomicU64,
 }
 
 impl Core {
-    fn send(&self, command: Command) -> bool {
+    pub(crate) fn send(&self, command: Command) -> bool {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob { id, results: tx });
         (id, rx)
     }
 
-    fn shutdown_inner(mut self) -> Vec<WorkerStats> {
+    pub(crate) fn offered(&self) -> &[TaskInfo] {
+        &self.offered
+    }
+
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            events: self.events.clone(),
+            grace: self.grace,
+        }
+    }
+
+    pub(crate) fn shutdown_inner(mut self) -> Vec<WorkerStats> {
         self.stop()
     }
 
@@ -476,7 +536,7 @@ impl<T: Task> Pool<T> {
     pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
         let (job, rx) = self.core.new_job();
         let mut chunk = Chunk::new(job);
-        let early = match chunk.push_with(0, |buf| encode_into(&input, buf)) {
+        let early = match chunk.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
                 if !self.core.send(Command::Chunk(chunk)) {
                     Some(RecordError::PoolBroken("the pool is shut down".into()))
@@ -655,11 +715,12 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if let Err(e) = chunk.push_with(seq, |buf| encode_into(&item, buf)) {
+                if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
                     self.accept(Completion {
                         seq,
                         pid: 0,
+                        thread: 0,
                         started_us: 0,
                         nanos: 0,
                         result: Err(RecordError::BadInput(e.to_string())),
@@ -719,6 +780,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                         self.accept(Completion {
                             seq: missing,
                             pid: 0,
+                            thread: 0,
                             started_us: 0,
                             nanos: 0,
                             result: Err(RecordError::PoolBroken("the pool stopped".into())),

@@ -9,10 +9,11 @@
 //!
 //! ```text
 //! worker -> Hello { protocol_version, pid, token, tasks }
-//! coord  -> Configure { task, config, flush_each }
+//! coord  -> Configure { spec: { name, params, records encoding, threads }, flush_each }
 //! worker -> Ready | Rejected { reason }
 //! coord  -> Batch { id, records }    (several in flight)
-//! worker -> Results { batch, outcomes, busy_nanos }
+//! worker -> Results { batch, thread, outcomes, busy_nanos }
+//! worker -> Heartbeat                (from its own thread, every 500 ms)
 //! coord  -> Stop                     (or the channel closes)
 //! ```
 
@@ -21,12 +22,12 @@ mod messages;
 mod task;
 
 pub use codec::{
-    decode, decode_prefix, decode_value, encode, encode_batch, encode_into, encode_value,
-    CodecError, MAX_MESSAGE_BYTES,
+    decode, decode_prefix, decode_value, encode, encode_batch, encode_into, encode_record_into,
+    encode_value, CodecError, MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
 };
 pub use messages::{
-    Batch, BatchResults, FailureKind, Hello, Outcome, Record, RecordOutcome, Request, TaskFailure,
-    TaskInfo, WorkerMessage, PROTOCOL_VERSION,
+    Batch, BatchResults, Encoding, FailureKind, Hello, Outcome, ParamsEncoding, Record,
+    RecordOutcome, Request, TaskFailure, TaskInfo, TaskSpec, WorkerMessage, PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
 
@@ -45,3 +46,9 @@ pub const ENV_TOKEN: &str = "PROCPOOL_TOKEN";
 /// Environment variable carrying the coordinator's pid, so that a worker whose
 /// coordinator died before it started can tell and exit.
 pub const ENV_PARENT: &str = "PROCPOOL_PARENT";
+/// Environment variable setting a worker's heartbeat period in milliseconds
+/// ([`WorkerMessage::Heartbeat`]); unset means [`DEFAULT_HEARTBEAT_MS`], `0`
+/// turns heartbeats off.
+pub const ENV_HEARTBEAT_MS: &str = "PROCPOOL_HEARTBEAT_MS";
+/// A worker's heartbeat period when [`ENV_HEARTBEAT_MS`] is not set.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;

@@ -1,16 +1,22 @@
 //! The serve loop: handshake, configure, run batches, stop.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, encode_into, BatchResults, CodecError, Hello, Outcome, RecordOutcome, Request,
-    WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
+    decode, encode_into, Batch, BatchResults, CodecError, FailureKind, Hello, Outcome,
+    RecordOutcome, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+    MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
+use crate::fault::InjectedFault;
+use crate::heartbeat::{self, Heartbeat, SideSender};
 use crate::registry::{panic_message, Registry, Runner};
 
 /// Why a worker stopped serving before it was told to.
@@ -33,59 +39,6 @@ pub enum ServeError {
     /// The coordinator sent a batch before choosing a task.
     #[error("the coordinator sent records before configuring a task")]
     NotConfigured,
-}
-
-/// Environment variable that makes a worker misbehave on purpose, to test
-/// how coordinators cope. Values: `exit-before-hello`, `hang-before-hello`,
-/// `hang-after-connect`, `garbage-hello`, `wrong-version`, `wrong-token`,
-/// `crash-after:K` (abort after K records), `garbage-after:K` (send garbage
-/// after K records).
-pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InjectedFault {
-    None,
-    ExitBeforeHello,
-    HangBeforeHello,
-    HangAfterConnect,
-    GarbageHello,
-    WrongVersion,
-    WrongToken,
-    CrashAfter(u64),
-    GarbageAfter(u64),
-}
-
-impl InjectedFault {
-    fn from_env() -> Self {
-        let Ok(v) = std::env::var(ENV_FAULT) else {
-            return InjectedFault::None;
-        };
-        let after = |prefix: &str| v.strip_prefix(prefix).and_then(|k| k.parse().ok());
-        match v.as_str() {
-            "exit-before-hello" => InjectedFault::ExitBeforeHello,
-            "hang-before-hello" => InjectedFault::HangBeforeHello,
-            "hang-after-connect" => InjectedFault::HangAfterConnect,
-            "garbage-hello" => InjectedFault::GarbageHello,
-            "wrong-version" => InjectedFault::WrongVersion,
-            "wrong-token" => InjectedFault::WrongToken,
-            _ => {
-                if let Some(k) = after("crash-after:") {
-                    InjectedFault::CrashAfter(k)
-                } else if let Some(k) = after("garbage-after:") {
-                    InjectedFault::GarbageAfter(k)
-                } else {
-                    warn!("ignoring unknown {ENV_FAULT}={v}");
-                    InjectedFault::None
-                }
-            }
-        }
-    }
-}
-
-fn hang() -> ! {
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
 }
 
 /// Per-record log lines are for watching slow work: beyond a burst of
@@ -132,11 +85,7 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
     // default hook's extra stderr lines would only repeat them.
     std::panic::set_hook(Box::new(|_| {}));
     let fault = InjectedFault::from_env();
-    match fault {
-        InjectedFault::ExitBeforeHello => std::process::exit(4),
-        InjectedFault::HangBeforeHello => hang(),
-        _ => {}
-    }
+    fault.before_connect();
 
     let (to_coordinator, from_worker) = ipc::bytes_channel().map_err(ServeError::Connect)?;
     let (to_worker, requests) = ipc::bytes_channel().map_err(ServeError::Connect)?;
@@ -164,6 +113,12 @@ pub trait WorkerTransport {
     fn finish(&mut self) -> Result<(), ServeError> {
         Ok(())
     }
+    /// A second sender, usable from another thread while the serve loop sends
+    /// results, for heartbeats. `None` (the default) when the transport
+    /// cannot send from two threads: the worker then sends no heartbeats.
+    fn side_sender(&self) -> Option<SideSender> {
+        None
+    }
 }
 
 struct IpcTransport {
@@ -189,6 +144,14 @@ impl WorkerTransport for IpcTransport {
             }
         })
     }
+
+    fn side_sender(&self) -> Option<SideSender> {
+        // A clone of the sender: ipc-channel sends each message as one
+        // datagram on the channel's socket (larger ones continue on a socket
+        // of their own), so two threads' messages never interleave.
+        let tx = self.tx.clone();
+        Some(Box::new(move |bytes| tx.send(bytes).is_ok()))
+    }
 }
 
 /// The protocol loop over any transport: `Hello`, then requests until `Stop`
@@ -213,120 +176,390 @@ fn serve_on<T: WorkerTransport>(
         transport,
         buf: Vec::with_capacity(64 << 10),
     };
-    let garbage = [0xFFu8; 37];
-    match fault {
-        InjectedFault::HangAfterConnect => hang(),
-        InjectedFault::GarbageHello => {
-            let _ = out.transport.send(&garbage);
-            hang();
-        }
-        _ => {}
-    }
+    fault.before_hello(|bytes| {
+        let _ = out.transport.send(bytes);
+    });
     out.send(&WorkerMessage::Hello(Hello {
-        protocol_version: if fault == InjectedFault::WrongVersion {
-            PROTOCOL_VERSION + 98
-        } else {
-            PROTOCOL_VERSION
-        },
+        protocol_version: fault.version(PROTOCOL_VERSION),
         pid,
         host: host_name(),
-        token: if fault == InjectedFault::WrongToken {
-            "forged".into()
-        } else {
-            token
-        },
+        token: fault.token(token),
         tasks: registry.infos(),
     }))?;
+    // After the Hello, which must come first; stopped when this returns.
+    let _heartbeat = heartbeat::period_from_env()
+        .and_then(|period| Some((period, out.transport.side_sender()?)))
+        .and_then(|(period, send)| Heartbeat::start(period, send));
 
-    let mut runner: Option<Box<dyn Runner>> = None;
-    let mut flush_each = false;
-    let mut budget = LineBudget::new();
-    let mut done = 0u64;
-    let mut failed = 0u64;
+    let mut state: Option<Configured> = None;
+    let ctx = Arc::new(RunContext {
+        pid,
+        fault,
+        budget: Mutex::new(LineBudget::new()),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
     loop {
         let Some(bytes) = out.transport.recv()? else {
+            let done = ctx.done.load(Ordering::Relaxed);
             info!("coordinator went away; exiting after {done} records");
             return Ok(());
         };
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
-            Request::Configure {
-                task,
-                config,
-                flush_each: each,
-            } => match registry.runner(&task, &config) {
-                Ok(r) => {
-                    debug!("configured task `{task}`");
-                    runner = Some(r);
-                    flush_each = each;
-                    out.send(&WorkerMessage::Ready)?;
-                }
-                Err(reason) => {
-                    warn!("{reason}");
-                    out.send(&WorkerMessage::Rejected { reason })?;
-                }
-            },
-            Request::Batch(batch) => {
-                let runner = runner.as_deref().ok_or(ServeError::NotConfigured)?;
-                let mut outcomes = Vec::with_capacity(batch.records.len());
-                let mut started = Instant::now();
-                // One wall-clock read per batch; records are timed with the
-                // monotonic clock from there (one read per record).
-                let batch_wall_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64);
-                let batch_t0 = started;
-                let mut t0 = started;
-                for record in batch.records {
-                    match fault {
-                        InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
-                        InjectedFault::GarbageAfter(k) if done >= k => {
-                            let _ = out.transport.send(&garbage);
-                            hang();
-                        }
-                        _ => {}
+            Request::Configure { spec, flush_each } => {
+                let configured = registry.runner(&spec).and_then(|runner| {
+                    let runner: Arc<dyn Runner> = Arc::from(runner);
+                    let threads = spec.threads.max(1);
+                    if threads == 1 {
+                        return Ok(Configured::Inline { runner, flush_each });
                     }
-                    if log::log_enabled!(log::Level::Info) && budget.allow(t0) {
-                        let label = runner
-                            .label(&record.payload)
-                            .unwrap_or_else(|| format!("#{}", record.seq));
-                        info!("Process {pid} working record {label}");
+                    let send = out.transport.side_sender().ok_or_else(|| {
+                        "this transport cannot run batches on several threads".to_owned()
+                    })?;
+                    ThreadedBatches::start(threads, runner, ctx.clone(), send)
+                        .map(Configured::Threads)
+                        .map_err(|e| format!("cannot start {threads} task threads: {e}"))
+                });
+                match configured {
+                    Ok(c) => {
+                        debug!("configured task `{}` ({} threads)", spec.name, spec.threads);
+                        state = Some(c);
+                        out.send(&WorkerMessage::Ready)?;
                     }
-                    let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
-                    let outcome = runner.run_encoded(&record.payload);
-                    let t1 = Instant::now();
-                    let nanos = t1.duration_since(t0).as_nanos() as u64;
-                    t0 = t1;
-                    done += 1;
-                    if let Outcome::Failed(f) = &outcome {
-                        failed += 1;
-                        debug!(
-                            "record #{} failed ({:?}): {}",
-                            record.seq, f.kind, f.message
-                        );
+                    Err(reason) => {
+                        warn!("{reason}");
+                        out.send(&WorkerMessage::Rejected { reason })?;
                     }
-                    outcomes.push(RecordOutcome {
-                        seq: record.seq,
-                        started_us,
-                        nanos,
-                        outcome,
-                    });
-                    if flush_each {
-                        out.send_results(batch.id, &mut started, &mut outcomes)?;
-                    }
-                }
-                if !outcomes.is_empty() {
-                    out.send_results(batch.id, &mut started, &mut outcomes)?;
                 }
             }
+            Request::Batch(batch) => match state.as_mut().ok_or(ServeError::NotConfigured)? {
+                Configured::Inline { runner, flush_each } => {
+                    let mut sink = InlineSink {
+                        out: &mut out,
+                        batch: batch.id,
+                        started: Instant::now(),
+                    };
+                    run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
+                }
+                Configured::Threads(threads) => threads.submit(batch)?,
+            },
             Request::Stop => {
-                let quiet = if budget.suppressed > 0 {
-                    format!(" ({} per-record log lines suppressed)", budget.suppressed)
+                if let Some(Configured::Threads(threads)) = state.take() {
+                    threads.finish();
+                }
+                let suppressed = ctx.budget.lock().map_or(0, |b| b.suppressed);
+                let quiet = if suppressed > 0 {
+                    format!(" ({suppressed} per-record log lines suppressed)")
                 } else {
                     String::new()
                 };
+                let done = ctx.done.load(Ordering::Relaxed);
+                let failed = ctx.failed.load(Ordering::Relaxed);
                 info!("stopping after {done} records, {failed} failed{quiet}");
                 return out.transport.finish();
             }
+        }
+    }
+}
+
+/// Outcome bytes beyond which a batch's results are sent in several
+/// messages; with [`MAX_RECORD_BYTES`] per output, a message stays under
+/// the wire limit.
+const RESULTS_FLUSH_BYTES: usize = 1 << 20;
+
+fn outcome_bytes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Ok(bytes) => bytes.len(),
+        Outcome::Failed(f) => f.message.len(),
+    }
+}
+
+/// An output too large for a results message fails its record (the
+/// coordinator could not decode it), rather than the whole message.
+fn bounded(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => Outcome::Failed(TaskFailure {
+            kind: FailureKind::Error,
+            message: format!(
+                "the output is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
+                bytes.len()
+            ),
+        }),
+        Outcome::Failed(mut f) if f.message.len() > MAX_RECORD_BYTES => {
+            // Cut at a character boundary (truncate panics elsewhere).
+            let mut cut = MAX_RECORD_BYTES / 2;
+            while !f.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            f.message.truncate(cut);
+            Outcome::Failed(f)
+        }
+        other => other,
+    }
+}
+
+/// Where [`run_batch`] puts its outcomes.
+trait BatchSink {
+    /// Send (or keep) these outcomes; `outcomes` is left empty.
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError>;
+    /// Send raw bytes (fault injection only).
+    fn raw(&mut self, bytes: &[u8]);
+}
+
+/// Outcomes sent from the serve loop.
+struct InlineSink<'a, T> {
+    out: &'a mut Outbox<T>,
+    batch: u64,
+    started: Instant,
+}
+
+impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
+        self.out
+            .send_results(self.batch, 0, &mut self.started, outcomes)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        let _ = self.out.transport.send(bytes);
+    }
+}
+
+/// What the worker runs, once configured.
+enum Configured {
+    /// Batches run on the serve loop's thread, one at a time.
+    Inline {
+        runner: Arc<dyn Runner>,
+        flush_each: bool,
+    },
+    /// Batches run on N threads of this process (the thread executor).
+    Threads(ThreadedBatches),
+}
+
+/// What every task thread shares: counters, faults, the log line budget.
+struct RunContext {
+    pid: u32,
+    fault: InjectedFault,
+    budget: Mutex<LineBudget>,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Run one batch: `flush` gets the outcomes (after each record with
+/// `flush_each`, else once at the end).
+fn run_batch(
+    runner: &dyn Runner,
+    ctx: &RunContext,
+    batch: Batch,
+    flush_each: bool,
+    sink: &mut dyn BatchSink,
+) -> Result<(), ServeError> {
+    let mut outcomes = Vec::with_capacity(batch.records.len());
+    // One wall-clock read per batch; records are timed with the monotonic
+    // clock from there (one read per record).
+    let batch_wall_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let batch_t0 = Instant::now();
+    let mut t0 = batch_t0;
+    let log_records = log::log_enabled!(log::Level::Info);
+    let mut pending_bytes = 0usize;
+    for record in batch.records {
+        ctx.fault
+            .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
+        let seq = record.seq;
+        let pid = ctx.pid;
+        let mut log_start = |label: Option<String>| {
+            let allowed = ctx.budget.lock().is_ok_and(|mut b| b.allow(Instant::now()));
+            if allowed {
+                let label = label.unwrap_or_else(|| format!("#{seq}"));
+                info!("Process {pid} working record {label}");
+            }
+        };
+        let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
+        let outcome = bounded(runner.run_record(
+            &record.payload,
+            if log_records {
+                Some(&mut log_start)
+            } else {
+                None
+            },
+        ));
+        let t1 = Instant::now();
+        let nanos = t1.duration_since(t0).as_nanos() as u64;
+        t0 = t1;
+        ctx.done.fetch_add(1, Ordering::Relaxed);
+        if let Outcome::Failed(f) = &outcome {
+            ctx.failed.fetch_add(1, Ordering::Relaxed);
+            debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
+        }
+        pending_bytes += outcome_bytes(&outcome);
+        outcomes.push(RecordOutcome {
+            seq,
+            started_us,
+            nanos,
+            outcome,
+        });
+        // Large outputs go in several messages, each well under what the
+        // coordinator decodes.
+        if flush_each || pending_bytes >= RESULTS_FLUSH_BYTES {
+            pending_bytes = 0;
+            sink.flush(&mut outcomes)?;
+        }
+    }
+    if !outcomes.is_empty() {
+        sink.flush(&mut outcomes)?;
+    }
+    Ok(())
+}
+
+/// Batches run on N threads. The supervisor expects a worker's results in
+/// the order it sent the batches, so finished batches wait in a small
+/// reorder map until the ones before them are sent.
+struct ThreadedBatches {
+    work: Option<mpsc::Sender<(u64, Batch)>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    next: u64,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+struct Emitter {
+    send: SideSender,
+    next: u64,
+    /// Encoded messages of finished batches, by submission index.
+    waiting: BTreeMap<u64, Vec<Vec<u8>>>,
+}
+
+/// Outcomes of one batch on a task thread, sent when it is done: in one
+/// message, or in several when they are large (one per flush).
+struct ThreadSink<'a> {
+    parts: Vec<Vec<RecordOutcome>>,
+    emitter: &'a Mutex<Emitter>,
+}
+
+impl BatchSink for ThreadSink<'_> {
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
+        self.parts.push(std::mem::take(outcomes));
+        Ok(())
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        if let Ok(mut e) = self.emitter.lock() {
+            let _ = (e.send)(bytes);
+        }
+    }
+}
+
+impl ThreadedBatches {
+    fn start(
+        threads: u32,
+        runner: Arc<dyn Runner>,
+        ctx: Arc<RunContext>,
+        send: SideSender,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<(u64, Batch)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let emitter = Arc::new(Mutex::new(Emitter {
+            send,
+            next: 0,
+            waiting: BTreeMap::new(),
+        }));
+        let error = Arc::new(Mutex::new(None));
+        let mut handles = Vec::new();
+        for thread in 0..threads {
+            let (rx, runner, ctx, emitter, error) = (
+                rx.clone(),
+                runner.clone(),
+                ctx.clone(),
+                emitter.clone(),
+                error.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("task-{thread}"))
+                .spawn(move || loop {
+                    let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
+                    let Some((index, batch)) = next else { return };
+                    let id = batch.id;
+                    let started = Instant::now();
+                    let mut sink = ThreadSink {
+                        parts: Vec::new(),
+                        emitter: &emitter,
+                    };
+                    let result = run_batch(&*runner, &ctx, batch, false, &mut sink);
+                    if sink.parts.is_empty() {
+                        sink.parts.push(Vec::new());
+                    }
+                    let mut busy_nanos = started.elapsed().as_nanos() as u64;
+                    let mut messages = Vec::with_capacity(sink.parts.len());
+                    let sent = result
+                        .and_then(|()| {
+                            for outcomes in sink.parts {
+                                let message = WorkerMessage::Results(BatchResults {
+                                    batch: id,
+                                    thread,
+                                    // The batch's time, counted once.
+                                    busy_nanos: std::mem::take(&mut busy_nanos),
+                                    outcomes,
+                                });
+                                let mut bytes = Vec::new();
+                                encode_into(&message, &mut bytes).map_err(ServeError::Protocol)?;
+                                messages.push(bytes);
+                            }
+                            Ok(())
+                        })
+                        .and_then(|()| {
+                            let mut e = emitter
+                                .lock()
+                                .map_err(|_| ServeError::Ipc("result sender poisoned".into()))?;
+                            e.waiting.insert(index, messages);
+                            while let Some(messages) = {
+                                let next = e.next;
+                                e.waiting.remove(&next)
+                            } {
+                                for bytes in messages {
+                                    if !(e.send)(&bytes) {
+                                        return Err(ServeError::Ipc(
+                                            "the coordinator closed the result channel".into(),
+                                        ));
+                                    }
+                                }
+                                e.next += 1;
+                            }
+                            Ok(())
+                        });
+                    if let Err(err) = sent {
+                        if let Ok(mut slot) = error.lock() {
+                            slot.get_or_insert(err.to_string());
+                        }
+                        return;
+                    }
+                })?;
+            handles.push(handle);
+        }
+        Ok(ThreadedBatches {
+            work: Some(tx),
+            handles,
+            next: 0,
+            error,
+        })
+    }
+
+    fn submit(&mut self, batch: Batch) -> Result<(), ServeError> {
+        if let Some(err) = self.error.lock().ok().and_then(|e| e.clone()) {
+            return Err(ServeError::Ipc(err));
+        }
+        let index = self.next;
+        self.next += 1;
+        match &self.work {
+            Some(work) if work.send((index, batch)).is_ok() => Ok(()),
+            _ => Err(ServeError::Ipc("the task threads are gone".into())),
+        }
+    }
+
+    /// Let the threads finish what was submitted, and wait for them.
+    fn finish(mut self) {
+        self.work = None;
+        for h in self.handles.drain(..) {
+            let _ = h.join();
         }
     }
 }
@@ -347,6 +580,7 @@ impl<T: WorkerTransport> Outbox<T> {
     fn send_results(
         &mut self,
         batch: u64,
+        thread: u32,
         started: &mut Instant,
         outcomes: &mut Vec<RecordOutcome>,
     ) -> Result<(), ServeError> {
@@ -355,6 +589,7 @@ impl<T: WorkerTransport> Outbox<T> {
         *started = now;
         self.send(&WorkerMessage::Results(BatchResults {
             batch,
+            thread,
             busy_nanos,
             outcomes: std::mem::take(outcomes),
         }))
@@ -429,6 +664,135 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> ExitCode {
                 panic_message(panic.as_ref())
             );
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use procpool_protocol::{
+        encode, encode_value, Encoding, ParamsEncoding, Record, Task, TaskError, TaskSpec,
+        MAX_MESSAGE_BYTES,
+    };
+    use serde::{Deserialize, Serialize};
+    use std::collections::VecDeque;
+
+    /// Outputs a string of as many MiB as its input says.
+    #[derive(Serialize, Deserialize)]
+    struct Big;
+
+    impl Task for Big {
+        const NAME: &'static str = "big";
+        type Input = u64;
+        type Output = String;
+        fn run(&self, mib: u64) -> Result<String, TaskError> {
+            Ok("x".repeat((mib as usize) << 20))
+        }
+    }
+
+    /// Plays the coordinator: canned requests in, every message kept (from
+    /// the serve loop and from any other thread).
+    struct Scripted {
+        requests: VecDeque<Vec<u8>>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    fn keep(sent: &Mutex<Vec<Vec<u8>>>, bytes: &[u8]) {
+        assert!(
+            bytes.len() <= MAX_MESSAGE_BYTES,
+            "a message of {} bytes",
+            bytes.len()
+        );
+        sent.lock().unwrap().push(bytes.to_vec());
+    }
+
+    impl WorkerTransport for Scripted {
+        fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
+            Ok(self.requests.pop_front())
+        }
+        fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
+            keep(&self.sent, bytes);
+            Ok(())
+        }
+        fn side_sender(&self) -> Option<SideSender> {
+            let sent = self.sent.clone();
+            Some(Box::new(move |bytes| {
+                keep(&sent, bytes);
+                true
+            }))
+        }
+    }
+
+    #[test]
+    fn an_output_over_the_record_limit_fails_its_record() {
+        let Outcome::Failed(f) = bounded(Outcome::Ok(vec![0; MAX_RECORD_BYTES + 1])) else {
+            panic!("an oversized output passed");
+        };
+        assert_eq!(f.kind, FailureKind::Error);
+        assert!(f.message.contains("limit"), "{}", f.message);
+        assert!(matches!(bounded(Outcome::Ok(vec![0; 10])), Outcome::Ok(b) if b.len() == 10));
+    }
+
+    /// 70 MiB of results for one batch (over the limit of one message), on
+    /// the serve loop's thread and on task threads.
+    #[test]
+    fn large_outputs_are_split_across_messages() {
+        for threads in [1, 2] {
+            let mut registry = Registry::new();
+            registry.register::<Big>();
+            let sizes = [10u64; 7];
+            let records = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &mib)| Record {
+                    seq: i as u64,
+                    payload: encode_value(&mib).unwrap(),
+                })
+                .collect();
+            let requests = [
+                Request::Configure {
+                    spec: TaskSpec {
+                        name: "big".into(),
+                        params: encode_value(&Big).unwrap(),
+                        params_encoding: ParamsEncoding::Bincode,
+                        records: Encoding::Bincode,
+                        threads,
+                    },
+                    flush_each: false,
+                },
+                Request::Batch(Batch { id: 9, records }),
+                Request::Stop,
+            ];
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let transport = Scripted {
+                requests: requests.iter().map(|r| encode(r).unwrap()).collect(),
+                sent: sent.clone(),
+            };
+            serve_on(transport, registry, "t".into(), InjectedFault::None).unwrap();
+            let mut outcomes = vec![];
+            let mut results_messages = 0;
+            for bytes in sent.lock().unwrap().iter() {
+                if let WorkerMessage::Results(r) = decode::<WorkerMessage>(bytes).unwrap() {
+                    assert_eq!(r.batch, 9);
+                    results_messages += 1;
+                    outcomes.extend(r.outcomes);
+                }
+            }
+            assert!(
+                results_messages >= 2,
+                "{threads} threads: {results_messages} messages"
+            );
+            let seqs: Vec<u64> = outcomes.iter().map(|o| o.seq).collect();
+            assert_eq!(seqs, (0..7).collect::<Vec<_>>(), "{threads} threads");
+            for (o, &mib) in outcomes.iter().zip(&sizes) {
+                let Outcome::Ok(bytes) = &o.outcome else {
+                    panic!("record {}: {:?}", o.seq, o.outcome);
+                };
+                let s: String = procpool_protocol::decode_value(bytes).unwrap();
+                assert_eq!(s.len() as u64, mib << 20);
+            }
         }
     }
 }
