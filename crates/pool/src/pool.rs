@@ -277,7 +277,8 @@ impl PoolBuilder {
     /// (started on its own, or by `mpirun -n 1`), spawn `workers` ranks of
     /// the worker binary with `MPI_Comm_spawn` (where the MPI launcher or the
     /// allocation places them). A rank silent for the liveness timeout
-    /// (`PROCPOOL_MPI_LIVENESS` seconds, default 10) ends the job.
+    /// ([`liveness_timeout`](Self::liveness_timeout), or
+    /// `PROCPOOL_MPI_LIVENESS` seconds if set) ends the job.
     #[cfg(feature = "mpi")]
     pub fn mpi_spawn(mut self, workers: usize) -> Self {
         self.mpi = true;
@@ -299,10 +300,12 @@ impl PoolBuilder {
                 .and_then(|bin| crate::process::check_binary(&bin).map(|()| bin));
             (bin, n)
         });
-        let start = crate::mpi::MpiStart {
-            spawn,
-            liveness: crate::mpi::liveness_from_env()?,
-        };
+        let liveness = crate::mpi::liveness_from_env(self.liveness_timeout)?;
+        // The MPI layer notices a silent rank first and ends the job in
+        // order (a resumable output); the supervisor's own check, which
+        // could only break the pool, stays a backstop.
+        self.liveness_timeout = liveness * 2;
+        let start = crate::mpi::MpiStart { spawn, liveness };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
         let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone(), start)?;
         self.workers = ranks;
