@@ -20,7 +20,7 @@ pub const MAX_RECORD_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
 
-const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
+pub(crate) const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +116,7 @@ where
             use serde::ser::SerializeSeq;
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for (n, payload) in self.0.clone() {
-                seq.serialize_element(&(n, payload))?;
+                seq.serialize_element(&(n, crate::bytes::AsBytes(payload)))?;
             }
             seq.end()
         }

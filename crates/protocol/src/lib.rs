@@ -17,9 +17,11 @@
 //! coord  -> Stop                     (or the channel closes)
 //! ```
 
+mod bytes;
 mod codec;
 mod messages;
 mod task;
+mod views;
 
 pub use codec::{
     decode, decode_prefix, decode_value, encode, encode_batch, encode_into, encode_record_into,
@@ -30,6 +32,9 @@ pub use messages::{
     RecordOutcome, Request, TaskFailure, TaskInfo, TaskSpec, WorkerMessage, PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
+pub use views::{
+    decode_batch_ref, encode_results, is_batch, BatchRef, OutcomeRef, RecordOutcomeRef,
+};
 
 /// MPI backend: the tag of protocol messages, both ways.
 pub const MPI_TAG_DATA: i32 = 1;

@@ -44,6 +44,7 @@ pub struct Record {
     /// Position of the record in the input; results are reordered by it.
     pub seq: u64,
     /// The task input, encoded as the run's [`Encoding`] says.
+    #[serde(with = "crate::bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -68,6 +69,7 @@ pub enum Encoding {
     /// terminator) of a file whose header line is `header`; each output is JSON text.
     Csv {
         /// The header line's bytes, without its terminator.
+        #[serde(with = "crate::bytes")]
         header: Vec<u8>,
     },
 }
@@ -87,6 +89,7 @@ pub struct TaskSpec {
     /// Task name, as in [`TaskInfo::name`].
     pub name: String,
     /// The task value (its parameters).
+    #[serde(with = "crate::bytes")]
     pub params: Vec<u8>,
     /// How `params` is encoded.
     pub params_encoding: ParamsEncoding,
@@ -138,7 +141,7 @@ pub struct TaskFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The task's output, encoded as the run's [`Encoding`] says.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The task failed on this record.
     Failed(TaskFailure),
 }
