@@ -2,6 +2,7 @@
 
 mod cli;
 mod input;
+mod logging;
 mod output;
 mod paths;
 mod report;
@@ -19,7 +20,7 @@ use indicatif::MultiProgress;
 pub static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 
 fn main() -> ExitCode {
-    let logger = procpool_worker::build_logger("coordinator");
+    let logger = logging::build_logger("coordinator");
     let level = logger.filter();
     let multi = MULTI.get_or_init(MultiProgress::new).clone();
     if indicatif_log_bridge::LogWrapper::new(multi, logger)
