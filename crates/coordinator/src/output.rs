@@ -129,6 +129,7 @@ pub fn error_kind(e: &RecordError) -> &'static str {
         RecordError::Cancelled => "cancelled",
         RecordError::PoolBroken(_) => "pool_broken",
         RecordError::BadOutput(_) => "bad_output",
+        _ => "failed",
     }
 }
 

@@ -326,10 +326,10 @@ where
                     if signal.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                         warn!(
                             "{}: finishing records in flight, then stopping (again to stop at once)",
-                            procpool::signal_name(sig)
+                            signal_hook::low_level::signal_name(sig).unwrap_or("signal")
                         );
                     } else {
-                        warn!("{}: stopping now", procpool::signal_name(sig));
+                        warn!("{}: stopping now", signal_hook::low_level::signal_name(sig).unwrap_or("signal"));
                         if canceller.is_none() {
                             std::process::exit(128 + sig);
                         }
@@ -418,8 +418,8 @@ where
         if let Some(j) = joblog.as_mut() {
             j.record(
                 seq,
-                done.pid,
-                done.started_us,
+                done.pid.unwrap_or(0),
+                done.started_us.unwrap_or(0),
                 done.duration,
                 done.result.as_ref().map(|_| ()),
             )?;
@@ -510,7 +510,7 @@ where
     if sig != 0 {
         warn!(
             "interrupted by {}: output holds the first {} records in order",
-            procpool::signal_name(sig),
+            signal_hook::low_level::signal_name(sig).unwrap_or("signal"),
             resume_from + records
         );
         return Ok(ExitCode::from(128 + sig as u8));

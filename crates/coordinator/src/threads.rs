@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use procpool::{Done, RecordError, ReorderBuffer, Task};
+use procpool::{Done, RecordError, Task};
 
 type Work<I> = Arc<Mutex<Receiver<(u64, I)>>>;
 
@@ -48,7 +48,8 @@ pub struct ThreadMap<T: Task, I> {
     input: Option<I>,
     work: Option<Sender<(u64, T::Input)>>,
     results: Receiver<Done<T::Output>>,
-    reorder: ReorderBuffer<Done<T::Output>>,
+    /// Results that arrived ahead of their turn, by position.
+    reorder: std::collections::BTreeMap<u64, Done<T::Output>>,
     ready: VecDeque<Done<T::Output>>,
     sent: u64,
     yielded: u64,
@@ -83,7 +84,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> ThreadMap<T, I> {
             input: Some(inputs),
             work: Some(work_tx),
             results: res_rx,
-            reorder: ReorderBuffer::new(0),
+            reorder: Default::default(),
             ready: VecDeque::new(),
             sent: 0,
             yielded: 0,
@@ -135,8 +136,8 @@ fn run_thread<T: Task>(
         }
         let done = Done {
             seq,
-            pid,
-            started_us,
+            pid: Some(pid),
+            started_us: Some(started_us),
             duration,
             result,
         };
@@ -166,7 +167,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for ThreadMap<T, I> {
                 self.yielded += 1;
                 return Some(d);
             }
-            if let Some((_, d)) = self.reorder.pop() {
+            if let Some(d) = self.reorder.remove(&self.yielded) {
                 self.yielded += 1;
                 return Some(d);
             }

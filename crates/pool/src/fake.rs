@@ -99,6 +99,7 @@ impl Launcher for FakeLauncher {
                     description: String::new(),
                     input_fields: vec![],
                     output_fields: vec![],
+                    ..TaskInfo::default()
                 }],
             }));
             let mut done = 0u64;
@@ -146,7 +147,11 @@ fn pool(builder: PoolBuilder, script: Script) -> Pool<Echo> {
     let config = encode_value(&Echo).unwrap();
     let core = builder
         .start_with(
-            Some(("echo".into(), config)),
+            Some(crate::pool::TaskSpec {
+                name: "echo".into(),
+                config,
+                types: None,
+            }),
             "fake-worker".into(),
             TOKEN.into(),
             Box::new(FakeLauncher(script)),

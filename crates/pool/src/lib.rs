@@ -87,9 +87,12 @@ mod reorder;
 mod stats;
 mod supervisor;
 
-pub use chunk::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
-pub use error::{signal_name, PoolError, RecordError, WorkerEnd, WorkerExit};
-pub use pool::{default_worker_bin, Canceller, Done, MapIter, Pending, Pool, PoolBuilder};
-pub use procpool_protocol::{Task, TaskError, TaskInfo};
-pub use reorder::ReorderBuffer;
+pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
+pub use pool::{default_worker_bin, Canceller, Done, Map, MapIter, Pending, Pool, PoolBuilder};
+pub use procpool_protocol::{Task, TaskError, TaskInfo, TaskTypes};
+pub use procpool_worker::init;
 pub use stats::WorkerStats;
+
+/// The worker side: what a worker binary of its own needs ([`Registry`](worker::Registry),
+/// [`main_with`](worker::main_with)). A program that is its own worker only needs [`init`].
+pub use procpool_worker as worker;

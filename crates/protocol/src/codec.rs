@@ -143,6 +143,11 @@ mod tests {
                 description: "d".into(),
                 input_fields: vec!["name".into()],
                 output_fields: vec!["age".into()],
+                types: crate::TaskTypes {
+                    task: "tasks::Age".into(),
+                    input: "tasks::Scientist".into(),
+                    output: "tasks::Aged".into(),
+                },
             }],
         })
     }

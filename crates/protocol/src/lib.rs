@@ -26,7 +26,7 @@ pub use codec::{
 };
 pub use messages::{
     Batch, BatchResults, FailureKind, Hello, Outcome, Record, RecordOutcome, Request, TaskFailure,
-    TaskInfo, WorkerMessage, PROTOCOL_VERSION,
+    TaskInfo, TaskTypes, WorkerMessage, PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use procpool_protocol::{
-    decode_value, encode_value, FailureKind, Outcome, Task, TaskFailure, TaskInfo,
+    decode_value, encode_value, FailureKind, Outcome, Task, TaskFailure, TaskInfo, TaskTypes,
 };
 
 /// A configured task, ready to run encoded records.
@@ -68,15 +68,32 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 type Factory = fn(&[u8]) -> Result<Box<dyn Runner>, String>;
 
 fn make_runner<T: Task>(config: &[u8]) -> Result<Box<dyn Runner>, String> {
-    let task: T = decode_value(config)
+    let mut task: T = decode_value(config)
         .map_err(|e| format!("parameters of task `{}` do not decode: {e}", T::NAME))?;
-    Ok(Box::new(TypedRunner(task)))
+    // Per-worker set-up; a panic in it is a failed start-up, not a dead worker.
+    match catch_unwind(AssertUnwindSafe(|| task.init())) {
+        Ok(Ok(())) => Ok(Box::new(TypedRunner(task))),
+        Ok(Err(e)) => Err(format!("task `{}` failed to initialise: {e}", T::NAME)),
+        Err(panic) => Err(format!(
+            "task `{}` panicked while initialising: {}",
+            T::NAME,
+            panic_message(panic.as_ref())
+        )),
+    }
 }
 
 /// The tasks compiled into a worker binary.
 #[derive(Default)]
 pub struct Registry {
     tasks: BTreeMap<&'static str, (TaskInfo, Factory)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("tasks", &self.tasks.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Registry {
@@ -87,7 +104,11 @@ impl Registry {
 
     /// Offer task `T` under [`Task::NAME`]. A later registration of the same name replaces it.
     pub fn register<T: Task>(&mut self) -> &mut Self {
-        self.tasks.insert(T::NAME, (T::info(), make_runner::<T>));
+        let info = TaskInfo {
+            types: TaskTypes::of::<T>(),
+            ..T::info()
+        };
+        self.tasks.insert(T::NAME, (info, make_runner::<T>));
         self
     }
 

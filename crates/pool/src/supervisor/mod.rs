@@ -13,7 +13,8 @@ use procpool_protocol::{
 };
 
 use crate::chunk::{Chunk, JobId, Sizer};
-use crate::error::{PoolError, RecordError, WorkerEnd, WorkerExit};
+use crate::error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
+use crate::pool::{JobSink, TaskSpec};
 use crate::process::{Launcher, Link};
 use crate::stats::WorkerStats;
 
@@ -45,7 +46,7 @@ pub(crate) enum Event {
 pub(crate) enum Command {
     NewJob {
         id: JobId,
-        results: Sender<Vec<Completion>>,
+        results: JobSink,
     },
     Chunk(Chunk),
     EndJob(JobId),
@@ -107,8 +108,8 @@ pub(crate) struct Settings {
     pub record_timeout: Option<Duration>,
     pub retries: u32,
     pub max_tasks_per_child: Option<u64>,
-    /// The task to configure, as name and encoded parameters; `None` only probes.
-    pub task: Option<(String, Vec<u8>)>,
+    /// The task to configure; `None` only probes.
+    pub task: Option<TaskSpec>,
     pub token: String,
     pub sizer: Arc<Sizer>,
     /// Starts and reaches workers (the transport).
@@ -236,7 +237,7 @@ pub(crate) struct Supervisor {
     events: Sender<Event>,
     workers: Vec<Worker>,
     pending: VecDeque<Chunk>,
-    jobs: HashMap<JobId, Sender<Vec<Completion>>>,
+    jobs: HashMap<JobId, JobSink>,
     stats: Vec<WorkerStats>,
     next_batch: u64,
     starting: Option<Sender<Result<Started, PoolError>>>,
@@ -411,7 +412,7 @@ impl Supervisor {
                             link.connected();
                         }
                     }
-                    Err(reason) => self.start_failed(slot, reason),
+                    Err(reason) => self.start_failed(slot, HandshakeFailure::Rendezvous(reason)),
                 }
             }
             Event::Message { slot, gen, message } => {
@@ -508,12 +509,12 @@ impl Supervisor {
             (Phase::Starting { deadline }, WorkerMessage::Hello(hello)) => {
                 let w = &self.workers[slot];
                 let reason = if hello.token != self.settings.token {
-                    Some("presented a wrong token (not a worker of this run)".to_owned())
+                    Some(HandshakeFailure::WrongToken)
                 } else if w.pid != 0 && hello.pid != w.pid {
-                    Some(format!(
-                        "claims pid {}, but the process started is pid {}",
-                        hello.pid, w.pid
-                    ))
+                    Some(HandshakeFailure::WrongPid {
+                        claimed: hello.pid,
+                        started: w.pid,
+                    })
                 } else {
                     None
                 };
@@ -528,21 +529,14 @@ impl Supervisor {
                 self.workers[slot].host = hello.host.clone();
                 self.offered = hello.tasks.clone();
                 match &self.settings.task {
-                    Some((name, config)) => {
-                        if !hello.tasks.iter().any(|t| &t.name == name) {
-                            let offered: Vec<&str> =
-                                hello.tasks.iter().map(|t| t.name.as_str()).collect();
-                            let reason = format!(
-                                "worker binary {} does not offer task `{name}` (it offers: {})",
-                                self.settings.bin.display(),
-                                offered.join(", ")
-                            );
-                            self.reject(slot, reason);
+                    Some(spec) => {
+                        if let Err(e) = spec.check(&hello.tasks, &self.settings.bin) {
+                            self.reject(slot, e);
                             return;
                         }
                         let request = Request::Configure {
-                            task: name.clone(),
-                            config: config.clone(),
+                            task: spec.name.clone(),
+                            config: spec.config.clone(),
                             flush_each: self.settings.record_timeout.is_some(),
                         };
                         match encode(&request) {
@@ -551,7 +545,9 @@ impl Supervisor {
                                 w.send(bytes);
                                 w.phase = Phase::Configuring { deadline };
                             }
-                            Err(e) => self.start_failed(slot, e.to_string()),
+                            Err(e) => {
+                                self.start_failed(slot, HandshakeFailure::Protocol(e.to_string()))
+                            }
                         }
                     }
                     None => self.became_ready(slot),
@@ -559,7 +555,8 @@ impl Supervisor {
             }
             (Phase::Configuring { .. }, WorkerMessage::Ready) => self.became_ready(slot),
             (Phase::Configuring { .. }, WorkerMessage::Rejected { reason }) => {
-                self.reject(slot, reason)
+                let pid = Some(self.workers[slot].pid).filter(|&p| p != 0);
+                self.reject(slot, PoolError::TaskRejected { pid, reason })
             }
             (Phase::Ready | Phase::Draining | Phase::Exiting, WorkerMessage::Results(results)) => {
                 self.results(slot, results)
@@ -587,23 +584,27 @@ impl Supervisor {
     }
 
     /// The worker cannot run our task: a start-up error, never retried.
-    fn reject(&mut self, slot: usize, reason: String) {
+    fn reject(&mut self, slot: usize, error: PoolError) {
+        let reason = error.to_string();
         let w = &mut self.workers[slot];
         w.kill();
         w.phase = Phase::Exiting;
         w.end = Some(WorkerEnd::ProtocolError(reason.clone()));
         if self.starting.is_some() {
-            self.fail_start(PoolError::TaskRejected { reason });
+            self.fail_start(error);
         } else {
             self.break_pool(reason);
         }
     }
 
-    fn start_failed(&mut self, slot: usize, reason: String) {
+    fn start_failed(&mut self, slot: usize, reason: HandshakeFailure) {
         let pid = self.workers[slot].pid;
         self.workers[slot].abandon();
         if self.starting.is_some() {
-            self.fail_start(PoolError::Handshake { pid, reason });
+            self.fail_start(PoolError::Handshake {
+                pid: Some(pid).filter(|&p| p != 0),
+                failure: reason,
+            });
             return;
         }
         self.start_failures += 1;
@@ -657,7 +658,7 @@ impl Supervisor {
             w.pid
         );
         if matches!(w.phase, Phase::Starting { .. } | Phase::Configuring { .. }) {
-            self.start_failed(slot, reason);
+            self.start_failed(slot, HandshakeFailure::Protocol(reason));
             return;
         }
         w.end = Some(WorkerEnd::ProtocolError(reason));
@@ -753,8 +754,7 @@ impl Supervisor {
         if let Phase::Starting { .. } | Phase::Configuring { .. } = phase {
             let w = &mut self.workers[slot];
             let exit = w.reap();
-            let reason = reason
-                .unwrap_or_else(|| format!("exited with {exit} before completing its handshake"));
+            let reason = reason.map_or(HandshakeFailure::Exited(exit), HandshakeFailure::Protocol);
             self.start_failed(slot, reason);
             return;
         }
@@ -886,18 +886,15 @@ impl Supervisor {
                     let w = &mut self.workers[slot];
                     let exited = w.link.as_mut().and_then(|l| l.exited());
                     if let Some(exit) = exited {
-                        self.start_failed(slot, format!("exited with {exit} before its handshake"));
+                        self.start_failed(slot, HandshakeFailure::Exited(exit));
                     } else if now >= deadline {
-                        let t = self.settings.handshake_timeout.as_secs_f64();
-                        self.start_failed(
-                            slot,
-                            format!("did not complete its handshake within {t:.1} s"),
-                        );
+                        let t = self.settings.handshake_timeout;
+                        self.start_failed(slot, HandshakeFailure::NoHello(t));
                     }
                 }
                 Phase::Configuring { deadline } if now >= deadline => {
-                    let t = self.settings.handshake_timeout.as_secs_f64();
-                    self.start_failed(slot, format!("did not confirm its task within {t:.1} s"));
+                    let t = self.settings.handshake_timeout;
+                    self.start_failed(slot, HandshakeFailure::NoConfirmation(t));
                 }
                 Phase::Ready | Phase::Draining => self.check_record_timeout(slot, now),
                 _ => {}
