@@ -438,3 +438,61 @@ fn cancel_ends_queued_records_as_cancelled() {
         pool.shutdown();
     });
 }
+
+/// Worker lines of the pools built in this test process, as the `log`
+/// facade delivered them: (target, level, message).
+static CAPTURED: std::sync::Mutex<Vec<(String, log::Level, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if let Ok(mut lines) = CAPTURED.lock() {
+            lines.push((
+                record.target().to_owned(),
+                record.level(),
+                record.args().to_string(),
+            ));
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn worker_lines_reach_the_host_through_the_log_facade() {
+    static LOGGER: Capture = Capture;
+    // The first test to get here installs it; nothing else in this binary does.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Trace);
+    let pid = within(DEADLINE, || {
+        let pool = primes_pool(1);
+        let pid = pool.pids()[0];
+        assert_eq!(pool.map(inputs(5)).filter(Result::is_ok).count(), 5);
+        pool.shutdown();
+        pid
+    });
+    let prefix = format!("worker pid={pid}: ");
+    // The output thread may pass the last line on just after shutdown.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            CAPTURED.lock().unwrap().iter().any(|(target, level, msg)| {
+                target == "procpool::worker"
+                    && *level == log::Level::Info
+                    && msg.starts_with(&prefix)
+                    && msg.contains("stopping after 5 records")
+            })
+        }),
+        "no `stopping` line of worker {pid} through `log`: {:?}",
+        CAPTURED.lock().unwrap()
+    );
+    let lines = CAPTURED.lock().unwrap();
+    let working = lines
+        .iter()
+        .filter(|(_, _, m)| m.starts_with(&prefix) && m.contains("working record"))
+        .count();
+    assert_eq!(working, 5, "{lines:?}");
+}

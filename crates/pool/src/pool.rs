@@ -136,8 +136,13 @@ impl PoolBuilder {
     }
 
     /// Hand every line that workers write to stdout or stderr to `handler`
-    /// (with the worker's pid) instead of passing it to this process's
-    /// stderr, e.g. to print it above a progress bar.
+    /// (with the worker's pid), e.g. to print it above a progress bar.
+    ///
+    /// Without a handler, worker lines go through the `log` facade under the
+    /// target `procpool::worker` ([`worker::WORKER_TARGET`](crate::worker::WORKER_TARGET)),
+    /// at the level the worker logged them (plain output at `info`), each
+    /// starting with `worker pid=<pid>:`; with no logger installed they are
+    /// dropped, so a library user's stderr stays quiet.
     pub fn worker_output(mut self, handler: impl Fn(u32, &str) + Send + Sync + 'static) -> Self {
         self.output = Some(Arc::new(handler));
         self
@@ -219,10 +224,14 @@ impl PoolBuilder {
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let output = self
+            .output
+            .clone()
+            .unwrap_or_else(|| Arc::new(forward_worker_line));
         let launcher = Box::new(LocalLauncher::new(
             bin.clone(),
             token.clone(),
-            self.output.clone(),
+            Some(output),
             self.workers,
         )?);
         self.start_with(task, bin, token, launcher)
@@ -335,6 +344,26 @@ pub fn default_worker_bin() -> Option<PathBuf> {
         .into_iter()
         .find(|p| p.is_file())
         .or_else(|| Some(dir.join("worker")))
+}
+
+/// The default destination of a worker's output lines: the `log` facade.
+/// A worker's own log line (`<time> <LEVEL> worker pid=<pid>: <message>`)
+/// keeps its level and drops its time stamp; any other line is `info`.
+fn forward_worker_line(pid: u32, line: &str) {
+    let target = procpool_worker::WORKER_TARGET;
+    let mut parts = line.splitn(3, ' ');
+    let (stamp, level, rest) = (parts.next(), parts.next(), parts.next());
+    let logged = stamp.is_some_and(|t| t.starts_with(|c: char| c.is_ascii_digit()));
+    match (
+        logged,
+        level.and_then(|l| l.parse::<log::Level>().ok()),
+        rest,
+    ) {
+        (true, Some(level), Some(rest)) => {
+            log::log!(target: target, level, "{}", rest.trim_start())
+        }
+        _ => log::info!(target: target, "worker pid={pid}: {line}"),
+    }
 }
 
 /// The task a pool asks its workers for.
