@@ -18,6 +18,9 @@ use indicatif::MultiProgress;
 pub static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 
 fn main() -> ExitCode {
+    // Started by a pool (no `worker` binary was next to the coordinator), it
+    // serves the built-in tasks and exits here.
+    procpool::init(procpool_tasks::registry());
     let logger = procpool_worker::build_logger("coordinator");
     let level = logger.filter();
     let multi = MULTI.get_or_init(MultiProgress::new).clone();

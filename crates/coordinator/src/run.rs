@@ -79,17 +79,27 @@ fn use_mpi(_builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
     )
 }
 
-/// The worker binary to use, with a message that says how to get it.
+/// The worker binary to use: `--worker-bin`, else `worker` next to this
+/// executable, else this executable itself (it serves the same tasks; see
+/// `procpool::init` in `main`), with a message that says how to get it.
 fn worker_bin(args: &WorkerArgs) -> anyhow::Result<PathBuf> {
-    let path = args
-        .worker_bin
-        .clone()
-        .or_else(procpool::default_worker_bin)
-        .unwrap_or_else(|| PathBuf::from("worker"));
+    let path = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => {
+            let exe = std::env::current_exe()?;
+            let sibling = exe.with_file_name("worker");
+            if sibling.is_file() {
+                sibling
+            } else {
+                exe
+            }
+        }
+    };
     if !path.exists() {
         bail!(
             "worker binary not found at {}: build it with `cargo build --release --workspace` \
-             (the coordinator looks for `worker` next to its own executable), or pass --worker-bin PATH",
+             (the coordinator looks for `worker` next to its own executable, and serves as its \
+             own worker without one), or pass --worker-bin PATH",
             path.display()
         );
     }
