@@ -17,8 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PoolError, RecordError, WorkerExit};
 use crate::pool::{Pool, PoolBuilder};
-use crate::process::{Launcher, Link};
-use crate::supervisor::Event;
+use crate::transport::{Event, Launcher, Link};
 
 /// Echoes its input.
 #[derive(Serialize, Deserialize)]

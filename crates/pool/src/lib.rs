@@ -98,6 +98,7 @@ mod process;
 mod reorder;
 mod stats;
 mod supervisor;
+mod transport;
 
 pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
 pub use pool::{default_worker_bin, Canceller, Done, Map, MapIter, Pending, Pool, PoolBuilder};

@@ -23,8 +23,7 @@ use mpi::traits::*;
 use mpi::{Rank, Tag, Threading};
 
 use crate::error::{PoolError, WorkerExit};
-use crate::process::{decode_from_worker, Launcher, Link};
-use crate::supervisor::Event;
+use crate::transport::{decode_from_worker, Event, Launcher, Link};
 
 use procpool_protocol::{MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA};
 

@@ -19,7 +19,8 @@ use crate::error::{PoolError, RecordError};
 use crate::process::{LocalLauncher, OutputHandler};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
-use crate::supervisor::{Command, Completion, Event, Settings, Started, Supervisor};
+use crate::supervisor::{Command, Completion, Settings, Started, Supervisor};
+use crate::transport::Event;
 
 /// Configures and starts a [`Pool`].
 #[derive(Clone)]
@@ -274,7 +275,7 @@ impl PoolBuilder {
         task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
-        launcher: Box<dyn crate::process::Launcher>,
+        launcher: Box<dyn crate::transport::Launcher>,
     ) -> Result<Core, PoolError> {
         let (events_tx, events_rx) = mpsc::channel::<Event>();
         self.start_on(task, bin, token, launcher, events_tx, events_rx)
@@ -285,7 +286,7 @@ impl PoolBuilder {
         task: Option<TaskSpec>,
         bin: PathBuf,
         token: String,
-        launcher: Box<dyn crate::process::Launcher>,
+        launcher: Box<dyn crate::transport::Launcher>,
         events_tx: Sender<Event>,
         events_rx: Receiver<Event>,
     ) -> Result<Core, PoolError> {

@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipc_channel::IpcError;
-use procpool_protocol::{
-    decode, decode_prefix, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
-};
+use procpool_protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN};
 
 use crate::error::{PoolError, WorkerExit};
-use crate::supervisor::Event;
+use crate::transport::{decode_from_worker, Event, Launcher, Link};
 
 type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
 
@@ -233,73 +231,6 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, gen: u64, events: Sender<Event>)
         }
     };
     let _ = events.send(Event::Closed { slot, gen, reason });
-}
-
-/// Decode a message from a worker; `first` marks its first message, whose
-/// protocol version is checked before anything else. An error says why the
-/// worker is to be dropped.
-pub(crate) fn decode_from_worker(first: &mut bool, bytes: &[u8]) -> Result<WorkerMessage, String> {
-    if std::mem::take(first) {
-        if let Ok((0, version)) = decode_prefix(bytes) {
-            if version != PROTOCOL_VERSION {
-                return Err(format!(
-                    "speaks protocol version {version}, this coordinator speaks version {PROTOCOL_VERSION}"
-                ));
-            }
-        }
-    }
-    decode::<WorkerMessage>(bytes).map_err(|e| format!("sent a malformed message ({e})"))
-}
-
-/// How workers are started and reached: the transport seam. The local
-/// implementation spawns processes and connects them over ipc-channel;
-/// another backend (e.g. MPI ranks started by `mpirun`) provides its own.
-pub(crate) trait Launcher: Send {
-    /// Start (or attach to) the worker for `slot`. It reports
-    /// `Event::Accepted` with a writer once reachable, then its messages.
-    fn launch(
-        &mut self,
-        slot: usize,
-        gen: u64,
-        events: &Sender<Event>,
-    ) -> Result<Box<dyn Link>, PoolError>;
-
-    /// Start the workers of several slots; by default one after the other.
-    fn launch_all(
-        &mut self,
-        slots: &[(usize, u64)],
-        events: &Sender<Event>,
-    ) -> Vec<Result<Box<dyn Link>, PoolError>> {
-        slots
-            .iter()
-            .map(|&(slot, gen)| self.launch(slot, gen, events))
-            .collect()
-    }
-
-    /// Whether a worker that is gone can be replaced.
-    fn respawns(&self) -> bool {
-        true
-    }
-}
-
-/// The supervisor's handle on one worker.
-pub(crate) trait Link: Send {
-    /// The process id, if known before its `Hello` (0 otherwise).
-    fn pid(&self) -> u32;
-    /// How to name the worker in logs before its `Hello`.
-    fn label(&self) -> String {
-        format!("pid={}", self.pid())
-    }
-    /// The worker has connected (its writer went to the supervisor).
-    fn connected(&mut self) {}
-    /// Kill the worker now.
-    fn kill(&mut self);
-    /// Has it exited (without blocking)?
-    fn exited(&mut self) -> Option<WorkerExit>;
-    /// Wait for it to exit, killing it after `patience`.
-    fn reap(&mut self, patience: Duration) -> WorkerExit;
-    /// Give up on it: kill, release whatever waits for it, reap.
-    fn abandon(&mut self);
 }
 
 /// Spawns worker processes of a binary and connects them over ipc-channel.

@@ -15,32 +15,8 @@ use procpool_protocol::{
 use crate::chunk::{Chunk, JobId, Sizer};
 use crate::error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
 use crate::pool::{JobSink, TaskSpec};
-use crate::process::{Launcher, Link};
 use crate::stats::WorkerStats;
-
-/// Everything the supervisor reacts to.
-pub(crate) enum Event {
-    /// A worker connected to its rendezvous (or the connect was forced).
-    Accepted {
-        slot: usize,
-        gen: u64,
-        result: Result<Sender<Vec<u8>>, String>,
-    },
-    /// A decoded message from a worker.
-    Message {
-        slot: usize,
-        gen: u64,
-        message: WorkerMessage,
-    },
-    /// A worker's result channel closed; `reason` if it broke the protocol.
-    Closed {
-        slot: usize,
-        gen: u64,
-        reason: Option<String>,
-    },
-    /// A request from the pool's users.
-    Command(Command),
-}
+use crate::transport::{Event, Launcher, Link};
 
 /// Requests from `Pool` and its iterators.
 pub(crate) enum Command {
