@@ -36,7 +36,10 @@ pub enum CodecError {
 
 /// Encode any serde value (a record, a result, a task's parameters).
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let bytes = bincode::serde::encode_to_vec(value, CONFIG)?;
+    // Room for a small record up front: growing from empty cost a few
+    // reallocations for every tiny record.
+    let mut bytes = Vec::with_capacity(64);
+    encode_into(value, &mut bytes)?;
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(CodecError::Encode(bincode::error::EncodeError::Other(
             "value over the 64 MiB message limit",
@@ -75,7 +78,7 @@ where
             use serde::ser::SerializeSeq;
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for (n, payload) in self.0.clone() {
-                seq.serialize_element(&(n, payload))?;
+                seq.serialize_element(&(n, crate::bytes::Bytes(payload)))?;
             }
             seq.end()
         }

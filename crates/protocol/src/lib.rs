@@ -16,6 +16,7 @@
 //! coord  -> Stop                     (or the channel closes)
 //! ```
 
+mod bytes;
 mod codec;
 mod messages;
 mod task;

@@ -89,6 +89,7 @@ pub struct Record {
     /// Position of the record in the input; results are reordered by it.
     pub seq: u64,
     /// The task input, bincode-encoded.
+    #[serde(with = "crate::bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -144,7 +145,7 @@ pub struct TaskFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The task's output, bincode-encoded.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The task failed on this record.
     Failed(TaskFailure),
 }
