@@ -19,6 +19,7 @@ const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// Encoding failed (a value that serde cannot represent, or over the size limit).
     #[error("cannot encode: {0}")]

@@ -15,6 +15,7 @@ use crate::registry::{panic_message, Registry, Runner};
 
 /// Why a worker stopped serving before it was told to.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// Run by hand rather than by a coordinator.
     #[error(
