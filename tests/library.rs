@@ -117,12 +117,24 @@ fn map_unordered_submit_and_shutdown_stats() {
 
         // An empty input is fine.
         assert_eq!(pool.map(Vec::new()).count(), 0);
+        // The iterators are fused: None for good once done.
+        fn fused<I: std::iter::FusedIterator>(it: I) -> I {
+            it
+        }
+        let mut it = fused(pool.map(inputs(3)));
+        assert_eq!(it.by_ref().filter(Result::is_ok).count(), 3);
+        assert!(it.next().is_none() && it.next().is_none());
+        drop(it);
+        let mut it = fused(pool.map_unordered(inputs(2)));
+        assert_eq!(it.by_ref().count(), 2);
+        assert!(it.next().is_none());
+        drop(it);
 
         let live = pool.stats();
         assert_eq!(live.len(), 2);
         assert!(live.iter().all(|s| s.end.is_none()));
 
-        let processed = (300 + 50 + 300 + 1 + 5) as u64;
+        let processed = (300 + 50 + 300 + 1 + 5 + 3 + 2) as u64;
         let stats = pool.shutdown();
         assert_eq!(stats.len(), 2, "{stats:?}");
         assert_eq!(stats.iter().map(|s| s.records).sum::<u64>(), processed);
