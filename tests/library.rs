@@ -403,7 +403,8 @@ fn record_failures_through_the_library() {
             }
         }
         let stats = pool.shutdown();
-        // The abort took 3 workers with it (retries + 1), the hang 1.
+        // The abort took 3 fresh workers with it (retries + 1), plus at most
+        // one that had run other records first (not charged); the hang 1.
         let ends = |want: procpool::WorkerEnd| {
             stats
                 .iter()
@@ -411,7 +412,8 @@ fn record_failures_through_the_library() {
                 .count()
         };
         let abort = procpool::WorkerExit::Signal(libc::SIGABRT);
-        assert_eq!(ends(procpool::WorkerEnd::Crashed(abort)), 3, "{stats:?}");
+        let crashed = ends(procpool::WorkerEnd::Crashed(abort));
+        assert!((3..=4).contains(&crashed), "{stats:?}");
         assert_eq!(ends(procpool::WorkerEnd::TimedOut), 1, "{stats:?}");
         // Every record is counted by the worker that answered it, timed out
         // on it, or died running it for the last time.

@@ -2,11 +2,28 @@
 //! `mpirun` job, workers as the other ranks. Needs Open MPI's `mpirun` on
 //! the PATH (CI installs it). Results must equal the local backend's.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{
-    coordinator, fault_input, ready_pids, send_signal, tempdir, worker_bin, write_file, Cmd, Output,
+    alive, coordinator, fault_input, ready_pids, send_signal, tempdir, wait_until, worker_bin,
+    write_file, Cmd, Output,
 };
+
+/// `mpirun --oversubscribe ARGS`, as root if need be.
+fn mpirun_args<S: AsRef<str>>(args: &[S]) -> Cmd {
+    Cmd::new(
+        std::iter::once("--oversubscribe".to_string())
+            .chain(args.iter().map(|s| s.as_ref().to_string())),
+    )
+    .program("mpirun")
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .deadline(Duration::from_secs(120))
+}
+
+fn bin_str(path: std::path::PathBuf) -> String {
+    path.display().to_string()
+}
 
 /// `mpirun -n 1 coordinator --backend mpi ARGS : -n RANKS worker`.
 fn mpirun(ranks: usize, mpirun_opts: &[&str], args: &[&str]) -> Cmd {
@@ -59,7 +76,7 @@ fn demo_under_mpirun_equals_local() {
 }
 
 #[test]
-fn hundred_thousand_records_equal_local_over_shared_memory_and_tcp() {
+fn hundred_thousand_records_equal_local_over_shared_memory() {
     let dir = tempdir();
     let input = write_file(
         dir.path(),
@@ -68,14 +85,14 @@ fn hundred_thousand_records_equal_local_over_shared_memory_and_tcp() {
     );
     let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
     want.assert_code(0);
-    for opts in [&[][..], &["--mca", "btl", "tcp,self"][..]] {
-        let got = mpirun(3, opts, &["--task", "fault", "--input", &input]).run();
-        got.assert_code(0);
-        assert!(
-            got.stdout_str() == want.stdout_str(),
-            "MPI output differs from local ({opts:?})"
-        );
-    }
+    // Shared memory (TCP: see the namespace tests, which need no network
+    // interface of the machine's own).
+    let got = mpirun(3, &[], &["--task", "fault", "--input", &input]).run();
+    got.assert_code(0);
+    assert!(
+        got.stdout_str() == want.stdout_str(),
+        "MPI output differs from local"
+    );
 }
 
 #[test]
@@ -160,10 +177,177 @@ fn options_needing_local_processes_are_refused() {
         "{}",
         got.stderr
     );
-    // Not started by mpirun at all.
-    let alone = coordinator(["--backend", "mpi"]).run();
-    alone.assert_code(2);
-    assert!(alone.stderr.contains("mpirun"), "{}", alone.stderr);
+    let got = mpirun(2, &[], &["--max-tasks-per-child", "10"]).run();
+    assert_ne!(got.code(), Some(0));
+    assert!(
+        got.stderr.contains("cannot be killed or replaced"),
+        "{}",
+        got.stderr
+    );
+}
+
+/// Every way of launching wrongly ends within seconds (no hang), with a
+/// message that says how to launch.
+#[test]
+fn wrong_launches_end_at_once_saying_how_to_launch() {
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
+    );
+    let how = "coordinator --backend mpi --workers";
+    let cases: Vec<(&str, Cmd, &str)> = vec![
+        (
+            "only workers",
+            mpirun_args(&["-n", "3", &w]),
+            "rank 0 must be the coordinator",
+        ),
+        (
+            "only two workers",
+            mpirun_args(&["-n", "2", &w]),
+            "rank 0 must be the coordinator",
+        ),
+        (
+            "several coordinators",
+            mpirun_args(&["-n", "3", &c, "--backend", "mpi"]),
+            "there must be one coordinator, at rank 0",
+        ),
+        (
+            "a worker at rank 0",
+            mpirun_args(&["-n", "1", &w, ":", "-n", "1", &c, "--backend", "mpi"]),
+            "rank 0 must be the coordinator",
+        ),
+        (
+            "a coordinator alone under mpirun, no --workers",
+            mpirun_args(&["-n", "1", &c, "--backend", "mpi"]),
+            "no worker ranks",
+        ),
+        (
+            "a coordinator alone, no --workers",
+            coordinator(["--backend", "mpi"]),
+            "no --workers to spawn",
+        ),
+    ];
+    for (what, cmd, says) in cases {
+        let started = Instant::now();
+        // A hang fails at this deadline; the launch should end in seconds.
+        let got = cmd.deadline(Duration::from_secs(60)).run();
+        assert_ne!(got.code(), Some(0), "{what}: {}", got.stderr);
+        assert!(got.stderr.contains(says), "{what}: {}", got.stderr);
+        assert!(got.stderr.contains(how), "{what}: {}", got.stderr);
+        eprintln!("{what}: ended in {:.1} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// `coordinator --backend mpi --workers N` alone (an MPI singleton) or
+/// under `mpirun -n 1` spawns N worker ranks: same output as local.
+#[test]
+fn a_lone_coordinator_spawns_its_worker_ranks() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..20_000).map(|n| (n, if n % 997 == 5 { "error" } else { "" }))),
+    );
+    let c = bin_str(crate::util::coordinator_bin());
+    let demo = ["--work-ms", "20", "--year", "2024", "--workers", "3"];
+    let fault = [
+        "--task",
+        "fault",
+        "--input",
+        input.as_str(),
+        "--workers",
+        "3",
+    ];
+    for args in [&demo[..], &fault[..]] {
+        let want = local(args);
+        let mut mpi_args = vec!["--backend", "mpi"];
+        mpi_args.extend(args);
+        let singleton = coordinator(mpi_args.iter().copied())
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            // Three ranks on a machine with fewer cores.
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .deadline(Duration::from_secs(120));
+        let under_mpirun = mpirun_args(&[&["-n", "1", c.as_str()][..], &mpi_args[..]].concat());
+        for (how, cmd) in [("singleton", singleton), ("mpirun -n 1", under_mpirun)] {
+            let got = cmd.run();
+            assert_eq!(got.code(), want.code(), "{how}: {}", got.stderr);
+            assert!(
+                got.stdout_str() == want.stdout_str(),
+                "{how}: output differs from local"
+            );
+            assert!(
+                got.stderr.contains("spawned 3 worker ranks"),
+                "{how}: {}",
+                got.stderr
+            );
+            assert_eq!(ready_pids(&got.stderr).len(), 3, "{how}: {}", got.stderr);
+        }
+    }
+}
+
+/// A rank that goes silent (SIGSTOP) is noticed by the heartbeats: the job
+/// ends with a clear error, leaves nothing running, and its output is an
+/// ordered prefix that `--resume` completes.
+#[test]
+fn a_stopped_rank_ends_the_job_and_resume_completes_it() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..400).map(|n| (n, "sleep:20"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let args = [
+        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
+    ];
+    let mut run = mpirun(2, &[], &args)
+        .env("PROCPOOL_MPI_LIVENESS", "2")
+        .spawn();
+    run.wait_for("two workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 2
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 20)
+    });
+    let pids = ready_pids(&run.stderr_now());
+    let victim = *pids.iter().next().unwrap();
+    send_signal(victim, libc::SIGSTOP);
+    let stopped = run.wait();
+    assert_ne!(stopped.code(), Some(0), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains(&format!("(pid {victim} on"))
+            && stopped.stderr.contains("sent nothing for 2.0 s"),
+        "{}",
+        stopped.stderr
+    );
+    // Nothing left running (the launcher kills the stopped rank too).
+    for pid in pids {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(pid)),
+            "rank pid {pid} left running"
+        );
+    }
+    let partial = std::fs::read_to_string(&out).unwrap();
+    let done = partial.lines().count();
+    assert!(done < 400, "the job should have stopped early");
+    assert!(
+        want.stdout_str().starts_with(&partial),
+        "not an ordered prefix"
+    );
+    let resumed = mpirun(2, &[], &args).run();
+    resumed.assert_code(0);
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("resumed after {done} records")),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
 
 #[test]
@@ -212,26 +396,146 @@ fn a_rank_crash_ends_the_job_and_resume_continues_it() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
 
-/// Removes the namespace hosts even if the test fails.
-struct NetnsHosts;
+/// Recovery without a person: `scripts/mpi-relaunch.sh` relaunches the job
+/// with `--resume` after a rank is killed, and the output ends identical to
+/// an undisturbed run's.
+#[test]
+fn the_relaunch_loop_survives_a_rank_killed_and_finishes_identical() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..600).map(|n| (n, "sleep:5"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
+    );
+    let mut run = Cmd::new([
+        script("mpi-relaunch.sh"),
+        "--pause".into(),
+        "0".into(),
+        "--".into(),
+        "mpirun".into(),
+        "--oversubscribe".into(),
+        "-n".into(),
+        "1".into(),
+        c,
+        "--backend".into(),
+        "mpi".into(),
+        "--task".into(),
+        "fault".into(),
+        "--input".into(),
+        input.clone(),
+        "--output".into(),
+        out_s.into(),
+        "--resume".into(),
+        ":".into(),
+        "-n".into(),
+        "2".into(),
+        w,
+    ])
+    .program("bash")
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .deadline(Duration::from_secs(120))
+    .spawn();
+    run.wait_for("two workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 2
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
+    });
+    let victim = *ready_pids(&run.stderr_now()).iter().next().unwrap();
+    send_signal(victim, libc::SIGKILL);
+    let got = run.wait();
+    got.assert_code(0);
+    assert!(
+        got.stderr.contains("relaunching with --resume"),
+        "{}",
+        got.stderr
+    );
+    assert!(got.stderr.contains("resumed after"), "{}", got.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+}
+
+/// Two namespace hosts of this test run alone (`scripts/mpi-netns.sh`):
+/// unique names and subnet, removed even if the test fails.
+struct NetnsHosts {
+    id: String,
+    a: String,
+    b: String,
+}
 
 impl NetnsHosts {
     fn up() -> NetnsHosts {
-        let status = std::process::Command::new("bash")
-            .arg(script("mpi-netns.sh"))
-            .arg("up")
-            .status()
-            .expect("run scripts/mpi-netns.sh (needs root and iproute2)");
-        assert!(status.success(), "scripts/mpi-netns.sh up failed");
-        NetnsHosts
+        // Several tests (and runs) at once: let the script pick free IDs.
+        for _ in 0..5 {
+            let out = std::process::Command::new("bash")
+                .arg(script("mpi-netns.sh"))
+                .arg("up")
+                .output()
+                .expect("run scripts/mpi-netns.sh (needs root and iproute2)");
+            if !out.status.success() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut lines = text.lines();
+            let id = lines.next().unwrap_or_default().to_owned();
+            let ips = lines.next().unwrap_or_default();
+            let ip = |key: &str| {
+                ips.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .unwrap_or_else(|| panic!("mpi-netns.sh printed {text:?}"))
+                    .to_owned()
+            };
+            return NetnsHosts {
+                a: ip("A="),
+                b: ip("B="),
+                id,
+            };
+        }
+        panic!("scripts/mpi-netns.sh up failed five times");
+    }
+
+    fn names(&self) -> (String, String) {
+        (format!("pp{}a", self.id), format!("pp{}b", self.id))
+    }
+
+    /// `mpirun MPIRUN-ARGS` in host A, MPI over the veth pair only.
+    fn mpirun(&self, args: &[&str]) -> Cmd {
+        Cmd::new(
+            [
+                script("mpi-netns.sh"),
+                "run".into(),
+                self.id.clone(),
+                "--".into(),
+            ]
+            .into_iter()
+            .chain(args.iter().map(|s| s.to_string())),
+        )
+        .program("bash")
+        .deadline(Duration::from_secs(120))
+    }
+
+    fn script(&self, command: &str) -> String {
+        let out = std::process::Command::new("bash")
+            .args([script("mpi-netns.sh"), command.into(), self.id.clone()])
+            .output()
+            .expect("run scripts/mpi-netns.sh");
+        assert!(out.status.success(), "mpi-netns.sh {command} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
 impl Drop for NetnsHosts {
     fn drop(&mut self) {
         let _ = std::process::Command::new("bash")
-            .arg(script("mpi-netns.sh"))
-            .arg("down")
+            .args([script("mpi-netns.sh"), "down".into(), self.id.clone()])
             .status();
     }
 }
@@ -240,9 +544,62 @@ fn script(name: &str) -> String {
     format!("{}/../../scripts/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Over TCP on one host that has nothing but loopback and its own veth
+/// pair (Open MPI's TCP transport leaves out 127/8): the same output.
+#[test]
+fn tcp_on_a_host_with_only_loopback_and_its_own_veth() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..100_000).map(|n| (n, ""))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
+    want.assert_code(0);
+    let hosts = NetnsHosts::up();
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
+    );
+    let a3 = format!("{}:3", hosts.a);
+    let got = hosts
+        .mpirun(&[
+            "-n",
+            "1",
+            "--host",
+            &hosts.a,
+            &c,
+            "--backend",
+            "mpi",
+            "--task",
+            "fault",
+            "--input",
+            &input,
+            ":",
+            "-n",
+            "3",
+            "--host",
+            &a3,
+            &w,
+        ])
+        .run();
+    got.assert_code(0);
+    assert!(
+        got.stdout_str() == want.stdout_str(),
+        "output differs from local"
+    );
+    let (ns_a, _) = hosts.names();
+    assert_eq!(
+        got.stderr.matches(&format!("on {ns_a} ready")).count(),
+        3,
+        "{}",
+        got.stderr
+    );
+}
+
 /// Two hosts (network namespaces with their own addresses and host names)
-/// joined by a veth pair; coordinator and one worker on `ppa`, two workers
-/// on `ppb`, MPI over TCP between them.
+/// joined by a veth pair; coordinator and one worker on A, two workers
+/// on B, MPI over TCP between them.
 #[test]
 fn across_two_namespace_hosts_over_tcp() {
     let dir = tempdir();
@@ -253,57 +610,119 @@ fn across_two_namespace_hosts_over_tcp() {
     );
     let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
     want.assert_code(0);
-    let _hosts = NetnsHosts::up();
-    let (coordinator, worker) = (
-        crate::util::coordinator_bin().display().to_string(),
-        worker_bin().display().to_string(),
+    let hosts = NetnsHosts::up();
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
     );
+    let b2 = format!("{}:2", hosts.b);
     let demo_want = local(&["--workers", "3", "--work-ms", "50", "--year", "2024"]);
     for (args, want) in [
         (vec!["--work-ms", "50", "--year", "2024"], &demo_want),
         (vec!["--task", "fault", "--input", input.as_str()], &want),
     ] {
-        let mut all = vec![
-            "run",
-            "--",
-            "-n",
-            "1",
-            "--host",
-            "10.99.0.1",
-            &coordinator,
-            "--backend",
-            "mpi",
-        ];
+        let mut all = vec!["-n", "1", "--host", &hosts.a, &c, "--backend", "mpi"];
         all.extend(args.iter().copied());
         all.extend([
-            ":",
-            "-n",
-            "1",
-            "--host",
-            "10.99.0.1",
-            &worker,
-            ":",
-            "-n",
-            "2",
-            "--host",
-            "10.99.0.2:2",
-            &worker,
+            ":", "-n", "1", "--host", &hosts.a, &w, ":", "-n", "2", "--host", &b2, &w,
         ]);
-        let got = Cmd::new(
-            [script("mpi-netns.sh")]
-                .into_iter()
-                .chain(all.iter().map(|s| s.to_string())),
-        )
-        .program("bash")
-        .deadline(Duration::from_secs(120))
-        .run();
+        let got = hosts.mpirun(&all).run();
         got.assert_code(0);
         assert!(
             got.stdout_str() == want.stdout_str(),
             "output differs from local"
         );
-        for host in ["on ppa ready", "on ppb ready"] {
-            assert!(got.stderr.contains(host), "{}", got.stderr);
+        let (ns_a, ns_b) = hosts.names();
+        for host in [ns_a, ns_b] {
+            assert!(
+                got.stderr.contains(&format!("on {host} ready")),
+                "{}",
+                got.stderr
+            );
         }
     }
+}
+
+/// A network partition mid-run: host B's link goes down. The heartbeats
+/// notice, the job ends with a clear error, nothing is left running in
+/// either host, and `--resume` completes the output.
+#[test]
+fn a_partition_ends_the_job_and_resume_completes_it() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..1_000).map(|n| (n, "sleep:20"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let hosts = NetnsHosts::up();
+    let (c, w) = (
+        bin_str(crate::util::coordinator_bin()),
+        bin_str(worker_bin()),
+    );
+    let b2 = format!("{}:2", hosts.b);
+    let job = [
+        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
+    ];
+    let mut all = vec![
+        "-x",
+        "PROCPOOL_MPI_LIVENESS",
+        "-n",
+        "1",
+        "--host",
+        &hosts.a,
+        &c,
+        "--backend",
+        "mpi",
+    ];
+    all.extend(job);
+    all.extend([
+        ":", "-n", "1", "--host", &hosts.a, &w, ":", "-n", "2", "--host", &b2, &w,
+    ]);
+    let mut run = hosts.mpirun(&all).env("PROCPOOL_MPI_LIVENESS", "3").spawn();
+    run.wait_for("three workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 3
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
+    });
+    hosts.script("cut");
+    let cut = run.wait();
+    assert_ne!(cut.code(), Some(0), "{}", cut.stderr);
+    let (_, ns_b) = hosts.names();
+    assert!(
+        cut.stderr
+            .contains(&format!("on {ns_b}) sent nothing for 3.0 s")),
+        "{}",
+        cut.stderr
+    );
+    // Open MPI's daemons end too once their links time out.
+    assert!(
+        wait_until(Duration::from_secs(30), || hosts
+            .script("pids")
+            .trim()
+            .is_empty()),
+        "left running: {}",
+        hosts.script("pids")
+    );
+    let partial = std::fs::read_to_string(&out).unwrap();
+    let done = partial.lines().count();
+    assert!(done < 1_000, "the job should have stopped early");
+    assert!(
+        want.stdout_str().starts_with(&partial),
+        "not an ordered prefix"
+    );
+    let resumed = mpirun(3, &[], &job).run();
+    resumed.assert_code(0);
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("resumed after {done} records")),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }

@@ -128,6 +128,12 @@ fn resume_cuts_a_partial_last_line() {
         let prefix: String = expected.split_inclusive('\n').take(keep).collect();
         for garbage in ["{\"n\":", "{\"error\":{\"kind\":\"task_e", "x"] {
             std::fs::write(&output, format!("{prefix}{garbage}")).unwrap();
+            // What the reference run (same task, same input) left beside its output.
+            std::fs::copy(
+                dir.path().join("reference.jsonl.procpool-resume"),
+                dir.path().join("out.jsonl.procpool-resume"),
+            )
+            .unwrap();
             let out = command(&fast, &output, true).run();
             out.assert_code(1);
             let resumed = std::fs::read_to_string(&output).unwrap();
@@ -194,4 +200,133 @@ fn resume_with_age_csv() {
     std::fs::write(&output, format!("{prefix}{{\"na")).unwrap();
     args(true).run().assert_code(0);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+}
+
+/// Every line of a job log after its header: `seq pid start duration outcome`.
+fn joblog_seqs(path: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.ends_with('\n'), "job log ends in a partial line");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("seq\tpid\tstart\tduration_s\toutcome"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 5, "malformed job-log line {l:?}");
+            f[2].parse::<f64>().unwrap();
+            f[3].parse::<f64>().unwrap();
+            (f[0].parse().unwrap(), f[4].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn joblog_holds_one_line_per_record_after_sigkills_and_resumes() {
+    let dir = tempdir();
+    let expected = reference(dir.path());
+    let slow = write_file(dir.path(), "slow.jsonl", input(true));
+    let output = dir.path().join("out.jsonl");
+    let joblog = dir.path().join("jobs.tsv");
+    let with_log = |resume: bool| command(&slow, &output, resume).arg("--joblog").arg(&joblog);
+    // Killed three times, at different points, each time resumed.
+    let mut resume = false;
+    for at in [40, 130, 250] {
+        let mut run = with_log(resume).spawn();
+        run.wait_for("part of the output", |_| lines_in(&output) >= at);
+        run.signal(libc::SIGKILL);
+        run.wait();
+        resume = true;
+    }
+    with_log(true).run().assert_code(1);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &expected,
+        "resumed output",
+    );
+    let log = joblog_seqs(&joblog);
+    let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "one line per record, in order"
+    );
+    for (seq, outcome) in log {
+        let want = if fails(seq) { "task_error" } else { "ok" };
+        assert_eq!(outcome, want, "record {seq}");
+    }
+}
+
+#[test]
+fn resume_of_another_runs_output_is_refused() {
+    let dir = tempdir();
+    let _ = reference(dir.path());
+    let reference_out = dir.path().join("reference.jsonl");
+    let before = std::fs::read(&reference_out).unwrap();
+    // A 400-line output resumed with a 3-record input.
+    let small = write_file(
+        dir.path(),
+        "small.jsonl",
+        fault_input([(1, ""), (2, ""), (3, "")]),
+    );
+    let out = command(&small, &reference_out, true).run();
+    out.assert_code(2);
+    let e = out.the_error();
+    assert!(
+        e.contains("cannot --resume") && e.contains("does not begin with"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&reference_out).unwrap(),
+        before,
+        "the output changed"
+    );
+    // Another task, or other parameters.
+    let fast = dir.path().join("fast.jsonl");
+    let out = coordinator(["--task", "primes", "--input"])
+        .arg(&fast)
+        .arg("--output")
+        .arg(&reference_out)
+        .arg("--resume")
+        .run();
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("task `fault`"),
+        "{}",
+        out.the_error()
+    );
+    // An output with no sidecar (not written by a run) is not trusted either.
+    let foreign = write_file(dir.path(), "foreign.jsonl", "{\"n\":0}\n{\"n\":1}\n");
+    let out = command(fast.to_str().unwrap(), Path::new(&foreign), true).run();
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("procpool-resume"),
+        "{}",
+        out.the_error()
+    );
+    // The same run resumes fine (nothing left to do).
+    command(fast.to_str().unwrap(), &reference_out, true).run();
+    assert_eq!(std::fs::read(&reference_out).unwrap(), before);
+}
+
+#[test]
+fn age_parameters_are_part_of_the_run() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "p.csv",
+        "name,field,born,nobel\nA,math,1900,no\nB,math,1901,no\n",
+    );
+    let output = dir.path().join("ages.jsonl");
+    let run = |year: &str, resume: bool| {
+        let c =
+            coordinator(["--input", &input, "--workers", "1", "--year", year, "-o"]).arg(&output);
+        if resume { c.arg("--resume") } else { c }.run()
+    };
+    run("2000", false).assert_code(0);
+    let out = run("2001", true);
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("parameters"),
+        "{}",
+        out.the_error()
+    );
 }

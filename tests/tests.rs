@@ -9,10 +9,13 @@ mod util;
 
 mod demo;
 mod faults;
+mod files;
+mod heartbeat;
 mod input;
 mod library;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod preflight;
 mod resume;
 mod signals;

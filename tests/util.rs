@@ -77,6 +77,8 @@ pub struct Cmd {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
+    stdin_from: Option<PathBuf>,
+    stdout_to: Option<PathBuf>,
     env: Vec<(String, String)>,
     deadline: Duration,
 }
@@ -100,6 +102,8 @@ impl Cmd {
             program: None,
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
+            stdin_from: None,
+            stdout_to: None,
             env: Vec::new(),
             deadline: DEADLINE,
         }
@@ -132,6 +136,19 @@ impl Cmd {
         self
     }
 
+    /// Stdin is this file (as by `< path`).
+    pub fn stdin_from(mut self, path: impl Into<PathBuf>) -> Cmd {
+        self.stdin_from = Some(path.into());
+        self
+    }
+
+    /// Stdout goes to this file (opened for appending, as by `>>`), or
+    /// device, instead of being collected.
+    pub fn stdout_to(mut self, path: impl Into<PathBuf>) -> Cmd {
+        self.stdout_to = Some(path.into());
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Cmd {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -154,12 +171,22 @@ impl Cmd {
         let mut command = Command::new(self.program.unwrap_or_else(coordinator_bin));
         command
             .args(&self.args)
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+            .stdin(match (&self.stdin, &self.stdin_from) {
+                (Some(_), _) => Stdio::piped(),
+                (None, Some(p)) => std::fs::File::open(p)
+                    .expect("open the file for the coordinator's stdin")
+                    .into(),
+                (None, None) => Stdio::null(),
             })
-            .stdout(Stdio::piped())
+            .stdout(match &self.stdout_to {
+                None => Stdio::piped(),
+                Some(p) => std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(p)
+                    .expect("open the file for the coordinator's stdout")
+                    .into(),
+            })
             .stderr(Stdio::piped())
             // Tests assert on the default log format and level.
             .env_remove("RUST_LOG")
@@ -178,7 +205,7 @@ impl Cmd {
         }
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout_reader = collect(child.stdout.take().expect("piped stdout"), &stdout);
+        let stdout_reader = child.stdout.take().map(|pipe| collect(pipe, &stdout));
         let stderr_reader = collect(child.stderr.take().expect("piped stderr"), &stderr);
         Running {
             child,
@@ -188,7 +215,7 @@ impl Cmd {
             deadline: self.deadline,
             stdout,
             stderr,
-            stdout_reader: Some(stdout_reader),
+            stdout_reader,
             stderr_reader: Some(stderr_reader),
             status: None,
             _stdin_writer: threads,

@@ -3,7 +3,9 @@
 mod cli;
 mod input;
 mod output;
+mod paths;
 mod report;
+mod resume;
 mod run;
 mod scale;
 mod threads;

@@ -1,47 +1,165 @@
-//! The ordered JSON-lines output, and resuming from it.
+//! The ordered JSON-lines output and the job log, and resuming from them.
+//!
+//! Both files go through one write path: lines are buffered together and
+//! written out together, the job log's first, so that whatever a crash (even
+//! `kill -9`) leaves, the job log holds at least the records the output
+//! holds; resuming cuts it back to exactly those.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use procpool::RecordError;
 use serde::Serialize;
 
-/// Writes one JSON object per line. Lines of slow records are flushed at
-/// once; fast runs are buffered, and a background thread flushes whatever
-/// waits every 100 ms, so that a finished line never sits unwritten while a
-/// slow record runs.
+use crate::report::JobEntry;
+use crate::resume::Sidecar;
+
+/// Buffered bytes beyond which lines are written out at once.
+const WRITE_OUT_BYTES: usize = 256 << 10;
+/// How often the resume sidecar is rewritten while lines are written out.
+const SIDECAR_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes one JSON object per line (and a job-log line per record). Lines of
+/// slow records are written out at once; fast runs are buffered, and a
+/// background thread writes out whatever waits every 100 ms, so that a
+/// finished line never sits unwritten while a slow record runs.
 pub struct Output {
     shared: Arc<Shared>,
     line: Vec<u8>,
 }
 
 struct Shared {
-    out: Mutex<BufWriter<Box<dyn Write + Send>>>,
+    sinks: Mutex<Sinks>,
     dirty: AtomicBool,
     closed: AtomicBool,
 }
 
+/// One file written, with what it is called in errors.
+struct Sink {
+    name: String,
+    file: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        self.file.flush()
+    }
+}
+
+struct Sinks {
+    out: Sink,
+    joblog: Option<Sink>,
+    sidecar: Option<(Sidecar, Instant)>,
+    /// Records written out, and records still in the buffers.
+    written: u64,
+    buffered: u64,
+    /// The first write error, repeated to every later call: a run whose
+    /// output cannot be written stops.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl Sinks {
+    fn check(&self) -> io::Result<()> {
+        match &self.failed {
+            Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Job log first, then the output, then (now and then) the sidecar.
+    fn write_out(&mut self, final_: bool) -> io::Result<()> {
+        self.check()?;
+        let mut result = Ok(());
+        if let Some(j) = self.joblog.as_mut() {
+            result = j.write_out().map_err(|e| named(&j.name, e));
+        }
+        if result.is_ok() {
+            result = self.out.write_out().map_err(|e| named(&self.out.name, e));
+        }
+        if let Err(e) = &result {
+            self.failed = Some((e.kind(), e.to_string()));
+            return result;
+        }
+        self.written += std::mem::take(&mut self.buffered);
+        if let Some((sidecar, last)) = self.sidecar.as_mut() {
+            if final_ || last.elapsed() >= SIDECAR_EVERY {
+                *last = Instant::now();
+                sidecar.records = self.written;
+                if let Err(e) = sidecar.save() {
+                    let e = io::Error::new(e.kind(), format!("{e}"));
+                    self.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An I/O error that says which file it is about.
+fn named(name: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot write {name}: {e}"))
+}
+
+/// Where the output goes and how it starts.
+pub struct OutputSpec<'a> {
+    /// The file, or stdout.
+    pub path: Option<&'a Path>,
+    /// Append to what a previous run wrote.
+    pub append: bool,
+    /// The job log, opened (and, on resume, cut) by [`crate::report::open_joblog`].
+    pub joblog: Option<(PathBuf, File)>,
+    /// The resume sidecar kept next to the output.
+    pub sidecar: Option<Sidecar>,
+}
+
 impl Output {
-    /// Stdout, or a file created (or, with `resume`, appended to).
-    pub fn open(path: Option<&Path>, resume: bool) -> anyhow::Result<Output> {
-        let sink: Box<dyn Write + Send> = match path {
-            None => Box::new(io::stdout()),
+    /// Stdout, or a file created (or appended to).
+    pub fn open(spec: OutputSpec<'_>) -> anyhow::Result<Output> {
+        let (name, file): (String, Box<dyn Write + Send>) = match spec.path {
+            None => ("stdout".into(), Box::new(io::stdout())),
             Some(p) => {
-                let file = if resume {
+                let file = if spec.append {
                     OpenOptions::new().append(true).create(true).open(p)
                 } else {
                     File::create(p)
                 };
-                Box::new(file.with_context(|| format!("cannot open output {}", p.display()))?)
+                let file = file.with_context(|| format!("cannot open output {}", p.display()))?;
+                (format!("output {}", p.display()), Box::new(file))
             }
         };
+        let joblog = spec.joblog.map(|(path, file)| Sink {
+            name: format!("job log {}", path.display()),
+            file: Box::new(file),
+            buf: Vec::with_capacity(64 << 10),
+        });
+        let mut sinks = Sinks {
+            out: Sink {
+                name,
+                file,
+                buf: Vec::with_capacity(WRITE_OUT_BYTES + (64 << 10)),
+            },
+            joblog,
+            sidecar: spec.sidecar.map(|s| (s, Instant::now())),
+            written: 0,
+            buffered: 0,
+            failed: None,
+        };
+        // The sidecar exists before the first line does.
+        sinks.written = sinks.sidecar.as_ref().map_or(0, |(s, _)| s.records);
+        sinks.write_out(true)?;
         let shared = Arc::new(Shared {
-            out: Mutex::new(BufWriter::with_capacity(256 << 10, sink)),
+            sinks: Mutex::new(sinks),
             dirty: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -55,9 +173,9 @@ impl Output {
                     return;
                 }
                 if shared.dirty.swap(false, Ordering::Relaxed) {
-                    if let Ok(mut out) = shared.out.lock() {
-                        // An error shows again on the writer's next flush.
-                        let _ = out.flush();
+                    if let Ok(mut sinks) = shared.sinks.lock() {
+                        // An error is kept and returned to the writer's next call.
+                        let _ = sinks.write_out(false);
                     }
                 }
             })
@@ -69,46 +187,47 @@ impl Output {
     }
 
     /// Write a result line.
-    pub fn ok<O: Serialize>(&mut self, value: &O, took: Duration) -> io::Result<()> {
+    pub fn ok<O: Serialize>(&mut self, value: &O, entry: JobEntry) -> io::Result<()> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, value).map_err(io::Error::other)?;
-        self.end_line(took)
+        self.end_line(entry)
     }
 
     /// Write a failed record's line, in its place.
-    pub fn failed(&mut self, seq: u64, error: &RecordError, took: Duration) -> io::Result<()> {
-        let line = serde_json::json!({
-            "seq": seq,
-            "error": { "kind": error_kind(error), "message": error.to_string() },
-        });
+    pub fn failed(&mut self, seq: u64, error: &RecordError, entry: JobEntry) -> io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, &line).map_err(io::Error::other)?;
-        self.end_line(took)
+        serde_json::to_writer(&mut self.line, &error_line(seq, error)).map_err(io::Error::other)?;
+        self.end_line(entry)
     }
 
-    fn end_line(&mut self, took: Duration) -> io::Result<()> {
+    fn end_line(&mut self, entry: JobEntry) -> io::Result<()> {
         self.line.push(b'\n');
-        let mut out = self
+        let mut sinks = self
             .shared
-            .out
+            .sinks
             .lock()
             .map_err(|_| io::Error::other("output lock poisoned"))?;
-        out.write_all(&self.line)?;
-        if took >= Duration::from_millis(10) {
-            out.flush()?;
+        sinks.check()?;
+        sinks.out.buf.extend_from_slice(&self.line);
+        if let Some(j) = sinks.joblog.as_mut() {
+            entry.write_to(&mut j.buf);
+        }
+        sinks.buffered += 1;
+        if entry.duration >= Duration::from_millis(10) || sinks.out.buf.len() >= WRITE_OUT_BYTES {
+            sinks.write_out(false)?;
         } else {
             self.shared.dirty.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Write out everything buffered.
+    /// Write out everything buffered, and the sidecar.
     pub fn flush(&mut self) -> io::Result<()> {
         self.shared
-            .out
+            .sinks
             .lock()
             .map_err(|_| io::Error::other("output lock poisoned"))?
-            .flush()
+            .write_out(true)
     }
 }
 
@@ -116,6 +235,14 @@ impl Drop for Output {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
     }
+}
+
+/// The line a failed record leaves in the output, in its place.
+pub fn error_line(seq: u64, error: &RecordError) -> serde_json::Value {
+    serde_json::json!({
+        "seq": seq,
+        "error": { "kind": error_kind(error), "message": error.to_string() },
+    })
 }
 
 /// A short machine-readable name for each way a record can fail.
@@ -168,7 +295,8 @@ pub fn prepare_resume(path: &Path) -> anyhow::Result<u64> {
             path.display(),
             pos - complete_len
         );
-        file.set_len(complete_len)?;
+        file.set_len(complete_len)
+            .with_context(|| format!("cannot cut {}", path.display()))?;
         file.seek(SeekFrom::End(0))?;
     }
     Ok(lines)
@@ -194,7 +322,7 @@ mod tests {
     fn failed_lines_name_the_kind() {
         let e = RecordError::Panicked("boom".into());
         assert_eq!(error_kind(&e), "panicked");
-        let line = serde_json::json!({"seq": 3, "error": {"kind": error_kind(&e), "message": e.to_string()}});
+        let line = error_line(3, &e);
         assert_eq!(
             line.to_string(),
             r#"{"error":{"kind":"panicked","message":"task panicked: boom"},"seq":3}"#

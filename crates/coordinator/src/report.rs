@@ -2,7 +2,7 @@
 //! JSON) and the job log.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -140,64 +140,127 @@ impl Stats {
     }
 
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        let file =
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        serde_json::to_writer_pretty(BufWriter::new(file), self)
-            .with_context(|| format!("cannot write {}", path.display()))
+        let named = |what: &str| format!("cannot {what} statistics file {}", path.display());
+        let mut out = BufWriter::new(File::create(path).with_context(|| named("create"))?);
+        serde_json::to_writer_pretty(&mut out, self).with_context(|| named("write"))?;
+        // A write error may show only when the buffer is written out.
+        out.flush().with_context(|| named("write"))
     }
-}
-
-/// `--joblog`: one tab-separated line per record, in the order written.
-pub struct JobLog {
-    out: BufWriter<File>,
 }
 
 /// The job log's header line (its columns).
 pub const JOBLOG_HEADER: &str = "seq\tpid\tstart\tduration_s\toutcome";
 
-impl JobLog {
-    pub fn create(path: &Path, append: bool) -> anyhow::Result<JobLog> {
-        let exists = path.exists();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(path)
-            .with_context(|| format!("cannot create job log {}", path.display()))?;
-        let mut log = JobLog {
-            out: BufWriter::new(file),
-        };
-        if !(append && exists) {
-            writeln!(log.out, "{JOBLOG_HEADER}")?;
-        }
-        Ok(log)
-    }
+/// `--joblog`: one tab-separated line per record, written with the record's
+/// output line (see [`crate::output::Output`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JobEntry {
+    pub seq: u64,
+    pub pid: u32,
+    pub started_us: u64,
+    pub duration: Duration,
+    pub outcome: &'static str,
+}
 
-    pub fn record(
-        &mut self,
+impl JobEntry {
+    pub fn new(
         seq: u64,
         pid: u32,
         started_us: u64,
         duration: Duration,
         result: Result<(), &RecordError>,
-    ) -> io::Result<()> {
-        let outcome = match result {
-            Ok(()) => "ok",
-            Err(e) => error_kind(e),
-        };
-        writeln!(
-            self.out,
-            "{seq}\t{pid}\t{}.{:06}\t{:.6}\t{outcome}",
-            started_us / 1_000_000,
-            started_us % 1_000_000,
-            duration.as_secs_f64()
-        )
+    ) -> JobEntry {
+        JobEntry {
+            seq,
+            pid,
+            started_us,
+            duration,
+            outcome: match result {
+                Ok(()) => "ok",
+                Err(e) => error_kind(e),
+            },
+        }
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    pub fn write_to(&self, buf: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(
+            buf,
+            "{}\t{}\t{}.{:06}\t{:.6}\t{}",
+            self.seq,
+            self.pid,
+            self.started_us / 1_000_000,
+            self.started_us % 1_000_000,
+            self.duration.as_secs_f64(),
+            self.outcome
+        );
     }
+}
+
+/// Open the job log. Fresh: created with its header. Resuming after
+/// `records` records: cut to its header and exactly those records' lines
+/// (a crash can leave it ahead of the output, or with a partial last line),
+/// then appended to.
+pub fn open_joblog(path: &Path, resume_after: Option<u64>) -> anyhow::Result<File> {
+    let named = |what: &str| format!("cannot {what} job log {}", path.display());
+    let Some(records) = resume_after else {
+        let mut file = File::create(path).with_context(|| named("create"))?;
+        writeln!(file, "{JOBLOG_HEADER}").with_context(|| named("write"))?;
+        return Ok(file);
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| named("open"))?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).with_context(|| named("read"))?;
+    // Keep the header and `records` complete lines after it.
+    let mut keep = 0usize;
+    let mut lines = 0u64;
+    let wanted = records + 1;
+    for (i, b) in text.iter().enumerate() {
+        if lines == wanted {
+            break;
+        }
+        if *b == b'\n' {
+            lines += 1;
+            keep = i + 1;
+        }
+    }
+    if lines == 0 {
+        // Empty (or only a partial header): start it again.
+        keep = 0;
+    } else if !text.starts_with(JOBLOG_HEADER.as_bytes()) {
+        anyhow::bail!(
+            "{} is not a job log (its first line is not `{}`): refusing to resume into it",
+            path.display(),
+            JOBLOG_HEADER.replace('\t', " ")
+        );
+    }
+    if lines > 0 && lines < wanted {
+        log::warn!(
+            "job log {} holds {} records but the output holds {records}: the lines of the others are missing",
+            path.display(),
+            lines - 1
+        );
+    }
+    if keep < text.len() {
+        log::info!(
+            "job log {}: dropping {} bytes written after the output's last record",
+            path.display(),
+            text.len() - keep
+        );
+    }
+    file.set_len(keep as u64).with_context(|| named("cut"))?;
+    file.seek(SeekFrom::End(0))
+        .with_context(|| named("seek in"))?;
+    if keep == 0 {
+        writeln!(file, "{JOBLOG_HEADER}").with_context(|| named("write"))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -207,38 +270,51 @@ mod tests {
 
     #[test]
     fn joblog_lines_have_the_documented_columns() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("jobs.tsv");
-        let mut log = JobLog::create(&p, false).unwrap();
-        log.record(
+        let mut buf = Vec::new();
+        JobEntry::new(
             0,
             42,
             1_700_000_000_123_456,
             Duration::from_millis(1500),
             Ok(()),
         )
-        .unwrap();
-        log.record(1, 43, 5, Duration::ZERO, Err(&RecordError::Cancelled))
-            .unwrap();
-        log.flush().unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
+        .write_to(&mut buf);
+        JobEntry::new(1, 43, 5, Duration::ZERO, Err(&RecordError::Cancelled)).write_to(&mut buf);
         assert_eq!(
-            text,
-            "seq\tpid\tstart\tduration_s\toutcome\n\
-             0\t42\t1700000000.123456\t1.500000\tok\n\
+            String::from_utf8(buf).unwrap(),
+            "0\t42\t1700000000.123456\t1.500000\tok\n\
              1\t43\t0.000005\t0.000000\tcancelled\n"
         );
-        // Appending (resume) keeps one header.
-        drop(log);
-        let mut log = JobLog::create(&p, true).unwrap();
-        log.record(2, 44, 0, Duration::ZERO, Ok(())).unwrap();
-        log.flush().unwrap();
+    }
+
+    #[test]
+    fn resuming_cuts_the_joblog_to_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("jobs.tsv");
+        drop(open_joblog(&p, None).unwrap());
         assert_eq!(
-            std::fs::read_to_string(&p)
-                .unwrap()
-                .matches("seq\t")
-                .count(),
-            1
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{JOBLOG_HEADER}\n")
         );
+        // Ahead of the output by one record and a partial line.
+        let ahead = format!("{JOBLOG_HEADER}\n0\t1\t0.0\t0.0\tok\n1\t1\t0.0\t0.0\tok\n2\t1\t0.");
+        std::fs::write(&p, &ahead).unwrap();
+        let mut f = open_joblog(&p, Some(1)).unwrap();
+        writeln!(f, "1\t2\t0.0\t0.0\tok").unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{JOBLOG_HEADER}\n0\t1\t0.0\t0.0\tok\n1\t2\t0.0\t0.0\tok\n")
+        );
+        // Missing or empty: a header, then appended.
+        let q = dir.path().join("new.tsv");
+        drop(open_joblog(&q, Some(5)).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&q).unwrap(),
+            format!("{JOBLOG_HEADER}\n")
+        );
+        // Not a job log: refused.
+        std::fs::write(&q, "{\"n\":1}\n").unwrap();
+        assert!(open_joblog(&q, Some(1)).is_err());
     }
 }

@@ -23,8 +23,8 @@ use signal_hook::iterator::Signals;
 
 use crate::cli::{Backend, Executor, RunArgs, WorkerArgs};
 use crate::input::{BadRecord, RecordReader};
-use crate::output::{self, Output};
-use crate::report::{JobLog, Stats};
+use crate::output::{Output, OutputSpec};
+use crate::report::{open_joblog, JobEntry, Stats};
 use crate::threads::ThreadMap;
 
 /// Tasks the command line can feed (it must know their input and output types).
@@ -37,6 +37,11 @@ fn current_year() -> i32 {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything is opened for writing.
+    crate::paths::check_distinct(&crate::paths::of_run(args))?;
+    if let Some(p) = &args.stats_json {
+        crate::paths::check_writable("--stats-json", p)?;
+    }
     let demo = args.input.is_none();
     if !CLI_TASKS.contains(&args.task.as_str()) {
         bail!(
@@ -61,19 +66,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Workers as the other ranks of this MPI job.
+/// Workers as MPI ranks: the other ranks of this MPI job, or, with
+/// `--workers N` and no other ranks, N ranks spawned with `MPI_Comm_spawn`.
 #[cfg(feature = "mpi")]
-fn use_mpi(builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
-    if !procpool::mpi::launched_by_mpi() {
-        bail!(
-            "--backend mpi: this coordinator was not started by an MPI launcher; run it as rank 0, e.g. `mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`"
-        );
+fn use_mpi(builder: PoolBuilder, args: &RunArgs) -> anyhow::Result<PoolBuilder> {
+    match args.workers {
+        Some(n) => Ok(builder
+            .worker_bin(worker_bin(&args.worker)?)
+            .mpi_spawn(n)),
+        None if procpool::mpi::launched_by_mpi() => Ok(builder.mpi()),
+        None => bail!(
+            "--backend mpi: this coordinator was not started by an MPI launcher and has no --workers to spawn; run it as rank 0 with its workers (`mpirun -n 1 coordinator --backend mpi ... : -n 3 worker`), or let it spawn them (`coordinator --backend mpi --workers 3`)"
+        ),
     }
-    Ok(builder.mpi())
 }
 
 #[cfg(not(feature = "mpi"))]
-fn use_mpi(_builder: PoolBuilder) -> anyhow::Result<PoolBuilder> {
+fn use_mpi(_builder: PoolBuilder, _args: &RunArgs) -> anyhow::Result<PoolBuilder> {
     bail!(
         "--backend mpi: this coordinator was built without MPI support; rebuild with `cargo build --release -p procpool-coordinator -p procpool-worker-bin --features procpool-coordinator/mpi,procpool-worker-bin/mpi`"
     )
@@ -234,10 +243,14 @@ where
     T::Output: Serialize,
 {
     let started = Instant::now();
-    let resume_from = match (&args.output, args.resume) {
-        (Some(path), true) => output::prepare_resume(path)?,
-        _ => 0,
-    };
+    let resume = crate::resume::plan(
+        args.output.as_deref(),
+        args.resume,
+        args.input.as_deref(),
+        T::NAME,
+        serde_json::to_value(&task)?,
+    )?;
+    let resume_from = resume.skip;
     let reader: RecordReader<T::Input> = match &args.input {
         None => RecordReader::demo(args.max_record_bytes),
         Some(path) => RecordReader::open(path, args.max_record_bytes)?,
@@ -269,7 +282,7 @@ where
                 .shutdown_grace(args.grace);
             builder = match args.backend {
                 Backend::Local => builder.worker_bin(worker_bin(&args.worker)?),
-                Backend::Mpi => use_mpi(builder)?,
+                Backend::Mpi => use_mpi(builder, args)?,
             };
             if let Some(n) = args.chunksize {
                 builder = builder.chunk_size(n);
@@ -329,6 +342,8 @@ where
             .spawn(move || {
                 for sig in signals.forever() {
                     if mpi && sig == SIGTERM {
+                        #[cfg(feature = "mpi")]
+                        procpool::mpi::end_job();
                         warn!(
                             "SIGTERM under MPI: the launcher is ending the job (usually because a rank failed; see its message); the output keeps every complete record in order, and `--resume` continues the job"
                         );
@@ -411,11 +426,19 @@ where
         (None, None) => bail!("no executor"),
     };
 
-    let mut out = Output::open(args.output.as_deref(), args.resume)?;
-    let mut joblog = match &args.joblog {
-        Some(p) => Some(JobLog::create(p, args.resume)?),
+    let joblog = match &args.joblog {
+        Some(p) => Some((
+            p.clone(),
+            open_joblog(p, args.resume.then_some(resume_from))?,
+        )),
         None => None,
     };
+    let mut out = Output::open(OutputSpec {
+        path: args.output.as_deref(),
+        append: args.resume,
+        joblog,
+        sidecar: resume.sidecar,
+    })?;
     let mut records = 0u64;
     let mut failures: Vec<(u64, RecordError)> = Vec::new();
     let mut stopped_early = false;
@@ -425,19 +448,17 @@ where
             stopped_early = true;
             break;
         }
-        if let Some(j) = joblog.as_mut() {
-            j.record(
-                seq,
-                done.pid.unwrap_or(0),
-                done.started_us.unwrap_or(0),
-                done.duration,
-                done.result.as_ref().map(|_| ()),
-            )?;
-        }
+        let entry = JobEntry::new(
+            seq,
+            done.pid.unwrap_or(0),
+            done.started_us.unwrap_or(0),
+            done.duration,
+            done.result.as_ref().map(|_| ()),
+        );
         match done.result {
-            Ok(value) => out.ok(&value, done.duration)?,
+            Ok(value) => out.ok(&value, entry)?,
             Err(e) => {
-                out.failed(seq, &e, done.duration)?;
+                out.failed(seq, &e, entry)?;
                 error!("record #{seq} failed: {e}");
                 failures.push((seq, e));
                 if args.fail_fast {
@@ -456,10 +477,7 @@ where
         progress.tick(records);
     }
     progress.finish();
-    out.flush().context("cannot write the output")?;
-    if let Some(j) = joblog.as_mut() {
-        j.flush().context("cannot write the job log")?;
-    }
+    out.flush()?;
     let stats = pool.map(|p| p.shutdown()).unwrap_or_default();
     signals_handle.close();
 

@@ -28,6 +28,15 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<ExitCode> {
     if args.workers.is_empty() || args.workers.contains(&0) {
         bail!("--workers needs a list of counts of at least 1, e.g. 1,2,4,8");
     }
+    // Before measuring, which takes a while.
+    if let Some(path) = &args.chart {
+        let mut files = vec![crate::paths::RunFile::written("--chart", path)];
+        if let Some(input) = &args.input {
+            files.insert(0, crate::paths::RunFile::read("--input", input));
+        }
+        crate::paths::check_distinct(&files)?;
+        crate::paths::check_writable("--chart", path)?;
+    }
     let points = match args.task.as_str() {
         "primes" => sweep(args, || Primes, primes_input(args)?)?,
         "locked" => sweep(args, || Locked, primes_input(args)?)?,
@@ -44,7 +53,8 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<ExitCode> {
     };
     println!("{}", table(&points));
     if let Some(path) = &args.chart {
-        chart(&points, path, &args.task)?;
+        chart(&points, path, &args.task)
+            .with_context(|| format!("cannot write chart {}", path.display()))?;
         info!("chart written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -23,8 +23,12 @@ pub(crate) struct Chunk {
     pub seqs: Vec<u64>,
     data: Vec<u8>,
     ends: Vec<usize>,
-    /// How many workers died while running (part of) this chunk.
+    /// How many fresh workers died running this chunk's one record (the
+    /// deaths charged to it).
     pub deaths: u32,
+    /// A worker died while this chunk may have been running: it goes to a
+    /// fresh worker, on which a death is proof against it.
+    pub suspect: bool,
 }
 
 impl Chunk {
@@ -91,10 +95,11 @@ impl Chunk {
                 .map(|e| e - byte_at)
                 .collect(),
             deaths: self.deaths,
+            suspect: self.suspect,
         }
     }
 
-    /// One chunk per record, each keeping this chunk's death count.
+    /// One chunk per record, each keeping this chunk's death count and suspicion.
     pub fn into_singletons(mut self) -> Vec<Chunk> {
         let mut out = Vec::with_capacity(self.len());
         while self.len() > 1 {

@@ -77,6 +77,9 @@ pub enum WorkerEnd {
     ProtocolError(String),
     /// Killed at shutdown because it did not stop within the grace period.
     Killed,
+    /// Killed because it held records and sent nothing, not even a
+    /// heartbeat, for the liveness timeout (stopped, deadlocked, cut off).
+    Unresponsive,
 }
 
 impl fmt::Display for WorkerEnd {
@@ -88,6 +91,7 @@ impl fmt::Display for WorkerEnd {
             WorkerEnd::TimedOut => write!(f, "timed out"),
             WorkerEnd::ProtocolError(e) => write!(f, "protocol error: {e}"),
             WorkerEnd::Killed => write!(f, "killed at shutdown"),
+            WorkerEnd::Unresponsive => write!(f, "unresponsive (killed)"),
         }
     }
 }
@@ -163,6 +167,9 @@ pub enum HandshakeFailure {
         /// The pid of the process started.
         started: u32,
     },
+    /// No worker could be started or replaced (e.g. too many failed in a row).
+    #[error("no worker could be started: {0}")]
+    Unavailable(String),
     /// It broke the protocol: another protocol version, garbage, or a
     /// message out of turn.
     #[error("broke the protocol: {0}")]

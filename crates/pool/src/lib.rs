@@ -79,8 +79,10 @@
 //!
 //! Task errors and panics fail one record ([`RecordError`]); the worker lives
 //! on. A worker that dies is replaced and its records are sent again (a
-//! record that kills `retries + 1` workers while running alone fails). See the supervisor's
-//! README for the worker lifecycle.
+//! record that kills `retries + 1` fresh workers, running alone as their
+//! first record, fails). A worker that holds records and sends nothing, not
+//! even a heartbeat, for [`PoolBuilder::liveness_timeout`] is declared dead.
+//! See the supervisor's README for the worker lifecycle.
 
 mod chunk;
 mod error;
@@ -94,6 +96,7 @@ mod fake;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod pool;
+mod preflight;
 mod process;
 mod reorder;
 mod stats;

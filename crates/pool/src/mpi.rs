@@ -1,6 +1,10 @@
-//! The MPI backend (cargo feature `mpi`): workers are MPI ranks 1..N that
-//! `mpirun` or Slurm started beside this coordinator (rank 0), reached
-//! through the same transport seam as local worker processes.
+//! The MPI backend (cargo feature `mpi`): workers are MPI ranks reached
+//! through the same transport seam as local worker processes. They are
+//! either the other ranks of this coordinator's job (`mpirun -n 1
+//! coordinator : -n N worker`, or Slurm's `srun --multi-prog`), or, when the
+//! coordinator is alone in its job (a singleton, or `mpirun -n 1`), N ranks
+//! it spawns itself with `MPI_Comm_spawn`. Either way they are ranks 1..N of
+//! one communicator whose rank 0 is this coordinator.
 //!
 //! All MPI calls of the coordinator happen on one thread (`procpool-mpi`,
 //! which initialises MPI with `Threading::Funneled`): it sends with
@@ -9,29 +13,93 @@
 //! events. A worker answers `Stop` with an empty `TAG_BYE` message, which
 //! stands for the closed channel of the local backend.
 //!
+//! Liveness: both sides send a heartbeat every `liveness / 4` (at most every
+//! 500 ms), from a thread of their own on the worker, so a rank busy in a
+//! long task still beats. A rank that sends nothing for the liveness timeout
+//! (stopped, hung, or cut off by the network) ends the job: the supervisor
+//! is told to stop at once (so the output is an ordered prefix that
+//! `--resume` completes), and the job is aborted with `MPI_Abort`. Workers
+//! end themselves the same way when the coordinator goes silent.
+//!
 //! What MPI cannot do: replace a worker (a rank that dies aborts the whole
 //! job; `--resume` continues it), kill one worker (so no record timeout),
 //! or recycle workers.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mpi::point_to_point::Destination;
+use mpi::raw::{AsRaw, FromRaw};
 use mpi::request::{Request, StaticScope};
+use mpi::topology::{InterCommunicator, MergeOrder, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::{Rank, Tag, Threading};
+use procpool_protocol::WorkerMessage;
 
 use crate::error::{PoolError, WorkerExit};
+use crate::supervisor::Command;
 use crate::transport::{decode_from_worker, Event, Launcher, Link};
 
-use procpool_protocol::{MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA};
+use procpool_protocol::{
+    MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA, MPI_TAG_HEARTBEAT as TAG_HEARTBEAT,
+};
+
+/// Environment variable: seconds a rank may stay silent before the job is
+/// ended (default [`DEFAULT_LIVENESS`]).
+pub const ENV_LIVENESS: &str = "PROCPOOL_MPI_LIVENESS";
+/// The exit code of an MPI job this coordinator aborted after a failure
+/// (a rank dead, silent or stuck): the output holds every record finished
+/// before it, in order, and the same command with `--resume` continues it.
+/// (`EX_TEMPFAIL`: a relaunch loop can tell it from bad input or options.)
+pub const EXIT_RELAUNCH: i32 = 75;
+
+/// How long a rank may stay silent by default.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(10);
+
+/// How to launch correctly, for the error messages of wrong launches.
+const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its workers beside it (`mpirun -n 1 coordinator --backend mpi ... : -n 4 worker`), or let a lone coordinator spawn them (`coordinator --backend mpi --workers 4`, alone or under `mpirun -n 1`)";
 
 /// Whether this process was started by an MPI launcher.
 pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
+}
+
+/// Set when the launcher is ending the job (e.g. the coordinator got
+/// SIGTERM from `mpirun` or Slurm because a rank failed).
+static JOB_ENDING: AtomicBool = AtomicBool::new(false);
+
+/// The MPI job is being torn down (SIGTERM from the launcher): stop at once
+/// without waiting out the grace period on ranks that cannot be killed one
+/// by one, keep the records finished so far, and abort the job.
+pub fn end_job() {
+    JOB_ENDING.store(true, Ordering::SeqCst);
+}
+
+/// The liveness timeout from [`ENV_LIVENESS`], or the default.
+pub(crate) fn liveness_from_env() -> Result<Duration, PoolError> {
+    match std::env::var(ENV_LIVENESS) {
+        Err(_) => Ok(DEFAULT_LIVENESS),
+        Ok(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e6)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                PoolError::Config(format!(
+                    "{ENV_LIVENESS}={s}: expected a number of seconds > 0"
+                ))
+            }),
+    }
+}
+
+/// How often to send heartbeats for a liveness timeout.
+pub(crate) fn heartbeat_period(liveness: Duration) -> Duration {
+    (liveness / 4).min(Duration::from_millis(500))
 }
 
 enum Cmd {
@@ -41,6 +109,18 @@ enum Cmd {
         gen: u64,
         requests: Receiver<Vec<u8>>,
     },
+    /// Give up on a rank (the supervisor "killed" it): report it closed.
+    Abandon { rank: Rank },
+    /// The pool is done with MPI: finalise (or abort) and end the thread.
+    Finish,
+}
+
+/// What the coordinator asks of MPI at start-up.
+pub(crate) struct MpiStart {
+    /// Spawn this many ranks of this binary if the job has no worker ranks.
+    pub spawn: Option<(Result<PathBuf, PoolError>, usize)>,
+    /// How long a rank may stay silent.
+    pub liveness: Duration,
 }
 
 /// Starts (attaches to) worker ranks and runs the MPI thread.
@@ -50,37 +130,41 @@ pub(crate) struct MpiLauncher {
 }
 
 impl MpiLauncher {
-    /// Initialise MPI on its own thread; returns the launcher and the number
-    /// of worker ranks (world size - 1).
-    pub fn start(events: Sender<Event>) -> Result<(MpiLauncher, usize), PoolError> {
+    /// Initialise MPI on its own thread (spawning workers if asked and
+    /// needed); returns the launcher and the number of worker ranks.
+    pub fn start(
+        events: Sender<Event>,
+        start: MpiStart,
+    ) -> Result<(MpiLauncher, usize), PoolError> {
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("procpool-mpi".into())
-            .spawn(move || mpi_thread(cmd_rx, events, ready_tx))
+            .spawn(move || mpi_thread(cmd_rx, events, ready_tx, start))
             .map_err(PoolError::Ipc)?;
-        let size = ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| PoolError::Config("MPI did not initialise within 30 s".into()))??;
-        if size < 2 {
-            return Err(PoolError::Config(format!(
-                "the MPI job has {size} rank(s): it needs the coordinator (rank 0) and at least one worker rank, e.g. `mpirun -n 1 coordinator --backend mpi : -n 3 worker`"
-            )));
-        }
+        let workers = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| {
+                PoolError::Config(
+                    "MPI did not initialise (or spawn its workers) within 60 s".into(),
+                )
+            })??;
         Ok((
             MpiLauncher {
                 cmds: Some(cmd_tx),
                 thread: Some(thread),
             },
-            size - 1,
+            workers,
         ))
     }
 }
 
 impl Drop for MpiLauncher {
     fn drop(&mut self) {
-        // Closing the command channel ends the MPI thread, which finalises MPI.
-        self.cmds = None;
+        // The links hold senders too: say it rather than close the channel.
+        if let Some(cmds) = self.cmds.take() {
+            let _ = cmds.send(Cmd::Finish);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -97,24 +181,23 @@ impl Launcher for MpiLauncher {
         let (tx, rx) = mpsc::channel();
         let rank = Rank::try_from(slot + 1)
             .map_err(|_| PoolError::Config(format!("no MPI rank for worker {slot}")))?;
-        self.cmds
-            .as_ref()
-            .and_then(|c| {
-                c.send(Cmd::Attach {
-                    rank,
-                    slot,
-                    gen,
-                    requests: rx,
-                })
-                .ok()
-            })
+        let cmds = self
+            .cmds
+            .clone()
             .ok_or_else(|| PoolError::Config("the MPI thread is gone".into()))?;
+        cmds.send(Cmd::Attach {
+            rank,
+            slot,
+            gen,
+            requests: rx,
+        })
+        .map_err(|_| PoolError::Config("the MPI thread is gone".into()))?;
         let _ = events.send(Event::Accepted {
             slot,
             gen,
             result: Ok(tx),
         });
-        Ok(Box::new(MpiLink { rank }))
+        Ok(Box::new(MpiLink { rank, cmds }))
     }
 
     fn respawns(&self) -> bool {
@@ -124,6 +207,7 @@ impl Launcher for MpiLauncher {
 
 struct MpiLink {
     rank: Rank,
+    cmds: Sender<Cmd>,
 }
 
 impl Link for MpiLink {
@@ -134,8 +218,10 @@ impl Link for MpiLink {
         format!("rank {}", self.rank)
     }
     fn kill(&mut self) {
-        // A rank cannot be killed alone; it stops when told to (the
-        // supervisor drops its writer).
+        // A rank cannot be killed alone: give up on it now (it is reported
+        // closed at once, so nothing waits for it), and the MPI thread
+        // aborts the job at the end instead of finalising.
+        let _ = self.cmds.send(Cmd::Abandon { rank: self.rank });
     }
     fn exited(&mut self) -> Option<WorkerExit> {
         None
@@ -143,7 +229,9 @@ impl Link for MpiLink {
     fn reap(&mut self, _patience: Duration) -> WorkerExit {
         WorkerExit::Code(0)
     }
-    fn abandon(&mut self) {}
+    fn abandon(&mut self) {
+        self.kill();
+    }
 }
 
 struct Peer {
@@ -152,128 +240,408 @@ struct Peer {
     gen: u64,
     requests: Receiver<Vec<u8>>,
     first: bool,
+    /// Reported closed to the supervisor.
     closed: bool,
+    /// Said goodbye (so it will finalise with us).
+    clean: bool,
 }
 
-fn mpi_thread(cmds: Receiver<Cmd>, events: Sender<Event>, ready: Sender<Result<usize, PoolError>>) {
+/// What the MPI thread knows of every rank of the communicator.
+struct RankState {
+    last_heard: Instant,
+    /// "pid P on host H", from its Hello.
+    name: Option<String>,
+    bye: bool,
+}
+
+/// Open the communicator whose ranks 1..N are the workers: the world, or
+/// the merge with ranks spawned here. Returns the number of worker ranks.
+fn open(
+    universe: &mpi::environment::Universe,
+    spawn: Option<(Result<PathBuf, PoolError>, usize)>,
+) -> Result<(SimpleCommunicator, usize), PoolError> {
+    let world = universe.world();
+    let (rank, size) = (world.rank(), world.size() as usize);
+    if rank != 0 {
+        return Err(PoolError::Config(format!(
+            "this coordinator is rank {rank} of an MPI job of {size}: there must be one coordinator, at rank 0; {HOW_TO_LAUNCH}"
+        )));
+    }
+    if size > 1 {
+        if let Some((_, n)) = spawn {
+            if n != size - 1 {
+                log::warn!(
+                    "--workers {n} ignored: the workers are the other {} ranks of this MPI job",
+                    size - 1
+                );
+            }
+        }
+        return Ok((world, size - 1));
+    }
+    let Some((bin, n)) = spawn else {
+        return Err(PoolError::Config(format!(
+            "this MPI job has only the coordinator and no worker ranks; {HOW_TO_LAUNCH}"
+        )));
+    };
+    let bin = bin?;
+    if n == 0 {
+        return Err(PoolError::Config("cannot spawn 0 workers".into()));
+    }
+    let command = std::ffi::CString::new(bin.as_os_str().as_encoded_bytes())
+        .map_err(|_| PoolError::Config(format!("worker path {} has a NUL byte", bin.display())))?;
+    let maxprocs =
+        i32::try_from(n).map_err(|_| PoolError::Config(format!("cannot spawn {n} MPI ranks")))?;
+    let mut errcodes = vec![0i32; n];
+    let mut intercomm = std::mem::MaybeUninit::<mpi::ffi::MPI_Comm>::uninit();
+    // SAFETY: MPI is initialised on this thread; `command` is a valid C
+    // string for the call's duration; argv is MPI_ARGV_NULL (a null
+    // pointer); `errcodes` has room for `maxprocs` codes; `intercomm` is
+    // written by the call (read only when it succeeded). Errors on
+    // MPI_COMM_SELF are set to return rather than abort, so a failed spawn
+    // is reported here.
+    let code = unsafe {
+        mpi::ffi::MPI_Comm_set_errhandler(mpi::ffi::RSMPI_COMM_SELF, mpi::ffi::RSMPI_ERRORS_RETURN);
+        mpi::ffi::MPI_Comm_spawn(
+            command.as_ptr(),
+            std::ptr::null_mut(),
+            maxprocs,
+            mpi::ffi::RSMPI_INFO_NULL,
+            0,
+            mpi::ffi::RSMPI_COMM_SELF,
+            intercomm.as_mut_ptr(),
+            errcodes.as_mut_ptr(),
+        )
+    };
+    if code != 0 || errcodes.iter().any(|&c| c != 0) {
+        return Err(PoolError::Config(format!(
+            "MPI_Comm_spawn of {n} ranks of {} failed (see the MPI library's message above; with more workers than cores, allow it with `mpirun --oversubscribe -n 1 ...` or OMPI_MCA_rmaps_base_oversubscribe=1)",
+            bin.display()
+        )));
+    }
+    // SAFETY: the spawn succeeded, so `intercomm` holds a live
+    // inter-communicator that nothing else owns.
+    let intercomm = unsafe { InterCommunicator::from_raw(intercomm.assume_init()) };
+    // The spawned ranks merge with MergeOrder::High: they come after us.
+    let comm = intercomm.merge(MergeOrder::Low);
+    log::info!("spawned {n} worker ranks of {}", bin.display());
+    Ok((comm, n))
+}
+
+fn mpi_thread(
+    cmds: Receiver<Cmd>,
+    events: Sender<Event>,
+    ready: Sender<Result<usize, PoolError>>,
+    start: MpiStart,
+) {
     let Some((universe, _provided)) = mpi::initialize_with_threading(Threading::Funneled) else {
         let _ = ready.send(Err(PoolError::Config(
             "MPI is already initialised in this process".into(),
         )));
         return;
     };
-    let world = universe.world();
-    let size = world.size() as usize;
-    let _ = ready.send(Ok(size));
-    let mut peers: Vec<Peer> = Vec::new();
-    // Messages of ranks not attached yet (their Hello can beat the attach).
-    let mut early: Vec<(Rank, Tag, Vec<u8>)> = Vec::new();
-    let mut sends: Vec<OwnedSend> = Vec::new();
-    let mut idle = 0u32;
-    'run: loop {
-        let mut busy = false;
+    let comm = match open(&universe, start.spawn) {
+        Ok((comm, workers)) => {
+            let _ = ready.send(Ok(workers));
+            comm
+        }
+        Err(e) => {
+            let several = universe.world().size() > 1;
+            let _ = ready.send(Err(e));
+            if several {
+                // The other ranks wait for a coordinator: end them too.
+                thread::sleep(Duration::from_millis(200)); // let the error be logged
+                abort(universe.world().as_raw(), 2);
+            }
+            return;
+        }
+    };
+    let mut thread = MpiThread {
+        ranks: (0..comm.size())
+            .map(|_| RankState {
+                last_heard: Instant::now(),
+                name: None,
+                bye: false,
+            })
+            .collect(),
+        comm,
+        events,
+        peers: Vec::new(),
+        early: Vec::new(),
+        sends: Vec::new(),
+        liveness: start.liveness,
+        failed_at: None,
+        all_abandoned: false,
+    };
+    let clean = thread.run(&cmds);
+    let raw = thread.comm.as_raw();
+    if clean {
+        drop(thread); // waits for unfinished sends
+        drop(universe); // MPI_Finalize, on the thread that initialised MPI
+    } else {
+        // A rank that did not say goodbye (dead, silent, stuck in a task past
+        // the grace period) would make MPI_Finalize wait forever: end the job.
+        log::error!("aborting the MPI job: not every worker rank stopped in order");
+        abort(raw, EXIT_RELAUNCH);
+    }
+}
+
+/// `MPI_Abort` on `comm`: the launcher ends every rank of the job.
+fn abort(comm: mpi::ffi::MPI_Comm, code: i32) -> ! {
+    // SAFETY: MPI is initialised on this thread and `comm` is a live
+    // communicator of it; MPI_Abort does not return (exit is the backstop).
+    unsafe {
+        mpi::ffi::MPI_Abort(comm, code);
+    }
+    std::process::exit(code)
+}
+
+struct MpiThread {
+    comm: SimpleCommunicator,
+    events: Sender<Event>,
+    ranks: Vec<RankState>,
+    peers: Vec<Peer>,
+    /// Messages of ranks not attached yet (their Hello can beat the attach).
+    early: Vec<(Rank, Tag, Vec<u8>)>,
+    sends: Vec<OwnedSend>,
+    liveness: Duration,
+    /// When the job was declared failed (then it is aborted, not finalised).
+    failed_at: Option<Instant>,
+    /// Every worker has been reported closed after the failure.
+    all_abandoned: bool,
+}
+
+impl MpiThread {
+    /// Serve until the launcher is dropped; `true` if every rank stopped in
+    /// order (so MPI can be finalised).
+    fn run(&mut self, cmds: &Receiver<Cmd>) -> bool {
+        let beat_every = heartbeat_period(self.liveness);
+        let beat: Vec<u8> = u64::try_from(self.liveness.as_millis())
+            .unwrap_or(u64::MAX)
+            .to_le_bytes()
+            .to_vec();
+        let mut next_beat = Instant::now();
+        let mut idle = Backoff::default();
         loop {
-            match cmds.try_recv() {
-                Ok(Cmd::Attach {
-                    rank,
-                    slot,
-                    gen,
-                    requests,
-                }) => {
-                    peers.push(Peer {
+            let mut busy = false;
+            loop {
+                match cmds.try_recv() {
+                    Ok(Cmd::Attach {
                         rank,
                         slot,
                         gen,
                         requests,
-                        first: true,
-                        closed: false,
-                    });
-                    let (now, later): (Vec<_>, Vec<_>) =
-                        early.drain(..).partition(|(r, _, _)| *r == rank);
-                    early = later;
-                    for (rank, tag, data) in now {
-                        route(&mut peers, &events, rank, tag, &data);
+                    }) => self.attach(rank, slot, gen, requests),
+                    Ok(Cmd::Abandon { rank }) => self.abandon(rank),
+                    Err(TryRecvError::Empty) => break,
+                    Ok(Cmd::Finish) | Err(TryRecvError::Disconnected) => {
+                        return self.failed_at.is_none() && self.peers.iter().all(|p| p.clean)
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => break 'run,
             }
-        }
-        for peer in &peers {
-            while let Ok(message) = peer.requests.try_recv() {
+            for peer in &self.peers {
+                while let Ok(message) = peer.requests.try_recv() {
+                    busy = true;
+                    self.sends.push(OwnedSend::start(
+                        &self.comm.process_at_rank(peer.rank),
+                        message,
+                        TAG_DATA,
+                    ));
+                }
+            }
+            while let Some((msg, status)) = self.comm.any_process().immediate_matched_probe() {
                 busy = true;
-                sends.push(OwnedSend::start(
-                    &world.process_at_rank(peer.rank),
-                    message,
-                    TAG_DATA,
-                ));
+                let (data, _) = (msg, status).matched_receive_vec::<u8>();
+                let (rank, tag) = (status.source_rank(), status.tag());
+                self.heard(rank, tag, data);
             }
-        }
-        while let Some((msg, status)) = world.any_process().immediate_matched_probe() {
-            busy = true;
-            let (data, _) = (msg, status).matched_receive_vec::<u8>();
-            let (rank, tag) = (status.source_rank(), status.tag());
-            if peers.iter().any(|p| p.rank == rank) {
-                route(&mut peers, &events, rank, tag, &data);
-            } else {
-                early.push((rank, tag, data));
+            self.sends.retain_mut(|s| !s.test());
+            let now = Instant::now();
+            if now >= next_beat {
+                next_beat = now + beat_every;
+                for rank in 1..self.comm.size() {
+                    if !self.ranks[rank as usize].bye {
+                        self.sends.push(OwnedSend::start(
+                            &self.comm.process_at_rank(rank),
+                            beat.clone(),
+                            TAG_HEARTBEAT,
+                        ));
+                    }
+                }
+                self.check_liveness(now);
             }
+            if JOB_ENDING.swap(false, Ordering::SeqCst) {
+                self.fail("the MPI launcher is ending the job".into());
+            }
+            if let Some(at) = self.failed_at {
+                // The supervisor has stopped the busy workers by now (their
+                // records end as cancelled); report the idle ones closed too,
+                // so that nothing waits for a rank that will never answer.
+                if !self.all_abandoned && at.elapsed() > Duration::from_millis(300) {
+                    self.all_abandoned = true;
+                    let ranks: Vec<Rank> = self.peers.iter().map(|p| p.rank).collect();
+                    for rank in ranks {
+                        self.abandon(rank);
+                    }
+                }
+                // Bounded teardown: should the coordinator not let go of
+                // the pool, end the job anyway.
+                if at.elapsed() > Duration::from_secs(10) {
+                    log::error!("the pool did not stop within 10 s of the failure");
+                    abort(self.comm.as_raw(), EXIT_RELAUNCH);
+                }
+            }
+            idle.pause(busy);
         }
-        sends.retain_mut(|s| !s.test());
-        // Spin briefly when idle, then sleep: latency stays low under load
-        // without burning a core while workers compute.
-        if busy {
-            idle = 0;
+    }
+
+    fn attach(&mut self, rank: Rank, slot: usize, gen: u64, requests: Receiver<Vec<u8>>) {
+        self.peers.push(Peer {
+            rank,
+            slot,
+            gen,
+            requests,
+            first: true,
+            closed: false,
+            clean: false,
+        });
+        let (now, later): (Vec<_>, Vec<_>) = self.early.drain(..).partition(|(r, _, _)| *r == rank);
+        self.early = later;
+        for (rank, tag, data) in now {
+            self.route(rank, tag, &data);
+        }
+        if self.all_abandoned {
+            self.abandon(rank);
+        }
+    }
+
+    /// A message from `rank`: proof of life, and maybe one for its worker.
+    fn heard(&mut self, rank: Rank, tag: Tag, data: Vec<u8>) {
+        let Some(state) = usize::try_from(rank)
+            .ok()
+            .and_then(|r| self.ranks.get_mut(r))
+        else {
+            return;
+        };
+        state.last_heard = Instant::now();
+        if tag == TAG_HEARTBEAT {
+            return;
+        }
+        if tag == TAG_BYE {
+            state.bye = true;
+        }
+        if self.peers.iter().any(|p| p.rank == rank) {
+            self.route(rank, tag, &data);
         } else {
-            idle = idle.saturating_add(1);
-            if idle > 200 {
-                thread::sleep(Duration::from_micros(50));
-            } else {
-                std::hint::spin_loop();
+            self.early.push((rank, tag, data));
+        }
+    }
+
+    /// Hand a message from `rank` to the supervisor as its worker's event.
+    fn route(&mut self, rank: Rank, tag: Tag, data: &[u8]) {
+        let Some(peer) = self.peers.iter_mut().find(|p| p.rank == rank && !p.closed) else {
+            return;
+        };
+        let (slot, gen) = (peer.slot, peer.gen);
+        if tag == TAG_BYE {
+            peer.closed = true;
+            peer.clean = true;
+            let _ = self.events.send(Event::Closed {
+                slot,
+                gen,
+                reason: None,
+            });
+            return;
+        }
+        match decode_from_worker(&mut peer.first, data) {
+            Ok(message) => {
+                if let WorkerMessage::Hello(hello) = &message {
+                    if let Some(state) = self.ranks.get_mut(rank as usize) {
+                        state.name = Some(format!("pid {} on {}", hello.pid, hello.host));
+                    }
+                }
+                let _ = self.events.send(Event::Message { slot, gen, message });
+            }
+            Err(reason) => {
+                peer.closed = true;
+                let _ = self.events.send(Event::Closed {
+                    slot,
+                    gen,
+                    reason: Some(reason),
+                });
             }
         }
     }
-    if peers.iter().all(|p| p.closed) {
-        drop(sends); // waits for unfinished sends
-        drop(universe); // MPI_Finalize, on the thread that initialised MPI
-    } else {
-        // A rank that did not say goodbye (stuck in a task past the grace
-        // period) would make MPI_Finalize wait forever: end the job instead.
-        log::error!("a worker rank did not stop; aborting the MPI job");
-        // SAFETY: MPI is initialised on this thread; MPI_Abort takes the
-        // predefined world communicator and does not return.
-        unsafe {
-            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+
+    fn abandon(&mut self, rank: Rank) {
+        if let Some(peer) = self.peers.iter_mut().find(|p| p.rank == rank && !p.closed) {
+            peer.closed = true;
+            let _ = self.events.send(Event::Closed {
+                slot: peer.slot,
+                gen: peer.gen,
+                reason: None,
+            });
+        }
+    }
+
+    fn check_liveness(&mut self, now: Instant) {
+        if self.failed_at.is_some() {
+            return;
+        }
+        let silent = self
+            .ranks
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|(_, s)| !s.bye && now.duration_since(s.last_heard) > self.liveness);
+        if let Some((rank, state)) = silent {
+            let who = state.name.as_ref().map_or_else(
+                || format!("worker rank {rank}"),
+                |n| format!("worker rank {rank} ({n})"),
+            );
+            let t = self.liveness.as_secs_f64();
+            self.fail(format!(
+                "{who} sent nothing for {t:.1} s (stopped, hung, or cut off by the network; {ENV_LIVENESS} sets the limit)"
+            ));
+        }
+    }
+
+    /// The job cannot go on: stop the pool at once (records finished so
+    /// far are kept, the rest end as cancelled), soon report every worker
+    /// closed, and abort the job once the pool lets go.
+    fn fail(&mut self, reason: String) {
+        if self.failed_at.is_some() {
+            return;
+        }
+        log::error!("{reason}; stopping: the output keeps every finished record in order, and `--resume` continues the job");
+        self.failed_at = Some(Instant::now());
+        for _ in 0..2 {
+            // A second cancel stops at once.
+            let _ = self.events.send(Event::Command(Command::Cancel {
+                grace: Duration::ZERO,
+            }));
         }
     }
 }
 
-/// Hand a message from `rank` to the supervisor as its worker's event.
-fn route(peers: &mut [Peer], events: &Sender<Event>, rank: Rank, tag: Tag, data: &[u8]) {
-    let Some(peer) = peers.iter_mut().find(|p| p.rank == rank && !p.closed) else {
-        return;
-    };
-    let (slot, gen) = (peer.slot, peer.gen);
-    if tag == TAG_BYE {
-        peer.closed = true;
-        let _ = events.send(Event::Closed {
-            slot,
-            gen,
-            reason: None,
-        });
-        return;
-    }
-    match decode_from_worker(&mut peer.first, data) {
-        Ok(message) => {
-            let _ = events.send(Event::Message { slot, gen, message });
+/// Spin briefly when idle, then sleep longer and longer (up to 1 ms):
+/// latency stays low under load without taking the cores workers need.
+#[derive(Default)]
+pub(crate) struct Backoff {
+    idle: u32,
+}
+
+impl Backoff {
+    pub fn pause(&mut self, busy: bool) {
+        if busy {
+            self.idle = 0;
+            return;
         }
-        Err(reason) => {
-            peer.closed = true;
-            let _ = events.send(Event::Closed {
-                slot,
-                gen,
-                reason: Some(reason),
-            });
+        self.idle = self.idle.saturating_add(1);
+        match self.idle {
+            0..=50 => std::hint::spin_loop(),
+            n => thread::sleep(Duration::from_micros(
+                (10u64 << ((n - 50) / 8).min(7)).min(1000),
+            )),
         }
     }
 }
@@ -335,5 +703,22 @@ impl Drop for OwnedSend {
             r.wait();
         }
         self.free();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_come_four_times_per_timeout_at_most_every_half_second() {
+        assert_eq!(
+            heartbeat_period(Duration::from_secs(10)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            heartbeat_period(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
     }
 }

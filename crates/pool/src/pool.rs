@@ -31,12 +31,15 @@ pub struct PoolBuilder {
     in_flight: usize,
     handshake_timeout: Duration,
     record_timeout: Option<Duration>,
+    liveness_timeout: Duration,
     retries: u32,
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
     #[cfg(feature = "mpi")]
     mpi: bool,
+    #[cfg(feature = "mpi")]
+    mpi_spawn: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -59,12 +62,15 @@ impl Default for PoolBuilder {
             in_flight: 2,
             handshake_timeout: Duration::from_secs(5),
             record_timeout: None,
+            liveness_timeout: Duration::from_secs(10),
             retries: 2,
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
             #[cfg(feature = "mpi")]
             mpi: false,
+            #[cfg(feature = "mpi")]
+            mpi_spawn: None,
         }
     }
 }
@@ -115,6 +121,16 @@ impl PoolBuilder {
     /// its worker is killed and replaced. Timed-out records are not retried.
     pub fn record_timeout(mut self, timeout: Duration) -> Self {
         self.record_timeout = Some(timeout);
+        self
+    }
+
+    /// Liveness: a worker that holds records and sends nothing, not even a
+    /// heartbeat (workers send one every 500 ms from a thread of their own),
+    /// for this long is declared dead: killed, replaced, and its records sent
+    /// again as after a crash. Default 10 s. Long records are not affected
+    /// while their worker keeps heart-beating.
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness_timeout = timeout;
         self
     }
 
@@ -174,6 +190,11 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1".into(),
             ));
         }
+        if self.liveness_timeout.is_zero() {
+            return Err(PoolError::Config(
+                "the liveness timeout must be above zero".into(),
+            ));
+        }
         if self.record_timeout.is_some_and(|t| t.is_zero()) {
             return Err(PoolError::Config(
                 "the record timeout must be above zero".into(),
@@ -221,6 +242,7 @@ impl PoolBuilder {
         self.validate()?;
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
+        crate::preflight::check_local(self.workers)?;
         let mut token = [0u8; 16];
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
@@ -249,6 +271,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Like [`mpi`](Self::mpi), and if this process is alone in its MPI job
+    /// (started on its own, or by `mpirun -n 1`), spawn `workers` ranks of
+    /// the worker binary with `MPI_Comm_spawn` (where the MPI launcher or the
+    /// allocation places them). A rank silent for the liveness timeout
+    /// (`PROCPOOL_MPI_LIVENESS` seconds, default 10) ends the job.
+    #[cfg(feature = "mpi")]
+    pub fn mpi_spawn(mut self, workers: usize) -> Self {
+        self.mpi = true;
+        self.mpi_spawn = Some(workers);
+        self
+    }
+
     #[cfg(feature = "mpi")]
     fn start_mpi(mut self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
         if self.record_timeout.is_some() || self.max_tasks_per_child.is_some() {
@@ -256,8 +290,19 @@ impl PoolBuilder {
                 "record timeouts and max_tasks_per_child need local worker processes; MPI ranks cannot be killed or replaced one by one".into(),
             ));
         }
+        // Resolved (and checked) only if the job turns out to need spawning.
+        let spawn = self.mpi_spawn.map(|n| {
+            let bin = self
+                .resolved_bin()
+                .and_then(|bin| crate::process::check_binary(&bin).map(|()| bin));
+            (bin, n)
+        });
+        let start = crate::mpi::MpiStart {
+            spawn,
+            liveness: crate::mpi::liveness_from_env()?,
+        };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
-        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone())?;
+        let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone(), start)?;
         self.workers = ranks;
         self.start_on(
             task,
@@ -298,6 +343,7 @@ impl PoolBuilder {
             in_flight: self.in_flight,
             handshake_timeout: self.handshake_timeout,
             record_timeout: self.record_timeout,
+            liveness_timeout: self.liveness_timeout,
             retries: self.retries,
             max_tasks_per_child: self.max_tasks_per_child,
             task,
@@ -311,10 +357,11 @@ impl PoolBuilder {
             .name("procpool-supervisor".into())
             .spawn(move || supervisor.run(events_rx))
             .map_err(PoolError::Ipc)?;
-        // The supervisor enforces the handshake deadline; this one only
-        // guards against the supervisor itself going wrong.
+        // The supervisor enforces the handshake deadline (a worker that fails
+        // to start is replaced, up to three in a row); this one only guards
+        // against the supervisor itself going wrong.
         let started = started_rx
-            .recv_timeout(self.handshake_timeout + Duration::from_secs(10))
+            .recv_timeout(self.handshake_timeout * 4 + Duration::from_secs(10))
             .map_err(|_| PoolError::SupervisorGone)??;
         Ok(Core {
             events: events_tx,

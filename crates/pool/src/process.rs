@@ -86,7 +86,16 @@ fn spawn(
     events: &Sender<Event>,
     output: Option<&OutputHandler>,
 ) -> Result<Spawned, PoolError> {
-    let (server, server_name) = IpcOneShotServer::<Rendezvous>::new().map_err(PoolError::Ipc)?;
+    // ipc-channel panics when it cannot bind (e.g. $TMPDIR was removed
+    // mid-run): check first, and keep a panic a start failure.
+    crate::preflight::ensure_rendezvous_dir()?;
+    let (server, server_name) = std::panic::catch_unwind(IpcOneShotServer::<Rendezvous>::new)
+        .map_err(|_| {
+            PoolError::Ipc(io::Error::other(
+                "ipc-channel panicked creating a rendezvous",
+            ))
+        })?
+        .map_err(PoolError::Ipc)?;
     make_private(&server_name).map_err(PoolError::Ipc)?;
     // Workers write task output and logs to our stderr, or to a handler that
     // gets them line by line; never to our stdout, which is the results'.
@@ -148,10 +157,17 @@ fn spawn(
     let spawned = thread::Builder::new()
         .name(format!("procpool-accept-{pid}"))
         .spawn(move || {
-            let pair = server
-                .accept()
-                .map(|(_, pair)| pair)
-                .map_err(|e| format!("rendezvous failed: {e:?}"));
+            // ipc-channel panics on a message that arrives without its
+            // descriptors (the preflight keeps them available): a start failure.
+            let pair = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.accept()))
+                .map_err(|_| {
+                    "the rendezvous message arrived without its channels (out of file descriptors?)"
+                        .to_string()
+                })
+                .and_then(|r| {
+                    r.map(|(_, pair)| pair)
+                        .map_err(|e| format!("rendezvous failed: {e:?}"))
+                });
             // `Accepted` goes out before the reader starts, so that the
             // supervisor holds the writer before the worker's `Hello` arrives.
             match pair.and_then(|pair| Connection::start(pair).map_err(|e| e.to_string())) {

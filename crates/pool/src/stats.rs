@@ -42,6 +42,11 @@ impl WorkerStats {
         }
     }
 
+    /// When it became ready.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Share of its life spent running records, 0.0 to 1.0.
     pub fn utilisation(&self) -> f64 {
         let life = if self.end.is_some() {

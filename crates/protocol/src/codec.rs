@@ -201,6 +201,7 @@ mod tests {
                     },
                 ],
             }),
+            WorkerMessage::Heartbeat,
         ];
         (requests, replies)
     }

@@ -13,6 +13,7 @@
 //! worker -> Ready | Rejected { reason }
 //! coord  -> Batch { id, records }    (several in flight)
 //! worker -> Results { batch, outcomes, busy_nanos }
+//! worker -> Heartbeat                (from its own thread, every 500 ms)
 //! coord  -> Stop                     (or the channel closes)
 //! ```
 
@@ -35,6 +36,9 @@ pub use task::{Task, TaskError};
 pub const MPI_TAG_DATA: i32 = 1;
 /// MPI backend: the tag of a worker's empty goodbye after `Stop` (its channel closes).
 pub const MPI_TAG_BYE: i32 = 2;
+/// MPI backend: the tag of heartbeats, both ways. The coordinator's carry its
+/// liveness timeout in milliseconds (`u64`, little endian); a worker's are empty.
+pub const MPI_TAG_HEARTBEAT: i32 = 3;
 
 /// Environment variable carrying the one-shot server name a worker connects to.
 pub const ENV_SERVER: &str = "PROCPOOL_SERVER";
@@ -43,3 +47,9 @@ pub const ENV_TOKEN: &str = "PROCPOOL_TOKEN";
 /// Environment variable carrying the coordinator's pid, so that a worker whose
 /// coordinator died before it started can tell and exit.
 pub const ENV_PARENT: &str = "PROCPOOL_PARENT";
+/// Environment variable setting a worker's heartbeat period in milliseconds
+/// ([`WorkerMessage::Heartbeat`]); unset means [`DEFAULT_HEARTBEAT_MS`], `0`
+/// turns heartbeats off.
+pub const ENV_HEARTBEAT_MS: &str = "PROCPOOL_HEARTBEAT_MS";
+/// A worker's heartbeat period when [`ENV_HEARTBEAT_MS`] is not set.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;

@@ -188,4 +188,9 @@ pub enum WorkerMessage {
     },
     /// Outcomes of records.
     Results(BatchResults),
+    /// Proof of life, sent from a thread of the worker's own every few
+    /// hundred milliseconds (see [`crate::ENV_HEARTBEAT_MS`]), so that a worker
+    /// busy with a long record can be told from one that is stopped or stuck.
+    /// Carries nothing; any message counts as proof of life. Must stay last.
+    Heartbeat,
 }

@@ -31,16 +31,23 @@
 //! `Hello` (pid, protocol version, the per-run token, the tasks it offers),
 //! then runs batches until told to stop or until its coordinator goes away.
 //! A panic inside a task becomes a failed record; the worker lives on.
+//! A thread of its own sends a heartbeat every 500 ms (environment variable
+//! `PROCPOOL_HEARTBEAT_MS`; `0` turns it off), so that a long record still
+//! shows the worker alive.
 
+mod fault;
+mod heartbeat;
 mod logging;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod registry;
 mod serve;
 
+pub use fault::ENV_FAULT;
+pub use heartbeat::SideSender;
 pub use logging::{build_logger, init_logging, WORKER_TARGET};
 pub use registry::{Registry, Runner};
-pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport, ENV_FAULT};
+pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

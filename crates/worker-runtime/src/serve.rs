@@ -11,6 +11,8 @@ use procpool_protocol::{
     WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
+use crate::fault::InjectedFault;
+use crate::heartbeat::{self, Heartbeat, SideSender};
 use crate::registry::{panic_message, Registry, Runner};
 
 /// Why a worker stopped serving before it was told to.
@@ -34,59 +36,6 @@ pub enum ServeError {
     /// The coordinator sent a batch before choosing a task.
     #[error("the coordinator sent records before configuring a task")]
     NotConfigured,
-}
-
-/// Environment variable that makes a worker misbehave on purpose, to test
-/// how coordinators cope. Values: `exit-before-hello`, `hang-before-hello`,
-/// `hang-after-connect`, `garbage-hello`, `wrong-version`, `wrong-token`,
-/// `crash-after:K` (abort after K records), `garbage-after:K` (send garbage
-/// after K records).
-pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InjectedFault {
-    None,
-    ExitBeforeHello,
-    HangBeforeHello,
-    HangAfterConnect,
-    GarbageHello,
-    WrongVersion,
-    WrongToken,
-    CrashAfter(u64),
-    GarbageAfter(u64),
-}
-
-impl InjectedFault {
-    fn from_env() -> Self {
-        let Ok(v) = std::env::var(ENV_FAULT) else {
-            return InjectedFault::None;
-        };
-        let after = |prefix: &str| v.strip_prefix(prefix).and_then(|k| k.parse().ok());
-        match v.as_str() {
-            "exit-before-hello" => InjectedFault::ExitBeforeHello,
-            "hang-before-hello" => InjectedFault::HangBeforeHello,
-            "hang-after-connect" => InjectedFault::HangAfterConnect,
-            "garbage-hello" => InjectedFault::GarbageHello,
-            "wrong-version" => InjectedFault::WrongVersion,
-            "wrong-token" => InjectedFault::WrongToken,
-            _ => {
-                if let Some(k) = after("crash-after:") {
-                    InjectedFault::CrashAfter(k)
-                } else if let Some(k) = after("garbage-after:") {
-                    InjectedFault::GarbageAfter(k)
-                } else {
-                    warn!("ignoring unknown {ENV_FAULT}={v}");
-                    InjectedFault::None
-                }
-            }
-        }
-    }
-}
-
-fn hang() -> ! {
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
 }
 
 /// Per-record log lines are for watching slow work: beyond a burst of
@@ -133,11 +82,7 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
     // default hook's extra stderr lines would only repeat them.
     std::panic::set_hook(Box::new(|_| {}));
     let fault = InjectedFault::from_env();
-    match fault {
-        InjectedFault::ExitBeforeHello => std::process::exit(4),
-        InjectedFault::HangBeforeHello => hang(),
-        _ => {}
-    }
+    fault.before_connect();
 
     let (to_coordinator, from_worker) = ipc::bytes_channel().map_err(ServeError::Connect)?;
     let (to_worker, requests) = ipc::bytes_channel().map_err(ServeError::Connect)?;
@@ -165,6 +110,12 @@ pub trait WorkerTransport {
     fn finish(&mut self) -> Result<(), ServeError> {
         Ok(())
     }
+    /// A second sender, usable from another thread while the serve loop sends
+    /// results, for heartbeats. `None` (the default) when the transport
+    /// cannot send from two threads: the worker then sends no heartbeats.
+    fn side_sender(&self) -> Option<SideSender> {
+        None
+    }
 }
 
 struct IpcTransport {
@@ -190,6 +141,14 @@ impl WorkerTransport for IpcTransport {
             }
         })
     }
+
+    fn side_sender(&self) -> Option<SideSender> {
+        // A clone of the sender: ipc-channel sends each message as one
+        // datagram on the channel's socket (larger ones continue on a socket
+        // of their own), so two threads' messages never interleave.
+        let tx = self.tx.clone();
+        Some(Box::new(move |bytes| tx.send(bytes).is_ok()))
+    }
 }
 
 /// The protocol loop over any transport: `Hello`, then requests until `Stop`
@@ -214,30 +173,20 @@ fn serve_on<T: WorkerTransport>(
         transport,
         buf: Vec::with_capacity(64 << 10),
     };
-    let garbage = [0xFFu8; 37];
-    match fault {
-        InjectedFault::HangAfterConnect => hang(),
-        InjectedFault::GarbageHello => {
-            let _ = out.transport.send(&garbage);
-            hang();
-        }
-        _ => {}
-    }
+    fault.before_hello(|bytes| {
+        let _ = out.transport.send(bytes);
+    });
     out.send(&WorkerMessage::Hello(Hello {
-        protocol_version: if fault == InjectedFault::WrongVersion {
-            PROTOCOL_VERSION + 98
-        } else {
-            PROTOCOL_VERSION
-        },
+        protocol_version: fault.version(PROTOCOL_VERSION),
         pid,
         host: host_name(),
-        token: if fault == InjectedFault::WrongToken {
-            "forged".into()
-        } else {
-            token
-        },
+        token: fault.token(token),
         tasks: registry.infos(),
     }))?;
+    // After the Hello, which must come first; stopped when this returns.
+    let _heartbeat = heartbeat::period_from_env()
+        .and_then(|period| Some((period, out.transport.side_sender()?)))
+        .and_then(|(period, send)| Heartbeat::start(period, send));
 
     let mut runner: Option<Box<dyn Runner>> = None;
     let mut flush_each = false;
@@ -278,14 +227,9 @@ fn serve_on<T: WorkerTransport>(
                 let batch_t0 = started;
                 let mut t0 = started;
                 for record in batch.records {
-                    match fault {
-                        InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
-                        InjectedFault::GarbageAfter(k) if done >= k => {
-                            let _ = out.transport.send(&garbage);
-                            hang();
-                        }
-                        _ => {}
-                    }
+                    fault.before_record(done, |bytes| {
+                        let _ = out.transport.send(bytes);
+                    });
                     if log::log_enabled!(log::Level::Info) && budget.allow(t0) {
                         let label = runner
                             .label(&record.payload)

@@ -1,0 +1,188 @@
+//! Checks made before local workers are started, so that a machine that
+//! cannot host the pool gets one clear error instead of failures (and
+//! panics inside ipc-channel) half-way through starting it.
+//!
+//! - **File descriptors.** Each local worker costs the coordinator a few
+//!   descriptors ([`FDS_PER_WORKER`]: its two channel ends, the rendezvous
+//!   socket while it connects, a pipe for its output); ipc-channel panics on
+//!   a message whose descriptors could not be received. The soft limit is
+//!   raised to the hard one if needed; beyond that, the error says how many
+//!   workers fit.
+//! - **The rendezvous directory** (`$TMPDIR`, else `/tmp`): ipc-channel binds
+//!   a socket at `$TMPDIR/.tmpXXXXXX/socket` for each worker and panics if it
+//!   cannot; the path must also fit in a Unix socket address (107 bytes).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use log::debug;
+
+use crate::PoolError;
+
+/// Descriptors the coordinator holds per local worker at its peak (while it
+/// connects): measured 2 per running worker, plus the rendezvous socket, a
+/// connection being accepted and an output pipe.
+pub(crate) const FDS_PER_WORKER: u64 = 4;
+/// Descriptors kept free for everything else: the standard streams, input,
+/// output, job log, signal handling, the spawns in progress, large messages
+/// (each travels over a channel of its own while it is received).
+pub(crate) const FDS_RESERVE: u64 = 48;
+
+/// Longest socket path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// What ipc-channel appends to the directory: `/.tmpXXXXXX/socket`.
+const SOCKET_SUFFIX: usize = "/.tmpXXXXXX/socket".len();
+
+/// Everything checked before `workers` local workers start.
+pub(crate) fn check_local(workers: usize) -> Result<(), PoolError> {
+    check_rendezvous_dir()?;
+    check_fd_limit(workers)
+}
+
+/// How many workers the descriptor limit `limit` allows with `open` already open.
+pub(crate) fn workers_allowed(limit: u64, open: u64) -> u64 {
+    limit.saturating_sub(open + FDS_RESERVE) / FDS_PER_WORKER
+}
+
+fn open_fds() -> u64 {
+    fs::read_dir("/proc/self/fd").map_or(3, |d| d.count() as u64)
+}
+
+fn check_fd_limit(workers: usize) -> Result<(), PoolError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        debug!(
+            "cannot read the file-descriptor limit: {}",
+            io::Error::last_os_error()
+        );
+        return Ok(());
+    }
+    let open = open_fds();
+    let need = open + FDS_RESERVE + FDS_PER_WORKER * workers as u64;
+    if need <= limit.rlim_cur {
+        return Ok(());
+    }
+    if need <= limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: need.max(limit.rlim_cur),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft
+        // limit up to the hard one is always permitted.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            debug!(
+                "raised the open-file limit from {} to {need} for {workers} workers",
+                limit.rlim_cur
+            );
+            return Ok(());
+        }
+    }
+    let allowed = workers_allowed(limit.rlim_max, open);
+    Err(PoolError::Config(format!(
+        "{workers} workers need about {need} open files, but the limit (`ulimit -n`) is {} \
+         (hard limit {}) with {open} already open: it allows at most {allowed} workers; \
+         raise the limit (e.g. `ulimit -n {need}`) or use fewer workers",
+        limit.rlim_cur, limit.rlim_max,
+    )))
+}
+
+/// The directory ipc-channel creates rendezvous sockets in.
+pub(crate) fn rendezvous_dir() -> PathBuf {
+    std::env::temp_dir()
+}
+
+/// The rendezvous directory exists, is a directory this user can create
+/// entries in, and is short enough for a socket path.
+pub(crate) fn check_rendezvous_dir() -> Result<(), PoolError> {
+    let dir = rendezvous_dir();
+    check_dir(&dir).map_err(|why| {
+        PoolError::Ipc(io::Error::other(format!(
+            "the rendezvous directory {} (from $TMPDIR, else /tmp) {why}; set TMPDIR to a short, writable directory",
+            dir.display()
+        )))
+    })
+}
+
+/// Before each spawn: the directory checked at start-up may have been
+/// removed since (a cleaner of `/tmp`, a user); create it again, private,
+/// rather than fail every replacement worker from now on.
+pub(crate) fn ensure_rendezvous_dir() -> Result<(), PoolError> {
+    let dir = rendezvous_dir();
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        match fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            Ok(()) => log::warn!(
+                "the rendezvous directory {} was removed during the run; created it again",
+                dir.display()
+            ),
+            Err(e) => debug!("cannot create {} again: {e}", dir.display()),
+        }
+    }
+    check_rendezvous_dir()
+}
+
+fn check_dir(dir: &Path) -> Result<(), String> {
+    let Some(text) = dir.to_str() else {
+        return Err("is not valid UTF-8".into());
+    };
+    if text.len() + SOCKET_SUFFIX > MAX_SOCKET_PATH {
+        return Err(format!(
+            "is too long for a Unix socket path ({} bytes; at most {} allowed)",
+            text.len(),
+            MAX_SOCKET_PATH - SOCKET_SUFFIX
+        ));
+    }
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err("is not a directory".into()),
+        Err(e) => return Err(format!("cannot be used: {e}")),
+    }
+    // Writable and searchable: create and remove an entry, as ipc-channel will.
+    let probe = dir.join(format!(".procpool-probe-{}", std::process::id()));
+    match fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = fs::remove_dir(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("is not writable: {e}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_workers_leave_the_reserve() {
+        assert_eq!(
+            workers_allowed(256, 8),
+            (256 - 8 - FDS_RESERVE) / FDS_PER_WORKER
+        );
+        assert_eq!(workers_allowed(10, 8), 0);
+    }
+
+    #[test]
+    fn directories_that_cannot_host_a_socket_are_named_with_the_reason() {
+        let base = std::env::temp_dir();
+        assert!(check_dir(&base.join("procpool-no-such-dir"))
+            .unwrap_err()
+            .contains("No such file"));
+        let long = PathBuf::from(format!("/tmp/{}", "d".repeat(100)));
+        assert!(check_dir(&long).unwrap_err().contains("too long"));
+        assert!(check_dir(Path::new("/proc/self/status"))
+            .unwrap_err()
+            .contains("not a directory"));
+        check_dir(&base).unwrap();
+    }
+}

@@ -1,0 +1,161 @@
+//! Faults a worker injects on purpose, so that tests can watch how a
+//! coordinator copes: chosen by the environment variable [`ENV_FAULT`].
+//!
+//! Only a worker runtime built with the cargo feature `fault-injection` reads
+//! the variable (the project's own `worker` binary enables it for its tests
+//! and demos); in any other build [`InjectedFault::from_env`] is always
+//! [`InjectedFault::None`], so a user's worker never obeys it. The serve loop
+//! calls the few hooks below at fixed points and knows nothing else of faults.
+
+/// Environment variable that makes a worker misbehave on purpose. Values:
+/// `exit-before-hello`, `hang-before-hello`, `hang-after-connect`,
+/// `garbage-hello`, `wrong-version`, `wrong-token`, `crash-after:K` (abort
+/// after K records), `garbage-after:K` (send garbage after K records).
+pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
+
+/// Bytes that decode as no message at all.
+const GARBAGE: [u8; 37] = [0xFF; 37];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Without the feature, only `None` is ever built.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub(crate) enum InjectedFault {
+    None,
+    ExitBeforeHello,
+    HangBeforeHello,
+    HangAfterConnect,
+    GarbageHello,
+    WrongVersion,
+    WrongToken,
+    CrashAfter(u64),
+    GarbageAfter(u64),
+}
+
+impl InjectedFault {
+    /// The fault this worker is to inject: none unless the runtime was built
+    /// with `fault-injection` and [`ENV_FAULT`] names one.
+    pub(crate) fn from_env() -> Self {
+        #[cfg(feature = "fault-injection")]
+        if let Ok(v) = std::env::var(ENV_FAULT) {
+            return Self::parse(&v).unwrap_or_else(|| {
+                log::warn!("ignoring unknown {ENV_FAULT}={v}");
+                InjectedFault::None
+            });
+        }
+        InjectedFault::None
+    }
+
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    fn parse(v: &str) -> Option<Self> {
+        let after = |prefix: &str| v.strip_prefix(prefix).and_then(|k| k.parse().ok());
+        Some(match v {
+            "exit-before-hello" => InjectedFault::ExitBeforeHello,
+            "hang-before-hello" => InjectedFault::HangBeforeHello,
+            "hang-after-connect" => InjectedFault::HangAfterConnect,
+            "garbage-hello" => InjectedFault::GarbageHello,
+            "wrong-version" => InjectedFault::WrongVersion,
+            "wrong-token" => InjectedFault::WrongToken,
+            _ => {
+                if let Some(k) = after("crash-after:") {
+                    InjectedFault::CrashAfter(k)
+                } else if let Some(k) = after("garbage-after:") {
+                    InjectedFault::GarbageAfter(k)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Before connecting to the coordinator: exit or hang.
+    pub(crate) fn before_connect(self) {
+        match self {
+            InjectedFault::ExitBeforeHello => std::process::exit(4),
+            InjectedFault::HangBeforeHello => hang(),
+            _ => {}
+        }
+    }
+
+    /// Connected, before `Hello`: hang, or send garbage (with `send`) and hang.
+    pub(crate) fn before_hello(self, send: impl FnOnce(&[u8])) {
+        match self {
+            InjectedFault::HangAfterConnect => hang(),
+            InjectedFault::GarbageHello => {
+                send(&GARBAGE);
+                hang();
+            }
+            _ => {}
+        }
+    }
+
+    /// The protocol version to announce in place of `real`.
+    pub(crate) fn version(self, real: u32) -> u32 {
+        if self == InjectedFault::WrongVersion {
+            real + 98
+        } else {
+            real
+        }
+    }
+
+    /// The token to present in place of `real`.
+    pub(crate) fn token(self, real: String) -> String {
+        if self == InjectedFault::WrongToken {
+            "forged".into()
+        } else {
+            real
+        }
+    }
+
+    /// Before running a record, `done` records into this worker's life.
+    pub(crate) fn before_record(self, done: u64, send: impl FnOnce(&[u8])) {
+        match self {
+            InjectedFault::CrashAfter(k) if done >= k => std::process::abort(),
+            InjectedFault::GarbageAfter(k) if done >= k => {
+                send(&GARBAGE);
+                hang();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse() {
+        assert_eq!(
+            InjectedFault::parse("crash-after:3"),
+            Some(InjectedFault::CrashAfter(3))
+        );
+        assert_eq!(
+            InjectedFault::parse("garbage-hello"),
+            Some(InjectedFault::GarbageHello)
+        );
+        assert_eq!(InjectedFault::parse("crash-after:x"), None);
+        assert_eq!(InjectedFault::parse("explode"), None);
+    }
+
+    /// The variable is obeyed only with the feature. `cargo test -p
+    /// procpool-worker` builds the runtime without it (as a user's worker
+    /// is built); the workspace's test run builds it with it.
+    #[test]
+    fn the_variable_is_obeyed_only_with_the_feature() {
+        // No other test of this crate reads or writes the environment.
+        std::env::set_var(ENV_FAULT, "crash-after:2");
+        let fault = InjectedFault::from_env();
+        std::env::remove_var(ENV_FAULT);
+        if cfg!(feature = "fault-injection") {
+            assert_eq!(fault, InjectedFault::CrashAfter(2));
+        } else {
+            assert_eq!(fault, InjectedFault::None);
+        }
+    }
+}

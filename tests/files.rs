@@ -1,0 +1,198 @@
+//! The files of a run: an output (or job log, or statistics file) that is the
+//! input or another output is refused before anything is written; write
+//! errors name the file they are about.
+
+use std::fs;
+
+use crate::util::{coordinator, fault_input, tempdir, write_file};
+
+fn input3(dir: &std::path::Path) -> String {
+    write_file(dir, "in.jsonl", fault_input([(1, ""), (2, ""), (3, "")]))
+}
+
+#[test]
+fn output_that_is_the_input_is_refused_by_any_spelling() {
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let before = fs::read(&input).unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let dotted = format!("{}/./in.jsonl", dir.path().display());
+    for (flag, out) in [
+        ("--output", input.clone()),
+        ("--output", link.display().to_string()),
+        ("--output", dotted.clone()),
+        ("--joblog", dotted.clone()),
+        ("--stats-json", link.display().to_string()),
+    ] {
+        let run = coordinator([
+            "--task",
+            "fault",
+            "--workers",
+            "1",
+            "--input",
+            &input,
+            flag,
+            &out,
+        ])
+        .run();
+        run.assert_code(2);
+        let e = run.the_error();
+        assert!(
+            e.contains("same file") && e.contains("--input") && e.contains(flag),
+            "{e}"
+        );
+        assert!(
+            run.spawned_pids().is_empty(),
+            "workers started before the check"
+        );
+        assert_eq!(
+            fs::read(&input).unwrap(),
+            before,
+            "{flag} {out}: the input changed"
+        );
+    }
+    // The same with --resume, which would otherwise append to it.
+    let run = coordinator([
+        "--task", "fault", "--input", &input, "--output", &dotted, "--resume",
+    ])
+    .run();
+    run.assert_code(2);
+    assert_eq!(fs::read(&input).unwrap(), before);
+}
+
+#[test]
+fn two_outputs_on_one_file_are_refused_before_either_is_created() {
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let out = dir.path().join("out.jsonl");
+    let same = format!(
+        "{}/../{}/out.jsonl",
+        dir.path().display(),
+        dir.path().file_name().unwrap().to_str().unwrap()
+    );
+    let run = coordinator([
+        "--task",
+        "fault",
+        "--input",
+        &input,
+        "--output",
+        out.to_str().unwrap(),
+        "--joblog",
+        &same,
+    ])
+    .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("--joblog"), "{}", run.the_error());
+    assert!(!out.exists(), "the output was created before the check");
+    // Distinct files are fine, and several outputs may share /dev/null.
+    coordinator([
+        "--task",
+        "fault",
+        "--input",
+        &input,
+        "--output",
+        "/dev/null",
+        "--joblog",
+        "/dev/null",
+        "--stats-json",
+        "/dev/null",
+    ])
+    .run()
+    .assert_code(0);
+}
+
+#[test]
+fn stdout_or_stdin_that_is_the_input_is_refused() {
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let before = fs::read(&input).unwrap();
+    // `coordinator --input in.jsonl >> in.jsonl` would read its own output forever.
+    let run = coordinator(["--task", "fault", "--input", &input])
+        .stdout_to(&input)
+        .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("stdout"), "{}", run.the_error());
+    assert_eq!(fs::read(&input).unwrap(), before);
+    // `coordinator --input - --output in.jsonl < in.jsonl`: stdin is that file.
+    let run = coordinator(["--task", "fault", "--input", "-", "--output", &input])
+        .stdin_from(&input)
+        .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("stdin"), "{}", run.the_error());
+    assert_eq!(fs::read(&input).unwrap(), before);
+}
+
+#[test]
+fn write_errors_name_the_file() {
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let fault = [
+        "--task",
+        "fault",
+        "--workers",
+        "1",
+        "--input",
+        input.as_str(),
+    ];
+    for (flag, name) in [
+        ("--output", "output /dev/full"),
+        ("--joblog", "job log /dev/full"),
+        ("--stats-json", "statistics file /dev/full"),
+    ] {
+        let run = coordinator(fault).args([flag, "/dev/full"]).run();
+        run.assert_code(2);
+        let e = run.the_error();
+        assert!(
+            e.contains(name) && e.contains("No space left"),
+            "{flag}: {e}"
+        );
+        run.assert_no_panic();
+    }
+    // stdout on a full device.
+    let run = coordinator(fault).stdout_to("/dev/full").run();
+    run.assert_code(2);
+    let e = run.the_error();
+    assert!(
+        e.contains("cannot write stdout") && e.contains("No space left"),
+        "{e}"
+    );
+    // A job log in a directory that does not exist: named, and nothing run.
+    let missing = dir.path().join("no/such/jobs.tsv");
+    let run = coordinator(fault).arg("--joblog").arg(&missing).run();
+    run.assert_code(2);
+    assert!(
+        run.the_error().contains(missing.to_str().unwrap()),
+        "{}",
+        run.the_error()
+    );
+}
+
+#[test]
+fn scale_checks_its_chart_before_measuring() {
+    let dir = tempdir();
+    let chart = dir.path().join("no/such/scale.svg");
+    let run = coordinator(["scale", "--workers", "1", "--records", "20", "--chart"])
+        .arg(&chart)
+        .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("--chart"), "{}", run.the_error());
+    assert!(
+        run.spawned_pids().is_empty(),
+        "it measured before checking the chart"
+    );
+    // A chart that is its input is refused as well.
+    let input = write_file(dir.path(), "n.jsonl", "{\"n\":1000}\n");
+    let run = coordinator([
+        "scale",
+        "--workers",
+        "1",
+        "--input",
+        &input,
+        "--chart",
+        &input,
+    ])
+    .run();
+    run.assert_code(2);
+    assert!(run.the_error().contains("same file"), "{}", run.the_error());
+}

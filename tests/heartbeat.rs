@@ -1,0 +1,165 @@
+//! Heartbeats: the real worker binary, driven by a minimal coordinator written
+//! here over ipc-channel, proves it is alive while a long record runs and
+//! stops proving it when it is stopped (SIGSTOP).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcOneShotServer};
+use procpool_protocol::{
+    decode, encode, encode_value, Batch, Record, Request, WorkerMessage, ENV_HEARTBEAT_MS,
+    ENV_SERVER, ENV_TOKEN,
+};
+use procpool_tasks::{Fault, FaultIn};
+
+use crate::util::{send_signal, worker_bin};
+
+/// A worker binary under this test's control; killed when dropped.
+struct Worker {
+    child: Child,
+    tx: IpcBytesSender,
+    rx: mpsc::Receiver<WorkerMessage>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Worker {
+    fn start(heartbeat_ms: &str) -> Worker {
+        let (server, name) = IpcOneShotServer::<(IpcBytesSender, IpcBytesReceiver)>::new().unwrap();
+        let mut child = Command::new(worker_bin())
+            .env(ENV_SERVER, name)
+            .env(ENV_TOKEN, "t")
+            .env(ENV_HEARTBEAT_MS, heartbeat_ms)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // accept() has no timeout: run it on a thread and wait with a deadline.
+        let (accepted, on_accept) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = accepted.send(server.accept().map(|(_, pair)| pair));
+        });
+        let Ok(Ok((tx, from_worker))) = on_accept.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker did not connect within 30 s");
+        };
+        // Every receive has a deadline: messages go through a channel.
+        let (msgs, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(bytes) = from_worker.recv() {
+                let Ok(m) = decode::<WorkerMessage>(&bytes) else {
+                    return;
+                };
+                if msgs.send(m).is_err() {
+                    return;
+                }
+            }
+        });
+        Worker { child, tx, rx }
+    }
+
+    fn next(&self, within: Duration) -> Option<WorkerMessage> {
+        self.rx.recv_timeout(within).ok()
+    }
+
+    fn send(&self, request: &Request) {
+        self.tx.send(&encode(request).unwrap()).unwrap();
+    }
+
+    /// Hello, configure the fault task, Ready (heartbeats may come between).
+    fn configure(&self) {
+        let first = self.next(Duration::from_secs(30));
+        assert!(matches!(first, Some(WorkerMessage::Hello(_))), "{first:?}");
+        self.send(&Request::Configure {
+            task: "fault".into(),
+            config: encode_value(&Fault).unwrap(),
+            flush_each: false,
+        });
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.next(end.saturating_duration_since(Instant::now())) {
+                Some(WorkerMessage::Ready) => return,
+                Some(WorkerMessage::Heartbeat) => continue,
+                other => panic!("expected Ready, got {other:?}"),
+            }
+        }
+    }
+
+    /// Count heartbeats over `span`, failing on any other message.
+    fn heartbeats_during(&self, span: Duration) -> (usize, Vec<WorkerMessage>) {
+        let end = Instant::now() + span;
+        let (mut beats, mut others) = (0, vec![]);
+        while let Some(m) = self.next(end.saturating_duration_since(Instant::now())) {
+            match m {
+                WorkerMessage::Heartbeat => beats += 1,
+                other => others.push(other),
+            }
+        }
+        (beats, others)
+    }
+}
+
+#[test]
+fn a_long_record_keeps_heartbeating_and_a_stopped_worker_goes_silent() {
+    let w = Worker::start("50");
+    w.configure();
+    let payload = encode_value(&FaultIn {
+        n: 7,
+        fault: "sleep:3000".into(),
+    })
+    .unwrap();
+    w.send(&Request::Batch(Batch {
+        id: 1,
+        records: vec![Record { seq: 0, payload }],
+    }));
+    // The record runs for 3 s on the main thread: heartbeats keep coming.
+    let (beats, others) = w.heartbeats_during(Duration::from_millis(1500));
+    assert!(
+        others.is_empty(),
+        "a result before the record ended: {others:?}"
+    );
+    // 30 periods in 1.5 s; a loaded machine may delay some of them.
+    assert!(
+        beats >= 5,
+        "only {beats} heartbeats in 1.5 s at a 50 ms period"
+    );
+
+    // A stopped process sends nothing, the heartbeat thread included.
+    send_signal(w.child.id(), libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(200)); // let beats in flight arrive
+    let _ = w.heartbeats_during(Duration::from_millis(100));
+    let (beats, _) = w.heartbeats_during(Duration::from_millis(800));
+    send_signal(w.child.id(), libc::SIGCONT);
+    assert_eq!(beats, 0, "heartbeats from a stopped worker");
+
+    // Resumed, it finishes its record and beats again.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        match w.next(end.saturating_duration_since(Instant::now())) {
+            Some(WorkerMessage::Heartbeat) => continue,
+            Some(WorkerMessage::Results(r)) => {
+                assert_eq!(r.outcomes.len(), 1);
+                assert_eq!(r.outcomes[0].seq, 0);
+                break;
+            }
+            other => panic!("expected the record's result, got {other:?}"),
+        }
+    }
+    let (beats, _) = w.heartbeats_during(Duration::from_millis(500));
+    assert!(beats >= 1, "no heartbeats from an idle worker");
+}
+
+#[test]
+fn heartbeats_can_be_turned_off() {
+    let w = Worker::start("0");
+    w.configure();
+    let (beats, others) = w.heartbeats_during(Duration::from_millis(700));
+    assert_eq!((beats, others.len()), (0, 0));
+}

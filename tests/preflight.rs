@@ -1,0 +1,143 @@
+//! What the machine must offer before workers start: enough file
+//! descriptors, and a usable rendezvous directory ($TMPDIR). Each shortfall
+//! is one clear error, before any worker starts, with no panic.
+
+use std::time::Duration;
+
+use crate::util::{coordinator, coordinator_bin, fault_input, tempdir, write_file, Cmd};
+
+/// The coordinator under `sh -c 'ulimit -n N; exec coordinator ARGS'`.
+fn with_fd_limit(limit: u32, args: &str) -> Cmd {
+    Cmd::new([
+        "-c".to_owned(),
+        format!(
+            "ulimit -n {limit} && exec {} {args}",
+            coordinator_bin().display()
+        ),
+    ])
+    .program("sh")
+}
+
+#[test]
+fn too_few_file_descriptors_is_one_clear_error_naming_what_fits() {
+    let dir = tempdir();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let run = with_fd_limit(256, "--workers 256 --work-ms 0")
+        .env("TMPDIR", tmp.to_str().unwrap())
+        .run();
+    run.assert_code(2);
+    run.assert_no_panic();
+    let e = run.the_error();
+    assert!(e.contains("256 workers") && e.contains("at most"), "{e}");
+    assert!(e.contains("ulimit -n"), "{e}");
+    assert!(
+        run.spawned_pids().is_empty(),
+        "workers started: {}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "rendezvous left behind"
+    );
+    // As many workers as it says fit do run.
+    let allowed: usize = e
+        .split("at most ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {e}"));
+    assert!(allowed >= 8, "{e}");
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..500).map(|n| (n, ""))),
+    );
+    let run = with_fd_limit(
+        256,
+        &format!("--task fault --workers {allowed} --input {input}"),
+    )
+    .env("TMPDIR", tmp.to_str().unwrap())
+    .run();
+    run.assert_code(0);
+    run.assert_no_panic();
+    assert_eq!(run.lines().len(), 500);
+}
+
+#[test]
+fn an_unusable_tmpdir_is_named_at_start_up() {
+    let dir = tempdir();
+    let file = write_file(dir.path(), "plain-file", "x");
+    let long = format!("/tmp/{}", "d".repeat(100));
+    let missing = dir.path().join("missing");
+    for (tmpdir, why) in [
+        (missing.to_str().unwrap(), "No such file"),
+        ("/proc", "not writable"),
+        (file.as_str(), "not a directory"),
+        (long.as_str(), "too long"),
+    ] {
+        let run = coordinator(["--workers", "2", "--work-ms", "0"])
+            .env("TMPDIR", tmpdir)
+            .run();
+        run.assert_code(2);
+        run.assert_no_panic();
+        let e = run.the_error();
+        assert!(
+            e.contains(tmpdir) && e.contains(why),
+            "TMPDIR={tmpdir}: {e}"
+        );
+        assert!(run.spawned_pids().is_empty());
+    }
+}
+
+#[test]
+fn tmpdir_removed_mid_run_does_not_break_the_pool() {
+    let dir = tempdir();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // Slow records, and later ones that kill their worker: replacements are
+    // started after the directory is gone.
+    let records: Vec<(u64, &str)> = (0..60)
+        .map(|n| {
+            (
+                n,
+                if n >= 40 && n % 5 == 0 {
+                    "kill"
+                } else {
+                    "sleep:40"
+                },
+            )
+        })
+        .collect();
+    let input = write_file(dir.path(), "in.jsonl", fault_input(records.clone()));
+    let mut run = coordinator([
+        "--task",
+        "fault",
+        "--workers",
+        "2",
+        "--retries",
+        "1",
+        "--input",
+        &input,
+    ])
+    .env("TMPDIR", tmp.to_str().unwrap())
+    .spawn();
+    run.wait_for("the first results", |r| r.stdout_lines_now() >= 4);
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let out = run.wait();
+    out.assert_code(1);
+    out.assert_no_panic();
+    let lines = out.json();
+    assert_eq!(lines.len(), 60);
+    for (n, fault) in records {
+        let line = &lines[n as usize];
+        if fault == "kill" {
+            assert_eq!(line["error"]["kind"], "worker_died", "record {n}: {line}");
+        } else {
+            assert_eq!(line["n"], n, "record {n}: {line}");
+        }
+    }
+    assert!(out.stderr.contains("created it again"), "{}", out.stderr);
+    out.assert_no_workers_left(Duration::from_secs(5));
+}
