@@ -260,7 +260,9 @@ fn tasks_subcommand_lists_the_catalogue() {
 
 #[test]
 fn unknown_task_lists_the_known_ones() {
-    let out = coordinator(["--task", "nope", "--workers", "1"]).run();
+    let dir = tempdir();
+    let input = write_file(dir.path(), "in.jsonl", "{\"n\":1}\n");
+    let out = coordinator(["--task", "nope", "--workers", "1", "--input", &input]).run();
     out.assert_code(2);
     let msg = out.the_error();
     assert!(msg.contains("nope"), "{msg}");

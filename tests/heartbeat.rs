@@ -78,8 +78,13 @@ impl Worker {
         let first = self.next(Duration::from_secs(30));
         assert!(matches!(first, Some(WorkerMessage::Hello(_))), "{first:?}");
         self.send(&Request::Configure {
-            task: "fault".into(),
-            config: encode_value(&Fault).unwrap(),
+            spec: procpool_protocol::TaskSpec {
+                name: "fault".into(),
+                params: encode_value(&Fault).unwrap(),
+                params_encoding: procpool_protocol::ParamsEncoding::Bincode,
+                records: procpool_protocol::Encoding::Bincode,
+                threads: 1,
+            },
             flush_each: false,
         });
         let end = Instant::now() + Duration::from_secs(30);

@@ -23,7 +23,13 @@ fn too_few_file_descriptors_is_one_clear_error_naming_what_fits() {
     let dir = tempdir();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let run = with_fd_limit(256, "--workers 256 --work-ms 0")
+    // The same input in both runs: an open input file takes a descriptor too.
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..500).map(|n| (n, ""))),
+    );
+    let run = with_fd_limit(256, &format!("--task fault --workers 256 --input {input}"))
         .env("TMPDIR", tmp.to_str().unwrap())
         .run();
     run.assert_code(2);
@@ -49,11 +55,6 @@ fn too_few_file_descriptors_is_one_clear_error_naming_what_fits() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in {e}"));
     assert!(allowed >= 8, "{e}");
-    let input = write_file(
-        dir.path(),
-        "in.jsonl",
-        fault_input((0..500).map(|n| (n, ""))),
-    );
     let run = with_fd_limit(
         256,
         &format!("--task fault --workers {allowed} --input {input}"),

@@ -16,6 +16,8 @@ mod library;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod own_worker;
 mod preflight;
 mod resume;
 mod signals;
+mod streams;

@@ -40,6 +40,19 @@ pub fn worker_bin() -> PathBuf {
     path
 }
 
+/// The example of a user's own worker binary (crate `word-stats`), next to
+/// the coordinator (built by `cargo test --workspace`).
+pub fn word_stats_bin() -> PathBuf {
+    let path = coordinator_bin().with_file_name("word-stats-worker");
+    assert!(
+        path.is_file(),
+        "the example worker binary is missing at {}: run the tests with `cargo test --workspace` \
+         (or build it first with `cargo build -p word-stats`)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh temporary directory for one test's files.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -77,6 +90,8 @@ pub struct Cmd {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
+    /// Hand the stdin pipe to the test (see [`Running::stdin`]).
+    stdin_pipe: bool,
     stdin_from: Option<PathBuf>,
     stdout_to: Option<PathBuf>,
     env: Vec<(String, String)>,
@@ -102,6 +117,7 @@ impl Cmd {
             program: None,
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
+            stdin_pipe: false,
             stdin_from: None,
             stdout_to: None,
             env: Vec::new(),
@@ -133,6 +149,13 @@ impl Cmd {
     /// Bytes fed to the coordinator's stdin (otherwise stdin is empty).
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
         self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// A pipe on stdin that the test writes to and closes when it wants
+    /// (`Running::stdin`), like a slow producer or `tail -f`.
+    pub fn stdin_pipe(mut self) -> Cmd {
+        self.stdin_pipe = true;
         self
     }
 
@@ -173,6 +196,7 @@ impl Cmd {
             .args(&self.args)
             .stdin(match (&self.stdin, &self.stdin_from) {
                 (Some(_), _) => Stdio::piped(),
+                _ if self.stdin_pipe => Stdio::piped(),
                 (None, Some(p)) => std::fs::File::open(p)
                     .expect("open the file for the coordinator's stdin")
                     .into(),
@@ -197,6 +221,11 @@ impl Cmd {
         let mut child = command.spawn().expect("spawn the coordinator");
         let pid = child.id();
         let mut threads = Vec::new();
+        let stdin = if self.stdin_pipe {
+            child.stdin.take()
+        } else {
+            None
+        };
         if let (Some(bytes), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
             // On its own thread: the coordinator may not read it all (or at all).
             threads.push(thread::spawn(move || {
@@ -219,6 +248,7 @@ impl Cmd {
             stderr_reader: Some(stderr_reader),
             status: None,
             _stdin_writer: threads,
+            stdin,
         }
     }
 }
@@ -254,12 +284,19 @@ pub struct Running {
     stderr_reader: Option<JoinHandle<()>>,
     status: Option<ExitStatus>,
     _stdin_writer: Vec<JoinHandle<()>>,
+    /// The coordinator's stdin, with [`Cmd::stdin_pipe`]: write to it, drop it to close.
+    pub stdin: Option<std::process::ChildStdin>,
 }
 
 impl Running {
     /// Stderr so far.
     pub fn stderr_now(&self) -> String {
         String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Stdout so far.
+    pub fn stdout_now(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stdout)).into_owned()
     }
 
     /// Complete lines on stdout so far.

@@ -15,6 +15,8 @@ Examples:
   coordinator --input big.jsonl --output out.jsonl --timeout 5s --retries 3 --resume
   coordinator --input big.jsonl --output out.jsonl --stats --joblog jobs.tsv --progress
   coordinator --task locked --input n.jsonl --executor thread   (threads share one lock)
+  coordinator --worker-bin target/release/word-stats-worker --task word-stats \
+      --param min_len=4 --input posts.csv        Any task a worker binary registers.
   coordinator scale --workers 1,2,4 --executor process,thread --task locked
   coordinator tasks             List the tasks the worker binary offers.
   RUST_LOG=debug coordinator    More detail on stderr (RUST_LOG=warn for less).
@@ -109,10 +111,21 @@ pub enum Backend {
 /// Where tasks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Executor {
-    /// Worker processes (the pool).
+    /// N worker processes of one thread each.
     Process,
-    /// Threads inside the coordinator, running the same task code.
+    /// One worker process running N threads.
     Thread,
+}
+
+/// The format of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// From the extension, else from the first non-blank byte.
+    Auto,
+    /// JSON lines.
+    Jsonl,
+    /// CSV with a header line.
+    Csv,
 }
 
 impl std::fmt::Display for Executor {
@@ -139,25 +152,42 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// Input: a CSV file with a header, or JSON lines (`-` reads JSON lines from
-    /// stdin) [default: the built-in scientists data set].
+    /// Input: a CSV file with a header, or JSON lines (`-` reads stdin)
+    /// [default: the built-in scientists data set].
     #[arg(short, long, value_name = "PATH")]
     pub input: Option<String>,
+
+    /// Format of the input: `auto` takes it from the extension (.csv;
+    /// .jsonl, .ndjson, .json), else from the first non-blank byte (`{`
+    /// means JSON lines, anything else CSV), for files and stdin alike.
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
 
     /// Output file for the JSON-lines results [default: stdout].
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Task to run: age, primes or locked (`coordinator tasks` lists them).
+    /// Task to run: any task the worker binary offers (`coordinator tasks`
+    /// lists them).
     #[arg(short, long, default_value = "age", value_name = "NAME")]
     pub task: String,
 
-    /// Simulated work per record for `age`, in ms [default: 1000 for the
-    /// built-in demo, 0 with --input].
+    /// A task parameter, decoded into the task value by the worker; VALUE is
+    /// read as JSON if it parses (`3`, `true`, `[1,2]`), else as a string.
+    /// Repeatable; applied over --params.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub param: Vec<String>,
+
+    /// The task parameters as one JSON object, e.g. `{"factor": 2.5}`.
+    #[arg(long, value_name = "JSON")]
+    pub params: Option<String>,
+
+    /// Simulated work per record for `age`, in ms (the parameter `work_ms`)
+    /// [default: 1000 for the built-in demo, 0 with --input].
     #[arg(long, value_name = "MS")]
     pub work_ms: Option<u64>,
 
-    /// Year that `age` computes ages for [default: the current year].
+    /// Year that `age` computes ages for (the parameter `year`) [default: the current year].
     #[arg(long, value_name = "Y")]
     pub year: Option<i32>,
 
@@ -209,8 +239,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Backend::Local)]
     pub backend: Backend,
 
-    /// Where tasks run: worker processes, or threads inside the coordinator
-    /// (to compare: a task under a process-wide lock does not scale on threads).
+    /// Where tasks run: N worker processes, or one worker process running N
+    /// threads (to compare: a task under a process-wide lock does not scale
+    /// on threads).
     #[arg(long, value_enum, default_value_t = Executor::Process)]
     pub executor: Executor,
 

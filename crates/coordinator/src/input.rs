@@ -1,32 +1,29 @@
-//! Streaming, typed record reader for the CLI.
+//! Splitting the input into records, without parsing them.
 //!
-//! A [`RecordReader<T>`] reads records of type `T` one at a time from CSV or
-//! JSON lines input (a file, stdin, or the bundled demo data) with bounded
-//! memory. Each item is either a record or a [`BadRecord`] naming the source,
-//! the 1-based line and the reason; after a `BadRecord` iteration can go on
-//! with the next record, so the caller decides whether to abort or to skip.
+//! A [`Splitter`] reads CSV or JSON-lines input (a file, stdin, or the
+//! bundled demo data) in large buffers and cuts it into records: the bytes of
+//! each record, the 1-based line it starts on, and nothing else. Fields are
+//! never split here: the workers decode records into their task's input
+//! (serde_json; csv with the header, which is read here once and sent to
+//! them). What can be told without parsing is reported here as a bad record:
+//! a record over the size limit, a CSV quoted field that never closes, a CSV
+//! header that is empty or not UTF-8 (fatal), a read error (fatal).
 //!
 //! Record size limit: a record is measured as the bytes of its line(s) in the
 //! input, without the final line terminator (`\n` or `\r\n`). A record over
-//! `max_record_bytes` is reported as a [`BadRecord`] and skipped *without*
-//! being held in memory: at most `max_record_bytes + 2` bytes of it are
-//! kept, the rest is read and discarded. There is no "unlimited" value; pass
-//! `usize::MAX` for no practical limit.
+//! `max_record_bytes` is reported as bad and skipped *without* being held in
+//! memory: once over the limit the rest of it is read and discarded.
 //!
-//! CSV details: the first non-blank line is the header; fields are split and
-//! unescaped by the `csv` crate (RFC 4180 quoting, `""` escapes) and trimmed
-//! of ASCII whitespace like `csv::Trim::All`; blank (whitespace-only) lines
-//! outside quoted fields are skipped, as for JSON lines. Line terminators are
-//! `\n` or `\r\n` (a bare `\r` is not a terminator).
+//! JSON lines: one record per line; blank (whitespace-only) lines are skipped.
+//! CSV: the first non-blank line is the header; a `\n` inside a quoted field
+//! (RFC 4180 quoting, `""` escapes) belongs to the record; blank lines outside
+//! quoted fields are skipped. Line terminators are `\n` or `\r\n` (a bare `\r`
+//! is not a terminator). A UTF-8 byte order mark at the start is skipped.
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
-use std::iter::FusedIterator;
-use std::marker::PhantomData;
+use std::io::{self, Read};
 use std::path::Path;
-
-use serde::de::DeserializeOwned;
 
 /// The bundled demo input, compiled into the binary so the demo runs from any
 /// directory.
@@ -38,8 +35,8 @@ pub const DEMO_SOURCE: &str = "<built-in scientists.csv>";
 /// The source name of standard input, as it appears in messages.
 pub const STDIN_SOURCE: &str = "<stdin>";
 
-/// Capacity of the buffer between the file (or stdin) and the parser.
-const BUF_CAPACITY: usize = 64 * 1024;
+/// Bytes asked of the input per read.
+const READ_SIZE: usize = 256 << 10;
 
 /// How much leading whitespace format sniffing looks through before it gives
 /// up and assumes CSV.
@@ -71,7 +68,7 @@ impl Format {
     }
 }
 
-/// A record that could not be read: where it is and why.
+/// A record that could not be read or decoded: where it is and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRecord {
     /// Where records come from, for messages: a path, `"<stdin>"`, or
@@ -118,364 +115,35 @@ pub enum OpenError {
     },
 }
 
-/// A streaming reader of records of type `T`: an iterator over
-/// `Result<T, BadRecord>`; see the module documentation.
-pub struct RecordReader<T> {
-    input: Input,
-    parser: Parser,
-    _record: PhantomData<fn() -> T>,
+/// One item cut out of the input, in input order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A record: `data[start..end]` of its [`Block`], starting on `line`.
+    Record {
+        /// Offset of its first byte.
+        start: usize,
+        /// Offset after its last byte (its terminator excluded).
+        end: usize,
+        /// Its first line.
+        line: u64,
+    },
+    /// A record that cannot be sent.
+    Bad {
+        /// Its first line.
+        line: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
-impl<T> fmt::Debug for RecordReader<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecordReader")
-            .field("source", &self.input.source)
-            .field("format", &self.format())
-            .field("line", &self.input.line)
-            .field("done", &self.input.done)
-            .finish_non_exhaustive()
-    }
+/// The records of one read buffer.
+#[derive(Debug, Default)]
+pub struct Block {
+    /// The buffer the records point into.
+    pub data: Vec<u8>,
+    /// The records and bad records, in order.
+    pub items: Vec<Item>,
 }
-
-impl<T: DeserializeOwned> RecordReader<T> {
-    /// Open `path`; `"-"` means JSON lines on stdin. The format comes from the
-    /// extension (see [`Format::from_extension`]), otherwise it is sniffed
-    /// from the first non-whitespace byte: `{` means JSON lines, anything
-    /// else CSV.
-    pub fn open(path: &str, max_record_bytes: usize) -> Result<Self, OpenError> {
-        if path == "-" {
-            let stdin = BufReader::with_capacity(BUF_CAPACITY, io::stdin());
-            return Ok(Self::from_reader(
-                Box::new(stdin),
-                Format::JsonLines,
-                STDIN_SOURCE.to_string(),
-                max_record_bytes,
-            ));
-        }
-        let open_error = |err| OpenError::Open {
-            path: path.to_string(),
-            err,
-        };
-        let file = File::open(path).map_err(open_error)?;
-        if file.metadata().map_err(open_error)?.is_dir() {
-            return Err(open_error(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "it is a directory",
-            )));
-        }
-        let reader: Box<dyn BufRead + Send> =
-            Box::new(BufReader::with_capacity(BUF_CAPACITY, file));
-        let (format, reader) = match Format::from_extension(Path::new(path)) {
-            Some(format) => (format, reader),
-            None => sniff(reader).map_err(|err| OpenError::Read {
-                path: path.to_string(),
-                err,
-            })?,
-        };
-        Ok(Self::from_reader(
-            reader,
-            format,
-            path.to_string(),
-            max_record_bytes,
-        ))
-    }
-
-    /// The bundled demo data ([`DEMO_CSV`]), source name
-    /// `"<built-in scientists.csv>"`.
-    pub fn demo(max_record_bytes: usize) -> Self {
-        Self::from_reader(
-            Box::new(DEMO_CSV.as_bytes()),
-            Format::Csv,
-            DEMO_SOURCE.to_string(),
-            max_record_bytes,
-        )
-    }
-
-    /// From any reader with a known format (used by tests and by
-    /// [`open`](Self::open) and [`demo`](Self::demo)). `source` names the
-    /// input in [`BadRecord`]s.
-    pub fn from_reader(
-        reader: Box<dyn BufRead + Send>,
-        format: Format,
-        source: String,
-        max_record_bytes: usize,
-    ) -> Self {
-        let parser = match format {
-            Format::Csv => Parser::Csv(Box::new(CsvParser::new())),
-            Format::JsonLines => Parser::Json(Vec::new()),
-        };
-        RecordReader {
-            input: Input {
-                reader,
-                source,
-                limit: max_record_bytes,
-                line: 0,
-                started: false,
-                done: false,
-            },
-            parser,
-            _record: PhantomData,
-        }
-    }
-}
-
-impl<T> RecordReader<T> {
-    /// The input's name, as used in [`BadRecord`]s.
-    pub fn source(&self) -> &str {
-        &self.input.source
-    }
-
-    /// The input's format.
-    pub fn format(&self) -> Format {
-        match self.parser {
-            Parser::Csv(_) => Format::Csv,
-            Parser::Json(_) => Format::JsonLines,
-        }
-    }
-}
-
-impl<T: DeserializeOwned> Iterator for RecordReader<T> {
-    type Item = Result<T, BadRecord>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.input.done {
-            return None;
-        }
-        if !self.input.started {
-            self.input.started = true;
-            if let Err(err) = self.input.skip_bom() {
-                return Some(Err(self.input.read_error(err)));
-            }
-        }
-        match &mut self.parser {
-            Parser::Json(buf) => next_json(&mut self.input, buf),
-            Parser::Csv(csv) => csv.next(&mut self.input),
-        }
-    }
-}
-
-impl<T: DeserializeOwned> FusedIterator for RecordReader<T> {}
-
-/// The raw input and the position in it, shared by both parsers.
-struct Input {
-    reader: Box<dyn BufRead + Send>,
-    source: String,
-    /// `max_record_bytes`.
-    limit: usize,
-    /// Physical lines consumed so far.
-    line: u64,
-    /// Whether the start of the input (a BOM) has been dealt with.
-    started: bool,
-    /// After the end of the input, a read error or a fatal CSV header error.
-    done: bool,
-}
-
-impl Input {
-    fn bad(&self, line: u64, reason: String) -> BadRecord {
-        BadRecord {
-            source: self.source.clone(),
-            line,
-            reason,
-        }
-    }
-
-    /// A read error ends the input: retrying a persistent error would loop
-    /// forever.
-    fn read_error(&mut self, err: io::Error) -> BadRecord {
-        self.done = true;
-        self.bad(self.line + 1, format!("read error: {err}"))
-    }
-
-    fn over_limit(&self, line: u64, size: u64) -> BadRecord {
-        self.bad(
-            line,
-            format!(
-                "record is {size} bytes, over the limit of {} bytes",
-                self.limit
-            ),
-        )
-    }
-
-    fn limit_u64(&self) -> u64 {
-        u64::try_from(self.limit).unwrap_or(u64::MAX)
-    }
-
-    fn skip_bom(&mut self) -> io::Result<()> {
-        let has_bom = fill_buf(&mut *self.reader)?.starts_with(BOM);
-        if has_bom {
-            self.reader.consume(BOM.len());
-        }
-        Ok(())
-    }
-}
-
-enum Parser {
-    /// The line buffer, reused from line to line.
-    Json(Vec<u8>),
-    Csv(Box<CsvParser>),
-}
-
-/// `fill_buf`, retrying on `Interrupted`.
-fn fill_buf(reader: &mut dyn BufRead) -> io::Result<&[u8]> {
-    loop {
-        // Retry first, then borrow: the borrow checker cannot return a
-        // borrow from inside the loop.
-        match reader.fill_buf() {
-            Ok(_) => break,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        }
-    }
-    reader.fill_buf()
-}
-
-/// One physical line as read by [`read_line`].
-#[derive(Debug, Clone, Copy)]
-struct Line {
-    /// Its length in bytes, without the `\n`.
-    len: u64,
-    /// Whether it ended with `\n` (otherwise at the end of the input).
-    newline: bool,
-    /// Its last byte before the `\n`, if any.
-    last: Option<u8>,
-}
-
-/// Read one physical line, appending it (with its `\n`) to `buf` as long as
-/// `buf` stays within `cap` bytes plus the `\n`; beyond that the rest of the
-/// line is read and discarded, so `buf` never grows past `cap + 1` bytes and
-/// a huge line is never held in memory. `scan` sees every byte of the line
-/// except the `\n`, kept or discarded. A line of length 0 without newline
-/// means the end of the input.
-fn read_line(
-    reader: &mut dyn BufRead,
-    buf: &mut Vec<u8>,
-    cap: usize,
-    mut scan: impl FnMut(&[u8]),
-) -> io::Result<Line> {
-    let start = buf.len();
-    let room = cap.saturating_sub(start);
-    // One byte more than the room, to see whether the line is over it.
-    let want = u64::try_from(room).unwrap_or(u64::MAX).saturating_add(1);
-    let n = Read::take(&mut *reader, want).read_until(b'\n', buf)?;
-    let got = &buf[start..];
-    if let Some((&b'\n', content)) = got.split_last() {
-        scan(content);
-        return Ok(Line {
-            len: content.len() as u64,
-            newline: true,
-            last: content.last().copied(),
-        });
-    }
-    scan(got);
-    let mut line = Line {
-        len: n as u64,
-        newline: false,
-        last: got.last().copied(),
-    };
-    if (n as u64) < want {
-        return Ok(line); // the end of the input
-    }
-    // Over the room: keep what fits and discard the rest of the line.
-    buf.truncate(start + room);
-    loop {
-        let avail = fill_buf(reader)?;
-        if avail.is_empty() {
-            return Ok(line);
-        }
-        let (segment, newline) = match avail.iter().position(|&b| b == b'\n') {
-            Some(i) => (&avail[..i], true),
-            None => (avail, false),
-        };
-        scan(segment);
-        line.len += segment.len() as u64;
-        if let Some(&b) = segment.last() {
-            line.last = Some(b);
-        }
-        let used = segment.len() + usize::from(newline);
-        reader.consume(used);
-        if newline {
-            line.newline = true;
-            return Ok(line);
-        }
-    }
-}
-
-/// Strip a trailing `\n`, then a trailing `\r`.
-fn strip_terminator(mut bytes: &[u8]) -> &[u8] {
-    if let Some((&b'\n', rest)) = bytes.split_last() {
-        bytes = rest;
-    }
-    if let Some((&b'\r', rest)) = bytes.split_last() {
-        bytes = rest;
-    }
-    bytes
-}
-
-fn is_blank(bytes: &[u8]) -> bool {
-    bytes.iter().all(u8::is_ascii_whitespace)
-}
-
-fn invalid_utf8(err: &std::str::Utf8Error) -> String {
-    format!(
-        "invalid UTF-8 (at byte {} of the record)",
-        err.valid_up_to()
-    )
-}
-
-// ---------------------------------------------------------------- JSON lines
-
-fn next_json<T: DeserializeOwned>(
-    input: &mut Input,
-    buf: &mut Vec<u8>,
-) -> Option<Result<T, BadRecord>> {
-    // Room for the record and a `\r`.
-    let cap = input.limit.saturating_add(1);
-    loop {
-        buf.clear();
-        let line = match read_line(&mut *input.reader, buf, cap, |_| {}) {
-            Ok(line) => line,
-            Err(err) => return Some(Err(input.read_error(err))),
-        };
-        if line.len == 0 && !line.newline {
-            input.done = true;
-            return None;
-        }
-        input.line += 1;
-        let size = line.len - u64::from(line.last == Some(b'\r'));
-        if size > input.limit_u64() {
-            return Some(Err(input.over_limit(input.line, size)));
-        }
-        let content = strip_terminator(buf);
-        if is_blank(content) {
-            continue;
-        }
-        let text = match std::str::from_utf8(content) {
-            Ok(text) => text,
-            Err(err) => return Some(Err(input.bad(input.line, invalid_utf8(&err)))),
-        };
-        return Some(
-            serde_json::from_str(text).map_err(|err| input.bad(input.line, json_reason(&err))),
-        );
-    }
-}
-
-/// serde_json's message, with its position made relative to the record: the
-/// line is always 1, so only the column is kept.
-fn json_reason(err: &serde_json::Error) -> String {
-    let message = err.to_string();
-    let message = match message.rfind(" at line ") {
-        Some(at) if err.line() != 0 => format!("{} at column {}", &message[..at], err.column()),
-        _ => message,
-    };
-    match err.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            format!("invalid JSON: {message}")
-        }
-        serde_json::error::Category::Data | serde_json::error::Category::Io => message,
-    }
-}
-
-// ----------------------------------------------------------------------- CSV
 
 /// Where a CSV scan is within a record, mirroring `csv_core`'s state machine
 /// (comma delimiter, `"` quotes with `""` escapes, no escape character, no
@@ -497,7 +165,7 @@ enum QuoteState {
 impl QuoteState {
     fn scan(self, bytes: &[u8]) -> QuoteState {
         use QuoteState::*;
-        if !bytes.contains(&b'"') {
+        if memchr::memchr(b'"', bytes).is_none() {
             return match (self, bytes.last()) {
                 (_, None) => self,
                 (Quoted, _) => Quoted,
@@ -515,252 +183,550 @@ impl QuoteState {
     }
 }
 
-/// Hands one record at a time to the `csv` parser.
-#[derive(Debug, Default)]
-struct Feeder {
-    data: Vec<u8>,
-    pos: usize,
-    /// Set when the parser asked for more than the record it was given:
-    /// then it disagrees with [`QuoteState`] about where the record ends.
-    starved: bool,
+/// A record over the limit, being read past.
+#[derive(Debug, Clone, Copy)]
+struct Discard {
+    line: u64,
+    /// Bytes of it so far, inner `\n`s included.
+    size: u64,
+    last: Option<u8>,
 }
 
-impl Read for Feeder {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.data[self.pos..];
-        let n = rest.len().min(out.len());
-        out[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
-        if n == 0 && !out.is_empty() {
-            self.starved = true;
-        }
-        Ok(n)
+/// Cuts an input into [`Block`]s of records; see the module documentation.
+pub struct Splitter {
+    reader: Box<dyn Read + Send>,
+    source: String,
+    format: Format,
+    limit: usize,
+    /// Bytes read and not yet handed off; the current record starts at `rec_start`.
+    buf: Vec<u8>,
+    rec_start: usize,
+    /// Bytes of the current CSV record already scanned (whole lines inside a quoted field).
+    scan: usize,
+    /// The first line of the current record.
+    rec_line: u64,
+    /// Complete lines consumed.
+    line: u64,
+    quote: QuoteState,
+    discard: Option<Discard>,
+    header: Option<Vec<u8>>,
+    /// Items cut while looking for the header, for the first block.
+    pending: Vec<Item>,
+    started: bool,
+    eof: bool,
+    done: bool,
+}
+
+impl fmt::Debug for Splitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Splitter")
+            .field("source", &self.source)
+            .field("format", &self.format)
+            .field("line", &self.line)
+            .finish_non_exhaustive()
     }
 }
 
-/// CSV state: records are cut out of the input line by line (so line numbers
-/// are exact and the size limit is applied while reading), checked, and then
-/// handed one at a time to a `csv::Reader` for splitting and unescaping.
-struct CsvParser {
-    parser: csv::Reader<Feeder>,
-    /// The trimmed header, once read.
-    headers: Option<csv::ByteRecord>,
-    /// The record as parsed, and trimmed; both reused from record to record.
-    raw: csv::ByteRecord,
-    record: csv::ByteRecord,
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
 }
 
-fn csv_reader() -> csv::Reader<Feeder> {
-    csv::ReaderBuilder::new()
-        .has_headers(false) // the header is handled here
-        .flexible(true) // field counts are checked against the header here
-        .terminator(csv::Terminator::Any(b'\n')) // the `\r` of `\r\n` is stripped here
-        .from_reader(Feeder::default())
+/// Strip a trailing `\r`.
+fn strip_cr(bytes: &[u8]) -> &[u8] {
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
 }
 
-impl CsvParser {
-    fn new() -> Self {
-        CsvParser {
-            parser: csv_reader(),
-            headers: None,
-            raw: csv::ByteRecord::new(),
-            record: csv::ByteRecord::new(),
-        }
-    }
-
-    fn next<T: DeserializeOwned>(&mut self, input: &mut Input) -> Option<Result<T, BadRecord>> {
-        loop {
-            let line = input.line + 1;
-            let result = self.read_record(input)?;
-            let is_header = self.headers.is_none();
-            let bad = match result {
-                Ok(true) => match &self.headers {
-                    Some(headers) => {
-                        return Some(
-                            deserialize(&self.record, headers)
-                                .map_err(|reason| input.bad(line, reason)),
-                        )
-                    }
-                    None if self.record.iter().all(<[u8]>::is_empty) => {
-                        input.bad(line, "empty CSV header (no column names)".to_string())
-                    }
-                    None => {
-                        self.headers = Some(self.record.clone());
-                        continue;
-                    }
-                },
-                Ok(false) => continue, // a blank line
-                Err(bad) => bad,
-            };
-            if is_header {
-                // Nothing after a bad header can be read.
-                input.done = true;
-            }
-            return Some(Err(bad));
-        }
-    }
-
-    /// Read the next record into `self.record`. `None` at the end of the
-    /// input, `Ok(false)` for a blank line, a `BadRecord` for a record that
-    /// cannot be split into fields.
-    fn read_record(&mut self, input: &mut Input) -> Option<Result<bool, BadRecord>> {
-        let start = input.line + 1;
-        let feeder = self.parser.get_mut();
-        feeder.data.clear();
-        feeder.pos = 0;
-        feeder.starved = false;
-        // Room for the record and a `\r`.
-        let cap = input.limit.saturating_add(1);
-        let mut quote = QuoteState::FieldStart;
-        // Bytes of the record so far, with the `\n`s inside it.
-        let mut total: u64 = 0;
-        let mut last = None;
-        // Whether the record ends with a `\n` (not at the end of the input).
-        let newline = loop {
-            let line = match read_line(&mut *input.reader, &mut feeder.data, cap, |segment| {
-                quote = quote.scan(segment)
-            }) {
-                Ok(line) => line,
-                Err(err) => return Some(Err(input.read_error(err))),
-            };
-            if line.len == 0 && !line.newline {
-                if input.line + 1 == start {
-                    input.done = true;
-                    return None;
-                }
-                break false; // after a `\n` inside a quoted field
-            }
-            input.line += 1;
-            total += line.len + u64::from(line.newline);
-            // Past the limit, keep no more (`read_line` may still add a `\n`
-            // per line of a long quoted field).
-            if feeder.data.len() > cap.saturating_add(1) {
-                feeder.data.truncate(cap);
-            }
-            last = line.last.or(last);
-            if quote != QuoteState::Quoted || !line.newline {
-                break line.newline;
-            }
-            // A `\n` inside a quoted field: the record goes on.
-            last = Some(b'\n');
+impl Splitter {
+    /// Open `path`; `"-"` is stdin. The format is `format` if given, else
+    /// the extension's (see [`Format::from_extension`]), else it is sniffed
+    /// from the first non-whitespace byte: `{` means JSON lines, anything
+    /// else CSV. Stdin is sniffed the same way.
+    pub fn open(
+        path: &str,
+        format: Option<Format>,
+        max_record_bytes: usize,
+    ) -> Result<Self, OpenError> {
+        let read_error = |err| OpenError::Read {
+            path: path.to_string(),
+            err,
         };
-        if quote == QuoteState::Quoted {
-            return Some(Err(input.bad(
-                start,
-                "malformed CSV: unterminated quoted field (its closing quote is missing)".into(),
+        if path == "-" {
+            let mut stdin: Box<dyn Read + Send> = Box::new(io::stdin());
+            let (format, prefix) = match format {
+                Some(f) => (f, Vec::new()),
+                None => sniff(&mut *stdin).map_err(read_error)?,
+            };
+            return Ok(Self::new(
+                stdin,
+                prefix,
+                format,
+                STDIN_SOURCE.to_string(),
+                max_record_bytes,
+            ));
+        }
+        let open_error = |err| OpenError::Open {
+            path: path.to_string(),
+            err,
+        };
+        let file = File::open(path).map_err(open_error)?;
+        if file.metadata().map_err(open_error)?.is_dir() {
+            return Err(open_error(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "it is a directory",
             )));
         }
-        let size = total - u64::from(newline) - u64::from(last == Some(b'\r'));
-        if size > input.limit_u64() {
-            return Some(Err(input.over_limit(start, size)));
+        let mut reader: Box<dyn Read + Send> = Box::new(file);
+        let (format, prefix) = match format.or_else(|| Format::from_extension(Path::new(path))) {
+            Some(f) => (f, Vec::new()),
+            None => sniff(&mut *reader).map_err(read_error)?,
+        };
+        Ok(Self::new(
+            reader,
+            prefix,
+            format,
+            path.to_string(),
+            max_record_bytes,
+        ))
+    }
+
+    /// The bundled demo data ([`DEMO_CSV`]).
+    pub fn demo(max_record_bytes: usize) -> Self {
+        Self::new(
+            Box::new(DEMO_CSV.as_bytes()),
+            Vec::new(),
+            Format::Csv,
+            DEMO_SOURCE.to_string(),
+            max_record_bytes,
+        )
+    }
+
+    /// From any reader with a known format; `prefix` is input already read
+    /// from it. `source` names the input in messages.
+    pub fn new(
+        reader: Box<dyn Read + Send>,
+        prefix: Vec<u8>,
+        format: Format,
+        source: String,
+        max_record_bytes: usize,
+    ) -> Self {
+        Splitter {
+            reader,
+            source,
+            format,
+            limit: max_record_bytes,
+            buf: prefix,
+            rec_start: 0,
+            scan: 0,
+            rec_line: 1,
+            line: 0,
+            quote: QuoteState::FieldStart,
+            discard: None,
+            header: None,
+            pending: Vec::new(),
+            started: false,
+            eof: false,
+            done: false,
         }
-        let content_len = strip_terminator(&feeder.data).len();
-        feeder.data.truncate(content_len);
-        if input.line == start && is_blank(&feeder.data) {
-            return Some(Ok(false));
+    }
+
+    /// The input's name, as used in messages.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The input's format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// A bad record at `line` of this input.
+    pub fn bad(&self, line: u64, reason: String) -> BadRecord {
+        BadRecord {
+            source: self.source.clone(),
+            line,
+            reason,
         }
-        if let Err(err) = std::str::from_utf8(&feeder.data) {
-            return Some(Err(input.bad(start, invalid_utf8(&err))));
+    }
+
+    /// For CSV, read up to the header and return it (`None` for an input
+    /// with no header at all); a bad header is an error. `None` for JSON lines.
+    pub fn header(&mut self) -> Result<Option<Vec<u8>>, BadRecord> {
+        if self.format != Format::Csv {
+            return Ok(None);
         }
-        feeder.data.push(b'\n');
-        let parsed = self.parser.read_byte_record(&mut self.raw);
-        let feeder = self.parser.get_ref();
-        if parsed.is_err() || feeder.starved || feeder.pos != feeder.data.len() {
-            // Cannot happen as long as `QuoteState` agrees with csv_core; if it
-            // does not, start over with a fresh parser rather than let the
-            // next record be glued to this one.
-            self.parser = csv_reader();
-            let reason = match parsed {
-                Err(err) => format!("malformed CSV: {err}"),
-                Ok(_) => "malformed CSV: cannot find the end of the record".to_string(),
-            };
-            return Some(Err(input.bad(start, reason)));
+        let mut items = std::mem::take(&mut self.pending);
+        while self.header.is_none() && !self.done {
+            self.cut(&mut items);
+            if self.header.is_some() || self.done {
+                break;
+            }
+            if self.eof {
+                self.finish(&mut items);
+                break;
+            }
+            self.fill(&mut items);
         }
-        // Trim like `csv::Trim::All`, without its allocation per record.
-        self.record.clear();
-        for field in &self.raw {
-            self.record.push_field(field.trim_ascii());
-        }
-        if let Some(headers) = &self.headers {
-            if self.record.len() != headers.len() {
-                return Some(Err(input.bad(
-                    start,
-                    format!(
-                        "malformed CSV: wrong number of fields: expected {} (as in the header), found {}",
-                        headers.len(),
-                        self.record.len()
-                    ),
-                )));
+        if self.header.is_none() {
+            if let Some(Item::Bad { line, reason }) = items.first() {
+                return Err(self.bad(*line, reason.clone()));
             }
         }
-        Some(Ok(true))
+        self.pending = items;
+        Ok(self.header.clone())
+    }
+
+    /// The next block of records; `None` at the end of the input. Blocks
+    /// come as soon as a read yields a complete record, so a slow stream
+    /// is passed on as it arrives.
+    pub fn next_block(&mut self) -> Option<Block> {
+        let mut items = std::mem::take(&mut self.pending);
+        loop {
+            if !self.done {
+                self.cut(&mut items);
+            }
+            if !items.is_empty() {
+                return Some(self.hand_off(items));
+            }
+            if self.done {
+                return None;
+            }
+            if self.eof {
+                self.finish(&mut items);
+                self.done = true;
+                continue;
+            }
+            self.fill(&mut items);
+        }
+    }
+
+    /// The block of `items`: the buffer goes with them, and the start of
+    /// the next record moves to a new buffer.
+    fn hand_off(&mut self, items: Vec<Item>) -> Block {
+        let tail = &self.buf[self.rec_start..];
+        let mut next = Vec::with_capacity(tail.len() + READ_SIZE);
+        next.extend_from_slice(tail);
+        let data = std::mem::replace(&mut self.buf, next);
+        self.rec_start = 0;
+        Block { data, items }
+    }
+
+    /// Read more input into the buffer.
+    fn fill(&mut self, items: &mut Vec<Item>) {
+        // Nothing before the current record is needed any more.
+        if self.rec_start > 0 {
+            self.buf.drain(..self.rec_start);
+            self.rec_start = 0;
+        }
+        let len = self.buf.len();
+        if self.buf.capacity() - len < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        let room = self.buf.capacity();
+        self.buf.resize(room, 0);
+        let got = loop {
+            match self.reader.read(&mut self.buf[len..]) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match got {
+            Ok(n) => {
+                self.buf.truncate(len + n);
+                self.eof = n == 0;
+            }
+            Err(err) => {
+                self.buf.truncate(len);
+                items.push(Item::Bad {
+                    line: self.line + 1,
+                    reason: format!("read error: {err}"),
+                });
+                // Retrying a persistent error would loop forever.
+                self.done = true;
+            }
+        }
+    }
+
+    fn over_limit(&self, size: u64) -> String {
+        format!(
+            "record is {size} bytes, over the limit of {} bytes",
+            self.limit
+        )
+    }
+
+    /// Cut every complete record out of the buffer.
+    fn cut(&mut self, items: &mut Vec<Item>) {
+        if !self.started {
+            if self.buf.len() < BOM.len() && !self.eof {
+                return; // a BOM may still be coming
+            }
+            if self.buf.starts_with(BOM) {
+                self.rec_start = BOM.len();
+            }
+            self.started = true;
+        }
+        while !self.done {
+            if let Some(d) = self.discard {
+                if !self.skip_discarded(d, items) {
+                    return;
+                }
+                continue;
+            }
+            let from = self.rec_start + self.scan;
+            let Some(at) = memchr::memchr(b'\n', &self.buf[from..]).map(|i| from + i) else {
+                let held = self.buf.len() - self.rec_start;
+                if held > self.limit.saturating_add(1) {
+                    if self.format == Format::Csv && self.header.is_none() {
+                        // Nothing can be read without the header: say so now
+                        // rather than read on to its end (/dev/zero has none).
+                        let reason = format!(
+                            "the CSV header is over the limit of {} bytes (no line end in its first {held} bytes)",
+                            self.limit
+                        );
+                        return self.push_bad(self.rec_line, reason, items);
+                    }
+                    // Over the limit whatever follows: keep none of it.
+                    if self.format == Format::Csv {
+                        self.quote = self.quote.scan(&self.buf[from..]);
+                    }
+                    self.discard = Some(Discard {
+                        line: self.rec_line,
+                        size: held as u64,
+                        last: self.buf.last().copied(),
+                    });
+                    self.buf.truncate(self.rec_start);
+                    self.scan = 0;
+                }
+                return;
+            };
+            self.line += 1;
+            match self.format {
+                Format::JsonLines => {
+                    let content = strip_cr(&self.buf[self.rec_start..at]);
+                    if content.len() > self.limit {
+                        items.push(Item::Bad {
+                            line: self.line,
+                            reason: self.over_limit(content.len() as u64),
+                        });
+                    } else if !is_blank(content) {
+                        items.push(Item::Record {
+                            start: self.rec_start,
+                            end: self.rec_start + content.len(),
+                            line: self.line,
+                        });
+                    }
+                }
+                Format::Csv => {
+                    self.quote = self.quote.scan(&self.buf[from..at]);
+                    if self.quote == QuoteState::Quoted {
+                        // A `\n` inside a quoted field: the record goes on.
+                        self.scan = at + 1 - self.rec_start;
+                        if self.scan > self.limit.saturating_add(1) {
+                            self.discard = Some(Discard {
+                                line: self.rec_line,
+                                size: self.scan as u64,
+                                last: Some(b'\n'),
+                            });
+                            self.rec_start = at + 1;
+                            self.scan = 0;
+                        }
+                        continue;
+                    }
+                    let (start, end) = (self.rec_start, at);
+                    self.csv_record(start, end, items);
+                }
+            }
+            self.next_record(at + 1);
+        }
+    }
+
+    fn next_record(&mut self, start: usize) {
+        self.rec_start = start;
+        self.scan = 0;
+        self.rec_line = self.line + 1;
+        self.quote = QuoteState::FieldStart;
+    }
+
+    /// Read past a record over the limit; `true` once it has ended.
+    fn skip_discarded(&mut self, mut d: Discard, items: &mut Vec<Item>) -> bool {
+        let rest = &self.buf[self.rec_start..];
+        let Some(i) = memchr::memchr(b'\n', rest) else {
+            if self.format == Format::Csv {
+                self.quote = self.quote.scan(rest);
+            }
+            d.size += rest.len() as u64;
+            d.last = rest.last().copied().or(d.last);
+            self.discard = Some(d);
+            self.buf.truncate(self.rec_start);
+            return false;
+        };
+        let segment = &rest[..i];
+        self.line += 1;
+        d.size += i as u64;
+        d.last = segment.last().copied().or(d.last);
+        if self.format == Format::Csv {
+            self.quote = self.quote.scan(segment);
+            if self.quote == QuoteState::Quoted {
+                d.size += 1;
+                d.last = Some(b'\n');
+                self.discard = Some(d);
+                self.rec_start += i + 1;
+                return true;
+            }
+        }
+        self.discard = None;
+        let size = d.size - u64::from(d.last == Some(b'\r'));
+        let reason = self.over_limit(size);
+        self.push_bad(d.line, reason, items);
+        let at = self.rec_start + i;
+        self.next_record(at + 1);
+        true
+    }
+
+    /// A bad record; fatal if it stands where the CSV header should be.
+    fn push_bad(&mut self, line: u64, reason: String, items: &mut Vec<Item>) {
+        items.push(Item::Bad { line, reason });
+        if self.format == Format::Csv && self.header.is_none() {
+            self.done = true; // nothing after a bad header can be read
+        }
+    }
+
+    /// A complete CSV record `buf[start..end]` (its final `\n` excluded).
+    fn csv_record(&mut self, start: usize, end: usize, items: &mut Vec<Item>) {
+        let content = strip_cr(&self.buf[start..end]);
+        let line = self.rec_line;
+        if content.len() > self.limit {
+            let reason = self.over_limit(content.len() as u64);
+            return self.push_bad(line, reason, items);
+        }
+        let single_line = self.scan == 0;
+        if single_line && is_blank(content) {
+            return;
+        }
+        if self.header.is_some() {
+            items.push(Item::Record {
+                start,
+                end: start + content.len(),
+                line,
+            });
+            return;
+        }
+        let header = content.to_vec();
+        match check_header(&header) {
+            Ok(()) => self.header = Some(header),
+            Err(reason) => self.push_bad(line, reason, items),
+        }
+    }
+
+    /// The end of the input: its last record may have no terminator.
+    fn finish(&mut self, items: &mut Vec<Item>) {
+        if self.done {
+            return;
+        }
+        if let Some(d) = self.discard.take() {
+            if self.format == Format::Csv && self.quote == QuoteState::Quoted {
+                return self.push_bad(d.line, unterminated(), items);
+            }
+            let size = d.size - u64::from(d.last == Some(b'\r'));
+            let reason = self.over_limit(size);
+            return self.push_bad(d.line, reason, items);
+        }
+        let end = self.buf.len();
+        if end == self.rec_start {
+            return;
+        }
+        let from = self.rec_start + self.scan;
+        self.line += 1;
+        match self.format {
+            Format::JsonLines => {
+                let start = self.rec_start;
+                let content = strip_cr(&self.buf[start..end]);
+                if content.len() > self.limit {
+                    let reason = self.over_limit(content.len() as u64);
+                    items.push(Item::Bad {
+                        line: self.line,
+                        reason,
+                    });
+                } else if !is_blank(content) {
+                    items.push(Item::Record {
+                        start,
+                        end: start + content.len(),
+                        line: self.line,
+                    });
+                }
+            }
+            Format::Csv => {
+                self.quote = self.quote.scan(&self.buf[from..end]);
+                if self.quote == QuoteState::Quoted {
+                    let line = self.rec_line;
+                    return self.push_bad(line, unterminated(), items);
+                }
+                let start = self.rec_start;
+                self.csv_record(start, end, items);
+            }
+        }
+        self.next_record(end);
     }
 }
 
-/// Deserialize a CSV record by its header, naming the field in errors.
-fn deserialize<T: DeserializeOwned>(
-    record: &csv::ByteRecord,
-    headers: &csv::ByteRecord,
-) -> Result<T, String> {
-    record.deserialize(Some(headers)).map_err(|err| {
-        let csv::ErrorKind::Deserialize { err, .. } = err.kind() else {
-            return err.to_string();
-        };
-        let field = err.field().and_then(|i| usize::try_from(i).ok());
-        let name = field.and_then(|i| headers.get(i));
-        let value = field.and_then(|i| record.get(i)).filter(|v| !v.is_empty());
-        match (name, value, err.kind()) {
-            (
-                Some(name),
-                Some(value),
-                csv::DeserializeErrorKind::ParseInt(_)
-                | csv::DeserializeErrorKind::ParseFloat(_)
-                | csv::DeserializeErrorKind::ParseBool(_),
-            ) => format!(
-                "field `{}`: {} (value `{}`)",
-                String::from_utf8_lossy(name),
-                err.kind(),
-                String::from_utf8_lossy(value)
-            ),
-            (Some(name), _, kind) => format!("field `{}`: {kind}", String::from_utf8_lossy(name)),
-            (None, _, kind) => kind.to_string(),
+fn unterminated() -> String {
+    "malformed CSV: unterminated quoted field (its closing quote is missing)".into()
+}
+
+/// A header must be UTF-8 and name at least one column.
+fn check_header(header: &[u8]) -> Result<(), String> {
+    if let Err(err) = std::str::from_utf8(header) {
+        return Err(format!(
+            "invalid UTF-8 (at byte {} of the record)",
+            err.valid_up_to()
+        ));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(header);
+    let mut fields = csv::ByteRecord::new();
+    match reader.read_byte_record(&mut fields) {
+        Err(err) => Err(format!("malformed CSV: {err}")),
+        Ok(_) if fields.iter().all(|f| f.trim_ascii().is_empty()) => {
+            Err("empty CSV header (no column names)".to_string())
         }
-    })
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Decide the format of an input with no telling extension from its first
-/// non-whitespace byte, without losing any of it.
-fn sniff(mut reader: Box<dyn BufRead + Send>) -> io::Result<(Format, Box<dyn BufRead + Send>)> {
+/// non-whitespace byte. Returns what was read, to be split first.
+fn sniff(reader: &mut dyn Read) -> io::Result<(Format, Vec<u8>)> {
     let mut prefix = Vec::new();
-    let format = loop {
-        let avail = fill_buf(&mut *reader)?;
-        if avail.is_empty() {
-            break Format::Csv;
-        }
-        let skip = if prefix.is_empty() && avail.starts_with(BOM) {
-            BOM.len()
-        } else {
-            0
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
         };
-        if let Some(&first) = avail[skip..].iter().find(|b| !b.is_ascii_whitespace()) {
-            break if first == b'{' {
+        if n == 0 {
+            return Ok((Format::Csv, prefix));
+        }
+        let seen = prefix.len();
+        prefix.extend_from_slice(&chunk[..n]);
+        if prefix.len() < BOM.len() && BOM.starts_with(&prefix) {
+            continue;
+        }
+        let body = prefix.strip_prefix(BOM).unwrap_or(&prefix);
+        let skip = prefix.len() - body.len();
+        let from = seen.saturating_sub(skip);
+        if let Some(&first) = body[from..].iter().find(|b| !b.is_ascii_whitespace()) {
+            let format = if first == b'{' {
                 Format::JsonLines
             } else {
                 Format::Csv
             };
+            return Ok((format, prefix));
         }
-        if prefix.len() + avail.len() > SNIFF_LIMIT {
-            break Format::Csv;
+        if prefix.len() > SNIFF_LIMIT {
+            return Ok((Format::Csv, prefix));
         }
-        // All whitespace so far: keep it (it holds line breaks) and look further.
-        prefix.extend_from_slice(avail);
-        let n = avail.len();
-        reader.consume(n);
-    };
-    if prefix.is_empty() {
-        Ok((format, reader))
-    } else {
-        Ok((format, Box::new(io::Cursor::new(prefix).chain(reader))))
     }
 }
 
@@ -768,400 +734,233 @@ fn sniff(mut reader: Box<dyn BufRead + Send>) -> io::Result<(Format, Box<dyn Buf
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use procpool_tasks::Scientist;
-    use serde::Deserialize;
     use std::io::Write;
 
-    #[derive(Deserialize, Debug, PartialEq)]
-    struct Sci {
-        name: String,
-        field: String,
-        born: i32,
-        nobel: String,
-    }
-
-    fn sci(name: &str, field: &str, born: i32, nobel: &str) -> Sci {
-        Sci {
-            name: name.into(),
-            field: field.into(),
-            born,
-            nobel: nobel.into(),
-        }
-    }
-
-    fn reader<T: DeserializeOwned>(
-        data: impl Into<Vec<u8>>,
-        format: Format,
-        limit: usize,
-    ) -> RecordReader<T> {
-        RecordReader::from_reader(
+    /// Records as (line, text) and bad records as (line, "!" + reason).
+    fn split(data: impl Into<Vec<u8>>, format: Format, limit: usize) -> Vec<(u64, String)> {
+        let mut s = Splitter::new(
             Box::new(io::Cursor::new(data.into())),
+            Vec::new(),
             format,
-            "test".to_string(),
+            "test".into(),
             limit,
-        )
+        );
+        collect(&mut s)
     }
 
-    fn csv(data: impl Into<Vec<u8>>) -> Vec<Result<Sci, BadRecord>> {
-        reader(data, Format::Csv, 1024).collect()
-    }
-
-    fn jsonl(data: impl Into<Vec<u8>>) -> Vec<Result<Sci, BadRecord>> {
-        reader(data, Format::JsonLines, 1024).collect()
-    }
-
-    /// The line and reason of a bad record, panicking on a good one.
-    fn bad<T: fmt::Debug>(item: &Result<T, BadRecord>) -> (u64, &str) {
-        match item {
-            Err(bad) => (bad.line, bad.reason.as_str()),
-            Ok(record) => panic!("expected a bad record, got {record:?}"),
+    fn collect(s: &mut Splitter) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        if let Err(bad) = s.header() {
+            out.push((bad.line, format!("!{}", bad.reason)));
         }
+        while let Some(block) = s.next_block() {
+            out.extend(items_of(&block));
+        }
+        out
+    }
+
+    fn items_of(block: &Block) -> Vec<(u64, String)> {
+        block
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Record { start, end, line } => (
+                    *line,
+                    String::from_utf8_lossy(&block.data[*start..*end]).into_owned(),
+                ),
+                Item::Bad { line, reason } => (*line, format!("!{reason}")),
+            })
+            .collect()
+    }
+
+    fn csv(data: impl Into<Vec<u8>>) -> Vec<(u64, String)> {
+        split(data, Format::Csv, 1024)
+    }
+
+    fn jsonl(data: impl Into<Vec<u8>>) -> Vec<(u64, String)> {
+        split(data, Format::JsonLines, 1024)
+    }
+
+    fn rows(list: &[(u64, &str)]) -> Vec<(u64, String)> {
+        list.iter().map(|(l, s)| (*l, s.to_string())).collect()
     }
 
     const HEADER: &str = "name,field,born,nobel\n";
 
     #[test]
-    fn demo_yields_the_seven_scientists_in_order() {
-        let reader = RecordReader::<Scientist>::demo(1024);
-        assert_eq!(reader.source(), "<built-in scientists.csv>");
-        assert_eq!(reader.format(), Format::Csv);
-        let all: Vec<Scientist> = reader.map(Result::unwrap).collect();
-        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "Ada Lovelace",
-                "Emmy Noether",
-                "Marie Curie",
-                "Tu Youyou",
-                "Ada Yonath",
-                "Vera Rubin",
-                "Sally Ride"
-            ]
-        );
-        assert_eq!(
-            all[2],
-            Scientist {
-                name: "Marie Curie".into(),
-                field: "physics".into(),
-                born: 1867,
-                nobel: true
-            }
-        );
-        assert_eq!(all.iter().filter(|s| s.nobel).count(), 3);
-        assert_eq!(all[6].born, 1951);
-        assert!(!all[6].nobel);
+    fn demo_yields_the_header_and_seven_records() {
+        let mut s = Splitter::demo(1024);
+        assert_eq!(s.source(), "<built-in scientists.csv>");
+        assert_eq!(s.header().unwrap().unwrap(), b"name,field,born,nobel");
+        let got = collect(&mut s);
+        assert_eq!(got.len(), 7);
+        assert!(got[0].1.starts_with("Ada Lovelace,"), "{got:?}");
+        assert_eq!(got[0].0, 2);
     }
 
     #[test]
-    fn reader_is_send() {
-        fn assert_send<T: Send>() {}
-        assert_send::<RecordReader<Scientist>>();
-        assert_send::<RecordReader<std::rc::Rc<String>>>();
-    }
-
-    #[test]
-    fn csv_happy_path_trims_unquotes_and_skips_blank_lines() {
+    fn csv_keeps_quoted_newlines_skips_blank_lines_and_counts_lines() {
         let data = "\u{FEFF}name , field,born,nobel\r\n\
                     Ada Lovelace,math,1815,no\r\n\
                     \r\n\
                     \"Curie, Marie\" ,\"phys\"\"ics\", 1867 ,yes\n\
                     \x20\x20\n\
-                    \"Multi\nLine\",x,1,no";
-        let got: Vec<Sci> = csv(data).into_iter().map(Result::unwrap).collect();
+                    \"Multi\nLine\",x,1,no\n\
+                    last,y,2,no";
+        let mut s = Splitter::new(
+            Box::new(io::Cursor::new(data.as_bytes().to_vec())),
+            Vec::new(),
+            Format::Csv,
+            "t".into(),
+            1024,
+        );
+        assert_eq!(s.header().unwrap().unwrap(), b"name , field,born,nobel");
         assert_eq!(
-            got,
-            [
-                sci("Ada Lovelace", "math", 1815, "no"),
-                sci("Curie, Marie", "phys\"ics", 1867, "yes"),
-                sci("Multi\nLine", "x", 1, "no"),
-            ]
+            collect(&mut s),
+            rows(&[
+                (2, "Ada Lovelace,math,1815,no"),
+                (4, "\"Curie, Marie\" ,\"phys\"\"ics\", 1867 ,yes"),
+                (6, "\"Multi\nLine\",x,1,no"),
+                (8, "last,y,2,no"),
+            ])
         );
-    }
-
-    #[test]
-    fn csv_into_scientist_reads_yes_no() {
-        let data = format!("{HEADER}Marie Curie,physics,1867,yes\nVera Rubin,astronomy,1928,no\n");
-        let got: Vec<Scientist> = reader(data, Format::Csv, 1024)
-            .map(Result::unwrap)
-            .collect();
-        assert!(got[0].nobel);
-        assert!(!got[1].nobel);
-    }
-
-    #[test]
-    fn csv_line_numbers_count_header_blank_and_quoted_lines() {
-        let data = format!(
-            "{HEADER}a,b,1,no\n\n\"two\nlines\",b,x,no\nc,d,2\n\"e\",f,1,no,extra\ng,h,3,yes\n"
-        );
-        let got = csv(data);
-        assert_eq!(got.len(), 5);
-        assert_eq!(got[0].as_ref().unwrap(), &sci("a", "b", 1, "no"));
-        let (line, reason) = bad(&got[1]);
-        assert_eq!(line, 4);
-        assert!(reason.contains("field `born`"), "{reason}");
-        assert!(reason.contains("invalid digit"), "{reason}");
-        assert!(reason.contains("`x`"), "{reason}");
-        assert_eq!(
-            bad(&got[2]),
-            (
-                6,
-                "malformed CSV: wrong number of fields: expected 4 (as in the header), found 3"
-            )
-        );
-        assert_eq!(
-            bad(&got[3]),
-            (
-                7,
-                "malformed CSV: wrong number of fields: expected 4 (as in the header), found 5"
-            )
-        );
-        // Iteration goes on after bad records.
-        assert_eq!(got[4].as_ref().unwrap(), &sci("g", "h", 3, "yes"));
-    }
-
-    #[test]
-    fn csv_missing_field_is_named() {
-        let got = csv("name,field,born\nAda,math,1815\n");
-        let (line, reason) = bad(&got[0]);
-        assert_eq!(line, 2);
-        assert!(reason.contains("missing field `nobel`"), "{reason}");
-    }
-
-    #[test]
-    fn csv_bad_value_for_scientist_names_the_problem() {
-        let data = format!("{HEADER}Ada,math,1815,maybe\nTu,chem,1930,yes\n");
-        let got: Vec<Result<Scientist, BadRecord>> = reader(data, Format::Csv, 1024).collect();
-        let (line, reason) = bad(&got[0]);
-        assert_eq!(line, 2);
-        assert!(reason.contains("maybe"), "{reason}");
-        assert!(got[1].as_ref().unwrap().nobel);
     }
 
     #[test]
     fn csv_unterminated_quote() {
         let got = csv(format!("{HEADER}a,b,1,no\nc,\"d,2,no\ne,f,3,no\n"));
         assert_eq!(got.len(), 2);
-        assert!(got[0].is_ok());
-        let (line, reason) = bad(&got[1]);
-        assert_eq!(line, 3);
-        assert!(reason.contains("unterminated quoted field"), "{reason}");
-        // Even in the last field, where csv alone would accept it.
+        assert_eq!(got[0].0, 2);
+        assert_eq!(got[1].0, 3);
+        assert!(got[1].1.contains("unterminated quoted field"), "{got:?}");
         let got = csv(format!("{HEADER}a,b,1,\"no"));
-        assert_eq!(bad(&got[0]).0, 2);
-        assert!(bad(&got[0]).1.contains("unterminated"));
+        assert_eq!(got[0].0, 2);
+        assert!(got[0].1.contains("unterminated"));
     }
 
     #[test]
-    fn csv_empty_header_is_fatal() {
+    fn csv_bad_header_is_fatal() {
         for data in [",,,\na,b,1,no\n", " , \na,b\n"] {
-            let got = csv(data);
-            assert_eq!(got.len(), 1, "{data:?}");
-            assert_eq!(bad(&got[0]), (1, "empty CSV header (no column names)"));
+            assert_eq!(
+                csv(data),
+                rows(&[(1, "!empty CSV header (no column names)")]),
+                "{data:?}"
+            );
         }
-    }
-
-    #[test]
-    fn csv_invalid_utf8() {
-        let mut data = HEADER.as_bytes().to_vec();
-        data.extend_from_slice(b"Ad\xFFa,math,1815,no\nTu,chem,1930,yes\n");
-        let got = csv(data);
-        let (line, reason) = bad(&got[0]);
-        assert_eq!(line, 2);
-        assert!(reason.starts_with("invalid UTF-8"), "{reason}");
-        assert_eq!(got[1].as_ref().unwrap(), &sci("Tu", "chem", 1930, "yes"));
-        // In the header: fatal.
         let got = csv(b"na\xC3me,field\nx,y\n".to_vec());
         assert_eq!(got.len(), 1);
-        assert!(bad(&got[0]).1.starts_with("invalid UTF-8"));
+        assert!(got[0].1.starts_with("!invalid UTF-8"));
     }
 
     #[test]
     fn csv_over_limit_record_is_skipped() {
         let long = "x".repeat(500);
         let data = format!("{HEADER}{long},a,1,no\r\n\"{long}\n{long}\",a,1,no\nok,b,2,yes\n");
-        let got: Vec<Result<Sci, BadRecord>> = reader(data, Format::Csv, 100).collect();
-        assert_eq!(got.len(), 3);
         assert_eq!(
-            bad(&got[0]),
-            (2, "record is 507 bytes, over the limit of 100 bytes")
+            split(data, Format::Csv, 100),
+            rows(&[
+                (2, "!record is 507 bytes, over the limit of 100 bytes"),
+                (3, "!record is 1010 bytes, over the limit of 100 bytes"),
+                (5, "ok,b,2,yes"),
+            ])
         );
-        assert_eq!(
-            bad(&got[1]),
-            (3, "record is 1010 bytes, over the limit of 100 bytes")
-        );
-        assert_eq!(got[2].as_ref().unwrap(), &sci("ok", "b", 2, "yes"));
     }
 
     #[test]
-    fn csv_over_limit_quoted_field_is_not_buffered() {
+    fn over_limit_records_are_not_buffered() {
         let data = io::Cursor::new(format!("{HEADER}a,\"b"))
             .chain(io::repeat(b'\n').take(1_000_000))
             .chain(io::Cursor::new("\",1,no\nc,d,2,yes\n"));
-        let mut reader: RecordReader<Sci> = RecordReader::from_reader(
-            Box::new(BufReader::new(data)),
-            Format::Csv,
+        let mut s = Splitter::new(Box::new(data), Vec::new(), Format::Csv, "big".into(), 100);
+        assert!(s.header().unwrap().is_some());
+        let mut biggest = 0;
+        let mut got = Vec::new();
+        while let Some(block) = s.next_block() {
+            biggest = biggest.max(block.data.capacity());
+            got.extend(items_of(&block));
+        }
+        assert!(biggest < 2 * READ_SIZE, "{biggest}");
+        assert_eq!(
+            got,
+            rows(&[
+                (2, "!record is 1000010 bytes, over the limit of 100 bytes"),
+                (1_000_003, "c,d,2,yes")
+            ])
+        );
+
+        let good = r#"{"n":2}"#;
+        let huge: usize = 10 * 1024 * 1024;
+        let data = io::Cursor::new(format!("{good}\n"))
+            .chain(io::repeat(b' ').take(huge as u64))
+            .chain(io::Cursor::new(format!("{good}\r\n{good}\n")));
+        let mut s = Splitter::new(
+            Box::new(data),
+            Vec::new(),
+            Format::JsonLines,
             "big".into(),
             100,
         );
-        let err = reader.next().unwrap().unwrap_err();
+        let mut max_block = 0;
+        let mut got = Vec::new();
+        while let Some(block) = s.next_block() {
+            max_block = max_block.max(block.data.capacity());
+            got.extend(block.items);
+        }
+        assert!(max_block < 2 * READ_SIZE, "{max_block}");
+        assert_eq!(got.len(), 3);
         assert_eq!(
-            (err.line, err.reason.as_str()),
-            (2, "record is 1000010 bytes, over the limit of 100 bytes")
+            got[1],
+            Item::Bad {
+                line: 2,
+                reason: format!(
+                    "record is {} bytes, over the limit of 100 bytes",
+                    huge + good.len()
+                )
+            }
         );
-        let Parser::Csv(csv) = &mut reader.parser else {
-            unreachable!()
-        };
-        assert!(csv.parser.get_mut().data.capacity() < 1024);
-        let ok = reader.next().unwrap().unwrap();
-        assert_eq!(ok, sci("c", "d", 2, "yes"));
-        assert_eq!(reader.input.line, 1_000_003);
+        assert!(matches!(got[2], Item::Record { line: 3, .. }));
     }
 
     #[test]
-    fn csv_limit_is_exclusive_of_line_terminator() {
-        // The header is 21 bytes, and so is the record.
-        let row = "abcdefghij,b,2000,yes";
+    fn limit_is_exclusive_of_line_terminator() {
+        let row = "abcdefghij,b,2000,yes"; // 21 bytes, as is the header
         for data in [
             format!("{HEADER}{row}\r\n"),
             format!("{HEADER}{row}\n"),
             format!("{HEADER}{row}"),
         ] {
-            let got: Vec<Result<Sci, BadRecord>> = reader(data.clone(), Format::Csv, 21).collect();
-            assert_eq!(got.len(), 1);
-            assert!(got[0].is_ok(), "{got:?}");
-            // The header is over the limit too: nothing more can be read.
-            let got: Vec<Result<Sci, BadRecord>> = reader(data, Format::Csv, 20).collect();
-            assert_eq!(got.len(), 1);
+            assert_eq!(split(data.clone(), Format::Csv, 21), rows(&[(2, row)]));
             assert_eq!(
-                bad(&got[0]),
-                (1, "record is 21 bytes, over the limit of 20 bytes")
+                split(data, Format::Csv, 20),
+                rows(&[(1, "!record is 21 bytes, over the limit of 20 bytes")])
             );
         }
-    }
-
-    #[test]
-    fn jsonl_happy_path() {
-        let data =
-            "\u{FEFF}{\"name\":\"Ada\",\"field\":\"math\",\"born\":1815,\"nobel\":\"no\"}\r\n\
-                    \n   \t\n\
-                    {\"nobel\":\"yes\",\"born\":1867,\"field\":\"physics\",\"name\":\"Marie\"}";
-        let got: Vec<Sci> = jsonl(data).into_iter().map(Result::unwrap).collect();
-        assert_eq!(
-            got,
-            [
-                sci("Ada", "math", 1815, "no"),
-                sci("Marie", "physics", 1867, "yes")
-            ]
-        );
-        let got: Vec<Scientist> = reader(data, Format::JsonLines, 1024)
-            .map(Result::unwrap)
-            .collect();
-        assert!(!got[0].nobel && got[1].nobel);
-    }
-
-    #[test]
-    fn jsonl_bad_records_and_continuing() {
-        let good = r#"{"name":"A","field":"f","born":1,"nobel":"no"}"#;
-        let data = [
-            good,
-            r#"{"name":"A","field":"f","born":1,"#,
-            r#"{"name":"A","field":"f","born":"x","nobel":"no"}"#,
-            r#"{"name":"A","field":"f","born":1}"#,
-            "",
-            r#"{"name":"A","field":"f","born":1,"nobel":"no"} x"#,
-            "not json",
-            good,
-        ]
-        .join("\n");
-        let got = jsonl(data);
-        assert_eq!(got.len(), 7, "{got:?}");
-        assert!(got[0].is_ok());
-        assert_eq!(bad(&got[1]).0, 2);
-        assert!(
-            bad(&got[1])
-                .1
-                .starts_with("invalid JSON: EOF while parsing"),
-            "{:?}",
-            got[1]
-        );
-        assert_eq!(bad(&got[2]).0, 3);
-        assert!(bad(&got[2])
-            .1
-            .starts_with("invalid type: string \"x\", expected i32 at column"));
-        assert_eq!(bad(&got[3]), (4, "missing field `nobel` at column 33"));
-        assert_eq!(bad(&got[4]).0, 6);
-        assert!(bad(&got[4]).1.contains("trailing characters"));
-        assert_eq!(bad(&got[5]).0, 7);
-        assert!(bad(&got[5]).1.starts_with("invalid JSON: expected ident"));
-        assert!(got[6].is_ok());
-        // The display form.
-        let err = got[3].as_ref().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "test:4: missing field `nobel` at column 33"
-        );
-    }
-
-    #[test]
-    fn jsonl_invalid_utf8() {
-        let mut data =
-            b"{\"name\":\"\xC3\",\"field\":\"f\",\"born\":1,\"nobel\":\"no\"}\n".to_vec();
-        data.extend_from_slice(br#"{"name":"A","field":"f","born":2,"nobel":"no"}"#);
-        let got = jsonl(data);
-        assert_eq!(bad(&got[0]), (1, "invalid UTF-8 (at byte 9 of the record)"));
-        assert_eq!(got[1].as_ref().unwrap().born, 2);
-    }
-
-    #[test]
-    fn jsonl_over_limit_line_is_not_buffered() {
-        let good = r#"{"name":"A","field":"f","born":2,"nobel":"no"}"#;
-        let huge = 10 * 1024 * 1024;
-        // Streamed: the 10 MB line never exists in memory, here or there.
-        let data = io::Cursor::new(format!("{good}\n"))
-            .chain(io::repeat(b' ').take(huge))
-            .chain(io::Cursor::new(format!("{good}\r\n{good}\n")));
-        let mut reader: RecordReader<Sci> = RecordReader::from_reader(
-            Box::new(BufReader::new(data)),
-            Format::JsonLines,
-            "big".into(),
-            100,
-        );
-        assert!(reader.next().unwrap().is_ok());
-        let err = reader.next().unwrap().unwrap_err();
-        assert_eq!(err.line, 2);
-        assert_eq!(
-            err.reason,
-            format!(
-                "record is {} bytes, over the limit of 100 bytes",
-                huge + good.len() as u64
-            )
-        );
-        let Parser::Json(buf) = &reader.parser else {
-            unreachable!()
-        };
-        assert!(buf.capacity() < 1024, "buffer grew to {}", buf.capacity());
-        let ok = reader.next().unwrap().unwrap();
-        assert_eq!(ok.born, 2);
-        assert_eq!(reader.input.line, 3);
-        assert!(reader.next().is_none());
-        assert!(reader.next().is_none());
-    }
-
-    #[test]
-    fn jsonl_limit_is_exclusive_of_line_terminator() {
-        let good = r#"{"name":"A","field":"f","born":2,"nobel":"no"}"#;
+        let good = r#"{"name":"A","born":2}"#;
         let n = good.len();
         for data in [format!("{good}\r\n"), format!("{good}\n"), good.to_string()] {
-            let got: Vec<Result<Sci, BadRecord>> =
-                reader(data.clone(), Format::JsonLines, n).collect();
-            assert!(got[0].is_ok(), "{data:?}");
-            let got: Vec<Result<Sci, BadRecord>> = reader(data, Format::JsonLines, n - 1).collect();
             assert_eq!(
-                bad(&got[0]).1,
-                format!("record is {n} bytes, over the limit of {} bytes", n - 1)
+                split(data.clone(), Format::JsonLines, n),
+                rows(&[(1, good)])
+            );
+            assert_eq!(
+                split(data, Format::JsonLines, n - 1)[0].1,
+                format!("!record is {n} bytes, over the limit of {} bytes", n - 1)
             );
         }
+    }
+
+    #[test]
+    fn jsonl_lines_are_records_and_blank_lines_are_skipped() {
+        let data = "\u{FEFF}{\"a\":1}\r\n\n   \t\n{\"a\":2}\nnot json\n{\"a\":3}";
+        assert_eq!(
+            jsonl(data),
+            rows(&[
+                (1, "{\"a\":1}"),
+                (4, "{\"a\":2}"),
+                (5, "not json"),
+                (6, "{\"a\":3}")
+            ])
+        );
     }
 
     #[test]
@@ -1174,6 +973,34 @@ mod tests {
         assert!(csv("\n\nname,field,born,nobel\r\n\r\n").is_empty());
     }
 
+    /// Gives its data in pieces of `step` bytes, as a pipe might.
+    struct Trickle(Vec<u8>, usize, usize);
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(out.len()).min(self.0.len() - self.2);
+            out[..n].copy_from_slice(&self.0[self.2..self.2 + n]);
+            self.2 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_split_across_reads_come_out_whole() {
+        let data = format!("\u{FEFF}{HEADER}a,\"b\nc\",1,no\r\nd,e,2,yes\n\ng,h,3,no");
+        let whole = split(data.clone(), Format::Csv, 1024);
+        assert_eq!(whole.len(), 3);
+        for step in [1, 2, 3, 5, 7] {
+            let mut s = Splitter::new(
+                Box::new(Trickle(data.clone().into_bytes(), step, 0)),
+                Vec::new(),
+                Format::Csv,
+                "t".into(),
+                1024,
+            );
+            assert_eq!(collect(&mut s), whole, "step {step}");
+        }
+    }
+
     /// Fails every read, like a disk gone bad.
     struct Broken;
     impl Read for Broken {
@@ -1184,21 +1011,18 @@ mod tests {
 
     #[test]
     fn read_error_ends_the_input() {
-        for format in [Format::Csv, Format::JsonLines] {
-            let good = match format {
-                Format::Csv => format!("{HEADER}a,b,1,no\n"),
-                Format::JsonLines => {
-                    "{\"name\":\"a\",\"field\":\"b\",\"born\":1,\"nobel\":\"no\"}\n".to_string()
-                }
-            };
-            let data = io::Cursor::new(good).chain(Broken);
-            let mut reader: RecordReader<Sci> =
-                RecordReader::from_reader(Box::new(BufReader::new(data)), format, "x".into(), 100);
-            assert!(reader.next().unwrap().is_ok());
-            let err = reader.next().unwrap().unwrap_err();
-            assert_eq!(err.reason, "read error: disk on fire");
-            assert!(reader.next().is_none());
-        }
+        let data = io::Cursor::new("{\"a\":1}\n").chain(Broken);
+        let mut s = Splitter::new(
+            Box::new(data),
+            Vec::new(),
+            Format::JsonLines,
+            "x".into(),
+            100,
+        );
+        assert_eq!(
+            collect(&mut s),
+            rows(&[(1, "{\"a\":1}"), (2, "!read error: disk on fire")])
+        );
     }
 
     fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, String) {
@@ -1212,48 +1036,50 @@ mod tests {
     }
 
     #[test]
-    fn open_picks_format_from_extension_or_content() {
-        let json = "{\"name\":\"a\",\"field\":\"b\",\"born\":1,\"nobel\":\"no\"}\n";
+    fn open_picks_format_from_option_extension_or_content() {
+        let json = "{\"name\":\"a\"}\n";
         let csv = format!("{HEADER}a,b,1,no\n");
         let cases = [
-            ("x.csv", csv.as_str(), Format::Csv),
-            ("x.CSV", csv.as_str(), Format::Csv),
-            ("x.jsonl", json, Format::JsonLines),
-            ("x.ndjson", json, Format::JsonLines),
-            ("x.json", json, Format::JsonLines),
-            ("x.txt", json, Format::JsonLines),
-            ("x", csv.as_str(), Format::Csv),
-            ("x.data", "", Format::Csv),
+            ("x.csv", csv.as_str(), None, Format::Csv),
+            ("x.CSV", csv.as_str(), None, Format::Csv),
+            ("x.jsonl", json, None, Format::JsonLines),
+            ("x.ndjson", json, None, Format::JsonLines),
+            ("x.json", json, None, Format::JsonLines),
+            ("x.txt", json, None, Format::JsonLines),
+            ("x", csv.as_str(), None, Format::Csv),
+            ("x.data", "", None, Format::Csv),
+            ("x.csv", json, Some(Format::JsonLines), Format::JsonLines),
         ];
-        for (name, contents, format) in cases {
+        for (name, contents, given, format) in cases {
             let (_dir, path) = temp_file(name, contents);
-            let reader = RecordReader::<Sci>::open(&path, 1000).unwrap();
-            assert_eq!(reader.format(), format, "{name}");
-            assert_eq!(reader.source(), path);
-            let got: Vec<Sci> = reader.map(Result::unwrap).collect();
-            assert_eq!(got.len(), usize::from(!contents.is_empty()), "{name}");
+            let mut s = Splitter::open(&path, given, 1000).unwrap();
+            assert_eq!(s.format(), format, "{name}");
+            assert_eq!(s.source(), path);
+            assert_eq!(
+                collect(&mut s).len(),
+                usize::from(!contents.is_empty()),
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn sniffing_looks_past_leading_whitespace_without_losing_lines() {
-        let bad_json = "{\"name\":1}";
-        // More whitespace than one read buffer.
         let padding = " \t\n".repeat(30_000);
-        let (_dir, path) = temp_file("input", &format!("\u{FEFF}\n{padding}{bad_json}\n"));
-        let mut reader = RecordReader::<Sci>::open(&path, 1000).unwrap();
-        assert_eq!(reader.format(), Format::JsonLines);
-        assert_eq!(reader.next().unwrap().unwrap_err().line, 30_002);
+        let (_dir, path) = temp_file("input", &format!("\u{FEFF}\n{padding}{{\"a\":1}}\n"));
+        let mut s = Splitter::open(&path, None, 1000).unwrap();
+        assert_eq!(s.format(), Format::JsonLines);
+        assert_eq!(collect(&mut s), rows(&[(30_002, "{\"a\":1}")]));
 
         let (_dir, path) = temp_file("input", &format!("\u{FEFF}\n\n{HEADER}a,b,x,no\n"));
-        let mut reader = RecordReader::<Sci>::open(&path, 1000).unwrap();
-        assert_eq!(reader.format(), Format::Csv);
-        assert_eq!(reader.next().unwrap().unwrap_err().line, 4);
+        let mut s = Splitter::open(&path, None, 1000).unwrap();
+        assert_eq!(s.format(), Format::Csv);
+        assert_eq!(collect(&mut s), rows(&[(4, "a,b,x,no")]));
     }
 
     #[test]
     fn open_names_the_path() {
-        let err = RecordReader::<Sci>::open("/no/such/dir/input.csv", 100).unwrap_err();
+        let err = Splitter::open("/no/such/dir/input.csv", None, 100).unwrap_err();
         let message = err.to_string();
         assert!(
             message.starts_with("cannot open /no/such/dir/input.csv: "),
@@ -1261,7 +1087,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_str().unwrap();
-        let err = RecordReader::<Sci>::open(path, 100).unwrap_err();
+        let err = Splitter::open(path, None, 100).unwrap_err();
         assert!(err.to_string().contains(path), "{err}");
         assert!(err.to_string().contains("directory"), "{err}");
     }
@@ -1278,38 +1104,10 @@ mod tests {
         assert_eq!(Quoted.scan(b"abc"), Quoted);
         assert_eq!(QuoteInQuoted.scan(b"x"), Unquoted);
         assert_eq!(QuoteInQuoted.scan(b""), QuoteInQuoted);
-        // Split anywhere, the scan gives the same answer.
         let line = b"\"a,\"\"b\",c\"d,\"e\nf\"\"\",\"";
         for split in 0..line.len() {
             let (a, b) = line.split_at(split);
             assert_eq!(FieldStart.scan(a).scan(b), FieldStart.scan(line), "{split}");
-        }
-    }
-
-    /// `cargo test --release -p procpool-coordinator -- --ignored --nocapture throughput`
-    #[test]
-    #[ignore = "a rough benchmark, meaningful in release mode"]
-    fn throughput() {
-        let n = 1_000_000;
-        let mut json = Vec::new();
-        let mut csv = HEADER.as_bytes().to_vec();
-        for i in 0..n {
-            writeln!(
-                json,
-                r#"{{"name":"Scientist {i}","field":"physics","born":{},"nobel":"no"}}"#,
-                1800 + i % 200
-            )
-            .unwrap();
-            writeln!(csv, "Scientist {i},physics,{},no", 1800 + i % 200).unwrap();
-        }
-        for (format, data) in [(Format::JsonLines, json), (Format::Csv, csv)] {
-            let start = std::time::Instant::now();
-            let count = reader::<Scientist>(data, format, 1 << 20)
-                .map(Result::unwrap)
-                .count();
-            let secs = start.elapsed().as_secs_f64();
-            assert_eq!(count, n as usize);
-            eprintln!("{format:?}: {:.2} M records/s", n as f64 / secs / 1e6);
         }
     }
 }

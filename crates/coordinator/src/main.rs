@@ -8,7 +8,6 @@ mod report;
 mod resume;
 mod run;
 mod scale;
-mod threads;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;

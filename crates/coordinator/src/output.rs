@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use procpool::RecordError;
-use serde::Serialize;
 
 use crate::report::JobEntry;
 use crate::resume::Sidecar;
@@ -186,10 +185,10 @@ impl Output {
         })
     }
 
-    /// Write a result line.
-    pub fn ok<O: Serialize>(&mut self, value: &O, entry: JobEntry) -> io::Result<()> {
+    /// Write a result line: the worker's JSON, as it is.
+    pub fn ok_bytes(&mut self, json: &[u8], entry: JobEntry) -> io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, value).map_err(io::Error::other)?;
+        self.line.extend_from_slice(json);
         self.end_line(entry)
     }
 

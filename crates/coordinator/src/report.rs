@@ -12,6 +12,14 @@ use serde::Serialize;
 
 use crate::output::error_kind;
 
+/// What one task thread of the thread executor did.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadStats {
+    pub records: u64,
+    pub failed: u64,
+    pub busy: Duration,
+}
+
 /// One row of `--stats` / `--stats-json`.
 #[derive(Debug, Serialize)]
 pub struct StatsRow {
@@ -61,9 +69,16 @@ impl Stats {
         )
     }
 
-    /// Rows for the thread executor: one per task thread of this process.
-    pub fn threads(threads: &[crate::threads::ThreadStats], records: u64, wall: Duration) -> Self {
-        let pid = std::process::id();
+    /// Rows for the thread executor: one per task thread of its one worker
+    /// process (`lifetime`: how long that process lived).
+    pub fn threads(
+        pid: u32,
+        threads: &[ThreadStats],
+        records: u64,
+        lifetime: Duration,
+        wall: Duration,
+    ) -> Self {
+        let life = if lifetime.is_zero() { wall } else { lifetime };
         let rows = threads
             .iter()
             .enumerate()
@@ -72,11 +87,11 @@ impl Stats {
                 records: t.records,
                 failed: t.failed,
                 busy_s: t.busy.as_secs_f64(),
-                lifetime_s: wall.as_secs_f64(),
-                utilisation: if wall.is_zero() {
+                lifetime_s: life.as_secs_f64(),
+                utilisation: if life.is_zero() {
                     0.0
                 } else {
-                    (t.busy.as_secs_f64() / wall.as_secs_f64()).min(1.0)
+                    (t.busy.as_secs_f64() / life.as_secs_f64()).min(1.0)
                 },
                 ended: format!("thread task-{i}"),
             })

@@ -1,69 +1,683 @@
-//! A run: input reader thread -> pool -> ordered output, with signals,
-//! failure policy and resume.
+//! A run: a plan validated up front, then small steps: start the pool, feed
+//! the input from a thread of its own, drain the ordered results into the
+//! output, report.
+//!
+//! The coordinator never decodes records: the input is split into records
+//! ([`crate::input`]), their bytes go to the workers, which decode them into
+//! the task's input and answer JSON, and those bytes are written out in input
+//! order. So any task a worker binary registers runs from here.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use log::{error, info, warn};
-use procpool::{Done, PoolBuilder, PoolError, RecordError, Task};
-use procpool_tasks::{Age, Fault, Locked, Primes};
-use serde::Serialize;
+use procpool::raw::{Feed, RawDone, RawPool, RawSource};
+use procpool::{
+    Canceller, Encoding, ParamsEncoding, PoolBuilder, PoolError, RecordError, TaskSpec,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{Backend, Executor, RunArgs, WorkerArgs};
-use crate::input::{BadRecord, RecordReader};
+use crate::cli::{Backend, Executor, InputFormat, RunArgs, WorkerArgs};
+use crate::input::{BadRecord, Block, Format, Item, Splitter};
 use crate::output::{Output, OutputSpec};
-use crate::report::{open_joblog, JobEntry, Stats};
-use crate::threads::ThreadMap;
+use crate::report::{open_joblog, JobEntry, Stats, ThreadStats};
+use crate::resume::Sidecar;
 
-/// Tasks the command line can feed (it must know their input and output types).
-pub const CLI_TASKS: &[&str] = &["age", "primes", "locked", "fault"];
+/// The task the built-in data set is for.
+const DEMO_TASK: &str = "age";
 
-/// The current year, for `age`'s default.
-fn current_year() -> i32 {
-    let now = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
-    now.get(..4).and_then(|y| y.parse().ok()).unwrap_or(2026)
-}
+/// Blocks of records read ahead of the pool.
+const BLOCKS_AHEAD: usize = 4;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    // Before anything is opened for writing.
-    crate::paths::check_distinct(&crate::paths::of_run(args))?;
-    if let Some(p) = &args.stats_json {
-        crate::paths::check_writable("--stats-json", p)?;
-    }
-    let demo = args.input.is_none();
-    if !CLI_TASKS.contains(&args.task.as_str()) {
-        bail!(
-            "unknown task `{}`; the coordinator can run: {} (`coordinator tasks` lists what the worker binary offers)",
-            args.task,
-            CLI_TASKS.join(", ")
+    let started = Instant::now();
+    let mut plan = Plan::new(args)?;
+    let (blocks_tx, blocks_rx) = sync_channel::<Feeding>(BLOCKS_AHEAD);
+    let signals = SignalWatch::start(blocks_tx.clone(), plan.mpi())?;
+    start_input(&plan, blocks_tx)?;
+    let Some(opened) = wait_opened(&blocks_rx, &signals)? else {
+        let signal = signals.signal.load(Ordering::SeqCst);
+        warn!(
+            "interrupted by {} before the input could be read: nothing was run",
+            signal_hook::low_level::signal_name(signal).unwrap_or("signal")
+        );
+        return Ok(ExitCode::from(128 + signal as u8));
+    };
+    let settings = Settings {
+        args,
+        source: opened.source,
+        executor: plan.executor,
+        workers: plan.workers,
+        resume_from: plan.resume_from,
+    };
+    let multi = crate::MULTI.get().cloned().unwrap_or_default();
+    // The built-in data set's size is known; a file's is counted on the side.
+    let demo_records = || crate::input::DEMO_CSV.lines().skip(1).count() as u64;
+    let mut progress = Progress::new(args, &multi, args.input.is_none().then(demo_records));
+    count_records_in_background(args.input.as_deref(), progress.bar.clone());
+
+    let pool = plan.start_pool(opened.records, &multi, progress.bar.is_some())?;
+    info!(
+        "{} ready (pids {:?}) in {:.3} s",
+        match plan.executor {
+            Executor::Process => format!("{} workers", pool.workers()),
+            Executor::Thread => format!("{} threads in one worker process", plan.workers),
+        },
+        pool.pids(),
+        started.elapsed().as_secs_f64()
+    );
+    signals.arm(pool.canceller());
+    let feeder = Feeder::new(blocks_rx, plan.resume_from, &signals);
+    let drained = drain(&settings, &pool, feeder, plan.sidecar.take(), &mut progress)?;
+    progress.finish();
+    let stats = pool.shutdown();
+    signals.handle.close();
+    report(&settings, &drained, &stats, started.elapsed(), &multi)?;
+    let signal = signals.signal.load(Ordering::SeqCst);
+    if signal != 0 {
+        warn!(
+            "interrupted by {}: output holds the first {} records in order",
+            signal_hook::low_level::signal_name(signal).unwrap_or("signal"),
+            plan.resume_from + drained.records
         );
     }
-    match args.task.as_str() {
-        "age" => {
-            let task = Age {
-                year: args.year.unwrap_or_else(current_year),
-                work_ms: args.work_ms.unwrap_or(if demo { 1000 } else { 0 }),
-            };
-            run_task(args, task)
+    drained.exit_code(signal)
+}
+
+/// What the steps after the plan need of the arguments.
+struct Settings<'a> {
+    args: &'a RunArgs,
+    source: String,
+    executor: Executor,
+    workers: usize,
+    resume_from: u64,
+}
+
+/// Everything about a run that can be checked before anything starts.
+struct Plan<'a> {
+    args: &'a RunArgs,
+    /// The input's format if the command line says it.
+    format: Option<Format>,
+    params: Vec<u8>,
+    executor: Executor,
+    workers: usize,
+    resume_from: u64,
+    /// What lets a later `--resume` recognise this run.
+    sidecar: Option<Sidecar>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(args: &'a RunArgs) -> anyhow::Result<Plan<'a>> {
+        // Before anything is opened for writing.
+        crate::paths::check_distinct(&crate::paths::of_run(args))?;
+        if let Some(p) = &args.stats_json {
+            crate::paths::check_writable("--stats-json", p)?;
         }
-        other if demo => bail!("task `{other}` needs --input (the built-in data set is for `age`)"),
-        "primes" => run_task(args, Primes),
-        "locked" => run_task(args, Locked),
-        "fault" => run_task(args, Fault),
-        other => unreachable!("task {other} is in CLI_TASKS but not dispatched"),
+        let demo = args.input.is_none();
+        if demo && args.task != DEMO_TASK {
+            bail!(
+                "task `{}` needs --input (the built-in data set is for `{DEMO_TASK}`)",
+                args.task
+            );
+        }
+        let workers = args
+            .workers
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        if workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        if args.executor == Executor::Thread {
+            if args.backend == Backend::Mpi {
+                bail!(
+                    "--backend mpi runs worker processes: it cannot be used with --executor thread"
+                );
+            }
+            if args.timeout.is_some() || args.max_tasks_per_child.is_some() {
+                bail!("--timeout and --max-tasks-per-child need worker processes of their own (--executor process): on threads they would kill every thread's records");
+            }
+        }
+        let params = task_params(args, demo)?;
+        let resume = crate::resume::plan(
+            args.output.as_deref(),
+            args.resume,
+            args.input.as_deref(),
+            &args.task,
+            serde_json::from_slice(&params)?,
+        )?;
+        let format = match args.format {
+            InputFormat::Auto => None,
+            InputFormat::Jsonl => Some(Format::JsonLines),
+            InputFormat::Csv => Some(Format::Csv),
+        };
+        Ok(Plan {
+            args,
+            format,
+            params,
+            executor: args.executor,
+            workers,
+            resume_from: resume.skip,
+            sidecar: resume.sidecar,
+        })
     }
+
+    fn mpi(&self) -> bool {
+        self.args.backend == Backend::Mpi
+    }
+
+    /// Start the workers: N processes, or one process of N threads.
+    fn start_pool(
+        &self,
+        records: Encoding,
+        multi: &MultiProgress,
+        bar: bool,
+    ) -> anyhow::Result<RawPool> {
+        let args = self.args;
+        let mut builder = PoolBuilder::new()
+            .in_flight(args.in_flight)
+            .retries(args.retries)
+            .shutdown_grace(args.grace);
+        builder = match self.executor {
+            Executor::Process => builder.workers(self.workers),
+            Executor::Thread => builder.workers(1).threads_per_worker(self.workers),
+        };
+        builder = match args.backend {
+            Backend::Local => builder.worker_bin(worker_bin(&args.worker)?),
+            Backend::Mpi => use_mpi(builder, args)?,
+        };
+        if let Some(n) = args.chunksize {
+            builder = builder.chunk_size(n);
+        }
+        if let Some(t) = args.timeout {
+            builder = builder.record_timeout(t);
+        }
+        if let Some(n) = args.max_tasks_per_child {
+            builder = builder.max_tasks_per_child(n);
+        }
+        if bar {
+            // Worker lines go above the bar, never through it.
+            let multi = multi.clone();
+            builder = builder.worker_output(move |_pid, line| {
+                multi.suspend(|| eprintln!("{line}"));
+            });
+        }
+        builder
+            .build_raw(TaskSpec {
+                name: args.task.clone(),
+                params: self.params.clone(),
+                params_encoding: ParamsEncoding::Json,
+                records,
+                threads: 1,
+            })
+            .map_err(explain)
+    }
+}
+
+/// The task value as a JSON object: `--params`, then each `--param`, then
+/// the built-in tasks' `--year` and `--work-ms`.
+fn task_params(args: &RunArgs, demo: bool) -> anyhow::Result<Vec<u8>> {
+    use serde_json::{Map, Value};
+    let mut map: Map<String, Value> = match &args.params {
+        None => Map::new(),
+        Some(text) => serde_json::from_str(text)
+            .with_context(|| format!("--params must be a JSON object, not `{text}`"))?,
+    };
+    for pair in &args.param {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--param takes KEY=VALUE, not `{pair}`");
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+        map.insert(key.trim().to_owned(), value);
+    }
+    if let Some(year) = args.year {
+        map.insert("year".into(), year.into());
+    }
+    match args.work_ms {
+        Some(ms) => {
+            map.insert("work_ms".into(), ms.into());
+        }
+        // The demo stands for heavy work: a second per record.
+        None if demo => {
+            map.entry("work_ms").or_insert(1000.into());
+        }
+        None => {}
+    }
+    Ok(serde_json::to_vec(&Value::Object(map))?)
+}
+
+/// The input, once open: its name and how its records are encoded.
+struct Opened {
+    source: String,
+    records: Encoding,
+}
+
+/// What goes from the input thread to the pool's feed.
+enum Feeding {
+    /// The input is open (or cannot be read); comes first.
+    Opened(anyhow::Result<Opened>),
+    Block(Block),
+    /// The end of the input.
+    End,
+    /// Look at the signal flag (sent by the signal thread).
+    Wake,
+}
+
+/// Ctrl-C and SIGTERM: the first stops reading input and dispatching, and
+/// lets records in flight finish within the grace period; the second kills
+/// at once. The signal thread also wakes the feed, which may be waiting for
+/// a stalled input.
+struct SignalWatch {
+    signal: Arc<AtomicI32>,
+    handle: signal_hook::iterator::Handle,
+    /// The pool's canceller, once the pool runs.
+    canceller: Arc<Mutex<Option<Canceller>>>,
+}
+
+impl SignalWatch {
+    fn start(wake: SyncSender<Feeding>, mpi: bool) -> anyhow::Result<Self> {
+        let signal = Arc::new(AtomicI32::new(0));
+        let canceller: Arc<Mutex<Option<Canceller>>> = Arc::default();
+        let pool = canceller.clone();
+        let mut signals =
+            Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+        let handle = signals.handle();
+        let flag = signal.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if mpi && sig == SIGTERM {
+                        #[cfg(feature = "mpi")]
+                        procpool::mpi::end_job();
+                        warn!(
+                            "SIGTERM under MPI: the launcher is ending the job (usually because a rank failed; see its message); the output keeps every complete record in order, and `--resume` continues the job"
+                        );
+                    }
+                    if flag.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                        warn!(
+                            "{}: finishing records in flight, then stopping (again to stop at once)",
+                            signal_hook::low_level::signal_name(sig).unwrap_or("signal")
+                        );
+                    } else {
+                        warn!("{}: stopping now", signal_hook::low_level::signal_name(sig).unwrap_or("signal"));
+                    }
+                    // A full queue means the feed is not waiting: it sees the flag.
+                    let _ = wake.try_send(Feeding::Wake);
+                    if let Some(c) = pool.lock().ok().as_ref().and_then(|c| c.as_ref()) {
+                        c.cancel();
+                    }
+                }
+            })?;
+        Ok(SignalWatch {
+            signal,
+            handle,
+            canceller,
+        })
+    }
+
+    /// Signals now cancel the pool's work (at once, if one came already).
+    fn arm(&self, canceller: Canceller) {
+        if self.signal.load(Ordering::SeqCst) != 0 {
+            canceller.cancel();
+        }
+        if let Ok(mut slot) = self.canceller.lock() {
+            *slot = Some(canceller);
+        }
+    }
+}
+
+/// The pool's source of records: blocks cut by the input thread. It keeps
+/// the line of every record handed out, for messages about it, and stops at
+/// a signal or when the run stops early.
+struct Feeder {
+    rx: Receiver<Feeding>,
+    block: Block,
+    next: usize,
+    to_skip: u64,
+    lines: Rc<RefCell<VecDeque<u64>>>,
+    halt: Rc<Cell<bool>>,
+    signal: Arc<AtomicI32>,
+}
+
+/// Open the input, read its CSV header, then cut it into blocks, all on a
+/// thread of its own: the main thread never waits on the input itself, only
+/// on a channel that a signal can wake (an idle pipe, `tail -f`, /dev/zero).
+fn start_input(plan: &Plan<'_>, tx: SyncSender<Feeding>) -> anyhow::Result<()> {
+    let (path, format, limit) = (
+        plan.args.input.clone(),
+        plan.format,
+        plan.args.max_record_bytes,
+    );
+    thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            let opened = (|| -> anyhow::Result<(Splitter, Opened)> {
+                let mut splitter = match &path {
+                    None => Splitter::demo(limit),
+                    Some(path) => Splitter::open(path, format, limit)?,
+                };
+                let records = match splitter.format() {
+                    Format::JsonLines => Encoding::Json,
+                    Format::Csv => Encoding::Csv {
+                        header: splitter
+                            .header()
+                            .map_err(|bad| anyhow!("{bad} (the CSV header cannot be read)"))?
+                            .unwrap_or_default(),
+                    },
+                };
+                log::debug!(
+                    "reading {:?} records from {}",
+                    splitter.format(),
+                    splitter.source()
+                );
+                let source = splitter.source().to_owned();
+                Ok((splitter, Opened { source, records }))
+            })();
+            let mut splitter = match opened {
+                Ok((splitter, opened)) => {
+                    if tx.send(Feeding::Opened(Ok(opened))).is_err() {
+                        return;
+                    }
+                    splitter
+                }
+                Err(e) => {
+                    let _ = tx.send(Feeding::Opened(Err(e)));
+                    return;
+                }
+            };
+            while let Some(block) = splitter.next_block() {
+                if tx.send(Feeding::Block(block)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Feeding::End);
+        })
+        .context("cannot start the input thread")?;
+    Ok(())
+}
+
+/// Wait for the input to be open; `None` if a signal came first.
+fn wait_opened(rx: &Receiver<Feeding>, signals: &SignalWatch) -> anyhow::Result<Option<Opened>> {
+    loop {
+        match rx.recv() {
+            Ok(Feeding::Opened(opened)) => return opened.map(Some),
+            Ok(Feeding::Wake) if signals.signal.load(Ordering::SeqCst) != 0 => return Ok(None),
+            Ok(Feeding::Wake) => {}
+            Ok(Feeding::Block(_) | Feeding::End) | Err(_) => {
+                bail!("the input thread stopped before opening the input")
+            }
+        }
+    }
+}
+
+impl Feeder {
+    fn new(rx: Receiver<Feeding>, to_skip: u64, signals: &SignalWatch) -> Feeder {
+        Feeder {
+            rx,
+            block: Block::default(),
+            next: 0,
+            to_skip,
+            lines: Rc::default(),
+            halt: Rc::default(),
+            signal: signals.signal.clone(),
+        }
+    }
+}
+
+impl RawSource for Feeder {
+    fn next(&mut self, wait: Option<Duration>) -> Feed<'_> {
+        let i = loop {
+            if self.halt.get() || self.signal.load(Ordering::Relaxed) != 0 {
+                return Feed::End;
+            }
+            if self.next < self.block.items.len() {
+                self.next += 1;
+                if self.to_skip > 0 {
+                    self.to_skip -= 1; // done in the run being resumed
+                    continue;
+                }
+                break self.next - 1;
+            }
+            let got = match wait {
+                None => self.rx.recv().ok(),
+                Some(d) if d.is_zero() => match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => return Feed::Pause,
+                    Err(TryRecvError::Disconnected) => None,
+                },
+                Some(d) => match self.rx.recv_timeout(d) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => return Feed::Pause,
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            match got {
+                Some(Feeding::Block(block)) => {
+                    self.block = block;
+                    self.next = 0;
+                }
+                Some(Feeding::Wake | Feeding::Opened(_)) => {}
+                Some(Feeding::End) | None => {
+                    self.halt.set(true);
+                    return Feed::End;
+                }
+            }
+        };
+        match &self.block.items[i] {
+            Item::Record { start, end, line } => {
+                self.lines.borrow_mut().push_back(*line);
+                Feed::Record(&self.block.data[*start..*end])
+            }
+            Item::Bad { line, reason } => {
+                self.lines.borrow_mut().push_back(*line);
+                Feed::Bad(reason.clone())
+            }
+        }
+    }
+}
+
+/// What the drain saw.
+#[derive(Default)]
+struct Drained {
+    records: u64,
+    failures: Vec<(u64, RecordError)>,
+    skipped: u64,
+    stopped_early: bool,
+    bad_input: Option<BadRecord>,
+    /// Per thread of the thread executor's worker: (pid, stats).
+    threads: Vec<ThreadStats>,
+    thread_pid: u32,
+}
+
+impl Drained {
+    fn exit_code(&self, signal: i32) -> anyhow::Result<ExitCode> {
+        if signal != 0 {
+            return Ok(ExitCode::from(128 + signal as u8));
+        }
+        if let Some(bad) = &self.bad_input {
+            bail!("{bad} (use --skip-bad-input to skip such records)");
+        }
+        if self.stopped_early && self.failures.is_empty() {
+            bail!("the run stopped before every record was processed");
+        }
+        Ok(if self.failures.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    }
+
+    fn count_thread(&mut self, done: &RawDone) {
+        let i = done.thread as usize;
+        if self.threads.len() <= i {
+            self.threads.resize_with(i + 1, ThreadStats::default);
+        }
+        let t = &mut self.threads[i];
+        t.records += 1;
+        t.failed += u64::from(done.result.is_err());
+        t.busy += done.duration;
+        self.thread_pid = done.pid;
+    }
+}
+
+/// Write the results in input order (errors in their place), the job log,
+/// and the progress, until the input ends or the run stops.
+fn drain(
+    settings: &Settings<'_>,
+    pool: &RawPool,
+    feeder: Feeder,
+    sidecar: Option<Sidecar>,
+    progress: &mut Progress,
+) -> anyhow::Result<Drained> {
+    let args = settings.args;
+    let joblog = match &args.joblog {
+        Some(p) => Some((
+            p.clone(),
+            open_joblog(p, args.resume.then_some(settings.resume_from))?,
+        )),
+        None => None,
+    };
+    let mut out = Output::open(OutputSpec {
+        path: args.output.as_deref(),
+        append: args.resume,
+        joblog,
+        sidecar,
+    })?;
+    let lines = feeder.lines.clone();
+    let halt = feeder.halt.clone();
+    let canceller = pool.canceller();
+    let stop_now = || {
+        halt.set(true);
+        canceller.cancel();
+        canceller.cancel();
+    };
+    let mut d = Drained::default();
+    for done in pool.map(feeder) {
+        let seq = settings.resume_from + done.seq;
+        let line = lines.borrow_mut().pop_front().unwrap_or(0);
+        if matches!(done.result, Err(RecordError::Cancelled)) {
+            d.stopped_early = true;
+            break;
+        }
+        if let Err(RecordError::BadInput(reason)) = &done.result {
+            let bad = BadRecord {
+                source: settings.source.clone(),
+                line,
+                reason: reason.clone(),
+            };
+            if args.skip_bad_input {
+                warn!("skipping bad input: {bad}");
+                d.skipped += 1;
+                continue;
+            }
+            d.bad_input = Some(bad);
+            stop_now();
+            break;
+        }
+        if settings.executor == Executor::Thread && done.pid != 0 {
+            d.count_thread(&done);
+        }
+        let entry = JobEntry::new(
+            seq,
+            done.pid,
+            done.started_us,
+            done.duration,
+            done.result.as_ref().map(|_| ()),
+        );
+        d.records += 1;
+        match done.result {
+            Ok(bytes) => out.ok_bytes(&bytes, entry)?,
+            Err(e) => {
+                out.failed(seq, &e, entry)?;
+                error!("record #{seq} failed: {e}");
+                d.failures.push((seq, e));
+                if args.fail_fast {
+                    d.stopped_early = true;
+                    stop_now();
+                    break;
+                }
+            }
+        }
+        progress.tick(d.records);
+    }
+    out.flush()?;
+    Ok(d)
+}
+
+/// Statistics, the summary line and the failures, on stderr (and as JSON).
+fn report(
+    settings: &Settings<'_>,
+    d: &Drained,
+    stats: &[procpool::WorkerStats],
+    elapsed: Duration,
+    multi: &MultiProgress,
+) -> anyhow::Result<()> {
+    let args = settings.args;
+    let report = match settings.executor {
+        Executor::Thread => {
+            let pid = stats.first().map_or(d.thread_pid, |s| s.pid);
+            let lifetime = stats.first().map_or(Duration::ZERO, |s| s.lifetime);
+            let mut threads = d.threads.clone();
+            threads.resize_with(settings.workers.max(threads.len()), ThreadStats::default);
+            Stats::threads(pid, &threads, d.records, lifetime, elapsed)
+        }
+        Executor::Process => Stats::new(stats, d.records, elapsed, "process"),
+    };
+    if args.stats {
+        multi.suspend(|| eprint!("{}", report.table()));
+    }
+    if let Some(path) = &args.stats_json {
+        report.write_json(path)?;
+    }
+    let mut summary = format!(
+        "done: {} records, {} failed, with {} {} in {:.3} s",
+        d.records,
+        d.failures.len(),
+        settings.workers,
+        match settings.executor {
+            Executor::Process => format!("workers ({} processes in all)", stats.len()),
+            Executor::Thread => format!("threads (in {} worker process)", stats.len()),
+        },
+        elapsed.as_secs_f64()
+    );
+    if d.skipped > 0 {
+        summary.push_str(&format!("; {} bad input records skipped", d.skipped));
+    }
+    if settings.resume_from > 0 {
+        summary.push_str(&format!("; resumed after {} records", settings.resume_from));
+    }
+    info!("{summary}");
+    if !d.failures.is_empty() {
+        let shown: Vec<String> = d
+            .failures
+            .iter()
+            .take(10)
+            .map(|(seq, e)| format!("#{seq}: {e}"))
+            .collect();
+        let more = d.failures.len().saturating_sub(10);
+        warn!(
+            "{} records failed: {}{}",
+            d.failures.len(),
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Workers as MPI ranks: the other ranks of this MPI job, or, with
@@ -88,10 +702,10 @@ fn use_mpi(_builder: PoolBuilder, _args: &RunArgs) -> anyhow::Result<PoolBuilder
     )
 }
 
-/// The worker binary to use: `--worker-bin`, else `worker` next to this
-/// executable, else this executable itself (it serves the same tasks; see
-/// `procpool::init` in `main`), with a message that says how to get it.
+/// The worker binary to use, with a message that says how to get it.
 fn worker_bin(args: &WorkerArgs) -> anyhow::Result<PathBuf> {
+    // `worker` next to this executable, else this executable itself: it
+    // serves the same tasks (see `procpool::init` in `main`).
     let path = match &args.worker_bin {
         Some(path) => path.clone(),
         None => {
@@ -138,12 +752,6 @@ pub fn list_tasks(worker: &WorkerArgs) -> anyhow::Result<ExitCode> {
         println!("      output: {{{}}}", t.output_fields.join(", "));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Counts kept by the input thread.
-#[derive(Default)]
-struct InputCounts {
-    skipped_bad: AtomicU64,
 }
 
 /// The progress display: a bar on a terminal, periodic log lines with
@@ -236,322 +844,4 @@ fn count_records_in_background(path: Option<&str>, bar: Option<ProgressBar>) {
         let csv = path.ends_with(".csv");
         bar.set_length(lines.saturating_sub(u64::from(csv)));
     });
-}
-
-fn run_task<T: Task>(args: &RunArgs, task: T) -> anyhow::Result<ExitCode>
-where
-    T::Output: Serialize,
-{
-    let started = Instant::now();
-    let resume = crate::resume::plan(
-        args.output.as_deref(),
-        args.resume,
-        args.input.as_deref(),
-        T::NAME,
-        serde_json::to_value(&task)?,
-    )?;
-    let resume_from = resume.skip;
-    let reader: RecordReader<T::Input> = match &args.input {
-        None => RecordReader::demo(args.max_record_bytes),
-        Some(path) => RecordReader::open(path, args.max_record_bytes)?,
-    };
-    log::debug!(
-        "reading {:?} records from {}",
-        reader.format(),
-        reader.source()
-    );
-    let workers = args
-        .workers
-        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
-    if workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    let multi = crate::MULTI.get().cloned().unwrap_or_default();
-    // The built-in data set's size is known; a file's is counted on the side.
-    let demo_records = || crate::input::DEMO_CSV.lines().skip(1).count() as u64;
-    let mut progress = Progress::new(args, &multi, args.input.is_none().then(demo_records));
-    count_records_in_background(args.input.as_deref(), progress.bar.clone());
-
-    let mut workers = workers;
-    let (pool, thread_task) = match args.executor {
-        Executor::Process => {
-            let mut builder = PoolBuilder::new()
-                .workers(workers)
-                .in_flight(args.in_flight)
-                .retries(args.retries)
-                .shutdown_grace(args.grace);
-            builder = match args.backend {
-                Backend::Local => builder.worker_bin(worker_bin(&args.worker)?),
-                Backend::Mpi => use_mpi(builder, args)?,
-            };
-            if let Some(n) = args.chunksize {
-                builder = builder.chunk_size(n);
-            }
-            if let Some(t) = args.timeout {
-                builder = builder.record_timeout(t);
-            }
-            if let Some(n) = args.max_tasks_per_child {
-                builder = builder.max_tasks_per_child(n);
-            }
-            if progress.bar.is_some() {
-                // Worker lines go above the bar, never through it.
-                let multi = multi.clone();
-                builder = builder.worker_output(move |_pid, line| {
-                    multi.suspend(|| eprintln!("{line}"));
-                });
-            }
-            let pool = builder.build(task).map_err(explain)?;
-            workers = pool.workers();
-            info!(
-                "{} workers ready (pids {:?}) in {:.3} s",
-                workers,
-                pool.pids(),
-                started.elapsed().as_secs_f64()
-            );
-            (Some(pool), None)
-        }
-        Executor::Thread => {
-            if args.backend == Backend::Mpi {
-                bail!(
-                    "--backend mpi runs worker processes: it cannot be used with --executor thread"
-                );
-            }
-            if args.timeout.is_some() || args.max_tasks_per_child.is_some() {
-                bail!("--timeout and --max-tasks-per-child need worker processes (--executor process)");
-            }
-            info!(
-                "running `{}` on {workers} threads inside the coordinator",
-                T::NAME
-            );
-            (None, Some(task))
-        }
-    };
-    let canceller = pool.as_ref().map(|p| p.canceller());
-
-    // Signals: the first stops dispatching and lets records in flight finish
-    // within the grace period; the second kills at once.
-    let signal = Arc::new(AtomicI32::new(0));
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    let signals_handle = signals.handle();
-    {
-        let signal = signal.clone();
-        let canceller = canceller.clone();
-        let mpi = args.backend == Backend::Mpi;
-        thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    if mpi && sig == SIGTERM {
-                        #[cfg(feature = "mpi")]
-                        procpool::mpi::end_job();
-                        warn!(
-                            "SIGTERM under MPI: the launcher is ending the job (usually because a rank failed; see its message); the output keeps every complete record in order, and `--resume` continues the job"
-                        );
-                    }
-                    if signal.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                        warn!(
-                            "{}: finishing records in flight, then stopping (again to stop at once)",
-                            signal_hook::low_level::signal_name(sig).unwrap_or("signal")
-                        );
-                    } else {
-                        warn!("{}: stopping now", signal_hook::low_level::signal_name(sig).unwrap_or("signal"));
-                        if canceller.is_none() {
-                            std::process::exit(128 + sig);
-                        }
-                    }
-                    if let Some(c) = &canceller {
-                        c.cancel();
-                    }
-                }
-            })?;
-    }
-
-    // Input is parsed on its own thread, in slices, ahead of the pool.
-    let counts = Arc::new(InputCounts::default());
-    let (tx, rx) = sync_channel::<Vec<Result<T::Input, BadRecord>>>(8);
-    {
-        let counts = counts.clone();
-        let skip_bad = args.skip_bad_input;
-        thread::Builder::new().name("input".into()).spawn(move || {
-            let mut to_skip = resume_from;
-            let mut slice = Vec::with_capacity(256);
-            for item in reader {
-                match item {
-                    Ok(_) if to_skip > 0 => to_skip -= 1,
-                    Ok(record) => slice.push(Ok(record)),
-                    Err(bad) if skip_bad => {
-                        warn!("skipping bad input: {bad}");
-                        counts.skipped_bad.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(bad) => {
-                        slice.push(Err(bad));
-                        break;
-                    }
-                }
-                if slice.len() == 256 && tx.send(std::mem::take(&mut slice)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(slice);
-        })?;
-    }
-    let bad_input: Rc<RefCell<Option<BadRecord>>> = Rc::default();
-    let stop_input = Rc::new(std::cell::Cell::new(false));
-    let inputs = {
-        let bad_input = bad_input.clone();
-        let stop_input = stop_input.clone();
-        let signal = signal.clone();
-        rx.into_iter().flatten().map_while(move |item| {
-            // Threads cannot be cancelled: stop feeding them instead.
-            if stop_input.get() || signal.load(Ordering::Relaxed) != 0 {
-                return None;
-            }
-            match item {
-                Ok(record) => Some(record),
-                Err(bad) => {
-                    *bad_input.borrow_mut() = Some(bad);
-                    None
-                }
-            }
-        })
-    };
-    let mut thread_stats = None;
-    let results: Box<dyn Iterator<Item = Done<T::Output>> + '_> = match (&pool, thread_task) {
-        (Some(pool), _) => Box::new(pool.map_detailed(inputs)),
-        (None, Some(task)) => {
-            let map = ThreadMap::new(task, workers, inputs)?;
-            thread_stats = Some(map.stats_handle());
-            Box::new(map)
-        }
-        (None, None) => bail!("no executor"),
-    };
-
-    let joblog = match &args.joblog {
-        Some(p) => Some((
-            p.clone(),
-            open_joblog(p, args.resume.then_some(resume_from))?,
-        )),
-        None => None,
-    };
-    let mut out = Output::open(OutputSpec {
-        path: args.output.as_deref(),
-        append: args.resume,
-        joblog,
-        sidecar: resume.sidecar,
-    })?;
-    let mut records = 0u64;
-    let mut failures: Vec<(u64, RecordError)> = Vec::new();
-    let mut stopped_early = false;
-    for done in results {
-        let seq = resume_from + done.seq;
-        if matches!(done.result, Err(RecordError::Cancelled)) {
-            stopped_early = true;
-            break;
-        }
-        let entry = JobEntry::new(
-            seq,
-            done.pid.unwrap_or(0),
-            done.started_us.unwrap_or(0),
-            done.duration,
-            done.result.as_ref().map(|_| ()),
-        );
-        match done.result {
-            Ok(value) => out.ok(&value, entry)?,
-            Err(e) => {
-                out.failed(seq, &e, entry)?;
-                error!("record #{seq} failed: {e}");
-                failures.push((seq, e));
-                if args.fail_fast {
-                    records += 1;
-                    stopped_early = true;
-                    stop_input.set(true);
-                    if let Some(c) = &canceller {
-                        c.cancel();
-                        c.cancel();
-                    }
-                    break;
-                }
-            }
-        }
-        records += 1;
-        progress.tick(records);
-    }
-    progress.finish();
-    out.flush()?;
-    let stats = pool.map(|p| p.shutdown()).unwrap_or_default();
-    signals_handle.close();
-
-    let skipped = counts.skipped_bad.load(Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let report = match &thread_stats {
-        Some(handle) => {
-            let threads: Vec<_> = handle
-                .iter()
-                .map(|m| m.lock().map(|s| s.clone()).unwrap_or_default())
-                .collect();
-            Stats::threads(&threads, records, elapsed)
-        }
-        None => Stats::new(&stats, records, elapsed, &args.executor.to_string()),
-    };
-    if args.stats {
-        multi.suspend(|| eprint!("{}", report.table()));
-    }
-    if let Some(path) = &args.stats_json {
-        report.write_json(path)?;
-    }
-    let mut summary = format!(
-        "done: {records} records, {} failed, with {workers} {} in {:.3} s",
-        failures.len(),
-        match args.executor {
-            Executor::Process => format!("workers ({} processes in all)", stats.len()),
-            Executor::Thread => "threads".to_string(),
-        },
-        elapsed.as_secs_f64()
-    );
-    if skipped > 0 {
-        summary.push_str(&format!("; {skipped} bad input records skipped"));
-    }
-    if resume_from > 0 {
-        summary.push_str(&format!("; resumed after {resume_from} records"));
-    }
-    info!("{summary}");
-    if !failures.is_empty() {
-        let shown: Vec<String> = failures
-            .iter()
-            .take(10)
-            .map(|(seq, e)| format!("#{seq}: {e}"))
-            .collect();
-        let more = failures.len().saturating_sub(10);
-        warn!(
-            "{} records failed: {}{}",
-            failures.len(),
-            shown.join("; "),
-            if more > 0 {
-                format!("; and {more} more")
-            } else {
-                String::new()
-            }
-        );
-    }
-
-    let sig = signal.load(Ordering::SeqCst);
-    if sig != 0 {
-        warn!(
-            "interrupted by {}: output holds the first {} records in order",
-            signal_hook::low_level::signal_name(sig).unwrap_or("signal"),
-            resume_from + records
-        );
-        return Ok(ExitCode::from(128 + sig as u8));
-    }
-    if let Some(bad) = bad_input.borrow_mut().take() {
-        bail!("{bad} (use --skip-bad-input to skip such records)");
-    }
-    if stopped_early && failures.is_empty() {
-        bail!("the run stopped before every record was processed");
-    }
-    Ok(if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }

@@ -12,8 +12,7 @@ use procpool::{PoolBuilder, Task};
 use procpool_tasks::{Age, Locked, Primes, PrimesIn};
 
 use crate::cli::{Executor, ScaleArgs};
-use crate::input::RecordReader;
-use crate::threads::ThreadMap;
+use crate::input::{Format, Splitter, DEMO_CSV};
 
 /// One measured point.
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<ExitCode> {
             let work_ms = args.work_ms;
             let inputs = match &args.input {
                 Some(p) => read_all(p)?,
-                None => RecordReader::demo(1 << 20).collect::<Result<Vec<_>, _>>()?,
+                None => read_csv(DEMO_CSV.as_bytes())?,
             };
             sweep(args, move || Age { year, work_ms }, inputs)?
         }
@@ -60,10 +59,31 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The whole input as typed records: `scale` measures the pool alone, so
+/// records are decoded before it starts.
 fn read_all<T: serde::de::DeserializeOwned>(path: &str) -> anyhow::Result<Vec<T>> {
-    RecordReader::<T>::open(path, 1 << 20)?
-        .collect::<Result<Vec<_>, _>>()
-        .context("bad input")
+    let format = Splitter::open(path, None, 1 << 20)?.format();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+    match format {
+        Format::Csv => read_csv(&bytes),
+        Format::JsonLines => bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.trim_ascii().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_slice(line).with_context(|| format!("{path}:{}: bad input", i + 1))
+            })
+            .collect(),
+    }
+}
+
+fn read_csv<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<Vec<T>> {
+    csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(bytes)
+        .deserialize()
+        .collect::<Result<Vec<T>, _>>()
+        .context("bad CSV input")
 }
 
 fn primes_input(args: &ScaleArgs) -> anyhow::Result<Vec<PrimesIn>> {
@@ -116,27 +136,18 @@ fn measure<T: Task>(
     inputs: Vec<T::Input>,
 ) -> anyhow::Result<Duration> {
     let n = inputs.len();
-    let (wall, failed) = match executor {
-        Executor::Process => {
-            let mut builder = PoolBuilder::new().workers(workers);
-            if let Some(bin) = &args.worker.worker_bin {
-                builder = builder.worker_bin(bin);
-            }
-            let pool = builder.build(task)?;
-            let t0 = Instant::now();
-            let failed = pool.map(inputs).filter(Result::is_err).count();
-            let wall = t0.elapsed();
-            pool.shutdown();
-            (wall, failed)
-        }
-        Executor::Thread => {
-            let t0 = Instant::now();
-            let failed = ThreadMap::new(task, workers, inputs.into_iter())?
-                .filter(|d| d.result.is_err())
-                .count();
-            (t0.elapsed(), failed)
-        }
+    let mut builder = match executor {
+        Executor::Process => PoolBuilder::new().workers(workers),
+        Executor::Thread => PoolBuilder::new().workers(1).threads_per_worker(workers),
     };
+    if let Some(bin) = &args.worker.worker_bin {
+        builder = builder.worker_bin(bin);
+    }
+    let pool = builder.build(task)?;
+    let t0 = Instant::now();
+    let failed = pool.map(inputs).filter(Result::is_err).count();
+    let wall = t0.elapsed();
+    pool.shutdown();
     if failed > 0 {
         bail!("{failed} of {n} records failed with {executor} x{workers}");
     }

@@ -98,6 +98,7 @@ pub mod mpi;
 mod pool;
 mod preflight;
 mod process;
+pub mod raw;
 mod reorder;
 mod stats;
 mod supervisor;
@@ -105,7 +106,9 @@ mod transport;
 
 pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
 pub use pool::{default_worker_bin, Canceller, Done, Map, MapIter, Pending, Pool, PoolBuilder};
-pub use procpool_protocol::{Task, TaskError, TaskInfo, TaskTypes};
+pub use procpool_protocol::{
+    Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec, TaskTypes,
+};
 pub use procpool_worker::init;
 pub use stats::WorkerStats;
 

@@ -12,7 +12,10 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
-use procpool_protocol::{decode_value, encode_into, encode_value, Task, TaskInfo, TaskTypes};
+use procpool_protocol::{
+    decode_value, encode_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec,
+    TaskTypes,
+};
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
@@ -36,6 +39,9 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
+    threads: usize,
+    /// The task's Rust types, for the typed handshake (set by `build`).
+    types: Option<TaskTypes>,
     #[cfg(feature = "mpi")]
     mpi: bool,
     #[cfg(feature = "mpi")]
@@ -67,6 +73,8 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
+            threads: 1,
+            types: None,
             #[cfg(feature = "mpi")]
             mpi: false,
             #[cfg(feature = "mpi")]
@@ -152,6 +160,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Threads each worker runs batches on (default 1). With `workers(1)`
+    /// this is Python's `ThreadPoolExecutor`: one process, one set of
+    /// process-wide locks, N tasks at a time. Batches in flight per worker
+    /// are multiplied by it, to keep every thread busy.
+    pub fn threads_per_worker(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
     /// Hand every line that workers write to stdout or stderr to `handler`
     /// (with the worker's pid), e.g. to print it above a progress bar.
     ///
@@ -181,6 +198,11 @@ impl PoolBuilder {
         }
         if self.in_flight == 0 {
             return Err(PoolError::Config("in_flight must be at least 1".into()));
+        }
+        if self.threads == 0 {
+            return Err(PoolError::Config(
+                "threads per worker must be at least 1".into(),
+            ));
         }
         if self.chunk_size == Some(0) {
             return Err(PoolError::Config("chunk size must be at least 1".into()));
@@ -212,12 +234,15 @@ impl PoolBuilder {
     /// is refused with [`PoolError::TaskTypesMismatch`] before it is sent
     /// anything. A failing [`Task::init`] fails here too
     /// ([`PoolError::TaskRejected`], naming the worker).
-    pub fn build<T: Task>(self, task: T) -> Result<Pool<T>, PoolError> {
-        let config = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
+    pub fn build<T: Task>(mut self, task: T) -> Result<Pool<T>, PoolError> {
+        self.types = Some(TaskTypes::of::<T>());
+        let params = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
         let core = self.start(Some(TaskSpec {
             name: T::NAME.to_owned(),
-            config,
-            types: Some(TaskTypes::of::<T>()),
+            params,
+            params_encoding: ParamsEncoding::Bincode,
+            records: Encoding::Bincode,
+            threads: 1,
         }))?;
         Ok(Pool {
             core,
@@ -234,7 +259,9 @@ impl PoolBuilder {
         Ok(offered)
     }
 
-    fn start(self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
+    pub(crate) fn start(self, task: Option<TaskSpec>) -> Result<Core, PoolError> {
+        let threads = u32::try_from(self.threads).unwrap_or(u32::MAX);
+        let task = task.map(|spec| TaskSpec { threads, ..spec });
         #[cfg(feature = "mpi")]
         if self.mpi {
             return self.start_mpi(task);
@@ -337,16 +364,18 @@ impl PoolBuilder {
     ) -> Result<Core, PoolError> {
         self.validate()?;
         let sizer = Arc::new(Sizer::new(self.chunk_size));
+        let in_flight = self.in_flight.saturating_mul(self.threads);
         let settings = Settings {
             bin,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             handshake_timeout: self.handshake_timeout,
             record_timeout: self.record_timeout,
             liveness_timeout: self.liveness_timeout,
             retries: self.retries,
             max_tasks_per_child: self.max_tasks_per_child,
             task,
+            types: self.types.clone(),
             token,
             sizer: sizer.clone(),
             launcher,
@@ -370,7 +399,7 @@ impl PoolBuilder {
             pids: started.pids,
             offered: started.offered,
             workers: self.workers,
-            in_flight: self.in_flight,
+            in_flight,
             grace: self.shutdown_grace,
             next_job: AtomicU64::new(0),
         })
@@ -414,58 +443,57 @@ fn forward_worker_line(pid: u32, line: &str) {
     }
 }
 
-/// The task a pool asks its workers for.
-pub(crate) struct TaskSpec {
-    pub name: String,
-    /// The task value, encoded.
-    pub config: Vec<u8>,
-    /// Its Rust types, when the pool knows them (typed pools do).
-    pub types: Option<TaskTypes>,
-}
-
-impl TaskSpec {
-    /// Whether a worker offering `offered` can run this task: the name is
-    /// there, and the types (when both sides know them) are the same.
-    pub fn check(&self, offered: &[TaskInfo], bin: &Path) -> Result<(), PoolError> {
-        let Some(info) = offered.iter().find(|t| t.name == self.name) else {
-            return Err(PoolError::TaskNotOffered {
-                task: self.name.clone(),
+/// Whether a worker offering `offered` can run task `name`: it offers the
+/// name, and with the same Rust types when both sides know them (`types` is
+/// `None` for a pool that moves raw bytes).
+pub(crate) fn check_offer(
+    name: &str,
+    types: Option<&TaskTypes>,
+    offered: &[TaskInfo],
+    bin: &Path,
+) -> Result<(), PoolError> {
+    let Some(info) = offered.iter().find(|t| t.name == name) else {
+        return Err(PoolError::TaskNotOffered {
+            task: name.to_owned(),
+            bin: bin.to_owned(),
+            offered: offered.iter().map(|t| t.name.clone()).collect(),
+        });
+    };
+    match types {
+        Some(ours) if !info.types.is_unknown() && *ours != info.types => {
+            Err(PoolError::TaskTypesMismatch {
+                task: name.to_owned(),
                 bin: bin.to_owned(),
-                offered: offered.iter().map(|t| t.name.clone()).collect(),
-            });
-        };
-        match &self.types {
-            Some(ours) if !info.types.is_unknown() && *ours != info.types => {
-                Err(PoolError::TaskTypesMismatch {
-                    task: self.name.clone(),
-                    bin: bin.to_owned(),
-                    pool: Box::new(ours.clone()),
-                    worker: Box::new(info.types.clone()),
-                })
-            }
-            _ => Ok(()),
+                pool: Box::new(ours.clone()),
+                worker: Box::new(info.types.clone()),
+            })
         }
+        _ => Ok(()),
     }
 }
 
 pub(crate) struct Core {
-    events: Sender<Event>,
+    pub(crate) events: Sender<Event>,
     thread: Option<thread::JoinHandle<()>>,
-    sizer: Arc<Sizer>,
-    pids: Vec<u32>,
+    pub(crate) sizer: Arc<Sizer>,
+    pub(crate) pids: Vec<u32>,
     offered: Vec<TaskInfo>,
-    workers: usize,
-    in_flight: usize,
-    grace: Duration,
+    pub(crate) workers: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) grace: Duration,
     next_job: AtomicU64,
 }
 
 impl Core {
-    fn send(&self, command: Command) -> bool {
+    pub(crate) fn send(&self, command: Command) -> bool {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    fn new_job(&self, signal: Option<Arc<Signal>>) -> (JobId, Receiver<Vec<Completion>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+        self.new_job_signalled(None)
+    }
+
+    fn new_job_signalled(&self, signal: Option<Arc<Signal>>) -> (JobId, Receiver<Vec<Completion>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob {
@@ -475,7 +503,18 @@ impl Core {
         (id, rx)
     }
 
-    fn shutdown_inner(mut self) -> Vec<WorkerStats> {
+    pub(crate) fn offered(&self) -> &[TaskInfo] {
+        &self.offered
+    }
+
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            events: self.events.clone(),
+            grace: self.grace,
+        }
+    }
+
+    pub(crate) fn shutdown_inner(mut self) -> Vec<WorkerStats> {
         self.stop()
     }
 
@@ -656,7 +695,7 @@ impl<T: Task> Pool<T> {
     /// `.await` it). Dropping the handle withdraws the record.
     pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
         let signal = Arc::new(Signal::default());
-        let (job, rx) = self.core.new_job(Some(signal.clone()));
+        let (job, rx) = self.core.new_job_signalled(Some(signal.clone()));
         let mut chunk = Chunk::new(job);
         let early = match chunk.push_with(0, |buf| encode_into(&input, buf)) {
             Ok(()) => {
@@ -876,7 +915,7 @@ pub struct MapIter<'p, T: Task, I> {
 
 impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
     fn new(pool: &'p Pool<T>, input: I, ordered: bool) -> Self {
-        let (job, rx) = pool.core.new_job(None);
+        let (job, rx) = pool.core.new_job();
         MapIter {
             pool,
             input: Some(input),
@@ -919,6 +958,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                     self.accept(Completion {
                         seq,
                         pid: 0,
+                        thread: 0,
                         started_us: 0,
                         nanos: 0,
                         result: Err(RecordError::BadInput(e.to_string())),
@@ -978,6 +1018,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                         self.accept(Completion {
                             seq: missing,
                             pid: 0,
+                            thread: 0,
                             started_us: 0,
                             nanos: 0,
                             result: Err(RecordError::PoolBroken("the pool stopped".into())),

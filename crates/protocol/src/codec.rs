@@ -159,9 +159,26 @@ mod tests {
     fn samples() -> (Vec<Request>, Vec<WorkerMessage>) {
         let requests = vec![
             Request::Configure {
-                task: "age".into(),
-                config: vec![1, 2, 3],
+                spec: TaskSpec {
+                    name: "age".into(),
+                    params: vec![1, 2, 3],
+                    params_encoding: ParamsEncoding::Bincode,
+                    records: Encoding::Bincode,
+                    threads: 1,
+                },
                 flush_each: true,
+            },
+            Request::Configure {
+                spec: TaskSpec {
+                    name: "word-stats".into(),
+                    params: b"{\"min\":2}".to_vec(),
+                    params_encoding: ParamsEncoding::Json,
+                    records: Encoding::Csv {
+                        header: b"text,lang".to_vec(),
+                    },
+                    threads: 4,
+                },
+                flush_each: false,
             },
             Request::Batch(Batch {
                 id: 7,
@@ -182,6 +199,7 @@ mod tests {
             },
             WorkerMessage::Results(BatchResults {
                 batch: u64::MAX,
+                thread: 3,
                 busy_nanos: 12,
                 outcomes: vec![
                     RecordOutcome {

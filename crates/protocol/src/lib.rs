@@ -9,10 +9,10 @@
 //!
 //! ```text
 //! worker -> Hello { protocol_version, pid, token, tasks }
-//! coord  -> Configure { task, config, flush_each }
+//! coord  -> Configure { spec: { name, params, records encoding, threads }, flush_each }
 //! worker -> Ready | Rejected { reason }
 //! coord  -> Batch { id, records }    (several in flight)
-//! worker -> Results { batch, outcomes, busy_nanos }
+//! worker -> Results { batch, thread, outcomes, busy_nanos }
 //! worker -> Heartbeat                (from its own thread, every 500 ms)
 //! coord  -> Stop                     (or the channel closes)
 //! ```
@@ -27,8 +27,9 @@ pub use codec::{
     CodecError, MAX_MESSAGE_BYTES,
 };
 pub use messages::{
-    Batch, BatchResults, FailureKind, Hello, Outcome, Record, RecordOutcome, Request, TaskFailure,
-    TaskInfo, TaskTypes, WorkerMessage, PROTOCOL_VERSION,
+    Batch, BatchResults, Encoding, FailureKind, Hello, Outcome, ParamsEncoding, Record,
+    RecordOutcome, Request, TaskFailure, TaskInfo, TaskSpec, TaskTypes, WorkerMessage,
+    PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
 

@@ -88,7 +88,7 @@ pub struct Hello {
 pub struct Record {
     /// Position of the record in the input; results are reordered by it.
     pub seq: u64,
-    /// The task input, bincode-encoded.
+    /// The task input, encoded as the run's [`Encoding`] says.
     #[serde(with = "crate::bytes")]
     pub payload: Vec<u8>,
 }
@@ -102,15 +102,54 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
+/// How record payloads travel, chosen once per run in [`Request::Configure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// Inputs and outputs are bincode-encoded values (the library path).
+    Bincode,
+    /// Each input is the text of one JSON value (a line of JSON-lines input,
+    /// without its terminator); each output is JSON text.
+    Json,
+    /// Each input is one CSV record (its line or lines, without the final
+    /// terminator) of a file whose header line is `header`; each output is JSON text.
+    Csv {
+        /// The header line's bytes, without its terminator.
+        header: Vec<u8>,
+    },
+}
+
+/// How a task value (its parameters) is encoded in [`TaskSpec::params`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParamsEncoding {
+    /// bincode, from a Rust value.
+    Bincode,
+    /// A JSON object, e.g. from the command line (`{}` also stands for a unit task).
+    Json,
+}
+
+/// What a worker is asked to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Task name, as in [`TaskInfo::name`].
+    pub name: String,
+    /// The task value (its parameters).
+    pub params: Vec<u8>,
+    /// How `params` is encoded.
+    pub params_encoding: ParamsEncoding,
+    /// How record payloads are encoded.
+    pub records: Encoding,
+    /// Threads the worker runs batches on (1 for a process pool; N for the
+    /// thread executor: one process, N threads).
+    pub threads: u32,
+}
+
 /// Coordinator to worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Select the task to run and its parameters (the bincode-encoded task value).
+    /// Select the task to run, its parameters and how records are encoded.
     Configure {
-        /// Task name, as in [`TaskInfo::name`].
-        task: String,
-        /// The task value (its parameters), bincode-encoded.
-        config: Vec<u8>,
+        /// The task and its encodings.
+        spec: TaskSpec,
         /// Send one `Results` per record instead of one per batch, so that the
         /// coordinator can time each record (used when a timeout is set).
         flush_each: bool,
@@ -144,7 +183,7 @@ pub struct TaskFailure {
 /// How one record ended inside a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// The task's output, bincode-encoded.
+    /// The task's output, encoded as the run's [`Encoding`] says.
     Ok(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The task failed on this record.
     Failed(TaskFailure),
@@ -168,6 +207,8 @@ pub struct RecordOutcome {
 pub struct BatchResults {
     /// The batch these outcomes belong to.
     pub batch: u64,
+    /// The worker thread that ran them (0 in a single-threaded worker).
+    pub thread: u32,
     /// Time the worker spent running these records, in nanoseconds.
     pub busy_nanos: u64,
     /// Outcomes, in the batch's order.

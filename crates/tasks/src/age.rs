@@ -73,10 +73,34 @@ pub struct AgeOut {
 /// Age of a scientist in `year`, after sleeping `work_ms` to stand for heavy work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Age {
-    /// The year ages are computed for.
+    /// The year ages are computed for (from text parameters: the current
+    /// year when not given).
+    #[serde(default = "current_year")]
     pub year: i32,
-    /// Simulated work per record, in milliseconds.
+    /// Simulated work per record, in milliseconds (0 when not given).
+    #[serde(default)]
     pub work_ms: u64,
+}
+
+/// The current year (UTC).
+pub fn current_year() -> i32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    year_of_day((secs / 86_400) as i64)
+}
+
+/// The year of a day counted from 1970-01-01 (proleptic Gregorian calendar).
+fn year_of_day(days: i64) -> i32 {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2)) as i32
 }
 
 impl Task for Age {
@@ -115,6 +139,18 @@ impl Task for Age {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_default_to_this_year_and_no_work() {
+        assert_eq!(year_of_day(0), 1970);
+        assert_eq!(year_of_day(19_723), 2024); // 2024-01-01
+        assert_eq!(year_of_day(19_722), 2023);
+        assert_eq!(year_of_day(20_453), 2025); // 2025-12-31
+        let age: Age = serde_json::from_str("{}").unwrap();
+        assert_eq!((age.year, age.work_ms), (current_year(), 0));
+        let age: Age = serde_json::from_str(r#"{"year":1900,"work_ms":5}"#).unwrap();
+        assert_eq!((age.year, age.work_ms), (1900, 5));
+    }
 
     #[test]
     fn age_is_year_minus_born() {

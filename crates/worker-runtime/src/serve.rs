@@ -1,13 +1,16 @@
 //! The serve loop: handshake, configure, run batches, stop.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, encode_into, BatchResults, CodecError, Hello, Outcome, RecordOutcome, Request,
+    decode, encode_into, Batch, BatchResults, CodecError, Hello, Outcome, RecordOutcome, Request,
     WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
@@ -188,90 +191,322 @@ fn serve_on<T: WorkerTransport>(
         .and_then(|period| Some((period, out.transport.side_sender()?)))
         .and_then(|(period, send)| Heartbeat::start(period, send));
 
-    let mut runner: Option<Box<dyn Runner>> = None;
-    let mut flush_each = false;
-    let mut budget = LineBudget::new();
-    let mut done = 0u64;
-    let mut failed = 0u64;
+    let mut state: Option<Configured> = None;
+    let ctx = Arc::new(RunContext {
+        pid,
+        fault,
+        budget: Mutex::new(LineBudget::new()),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
     loop {
         let Some(bytes) = out.transport.recv()? else {
+            let done = ctx.done.load(Ordering::Relaxed);
             info!("coordinator went away; exiting after {done} records");
             return Ok(());
         };
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
-            Request::Configure {
-                task,
-                config,
-                flush_each: each,
-            } => match registry.runner(&task, &config) {
-                Ok(r) => {
-                    debug!("configured task `{task}`");
-                    runner = Some(r);
-                    flush_each = each;
-                    out.send(&WorkerMessage::Ready)?;
-                }
-                Err(reason) => {
-                    warn!("{reason}");
-                    out.send(&WorkerMessage::Rejected { reason })?;
-                }
-            },
-            Request::Batch(batch) => {
-                let runner = runner.as_deref().ok_or(ServeError::NotConfigured)?;
-                let mut outcomes = Vec::with_capacity(batch.records.len());
-                let mut started = Instant::now();
-                // One wall-clock read per batch; records are timed with the
-                // monotonic clock from there (one read per record).
-                let batch_wall_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64);
-                let batch_t0 = started;
-                let mut t0 = started;
-                for record in batch.records {
-                    fault.before_record(done, |bytes| {
-                        let _ = out.transport.send(bytes);
-                    });
-                    if log::log_enabled!(log::Level::Info) && budget.allow(t0) {
-                        let label = runner
-                            .label(&record.payload)
-                            .unwrap_or_else(|| format!("#{}", record.seq));
-                        info!("Process {pid} working record {label}");
+            Request::Configure { spec, flush_each } => {
+                let configured = registry.runner(&spec).and_then(|runner| {
+                    let runner: Arc<dyn Runner> = Arc::from(runner);
+                    let threads = spec.threads.max(1);
+                    if threads == 1 {
+                        return Ok(Configured::Inline { runner, flush_each });
                     }
-                    let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
-                    let outcome = runner.run_encoded(&record.payload);
-                    let t1 = Instant::now();
-                    let nanos = t1.duration_since(t0).as_nanos() as u64;
-                    t0 = t1;
-                    done += 1;
-                    if let Outcome::Failed(f) = &outcome {
-                        failed += 1;
-                        debug!(
-                            "record #{} failed ({:?}): {}",
-                            record.seq, f.kind, f.message
-                        );
+                    let send = out.transport.side_sender().ok_or_else(|| {
+                        "this transport cannot run batches on several threads".to_owned()
+                    })?;
+                    ThreadedBatches::start(threads, runner, ctx.clone(), send)
+                        .map(Configured::Threads)
+                        .map_err(|e| format!("cannot start {threads} task threads: {e}"))
+                });
+                match configured {
+                    Ok(c) => {
+                        debug!("configured task `{}` ({} threads)", spec.name, spec.threads);
+                        state = Some(c);
+                        out.send(&WorkerMessage::Ready)?;
                     }
-                    outcomes.push(RecordOutcome {
-                        seq: record.seq,
-                        started_us,
-                        nanos,
-                        outcome,
-                    });
-                    if flush_each {
-                        out.send_results(batch.id, &mut started, &mut outcomes)?;
+                    Err(reason) => {
+                        warn!("{reason}");
+                        out.send(&WorkerMessage::Rejected { reason })?;
                     }
-                }
-                if !outcomes.is_empty() {
-                    out.send_results(batch.id, &mut started, &mut outcomes)?;
                 }
             }
+            Request::Batch(batch) => match state.as_mut().ok_or(ServeError::NotConfigured)? {
+                Configured::Inline { runner, flush_each } => {
+                    let mut sink = InlineSink {
+                        out: &mut out,
+                        batch: batch.id,
+                        started: Instant::now(),
+                    };
+                    run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
+                }
+                Configured::Threads(threads) => threads.submit(batch)?,
+            },
             Request::Stop => {
-                let quiet = if budget.suppressed > 0 {
-                    format!(" ({} per-record log lines suppressed)", budget.suppressed)
+                if let Some(Configured::Threads(threads)) = state.take() {
+                    threads.finish();
+                }
+                let suppressed = ctx.budget.lock().map_or(0, |b| b.suppressed);
+                let quiet = if suppressed > 0 {
+                    format!(" ({suppressed} per-record log lines suppressed)")
                 } else {
                     String::new()
                 };
+                let done = ctx.done.load(Ordering::Relaxed);
+                let failed = ctx.failed.load(Ordering::Relaxed);
                 info!("stopping after {done} records, {failed} failed{quiet}");
                 return out.transport.finish();
             }
+        }
+    }
+}
+
+/// Where [`run_batch`] puts its outcomes.
+trait BatchSink {
+    /// Send (or keep) these outcomes; `outcomes` is left empty.
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError>;
+    /// Send raw bytes (fault injection only).
+    fn raw(&mut self, bytes: &[u8]);
+}
+
+/// Outcomes sent from the serve loop.
+struct InlineSink<'a, T> {
+    out: &'a mut Outbox<T>,
+    batch: u64,
+    started: Instant,
+}
+
+impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
+        self.out
+            .send_results(self.batch, 0, &mut self.started, outcomes)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        let _ = self.out.transport.send(bytes);
+    }
+}
+
+/// What the worker runs, once configured.
+enum Configured {
+    /// Batches run on the serve loop's thread, one at a time.
+    Inline {
+        runner: Arc<dyn Runner>,
+        flush_each: bool,
+    },
+    /// Batches run on N threads of this process (the thread executor).
+    Threads(ThreadedBatches),
+}
+
+/// What every task thread shares: counters, faults, the log line budget.
+struct RunContext {
+    pid: u32,
+    fault: InjectedFault,
+    budget: Mutex<LineBudget>,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Run one batch: `flush` gets the outcomes (after each record with
+/// `flush_each`, else once at the end).
+fn run_batch(
+    runner: &dyn Runner,
+    ctx: &RunContext,
+    batch: Batch,
+    flush_each: bool,
+    sink: &mut dyn BatchSink,
+) -> Result<(), ServeError> {
+    let mut outcomes = Vec::with_capacity(batch.records.len());
+    // One wall-clock read per batch; records are timed with the monotonic
+    // clock from there (one read per record).
+    let batch_wall_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let batch_t0 = Instant::now();
+    let mut t0 = batch_t0;
+    let log_records = log::log_enabled!(log::Level::Info);
+    for record in batch.records {
+        ctx.fault
+            .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
+        let seq = record.seq;
+        let pid = ctx.pid;
+        let mut log_start = |label: Option<String>| {
+            let allowed = ctx.budget.lock().is_ok_and(|mut b| b.allow(Instant::now()));
+            if allowed {
+                let label = label.unwrap_or_else(|| format!("#{seq}"));
+                info!("Process {pid} working record {label}");
+            }
+        };
+        let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
+        let outcome = runner.run_record(
+            &record.payload,
+            if log_records {
+                Some(&mut log_start)
+            } else {
+                None
+            },
+        );
+        let t1 = Instant::now();
+        let nanos = t1.duration_since(t0).as_nanos() as u64;
+        t0 = t1;
+        ctx.done.fetch_add(1, Ordering::Relaxed);
+        if let Outcome::Failed(f) = &outcome {
+            ctx.failed.fetch_add(1, Ordering::Relaxed);
+            debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
+        }
+        outcomes.push(RecordOutcome {
+            seq,
+            started_us,
+            nanos,
+            outcome,
+        });
+        if flush_each {
+            sink.flush(&mut outcomes)?;
+        }
+    }
+    if !outcomes.is_empty() {
+        sink.flush(&mut outcomes)?;
+    }
+    Ok(())
+}
+
+/// Batches run on N threads. The supervisor expects a worker's results in
+/// the order it sent the batches, so finished batches wait in a small
+/// reorder map until the ones before them are sent.
+struct ThreadedBatches {
+    work: Option<mpsc::Sender<(u64, Batch)>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    next: u64,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+struct Emitter {
+    send: SideSender,
+    next: u64,
+    waiting: BTreeMap<u64, Vec<u8>>,
+}
+
+/// Outcomes of one batch on a task thread, sent whole when it is done.
+struct ThreadSink<'a> {
+    collected: Vec<RecordOutcome>,
+    emitter: &'a Mutex<Emitter>,
+}
+
+impl BatchSink for ThreadSink<'_> {
+    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
+        self.collected.append(outcomes);
+        Ok(())
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        if let Ok(mut e) = self.emitter.lock() {
+            let _ = (e.send)(bytes);
+        }
+    }
+}
+
+impl ThreadedBatches {
+    fn start(
+        threads: u32,
+        runner: Arc<dyn Runner>,
+        ctx: Arc<RunContext>,
+        send: SideSender,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<(u64, Batch)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let emitter = Arc::new(Mutex::new(Emitter {
+            send,
+            next: 0,
+            waiting: BTreeMap::new(),
+        }));
+        let error = Arc::new(Mutex::new(None));
+        let mut handles = Vec::new();
+        for thread in 0..threads {
+            let (rx, runner, ctx, emitter, error) = (
+                rx.clone(),
+                runner.clone(),
+                ctx.clone(),
+                emitter.clone(),
+                error.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("task-{thread}"))
+                .spawn(move || loop {
+                    let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
+                    let Some((index, batch)) = next else { return };
+                    let id = batch.id;
+                    let started = Instant::now();
+                    let mut sink = ThreadSink {
+                        collected: Vec::new(),
+                        emitter: &emitter,
+                    };
+                    let result = run_batch(&*runner, &ctx, batch, false, &mut sink);
+                    let collected = sink.collected;
+                    let busy_nanos = started.elapsed().as_nanos() as u64;
+                    let message = WorkerMessage::Results(BatchResults {
+                        batch: id,
+                        thread,
+                        busy_nanos,
+                        outcomes: collected,
+                    });
+                    let mut bytes = Vec::new();
+                    let sent = result
+                        .and_then(|()| {
+                            encode_into(&message, &mut bytes).map_err(ServeError::Protocol)
+                        })
+                        .and_then(|()| {
+                            let mut e = emitter
+                                .lock()
+                                .map_err(|_| ServeError::Ipc("result sender poisoned".into()))?;
+                            e.waiting.insert(index, bytes);
+                            while let Some(bytes) = {
+                                let next = e.next;
+                                e.waiting.remove(&next)
+                            } {
+                                if !(e.send)(&bytes) {
+                                    return Err(ServeError::Ipc(
+                                        "the coordinator closed the result channel".into(),
+                                    ));
+                                }
+                                e.next += 1;
+                            }
+                            Ok(())
+                        });
+                    if let Err(err) = sent {
+                        if let Ok(mut slot) = error.lock() {
+                            slot.get_or_insert(err.to_string());
+                        }
+                        return;
+                    }
+                })?;
+            handles.push(handle);
+        }
+        Ok(ThreadedBatches {
+            work: Some(tx),
+            handles,
+            next: 0,
+            error,
+        })
+    }
+
+    fn submit(&mut self, batch: Batch) -> Result<(), ServeError> {
+        if let Some(err) = self.error.lock().ok().and_then(|e| e.clone()) {
+            return Err(ServeError::Ipc(err));
+        }
+        let index = self.next;
+        self.next += 1;
+        match &self.work {
+            Some(work) if work.send((index, batch)).is_ok() => Ok(()),
+            _ => Err(ServeError::Ipc("the task threads are gone".into())),
+        }
+    }
+
+    /// Let the threads finish what was submitted, and wait for them.
+    fn finish(mut self) {
+        self.work = None;
+        for h in self.handles.drain(..) {
+            let _ = h.join();
         }
     }
 }
@@ -292,6 +527,7 @@ impl<T: WorkerTransport> Outbox<T> {
     fn send_results(
         &mut self,
         batch: u64,
+        thread: u32,
         started: &mut Instant,
         outcomes: &mut Vec<RecordOutcome>,
     ) -> Result<(), ServeError> {
@@ -300,6 +536,7 @@ impl<T: WorkerTransport> Outbox<T> {
         *started = now;
         self.send(&WorkerMessage::Results(BatchResults {
             batch,
+            thread,
             busy_nanos,
             outcomes: std::mem::take(outcomes),
         }))

@@ -413,6 +413,7 @@ impl FakeWorker {
     fn results(&self, batch: u64, outcomes: &mut Vec<RecordOutcome>) {
         self.say(WorkerMessage::Results(BatchResults {
             batch,
+            thread: 0,
             busy_nanos: 1_000 * outcomes.len() as u64,
             outcomes: std::mem::take(outcomes),
         }));
@@ -423,10 +424,12 @@ impl FakeWorker {
 pub(crate) fn pool(builder: PoolBuilder, script: &Script) -> Result<Pool<Echo>, PoolError> {
     let config = encode_value(&Echo).map_err(|e| PoolError::Encode(e.to_string()))?;
     let core = builder.start_with(
-        Some(crate::pool::TaskSpec {
+        Some(procpool_protocol::TaskSpec {
             name: "echo".into(),
-            config,
-            types: None,
+            params: config,
+            params_encoding: procpool_protocol::ParamsEncoding::Bincode,
+            records: procpool_protocol::Encoding::Bincode,
+            threads: 1,
         }),
         "fake-worker".into(),
         TOKEN.into(),

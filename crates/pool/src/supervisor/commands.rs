@@ -32,6 +32,8 @@ pub(crate) enum Command {
 pub(crate) struct Completion {
     pub seq: u64,
     pub pid: u32,
+    /// The worker thread that ran it (0 in a single-threaded worker).
+    pub thread: u32,
     pub started_us: u64,
     pub nanos: u64,
     pub result: Result<Vec<u8>, RecordError>,
@@ -42,6 +44,7 @@ impl Completion {
         Completion {
             seq,
             pid,
+            thread: 0,
             started_us: 0,
             nanos: 0,
             result: Err(error),
@@ -58,6 +61,7 @@ impl Completion {
         Completion {
             seq,
             pid,
+            thread: 0,
             started_us,
             nanos: ran.as_nanos() as u64,
             result: Err(error),

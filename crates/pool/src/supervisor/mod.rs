@@ -21,13 +21,13 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procpool_protocol::{TaskInfo, WorkerMessage};
+use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 
 pub(crate) use commands::{Command, Completion};
 
 use crate::chunk::{Chunk, JobId, Sizer};
 use crate::error::{HandshakeFailure, PoolError};
-use crate::pool::{JobSink, TaskSpec};
+use crate::pool::JobSink;
 use crate::stats::WorkerStats;
 use crate::transport::{Event, Launcher};
 use worker::{Phase, Worker};
@@ -43,8 +43,10 @@ pub(crate) struct Settings {
     pub liveness_timeout: Duration,
     pub retries: u32,
     pub max_tasks_per_child: Option<u64>,
-    /// The task to configure, as name and encoded parameters; `None` only probes.
+    /// The task to configure and how its records are encoded; `None` only probes.
     pub task: Option<TaskSpec>,
+    /// The task's Rust types, checked against the worker's (typed pools).
+    pub types: Option<procpool_protocol::TaskTypes>,
     pub token: String,
     pub sizer: Arc<Sizer>,
     /// Starts and reaches workers (the transport).

@@ -122,6 +122,7 @@ impl Supervisor {
             list.push(Completion {
                 seq: o.seq,
                 pid,
+                thread: results.thread,
                 started_us: o.started_us,
                 nanos: o.nanos,
                 result,

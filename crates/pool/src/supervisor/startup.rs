@@ -87,13 +87,17 @@ impl Supervisor {
             self.became_ready(slot);
             return;
         };
-        if let Err(e) = spec.check(&self.offered, &self.settings.bin) {
+        if let Err(e) = crate::pool::check_offer(
+            &spec.name,
+            self.settings.types.as_ref(),
+            &self.offered,
+            &self.settings.bin,
+        ) {
             self.reject(slot, e);
             return;
         }
         let request = Request::Configure {
-            task: spec.name.clone(),
-            config: spec.config.clone(),
+            spec: spec.clone(),
             flush_each: self.settings.record_timeout.is_some(),
         };
         match encode(&request) {

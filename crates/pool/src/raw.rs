@@ -1,0 +1,327 @@
+//! The pool as a byte mover: records travel as their input's own bytes.
+//!
+//! A [`RawPool`] runs a task chosen by name (any task the worker binary
+//! registers) on records that are already encoded, e.g. the lines of a
+//! JSON-lines file or the records of a CSV file ([`Encoding`]). The workers
+//! decode each record into the task's input and encode its output as JSON;
+//! this side never needs the task's types. Records come from a
+//! [`RawSource`], which may pause (a stream that has nothing more for now):
+//! then the records already read go out as a partial batch after a short
+//! linger instead of waiting for a full one.
+//!
+//! ```no_run
+//! use procpool::raw::{Feed, RawSource};
+//! use procpool::{Encoding, ParamsEncoding, PoolBuilder, TaskSpec};
+//!
+//! struct Lines(std::vec::IntoIter<String>, String);
+//! impl RawSource for Lines {
+//!     fn next(&mut self, _wait: Option<std::time::Duration>) -> Feed<'_> {
+//!         match self.0.next() {
+//!             Some(line) => {
+//!                 self.1 = line;
+//!                 Feed::Record(self.1.as_bytes())
+//!             }
+//!             None => Feed::End,
+//!         }
+//!     }
+//! }
+//!
+//! let pool = PoolBuilder::new().workers(2).build_raw(TaskSpec {
+//!     name: "primes".into(),
+//!     params: b"{}".to_vec(),
+//!     params_encoding: ParamsEncoding::Json,
+//!     records: Encoding::Json,
+//!     threads: 1,
+//! })?;
+//! let lines = vec![r#"{"n":10}"#.to_string(), r#"{"n":30}"#.to_string()];
+//! for done in pool.map(Lines(lines.into_iter(), String::new())) {
+//!     println!("{}", String::from_utf8_lossy(&done.result?));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use procpool_protocol::{TaskInfo, TaskSpec};
+
+use crate::chunk::{Chunk, JobId, MAX_BATCH_BYTES};
+use crate::error::{PoolError, RecordError};
+use crate::pool::{Canceller, Core, PoolBuilder};
+use crate::reorder::ReorderBuffer;
+use crate::stats::WorkerStats;
+use crate::supervisor::{Command, Completion};
+
+/// How long a partial batch waits for more records from a paused source.
+pub const LINGER: Duration = Duration::from_millis(5);
+
+/// What a [`RawSource`] has next.
+#[derive(Debug)]
+pub enum Feed<'a> {
+    /// One record's bytes, in the run's encoding.
+    Record(&'a [u8]),
+    /// A record that cannot be sent (e.g. over a size limit): it takes its
+    /// place in the output as `bad_input` with this reason.
+    Bad(String),
+    /// Nothing within the wait; more may come.
+    Pause,
+    /// No more records.
+    End,
+}
+
+/// Where a [`RawPool::map`] reads records.
+pub trait RawSource {
+    /// The next record. `wait` is how long to wait for one before answering
+    /// [`Feed::Pause`]; `None` means wait until there is one (or the end).
+    fn next(&mut self, wait: Option<Duration>) -> Feed<'_>;
+}
+
+/// One finished record: its output bytes (JSON for text encodings) or how it failed.
+#[derive(Debug)]
+pub struct RawDone {
+    /// Position of the record among those the source gave (from 0).
+    pub seq: u64,
+    /// The worker process that answered it (0 when none did).
+    pub pid: u32,
+    /// The thread of that worker that ran it (0 in single-threaded workers).
+    pub thread: u32,
+    /// When it started, in microseconds since the Unix epoch (0 if unknown).
+    pub started_us: u64,
+    /// How long it ran.
+    pub duration: Duration,
+    /// The output's bytes, or the failure.
+    pub result: Result<Vec<u8>, RecordError>,
+}
+
+impl From<Completion> for RawDone {
+    fn from(c: Completion) -> Self {
+        RawDone {
+            seq: c.seq,
+            pid: c.pid,
+            thread: c.thread,
+            started_us: c.started_us,
+            duration: Duration::from_nanos(c.nanos),
+            result: c.result,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Start the workers and configure the task that `spec` names, with its
+    /// parameters and record encoding as given (e.g. JSON from a command
+    /// line). With `spec.threads` above 1 each worker runs batches on that
+    /// many threads (set `in_flight` to keep them all busy).
+    pub fn build_raw(self, spec: TaskSpec) -> Result<RawPool, PoolError> {
+        Ok(RawPool {
+            core: self.start(Some(spec))?,
+        })
+    }
+}
+
+/// A pool whose records and results are bytes; see the module documentation.
+/// Dropping it shuts it down as [`RawPool::shutdown`] does.
+pub struct RawPool {
+    core: Core,
+}
+
+impl std::fmt::Debug for RawPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawPool")
+            .field("workers", &self.core.workers)
+            .field("pids", &self.core.pids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawPool {
+    /// Results in the source's order. Only a bounded window of records is
+    /// in flight or waiting to be reordered.
+    pub fn map<S: RawSource>(&self, source: S) -> RawMap<'_, S> {
+        let (job, rx) = self.core.new_job();
+        RawMap {
+            core: &self.core,
+            source: Some(source),
+            job,
+            rx,
+            reorder: ReorderBuffer::new(0),
+            next_seq: 0,
+            yielded: 0,
+        }
+    }
+
+    /// Number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.core.workers
+    }
+
+    /// Process ids of the workers started with the pool.
+    pub fn pids(&self) -> &[u32] {
+        &self.core.pids
+    }
+
+    /// The tasks the worker binary offers (from its handshake).
+    pub fn offered_tasks(&self) -> &[TaskInfo] {
+        self.core.offered()
+    }
+
+    /// A handle that can cancel the pool's work from another thread.
+    pub fn canceller(&self) -> Canceller {
+        self.core.canceller()
+    }
+
+    /// Stop every worker (killing those that do not exit within the grace
+    /// period), reap them, and return their statistics.
+    pub fn shutdown(self) -> Vec<WorkerStats> {
+        self.core.shutdown_inner()
+    }
+}
+
+/// The iterator behind [`RawPool::map`].
+pub struct RawMap<'p, S> {
+    core: &'p Core,
+    source: Option<S>,
+    job: JobId,
+    rx: Receiver<Vec<Completion>>,
+    reorder: ReorderBuffer<Completion>,
+    next_seq: u64,
+    yielded: u64,
+}
+
+impl<S> std::fmt::Debug for RawMap<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawMap")
+            .field("sent", &self.next_seq)
+            .field("yielded", &self.yielded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: RawSource> RawMap<'_, S> {
+    fn window(&self) -> u64 {
+        (self.core.sizer.batch_size() * self.core.workers * (self.core.in_flight + 1)) as u64
+    }
+
+    /// Read records and send batches while the window has room for one.
+    /// Returns whether the source paused (it may have more later).
+    fn top_up(&mut self) -> bool {
+        loop {
+            let size = self.core.sizer.batch_size() as u64;
+            let outstanding = self.next_seq - self.yielded;
+            if self.source.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
+                return false;
+            }
+            let mut chunk = Chunk::new(self.job);
+            let mut paused = false;
+            while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
+                let Some(source) = self.source.as_mut() else {
+                    break;
+                };
+                // Nothing in flight and nothing gathered: wait for input.
+                // Otherwise linger briefly, then send what there is.
+                let idle = chunk.is_empty() && self.next_seq == self.yielded;
+                let wait = if idle {
+                    None
+                } else if chunk.is_empty() {
+                    Some(Duration::ZERO)
+                } else {
+                    Some(LINGER)
+                };
+                let seq = self.next_seq;
+                match source.next(wait) {
+                    Feed::Record(bytes) => {
+                        self.next_seq += 1;
+                        let _ = chunk.push_with(seq, |buf| {
+                            buf.extend_from_slice(bytes);
+                            Ok::<(), std::convert::Infallible>(())
+                        });
+                    }
+                    Feed::Bad(reason) => {
+                        self.next_seq += 1;
+                        self.reorder.insert(
+                            seq,
+                            Completion {
+                                seq,
+                                pid: 0,
+                                thread: 0,
+                                started_us: 0,
+                                nanos: 0,
+                                result: Err(RecordError::BadInput(reason)),
+                            },
+                        );
+                    }
+                    Feed::Pause => {
+                        paused = true;
+                        break;
+                    }
+                    Feed::End => self.source = None,
+                }
+            }
+            if !chunk.is_empty() && !self.core.send(Command::Chunk(chunk)) {
+                self.source = None; // the supervisor is gone
+            }
+            if paused || self.source.is_none() {
+                return paused;
+            }
+        }
+    }
+}
+
+impl<S: RawSource> Iterator for RawMap<'_, S> {
+    type Item = RawDone;
+
+    fn next(&mut self) -> Option<RawDone> {
+        loop {
+            let paused = self.top_up();
+            if let Some((_, c)) = self.reorder.pop() {
+                self.yielded += 1;
+                return Some(c.into());
+            }
+            if self.source.is_none() && self.yielded == self.next_seq {
+                return None;
+            }
+            // Bounded by the supervisor, which ends every record it holds
+            // and closes the channel if it dies. A paused source is looked
+            // at again after a linger.
+            let got = if paused {
+                match self.rx.recv_timeout(LINGER) {
+                    Ok(list) => Some(list),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => None,
+                }
+            } else {
+                self.rx.recv().ok()
+            };
+            match got {
+                Some(list) => {
+                    for c in list {
+                        self.reorder.insert(c.seq, c);
+                    }
+                }
+                None => {
+                    let missing = self.reorder.next_seq();
+                    self.source = None;
+                    if missing >= self.next_seq {
+                        return None;
+                    }
+                    self.reorder.insert(
+                        missing,
+                        Completion {
+                            seq: missing,
+                            pid: 0,
+                            thread: 0,
+                            started_us: 0,
+                            nanos: 0,
+                            result: Err(RecordError::PoolBroken("the pool stopped".into())),
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl<S> Drop for RawMap<'_, S> {
+    fn drop(&mut self) {
+        self.core.send(Command::EndJob(self.job));
+    }
+}
