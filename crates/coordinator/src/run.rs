@@ -518,7 +518,7 @@ impl Drained {
         })
     }
 
-    fn count_thread(&mut self, done: &RawDone) {
+    fn count_thread(&mut self, done: &RawDone, pid: u32) {
         let i = done.thread as usize;
         if self.threads.len() <= i {
             self.threads.resize_with(i + 1, ThreadStats::default);
@@ -527,7 +527,7 @@ impl Drained {
         t.records += 1;
         t.failed += u64::from(done.result.is_err());
         t.busy += done.duration;
-        self.thread_pid = done.pid;
+        self.thread_pid = pid;
     }
 }
 
@@ -585,13 +585,13 @@ fn drain(
             stop_now();
             break;
         }
-        if settings.executor == Executor::Thread && done.pid != 0 {
-            d.count_thread(&done);
+        if let (Executor::Thread, Some(pid)) = (settings.executor, done.pid) {
+            d.count_thread(&done, pid);
         }
         let entry = JobEntry::new(
             seq,
-            done.pid,
-            done.started_us,
+            done.pid.unwrap_or(0),
+            done.started_us.unwrap_or(0),
             done.duration,
             done.result.as_ref().map(|_| ()),
         );
