@@ -8,7 +8,8 @@ runs="${1:-7}" records="${2:-1000000}" workers="${3:-2}" batch="${4:-10000}"
 
 cargo build --quiet --release --locked -p procpool-worker-bin
 cargo build --quiet --release --locked -p procpool --example inmem
-(cd scripts/peers/procspawn-bench && cargo build --quiet --release --locked)
+# Not --locked: its path dependencies move with the workspace.
+(cd scripts/peers/procspawn-bench && cargo build --quiet --release)
 
 ours=() peer=()
 for _ in $(seq "$runs"); do
