@@ -19,14 +19,15 @@ use serde::de::DeserializeOwned;
 
 /// A configured task, ready to run encoded records.
 pub trait Runner: Send + Sync {
-    /// Decode one payload, hand its label to `started` (if given) before the
-    /// task runs, run the task with panics caught, and encode the result.
-    fn run_record(
-        &self,
-        payload: &[u8],
-        started: Option<&mut dyn FnMut(Option<String>)>,
-    ) -> Outcome;
+    /// Decode one payload, call `started` (if given) before the task runs
+    /// with a way to get the record's label, run the task with panics
+    /// caught, and encode the result. The label is built only if `started`
+    /// asks for it (it allocates, and most records are not logged).
+    fn run_record(&self, payload: &[u8], started: Option<&mut Started<'_>>) -> Outcome;
 }
+
+/// The callback of [`Runner::run_record`]: gets the label on demand.
+pub type Started<'a> = dyn FnMut(&dyn Fn() -> Option<String>) + 'a;
 
 /// How payloads become inputs and outputs become bytes.
 enum Codec {
@@ -68,17 +69,13 @@ impl<T: Task> TypedRunner<T> {
 }
 
 impl<T: Task> Runner for TypedRunner<T> {
-    fn run_record(
-        &self,
-        payload: &[u8],
-        started: Option<&mut dyn FnMut(Option<String>)>,
-    ) -> Outcome {
+    fn run_record(&self, payload: &[u8], started: Option<&mut Started<'_>>) -> Outcome {
         let input = match self.decode(payload) {
             Ok(input) => input,
             Err(reason) => return bad_input(reason),
         };
         if let Some(started) = started {
-            started(T::label(&input));
+            started(&|| T::label(&input));
         }
         match catch_unwind(AssertUnwindSafe(|| self.task.run(input))) {
             Ok(Ok(output)) => match self.encode(&output) {
@@ -429,7 +426,7 @@ mod tests {
         let mut label = None;
         let out = g.run_record(
             br#"{"born":1815,"name":"Ada"}"#,
-            Some(&mut |l: Option<String>| label = l),
+            Some(&mut |l: &dyn Fn() -> Option<String>| label = l()),
         );
         assert_eq!(out, Outcome::Ok(br#"{"hello":"Ada","born":1815}"#.to_vec()));
         assert_eq!(label.as_deref(), Some("Ada"));

@@ -331,10 +331,13 @@ fn run_batch(
             .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
         let seq = record.seq;
         let pid = ctx.pid;
-        let mut log_start = |label: Option<String>| {
-            let allowed = ctx.budget.lock().is_ok_and(|mut b| b.allow(Instant::now()));
+        let now = t0;
+        // The budget first: most records are not logged, and their label
+        // (which allocates) is never built.
+        let mut log_start = |label: &dyn Fn() -> Option<String>| {
+            let allowed = ctx.budget.lock().is_ok_and(|mut b| b.allow(now));
             if allowed {
-                let label = label.unwrap_or_else(|| format!("#{seq}"));
+                let label = label().unwrap_or_else(|| format!("#{seq}"));
                 info!("Process {pid} working record {label}");
             }
         };
