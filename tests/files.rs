@@ -100,6 +100,15 @@ fn two_outputs_on_one_file_are_refused_before_either_is_created() {
     ])
     .run()
     .assert_code(0);
+    // A device keeps no resume file beside it (seen through a link of this
+    // test's own, so that no other run's files can interfere).
+    let null = dir.path().join("null");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    coordinator(["--task", "fault", "--input", &input, "--output"])
+        .arg(&null)
+        .run()
+        .assert_code(0);
+    assert!(!dir.path().join("null.procpool-resume").exists());
 }
 
 #[test]

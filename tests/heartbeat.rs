@@ -168,3 +168,40 @@ fn heartbeats_can_be_turned_off() {
     let (beats, others) = w.heartbeats_during(Duration::from_millis(700));
     assert_eq!((beats, others.len()), (0, 0));
 }
+
+/// Through the pool: with a liveness timeout below the default heartbeat
+/// period (500 ms), the pool asks its workers for faster heartbeats, so a
+/// record of several timeouts' length still succeeds on its first worker.
+#[test]
+fn a_short_liveness_timeout_spares_a_long_record() {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let pool = procpool::PoolBuilder::new()
+            .workers(1)
+            .worker_bin(worker_bin())
+            .liveness_timeout(Duration::from_millis(400))
+            .build(Fault)
+            .unwrap();
+        let results: Vec<_> = pool
+            .map([
+                FaultIn {
+                    n: 1,
+                    fault: "sleep:2500".into(),
+                },
+                FaultIn {
+                    n: 2,
+                    fault: String::new(),
+                },
+            ])
+            .collect();
+        let stats = pool.shutdown();
+        let _ = tx.send((results, stats));
+    });
+    let (results, stats) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("hung: the pool did not finish within 60 s");
+    let ns: Vec<u64> = results.into_iter().map(|r| r.unwrap().n).collect();
+    assert_eq!(ns, [1, 2]);
+    // One worker did it all: nobody was declared silent and replaced.
+    assert_eq!(stats.len(), 1, "{stats:?}");
+}

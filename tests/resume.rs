@@ -330,3 +330,86 @@ fn age_parameters_are_part_of_the_run() {
         out.the_error()
     );
 }
+
+#[test]
+fn resume_failed_runs_the_failed_records_again_in_place() {
+    let dir = tempdir();
+    // Records 7, 23 and 41 take 1.5 s: over a 300 ms --timeout, they fail.
+    let slow = |n: u64| [7, 23, 41].contains(&n);
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..60).map(|n| (n, if slow(n) { "sleep:1500" } else { "" }))),
+    );
+    let clean = dir.path().join("clean.jsonl");
+    command(&input, &clean, false).run().assert_code(0);
+    let expected = std::fs::read_to_string(&clean).unwrap();
+
+    let output = dir.path().join("out.jsonl");
+    let joblog = dir.path().join("jobs.tsv");
+    let first = command(&input, &output, false)
+        .args(["--timeout", "300ms", "--joblog"])
+        .arg(&joblog)
+        .run();
+    first.assert_code(1);
+    let failed: Vec<u64> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"timed_out\""))
+        .map(|(i, _)| i as u64)
+        .collect();
+    assert_eq!(failed, [7, 23, 41]);
+
+    // Plain --resume has nothing to do: the output is complete.
+    command(&input, &output, true).run();
+    assert_eq!(
+        std::fs::read_to_string(&output)
+            .unwrap()
+            .matches("timed_out")
+            .count(),
+        3
+    );
+
+    let again = command(&input, &output, false)
+        .args(["--resume-failed", "--joblog"])
+        .arg(&joblog)
+        .run();
+    again.assert_code(0);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &expected,
+        "after --resume-failed",
+    );
+    let summary = again.summary().unwrap();
+    assert!(
+        summary.starts_with("done: 3 records, 0 failed"),
+        "{summary}"
+    );
+    assert!(summary.contains("3 failed records run again"), "{summary}");
+    // The job log: every record once, then a line for each record run again.
+    let log: Vec<u64> = joblog_seqs(&joblog).into_iter().map(|(s, _)| s).collect();
+    let mut want: Vec<u64> = (0..60).collect();
+    want.extend([7, 23, 41]);
+    assert_eq!(log, want);
+    assert!(!dir.path().join("out.jsonl.procpool-tmp").exists());
+
+    // Cut after line 30 (keeping the failures at 7 and 23) and back to
+    // them: --resume-failed redoes both those and the missing tail.
+    let text = std::fs::read_to_string(&output).unwrap();
+    let failed_once = std::fs::read_to_string(&clean).unwrap();
+    let mut cut: Vec<String> = text.lines().take(30).map(str::to_owned).collect();
+    for n in [7, 23] {
+        cut[n] = format!("{{\"error\":{{\"kind\":\"timed_out\",\"message\":\"m\"}},\"seq\":{n}}}");
+    }
+    std::fs::write(&output, cut.join("\n") + "\n").unwrap();
+    command(&input, &output, false)
+        .arg("--resume-failed")
+        .run()
+        .assert_code(0);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &failed_once,
+        "cut, then --resume-failed",
+    );
+}

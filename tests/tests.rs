@@ -13,6 +13,7 @@ mod files;
 mod heartbeat;
 mod input;
 mod library;
+mod limits;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;

@@ -126,7 +126,6 @@ impl Cmd {
     }
 
     /// Run `program` (e.g. `mpirun`) with the arguments instead of the coordinator.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub fn program(mut self, program: impl Into<PathBuf>) -> Cmd {
         self.program = Some(program.into());
         self

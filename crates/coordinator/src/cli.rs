@@ -228,6 +228,11 @@ pub struct RunArgs {
     #[arg(long, requires = "output")]
     pub resume: bool,
 
+    /// Like --resume, and also run again the records that failed: their
+    /// error lines in --output are replaced in place by the new results.
+    #[arg(long, requires = "output", conflicts_with = "resume")]
+    pub resume_failed: bool,
+
     /// Largest input record accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_record_bytes: usize,

@@ -16,7 +16,7 @@ use anyhow::Context;
 use procpool::RecordError;
 
 use crate::report::JobEntry;
-use crate::resume::Sidecar;
+use crate::resume::{Patch, Sidecar};
 
 /// Buffered bytes beyond which lines are written out at once.
 const WRITE_OUT_BYTES: usize = 256 << 10;
@@ -59,6 +59,8 @@ struct Sinks {
     out: Sink,
     joblog: Option<Sink>,
     sidecar: Option<(Sidecar, Instant)>,
+    /// `--resume-failed`: lines go to a copy of the output that replaces it at the end.
+    patch: Option<Patch>,
     /// Records written out, and records still in the buffers.
     written: u64,
     buffered: u64,
@@ -90,7 +92,9 @@ impl Sinks {
             return result;
         }
         self.written += std::mem::take(&mut self.buffered);
-        if let Some((sidecar, last)) = self.sidecar.as_mut() {
+        // A patched copy counts only once it replaces the output.
+        let patching = self.patch.is_some();
+        if let Some((sidecar, last)) = self.sidecar.as_mut().filter(|_| !patching) {
             if final_ || last.elapsed() >= SIDECAR_EVERY {
                 *last = Instant::now();
                 sidecar.records = self.written;
@@ -120,6 +124,8 @@ pub struct OutputSpec<'a> {
     pub joblog: Option<(PathBuf, File)>,
     /// The resume sidecar kept next to the output.
     pub sidecar: Option<Sidecar>,
+    /// With `--resume-failed`: write a patched copy of the output instead.
+    pub patch: Option<Patch>,
 }
 
 impl Output {
@@ -127,6 +133,12 @@ impl Output {
     pub fn open(spec: OutputSpec<'_>) -> anyhow::Result<Output> {
         let (name, file): (String, Box<dyn Write + Send>) = match spec.path {
             None => ("stdout".into(), Box::new(io::stdout())),
+            Some(p) if spec.patch.is_some() => {
+                let tmp = spec.patch.as_ref().map_or(p, |patch| patch.tmp_path());
+                let file = File::create(tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                (format!("output {}", tmp.display()), Box::new(file))
+            }
             Some(p) => {
                 let file = if spec.append {
                     OpenOptions::new().append(true).create(true).open(p)
@@ -150,6 +162,7 @@ impl Output {
             },
             joblog,
             sidecar: spec.sidecar.map(|s| (s, Instant::now())),
+            patch: spec.patch,
             written: 0,
             buffered: 0,
             failed: None,
@@ -207,11 +220,22 @@ impl Output {
             .lock()
             .map_err(|_| io::Error::other("output lock poisoned"))?;
         sinks.check()?;
+        let sinks = &mut *sinks;
+        let mut new_line = true;
+        if let Some(patch) = sinks.patch.as_mut() {
+            // The original lines before this record, then this record's in place of its own.
+            new_line = entry.seq >= patch.lines();
+            patch
+                .before(entry.seq, &mut sinks.out.buf)
+                .map_err(|e| named(&sinks.out.name, e))?;
+        }
         sinks.out.buf.extend_from_slice(&self.line);
         if let Some(j) = sinks.joblog.as_mut() {
             entry.write_to(&mut j.buf);
         }
-        sinks.buffered += 1;
+        if new_line {
+            sinks.buffered += 1;
+        }
         if entry.duration >= Duration::from_millis(10) || sinks.out.buf.len() >= WRITE_OUT_BYTES {
             sinks.write_out(false)?;
         } else {
@@ -220,13 +244,28 @@ impl Output {
         Ok(())
     }
 
-    /// Write out everything buffered, and the sidecar.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.shared
+    /// The end of the run: write out everything buffered and the sidecar;
+    /// with `--resume-failed`, copy the rest of the output and put the copy
+    /// in its place.
+    pub fn finish(&mut self) -> io::Result<()> {
+        let mut sinks = self
+            .shared
             .sinks
             .lock()
-            .map_err(|_| io::Error::other("output lock poisoned"))?
-            .write_out(true)
+            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        let sinks = &mut *sinks;
+        sinks.check()?;
+        if let Some(patch) = sinks.patch.as_mut() {
+            patch
+                .rest(&mut sinks.out.buf)
+                .map_err(|e| named(&sinks.out.name, e))?;
+            // The copy complete (no sidecar yet), then in place, then the sidecar.
+            sinks.write_out(true)?;
+            if let Some(patch) = sinks.patch.take() {
+                patch.commit()?;
+            }
+        }
+        sinks.write_out(true)
     }
 }
 

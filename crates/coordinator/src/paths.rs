@@ -70,7 +70,13 @@ pub fn of_run(args: &RunArgs) -> Vec<RunFile> {
         Some(p) => files.push(RunFile::read("--input", p)),
     }
     match &args.output {
-        Some(p) => files.push(RunFile::written("--output", p)),
+        Some(p) => {
+            files.push(RunFile::written("--output", p));
+            files.push(RunFile::written(
+                "the resume file",
+                crate::resume::sidecar_path(p),
+            ));
+        }
         None => files.push(RunFile::written("stdout", stdout())),
     }
     if let Some(p) = &args.joblog {

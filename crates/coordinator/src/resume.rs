@@ -219,37 +219,195 @@ impl Sidecar {
     }
 }
 
-/// Where a run starts: after how many records, and the sidecar to keep.
-pub struct ResumePlan {
-    pub skip: u64,
-    pub sidecar: Option<Sidecar>,
+/// Which input records a run processes: those at or after `tail_from`, and
+/// the earlier ones listed in `again` (failed records run again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Sorted input positions of records to run again.
+    pub again: Vec<u64>,
+    /// Input position from which every record runs.
+    pub tail_from: u64,
 }
 
-/// Prepare the output for the run: with `resume`, cut a partial last line,
-/// check the sidecar, and count the records to skip.
+impl Selection {
+    /// Whether the record at input position `index` is run.
+    pub fn wants(&self, index: u64) -> bool {
+        index >= self.tail_from || self.again.binary_search(&index).is_ok()
+    }
+
+    /// The input position of the `k`-th record run.
+    pub fn seq_of(&self, k: u64) -> u64 {
+        match self.again.get(k as usize) {
+            Some(&seq) => seq,
+            None => self.tail_from + (k - self.again.len() as u64),
+        }
+    }
+}
+
+/// Where a run starts: which records it runs, the sidecar to keep, and with
+/// `--resume-failed` the output whose failed lines are replaced.
+pub struct ResumePlan {
+    pub skip: u64,
+    pub selection: Selection,
+    pub sidecar: Option<Sidecar>,
+    pub patch: Option<Patch>,
+}
+
+/// Positions of the failed records' lines in an output: lines that are
+/// exactly `{"error": {...}, "seq": N}` with N their own line number.
+pub fn failed_lines(output: &Path) -> anyhow::Result<Vec<u64>> {
+    use std::io::BufRead;
+    let file =
+        File::open(output).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", output.display()))?;
+    let mut failed = Vec::new();
+    for (i, line) in io::BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", output.display()))?;
+        // Cheap filter first: most lines are results.
+        if !line.starts_with(b"{\"error\":") {
+            continue;
+        }
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&line) else {
+            continue;
+        };
+        if map.len() == 2 && map.get("seq").and_then(serde_json::Value::as_u64) == Some(i as u64) {
+            failed.push(i as u64);
+        }
+    }
+    Ok(failed)
+}
+
+/// `--resume-failed`: a copy of the output with the failed records' lines
+/// replaced by their new ones, renamed over the output when the run ends.
+/// Until then the output is untouched, so a run killed half-way loses nothing.
+pub struct Patch {
+    output: PathBuf,
+    tmp: PathBuf,
+    original: io::BufReader<File>,
+    /// Lines of the original copied (or replaced) so far.
+    next_line: u64,
+    lines: u64,
+}
+
+impl Patch {
+    fn open(output: &Path, lines: u64) -> anyhow::Result<Patch> {
+        let mut tmp = output.as_os_str().to_owned();
+        tmp.push(".procpool-tmp");
+        let original = File::open(output)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", output.display()))?;
+        Ok(Patch {
+            output: output.to_owned(),
+            tmp: PathBuf::from(tmp),
+            original: io::BufReader::new(original),
+            next_line: 0,
+            lines,
+        })
+    }
+
+    /// Lines of the output being patched.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Where the output is written meanwhile.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Before the line of record `seq`: copy the original lines before it
+    /// into `buf`, and skip the original line `seq` (which it replaces).
+    pub fn before(&mut self, seq: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.copy_until(seq.min(self.lines), buf)?;
+        if seq < self.lines && self.next_line == seq {
+            let mut skipped = Vec::new();
+            io::BufRead::read_until(&mut self.original, b'\n', &mut skipped)?;
+            self.next_line += 1;
+        }
+        Ok(())
+    }
+
+    /// The original lines not replaced, to the end.
+    pub fn rest(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.copy_until(self.lines, buf)
+    }
+
+    fn copy_until(&mut self, end: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        while self.next_line < end {
+            let n = io::BufRead::read_until(&mut self.original, b'\n', buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} changed during the run", self.output.display()),
+                ));
+            }
+            self.next_line += 1;
+        }
+        Ok(())
+    }
+
+    /// Put the patched copy in place of the output.
+    pub fn commit(&self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.output).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot replace {} with {}: {e}",
+                    self.output.display(),
+                    self.tmp.display()
+                ),
+            )
+        })
+    }
+}
+
+/// `--resume`, `--resume-failed`, or neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    No,
+    After,
+    AndFailed,
+}
+
+/// Prepare the output for the run: when resuming, cut a partial last line,
+/// check the sidecar, and choose the records to run.
 pub fn plan(
     output: Option<&Path>,
-    resume: bool,
+    resume: Resume,
     input: Option<&str>,
     task: &str,
     params: serde_json::Value,
 ) -> anyhow::Result<ResumePlan> {
+    // Only a file can be resumed: a device or a pipe (`/dev/null`) keeps no
+    // sidecar beside it.
+    let output = output.filter(|p| fs::metadata(p).map_or(true, |m| m.is_file()));
     let Some(output) = output else {
         return Ok(ResumePlan {
             skip: 0,
+            selection: Selection::default(),
             sidecar: None,
+            patch: None,
         });
     };
     let mut sidecar = Sidecar::new(output, task, params, InputPrint::of(input, PREFIX_BYTES)?);
     let mut skip = 0;
-    if resume {
+    let mut selection = Selection::default();
+    let mut patch = None;
+    if resume != Resume::No {
         skip = crate::output::prepare_resume(output)?;
         sidecar.check_resume(output, skip)?;
         sidecar.records = skip;
+        selection.tail_from = skip;
+        if resume == Resume::AndFailed && skip > 0 {
+            selection.again = failed_lines(output)?;
+            if !selection.again.is_empty() {
+                patch = Some(Patch::open(output, skip)?);
+            }
+        }
     }
     Ok(ResumePlan {
         skip,
+        selection,
         sidecar: Some(sidecar),
+        patch,
     })
 }
 
@@ -257,6 +415,56 @@ pub fn plan(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selection_maps_the_records_run_to_their_input_positions() {
+        let s = Selection {
+            again: vec![1, 4],
+            tail_from: 6,
+        };
+        let run: Vec<u64> = (0..9).filter(|&i| s.wants(i)).collect();
+        assert_eq!(run, [1, 4, 6, 7, 8]);
+        let seqs: Vec<u64> = (0..5).map(|k| s.seq_of(k)).collect();
+        assert_eq!(seqs, run);
+        // Plain --resume: everything after the first N.
+        let s = Selection {
+            again: vec![],
+            tail_from: 3,
+        };
+        assert!(!s.wants(2) && s.wants(3));
+        assert_eq!(s.seq_of(0), 3);
+    }
+
+    #[test]
+    fn failed_lines_are_error_objects_in_their_own_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        fs::write(
+            &out,
+            concat!(
+                "{\"n\":0}\n",
+                "{\"error\":{\"kind\":\"task_error\",\"message\":\"m\"},\"seq\":1}\n",
+                "{\"error\":\"a result that has an error field\",\"x\":1}\n",
+                "{\"error\":{\"kind\":\"panicked\",\"message\":\"m\"},\"seq\":3}\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(failed_lines(&out).unwrap(), [1, 3]);
+        // Patching: line 1 and a tail line replaced, the rest copied.
+        let mut p = Patch::open(&out, 4).unwrap();
+        let mut buf = Vec::new();
+        p.before(1, &mut buf).unwrap();
+        buf.extend_from_slice(b"{\"n\":1}\n");
+        p.before(3, &mut buf).unwrap();
+        buf.extend_from_slice(b"{\"n\":3}\n");
+        p.before(4, &mut buf).unwrap();
+        buf.extend_from_slice(b"{\"n\":4}\n");
+        p.rest(&mut buf).unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"n\":0}\n{\"n\":1}\n{\"error\":\"a result that has an error field\",\"x\":1}\n{\"n\":3}\n{\"n\":4}\n"
+        );
+    }
 
     #[test]
     fn fnv_is_the_published_function() {

@@ -33,7 +33,7 @@ use crate::cli::{Backend, Executor, InputFormat, RunArgs, WorkerArgs};
 use crate::input::{BadRecord, Block, Format, Item, Splitter};
 use crate::output::{Output, OutputSpec};
 use crate::report::{open_joblog, JobEntry, Stats, ThreadStats};
-use crate::resume::Sidecar;
+use crate::resume::{Patch, Resume, Selection, Sidecar};
 
 /// The task the built-in data set is for.
 const DEMO_TASK: &str = "age";
@@ -61,6 +61,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         executor: plan.executor,
         workers: plan.workers,
         resume_from: plan.resume_from,
+        selection: plan.selection.clone(),
     };
     let multi = crate::MULTI.get().cloned().unwrap_or_default();
     // The built-in data set's size is known; a file's is counted on the side.
@@ -79,8 +80,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     signals.arm(pool.canceller());
-    let feeder = Feeder::new(blocks_rx, plan.resume_from, &signals);
-    let drained = drain(&settings, &pool, feeder, plan.sidecar.take(), &mut progress)?;
+    let feeder = Feeder::new(blocks_rx, plan.selection.clone(), &signals);
+    let drained = drain(
+        &settings,
+        &pool,
+        feeder,
+        (plan.sidecar.take(), plan.patch.take()),
+        &mut progress,
+    )?;
     progress.finish();
     let stats = pool.shutdown();
     signals.handle.close();
@@ -103,6 +110,7 @@ struct Settings<'a> {
     executor: Executor,
     workers: usize,
     resume_from: u64,
+    selection: Selection,
 }
 
 /// Everything about a run that can be checked before anything starts.
@@ -114,12 +122,24 @@ struct Plan<'a> {
     executor: Executor,
     workers: usize,
     resume_from: u64,
+    /// The input records this run processes (all but those resumed after).
+    selection: Selection,
     /// What lets a later `--resume` recognise this run.
     sidecar: Option<Sidecar>,
+    /// `--resume-failed`: the output whose failed lines are replaced.
+    patch: Option<Patch>,
 }
 
 impl<'a> Plan<'a> {
     fn new(args: &'a RunArgs) -> anyhow::Result<Plan<'a>> {
+        // A record travels in one message of at most 64 MiB.
+        let max_record = procpool_protocol::MAX_RECORD_BYTES - 1024;
+        if args.max_record_bytes > max_record {
+            bail!(
+                "--max-record-bytes {} is over the largest record the pool can carry ({max_record} bytes: a record travels in one message of at most 64 MiB)",
+                args.max_record_bytes
+            );
+        }
         // Before anything is opened for writing.
         crate::paths::check_distinct(&crate::paths::of_run(args))?;
         if let Some(p) = &args.stats_json {
@@ -151,7 +171,11 @@ impl<'a> Plan<'a> {
         let params = task_params(args, demo)?;
         let resume = crate::resume::plan(
             args.output.as_deref(),
-            args.resume,
+            match (args.resume, args.resume_failed) {
+                (_, true) => Resume::AndFailed,
+                (true, false) => Resume::After,
+                (false, false) => Resume::No,
+            },
             args.input.as_deref(),
             &args.task,
             serde_json::from_slice(&params)?,
@@ -168,7 +192,9 @@ impl<'a> Plan<'a> {
             executor: args.executor,
             workers,
             resume_from: resume.skip,
+            selection: resume.selection,
             sidecar: resume.sidecar,
+            patch: resume.patch,
         })
     }
 
@@ -344,7 +370,9 @@ struct Feeder {
     rx: Receiver<Feeding>,
     block: Block,
     next: usize,
-    to_skip: u64,
+    /// Which records to send, by input position; `index` is the next one's.
+    selection: Selection,
+    index: u64,
     lines: Rc<RefCell<VecDeque<u64>>>,
     halt: Rc<Cell<bool>>,
     signal: Arc<AtomicI32>,
@@ -422,12 +450,13 @@ fn wait_opened(rx: &Receiver<Feeding>, signals: &SignalWatch) -> anyhow::Result<
 }
 
 impl Feeder {
-    fn new(rx: Receiver<Feeding>, to_skip: u64, signals: &SignalWatch) -> Feeder {
+    fn new(rx: Receiver<Feeding>, selection: Selection, signals: &SignalWatch) -> Feeder {
         Feeder {
             rx,
             block: Block::default(),
             next: 0,
-            to_skip,
+            selection,
+            index: 0,
             lines: Rc::default(),
             halt: Rc::default(),
             signal: signals.signal.clone(),
@@ -443,9 +472,9 @@ impl RawSource for Feeder {
             }
             if self.next < self.block.items.len() {
                 self.next += 1;
-                if self.to_skip > 0 {
-                    self.to_skip -= 1; // done in the run being resumed
-                    continue;
+                self.index += 1;
+                if !self.selection.wants(self.index - 1) {
+                    continue; // done in the run being resumed
                 }
                 break self.next - 1;
             }
@@ -537,22 +566,24 @@ fn drain(
     settings: &Settings<'_>,
     pool: &RawPool,
     feeder: Feeder,
-    sidecar: Option<Sidecar>,
+    (sidecar, patch): (Option<Sidecar>, Option<Patch>),
     progress: &mut Progress,
 ) -> anyhow::Result<Drained> {
     let args = settings.args;
+    let resuming = args.resume || args.resume_failed;
     let joblog = match &args.joblog {
         Some(p) => Some((
             p.clone(),
-            open_joblog(p, args.resume.then_some(settings.resume_from))?,
+            open_joblog(p, resuming.then_some(settings.resume_from))?,
         )),
         None => None,
     };
     let mut out = Output::open(OutputSpec {
         path: args.output.as_deref(),
-        append: args.resume,
+        append: resuming,
         joblog,
         sidecar,
+        patch,
     })?;
     let lines = feeder.lines.clone();
     let halt = feeder.halt.clone();
@@ -564,7 +595,7 @@ fn drain(
     };
     let mut d = Drained::default();
     for done in pool.map(feeder) {
-        let seq = settings.resume_from + done.seq;
+        let seq = settings.selection.seq_of(done.seq);
         let line = lines.borrow_mut().pop_front().unwrap_or(0);
         if matches!(done.result, Err(RecordError::Cancelled)) {
             d.stopped_early = true;
@@ -611,7 +642,7 @@ fn drain(
         }
         progress.tick(d.records);
     }
-    out.flush()?;
+    out.finish()?;
     Ok(d)
 }
 
@@ -656,6 +687,12 @@ fn report(
     }
     if settings.resume_from > 0 {
         summary.push_str(&format!("; resumed after {} records", settings.resume_from));
+    }
+    let again = settings.selection.again.len();
+    if again > 0 {
+        summary.push_str(&format!(
+            "; {again} failed records run again, their lines replaced"
+        ));
     }
     info!("{summary}");
     if !d.failures.is_empty() {

@@ -13,8 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use procpool_protocol::{
-    decode_value, encode_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec,
-    TaskTypes,
+    decode_value, encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo,
+    TaskSpec, TaskTypes,
 };
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
@@ -283,6 +283,7 @@ impl PoolBuilder {
             token.clone(),
             Some(output),
             self.workers,
+            crate::process::heartbeat_period(self.liveness_timeout),
         )?);
         self.start_with(task, bin, token, launcher)
     }
@@ -697,7 +698,7 @@ impl<T: Task> Pool<T> {
         let signal = Arc::new(Signal::default());
         let (job, rx) = self.core.new_job_signalled(Some(signal.clone()));
         let mut chunk = Chunk::new(job);
-        let early = match chunk.push_with(0, |buf| encode_into(&input, buf)) {
+        let early = match chunk.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
                 if !self.core.send(Command::Chunk(chunk)) {
                     Some(RecordError::PoolBroken("the pool is shut down".into()))
@@ -953,7 +954,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                if let Err(e) = chunk.push_with(seq, |buf| encode_into(&item, buf)) {
+                if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
                     self.accept(Completion {
                         seq,

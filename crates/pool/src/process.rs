@@ -79,13 +79,16 @@ impl Spawned {
 /// Must be called on the supervisor thread: `PR_SET_PDEATHSIG` in the worker
 /// fires when the *thread* that forked it exits.
 fn spawn(
-    bin: &Path,
-    token: &str,
+    spec: &SpawnSpec,
     slot: usize,
     gen: u64,
     events: &Sender<Event>,
-    output: Option<&OutputHandler>,
 ) -> Result<Spawned, PoolError> {
+    let (bin, token, output) = (
+        spec.bin.as_path(),
+        spec.token.as_str(),
+        spec.output.as_ref(),
+    );
     // ipc-channel panics when it cannot bind (e.g. $TMPDIR was removed
     // mid-run): check first, and keep a panic a start failure.
     crate::preflight::ensure_rendezvous_dir()?;
@@ -120,6 +123,10 @@ fn spawn(
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)
         .env(ENV_PARENT, std::process::id().to_string())
+        .env(
+            procpool_protocol::ENV_HEARTBEAT_MS,
+            spec.heartbeat.as_millis().max(1).to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(stdout)
         // Own process group: a terminal's Ctrl-C reaches the coordinator
@@ -264,6 +271,15 @@ struct SpawnSpec {
     bin: std::path::PathBuf,
     token: String,
     output: Option<OutputHandler>,
+    heartbeat: Duration,
+}
+
+/// How often workers send a heartbeat: 500 ms, or often enough for a short
+/// liveness timeout (four beats within it).
+pub(crate) fn heartbeat_period(liveness_timeout: Duration) -> Duration {
+    Duration::from_millis(procpool_protocol::DEFAULT_HEARTBEAT_MS)
+        .min(liveness_timeout / 4)
+        .max(Duration::from_millis(1))
 }
 
 struct SpawnJob {
@@ -281,8 +297,14 @@ impl LocalLauncher {
         token: String,
         output: Option<OutputHandler>,
         workers: usize,
+        heartbeat: Duration,
     ) -> Result<Self, PoolError> {
-        let spec = Arc::new(SpawnSpec { bin, token, output });
+        let spec = Arc::new(SpawnSpec {
+            bin,
+            token,
+            output,
+            heartbeat,
+        });
         let mut spawners = Vec::new();
         let mut threads = Vec::new();
         for i in 0..workers.clamp(1, Self::SPAWNERS) {
@@ -292,14 +314,7 @@ impl LocalLauncher {
                 .name(format!("procpool-spawn-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        let result = spawn(
-                            &spec.bin,
-                            &spec.token,
-                            job.slot,
-                            job.gen,
-                            &job.events,
-                            spec.output.as_ref(),
-                        );
+                        let result = spawn(&spec, job.slot, job.gen, &job.events);
                         let _ = job.reply.send(result);
                     }
                 })
@@ -455,6 +470,22 @@ mod tests {
 
     /// The rendezvous a worker connects to lives in a fresh directory that
     /// only this user can enter, and is gone once the worker has connected.
+    #[test]
+    fn heartbeats_come_often_enough_for_the_liveness_timeout() {
+        assert_eq!(
+            heartbeat_period(Duration::from_secs(10)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            heartbeat_period(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            heartbeat_period(Duration::from_nanos(1)),
+            Duration::from_millis(1)
+        );
+    }
+
     #[test]
     fn rendezvous_is_private_and_removed_after_accept() {
         let (server, name) = IpcOneShotServer::<Rendezvous>::new().unwrap();

@@ -51,6 +51,7 @@ use crate::pool::{Canceller, Core, PoolBuilder};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
 use crate::supervisor::{Command, Completion};
+use procpool_protocol::MAX_RECORD_BYTES;
 
 /// How long a partial batch waits for more records from a paused source.
 pub const LINGER: Duration = Duration::from_millis(5);
@@ -228,6 +229,25 @@ impl<S: RawSource> RawMap<'_, S> {
                 };
                 let seq = self.next_seq;
                 match source.next(wait) {
+                    // It could not travel: the other side would refuse the message.
+                    Feed::Record(bytes) if bytes.len() > MAX_RECORD_BYTES => {
+                        self.next_seq += 1;
+                        let reason = format!(
+                            "the record is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
+                            bytes.len()
+                        );
+                        self.reorder.insert(
+                            seq,
+                            Completion {
+                                seq,
+                                pid: 0,
+                                thread: 0,
+                                started_us: 0,
+                                nanos: 0,
+                                result: Err(RecordError::BadInput(reason)),
+                            },
+                        );
+                    }
                     Feed::Record(bytes) => {
                         self.next_seq += 1;
                         let _ = chunk.push_with(seq, |buf| {

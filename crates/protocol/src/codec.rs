@@ -10,8 +10,13 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Request, WorkerMessage};
 
-/// The largest message either side will decode (64 MiB).
+/// The largest message either side will encode or decode (64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The largest encoded record payload or task output (63 MiB): what is left
+/// of a message for one record once room is kept for the rest of its batch
+/// (batches are cut at 128 KiB of other records) or of its results message.
+pub const MAX_RECORD_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
 
@@ -27,6 +32,16 @@ pub enum CodecError {
     /// The bytes are not a valid message.
     #[error("cannot decode: {0}")]
     Decode(#[from] bincode::error::DecodeError),
+    /// A value encodes to more bytes than the wire accepts.
+    #[error("{what} of {len} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        /// `message` or `record`.
+        what: &'static str,
+        /// Its encoded size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A valid message followed by extra bytes.
     #[error("cannot decode: {extra} trailing bytes after the message")]
     Trailing {
@@ -41,17 +56,42 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecEr
     // reallocations for every tiny record.
     let mut bytes = Vec::with_capacity(64);
     encode_into(value, &mut bytes)?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::Encode(bincode::error::EncodeError::Other(
-            "value over the 64 MiB message limit",
-        )));
-    }
     Ok(bytes)
 }
 
 /// Encode a value by appending to `buf`, so that callers can reuse one buffer.
+/// A value over [`MAX_MESSAGE_BYTES`] (which the other side would refuse to
+/// decode) is an error and leaves `buf` as it was.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, buf, CONFIG)?;
+    encode_limited(value, buf, MAX_MESSAGE_BYTES, "message")
+}
+
+/// Encode one record's payload (or one task output) by appending to `buf`:
+/// over [`MAX_RECORD_BYTES`] it is an error (that record's, not its batch's),
+/// and `buf` is left as it was.
+pub fn encode_record_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    encode_limited(value, buf, MAX_RECORD_BYTES, "record")
+}
+
+fn encode_limited<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    what: &'static str,
+) -> Result<(), CodecError> {
+    let start = buf.len();
+    if let Err(e) = bincode::serde::encode_into_std_write(value, buf, CONFIG) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    let len = buf.len() - start;
+    if len > limit {
+        buf.truncate(start);
+        return Err(CodecError::TooLarge { what, len, limit });
+    }
     Ok(())
 }
 
@@ -287,6 +327,33 @@ mod tests {
         });
         assert_eq!(decode::<Request>(&buf).unwrap(), expected);
         assert_eq!(buf, encode(&expected).unwrap());
+    }
+
+    #[test]
+    fn oversized_values_are_refused_and_leave_the_buffer_as_it_was() {
+        let mut buf = vec![7u8; 3];
+        let big = vec![0u8; MAX_RECORD_BYTES];
+        // A payload of MAX_RECORD_BYTES bytes needs a length prefix too.
+        let e = encode_record_into(&big, &mut buf).unwrap_err();
+        assert!(
+            matches!(e, CodecError::TooLarge { what: "record", .. }),
+            "{e}"
+        );
+        assert_eq!(buf, [7, 7, 7]);
+        let huge = vec![0u8; MAX_MESSAGE_BYTES];
+        assert!(matches!(
+            encode_into(&huge, &mut buf),
+            Err(CodecError::TooLarge {
+                what: "message",
+                ..
+            })
+        ));
+        assert_eq!(buf, [7, 7, 7]);
+        assert!(encode_value(&huge).is_err());
+        // Just under the record limit fits in a message with room to spare.
+        let fits = vec![0u8; MAX_RECORD_BYTES - 8];
+        encode_record_into(&fits, &mut buf).unwrap();
+        assert!(buf.len() < MAX_MESSAGE_BYTES);
     }
 
     #[test]

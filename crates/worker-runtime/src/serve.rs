@@ -10,8 +10,9 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, encode_into, Batch, BatchResults, CodecError, Hello, Outcome, RecordOutcome, Request,
-    WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN, PROTOCOL_VERSION,
+    decode, encode_into, Batch, BatchResults, CodecError, FailureKind, Hello, Outcome,
+    RecordOutcome, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+    MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
 use crate::fault::InjectedFault;
@@ -262,6 +263,42 @@ fn serve_on<T: WorkerTransport>(
     }
 }
 
+/// Outcome bytes beyond which a batch's results are sent in several
+/// messages; with [`MAX_RECORD_BYTES`] per output, a message stays under
+/// the wire limit.
+const RESULTS_FLUSH_BYTES: usize = 1 << 20;
+
+fn outcome_bytes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Ok(bytes) => bytes.len(),
+        Outcome::Failed(f) => f.message.len(),
+    }
+}
+
+/// An output too large for a results message fails its record (the
+/// coordinator could not decode it), rather than the whole message.
+fn bounded(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => Outcome::Failed(TaskFailure {
+            kind: FailureKind::Error,
+            message: format!(
+                "the output is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
+                bytes.len()
+            ),
+        }),
+        Outcome::Failed(mut f) if f.message.len() > MAX_RECORD_BYTES => {
+            // Cut at a character boundary (truncate panics elsewhere).
+            let mut cut = MAX_RECORD_BYTES / 2;
+            while !f.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            f.message.truncate(cut);
+            Outcome::Failed(f)
+        }
+        other => other,
+    }
+}
+
 /// Where [`run_batch`] puts its outcomes.
 trait BatchSink {
     /// Send (or keep) these outcomes; `outcomes` is left empty.
@@ -326,6 +363,7 @@ fn run_batch(
     let batch_t0 = Instant::now();
     let mut t0 = batch_t0;
     let log_records = log::log_enabled!(log::Level::Info);
+    let mut pending_bytes = 0usize;
     for record in batch.records {
         ctx.fault
             .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
@@ -342,14 +380,14 @@ fn run_batch(
             }
         };
         let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
-        let outcome = runner.run_record(
+        let outcome = bounded(runner.run_record(
             &record.payload,
             if log_records {
                 Some(&mut log_start)
             } else {
                 None
             },
-        );
+        ));
         let t1 = Instant::now();
         let nanos = t1.duration_since(t0).as_nanos() as u64;
         t0 = t1;
@@ -358,13 +396,17 @@ fn run_batch(
             ctx.failed.fetch_add(1, Ordering::Relaxed);
             debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
         }
+        pending_bytes += outcome_bytes(&outcome);
         outcomes.push(RecordOutcome {
             seq,
             started_us,
             nanos,
             outcome,
         });
-        if flush_each {
+        // Large outputs go in several messages, each well under what the
+        // coordinator decodes.
+        if flush_each || pending_bytes >= RESULTS_FLUSH_BYTES {
+            pending_bytes = 0;
             sink.flush(&mut outcomes)?;
         }
     }
@@ -387,18 +429,20 @@ struct ThreadedBatches {
 struct Emitter {
     send: SideSender,
     next: u64,
-    waiting: BTreeMap<u64, Vec<u8>>,
+    /// Encoded messages of finished batches, by submission index.
+    waiting: BTreeMap<u64, Vec<Vec<u8>>>,
 }
 
-/// Outcomes of one batch on a task thread, sent whole when it is done.
+/// Outcomes of one batch on a task thread, sent when it is done: in one
+/// message, or in several when they are large (one per flush).
 struct ThreadSink<'a> {
-    collected: Vec<RecordOutcome>,
+    parts: Vec<Vec<RecordOutcome>>,
     emitter: &'a Mutex<Emitter>,
 }
 
 impl BatchSink for ThreadSink<'_> {
     fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
-        self.collected.append(outcomes);
+        self.parts.push(std::mem::take(outcomes));
         Ok(())
     }
 
@@ -441,36 +485,46 @@ impl ThreadedBatches {
                     let id = batch.id;
                     let started = Instant::now();
                     let mut sink = ThreadSink {
-                        collected: Vec::new(),
+                        parts: Vec::new(),
                         emitter: &emitter,
                     };
                     let result = run_batch(&*runner, &ctx, batch, false, &mut sink);
-                    let collected = sink.collected;
-                    let busy_nanos = started.elapsed().as_nanos() as u64;
-                    let message = WorkerMessage::Results(BatchResults {
-                        batch: id,
-                        thread,
-                        busy_nanos,
-                        outcomes: collected,
-                    });
-                    let mut bytes = Vec::new();
+                    if sink.parts.is_empty() {
+                        sink.parts.push(Vec::new());
+                    }
+                    let mut busy_nanos = started.elapsed().as_nanos() as u64;
+                    let mut messages = Vec::with_capacity(sink.parts.len());
                     let sent = result
                         .and_then(|()| {
-                            encode_into(&message, &mut bytes).map_err(ServeError::Protocol)
+                            for outcomes in sink.parts {
+                                let message = WorkerMessage::Results(BatchResults {
+                                    batch: id,
+                                    thread,
+                                    // The batch's time, counted once.
+                                    busy_nanos: std::mem::take(&mut busy_nanos),
+                                    outcomes,
+                                });
+                                let mut bytes = Vec::new();
+                                encode_into(&message, &mut bytes).map_err(ServeError::Protocol)?;
+                                messages.push(bytes);
+                            }
+                            Ok(())
                         })
                         .and_then(|()| {
                             let mut e = emitter
                                 .lock()
                                 .map_err(|_| ServeError::Ipc("result sender poisoned".into()))?;
-                            e.waiting.insert(index, bytes);
-                            while let Some(bytes) = {
+                            e.waiting.insert(index, messages);
+                            while let Some(messages) = {
                                 let next = e.next;
                                 e.waiting.remove(&next)
                             } {
-                                if !(e.send)(&bytes) {
-                                    return Err(ServeError::Ipc(
-                                        "the coordinator closed the result channel".into(),
-                                    ));
+                                for bytes in messages {
+                                    if !(e.send)(&bytes) {
+                                        return Err(ServeError::Ipc(
+                                            "the coordinator closed the result channel".into(),
+                                        ));
+                                    }
                                 }
                                 e.next += 1;
                             }
@@ -619,6 +673,135 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> u8 {
                 panic_message(panic.as_ref())
             );
             1
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use procpool_protocol::{
+        encode, encode_value, Encoding, ParamsEncoding, Record, Task, TaskError, TaskSpec,
+        MAX_MESSAGE_BYTES,
+    };
+    use serde::{Deserialize, Serialize};
+    use std::collections::VecDeque;
+
+    /// Outputs a string of as many MiB as its input says.
+    #[derive(Serialize, Deserialize)]
+    struct Big;
+
+    impl Task for Big {
+        const NAME: &'static str = "big";
+        type Input = u64;
+        type Output = String;
+        fn run(&self, mib: u64) -> Result<String, TaskError> {
+            Ok("x".repeat((mib as usize) << 20))
+        }
+    }
+
+    /// Plays the coordinator: canned requests in, every message kept (from
+    /// the serve loop and from any other thread).
+    struct Scripted {
+        requests: VecDeque<Vec<u8>>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    fn keep(sent: &Mutex<Vec<Vec<u8>>>, bytes: &[u8]) {
+        assert!(
+            bytes.len() <= MAX_MESSAGE_BYTES,
+            "a message of {} bytes",
+            bytes.len()
+        );
+        sent.lock().unwrap().push(bytes.to_vec());
+    }
+
+    impl WorkerTransport for Scripted {
+        fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
+            Ok(self.requests.pop_front())
+        }
+        fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
+            keep(&self.sent, bytes);
+            Ok(())
+        }
+        fn side_sender(&self) -> Option<SideSender> {
+            let sent = self.sent.clone();
+            Some(Box::new(move |bytes| {
+                keep(&sent, bytes);
+                true
+            }))
+        }
+    }
+
+    #[test]
+    fn an_output_over_the_record_limit_fails_its_record() {
+        let Outcome::Failed(f) = bounded(Outcome::Ok(vec![0; MAX_RECORD_BYTES + 1])) else {
+            panic!("an oversized output passed");
+        };
+        assert_eq!(f.kind, FailureKind::Error);
+        assert!(f.message.contains("limit"), "{}", f.message);
+        assert!(matches!(bounded(Outcome::Ok(vec![0; 10])), Outcome::Ok(b) if b.len() == 10));
+    }
+
+    /// 70 MiB of results for one batch (over the limit of one message), on
+    /// the serve loop's thread and on task threads.
+    #[test]
+    fn large_outputs_are_split_across_messages() {
+        for threads in [1, 2] {
+            let mut registry = Registry::new();
+            registry.register::<Big>();
+            let sizes = [10u64; 7];
+            let records = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &mib)| Record {
+                    seq: i as u64,
+                    payload: encode_value(&mib).unwrap(),
+                })
+                .collect();
+            let requests = [
+                Request::Configure {
+                    spec: TaskSpec {
+                        name: "big".into(),
+                        params: encode_value(&Big).unwrap(),
+                        params_encoding: ParamsEncoding::Bincode,
+                        records: Encoding::Bincode,
+                        threads,
+                    },
+                    flush_each: false,
+                },
+                Request::Batch(Batch { id: 9, records }),
+                Request::Stop,
+            ];
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let transport = Scripted {
+                requests: requests.iter().map(|r| encode(r).unwrap()).collect(),
+                sent: sent.clone(),
+            };
+            serve_on(transport, registry, "t".into(), InjectedFault::None).unwrap();
+            let mut outcomes = vec![];
+            let mut results_messages = 0;
+            for bytes in sent.lock().unwrap().iter() {
+                if let WorkerMessage::Results(r) = decode::<WorkerMessage>(bytes).unwrap() {
+                    assert_eq!(r.batch, 9);
+                    results_messages += 1;
+                    outcomes.extend(r.outcomes);
+                }
+            }
+            assert!(
+                results_messages >= 2,
+                "{threads} threads: {results_messages} messages"
+            );
+            let seqs: Vec<u64> = outcomes.iter().map(|o| o.seq).collect();
+            assert_eq!(seqs, (0..7).collect::<Vec<_>>(), "{threads} threads");
+            for (o, &mib) in outcomes.iter().zip(&sizes) {
+                let Outcome::Ok(bytes) = &o.outcome else {
+                    panic!("record {}: {:?}", o.seq, o.outcome);
+                };
+                let s: String = procpool_protocol::decode_value(bytes).unwrap();
+                assert_eq!(s.len() as u64, mib << 20);
+            }
         }
     }
 }
