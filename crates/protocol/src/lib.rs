@@ -23,8 +23,9 @@ mod messages;
 mod task;
 
 pub use codec::{
-    decode, decode_prefix, decode_value, encode, encode_batch, encode_into, encode_record_into,
-    encode_value, CodecError, MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
+    decode, decode_batch_ref, decode_prefix, decode_value, encode, encode_batch, encode_into,
+    encode_record_into, encode_value, BatchRef, CodecError, RecordRef, MAX_MESSAGE_BYTES,
+    MAX_RECORD_BYTES,
 };
 pub use messages::{
     Batch, BatchResults, Encoding, FailureKind, Hello, Outcome, ParamsEncoding, Record,

@@ -10,9 +10,9 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, encode_into, Batch, BatchResults, CodecError, FailureKind, Hello, Outcome,
-    RecordOutcome, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
-    MAX_RECORD_BYTES, PROTOCOL_VERSION,
+    decode, decode_batch_ref, encode_into, Batch, BatchRef, BatchResults, CodecError, FailureKind,
+    Hello, Outcome, RecordOutcome, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER,
+    ENV_TOKEN, MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
 use crate::fault::InjectedFault;
@@ -206,6 +206,20 @@ fn serve_on<T: WorkerTransport>(
             info!("coordinator went away; exiting after {done} records");
             return Ok(());
         };
+        // Batches, by far the most frequent request, are read in place: the
+        // payloads stay in the received message.
+        if let (Some(batch), Some(Configured::Inline { runner, flush_each })) =
+            (decode_batch_ref(&bytes), state.as_ref())
+        {
+            let batch = batch.map_err(ServeError::Protocol)?;
+            let mut sink = InlineSink {
+                out: &mut out,
+                batch: batch.id,
+                started: Instant::now(),
+            };
+            run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
+            continue;
+        }
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
             Request::Configure { spec, flush_each } => {
                 let configured = registry.runner(&spec).and_then(|runner| {
@@ -240,7 +254,7 @@ fn serve_on<T: WorkerTransport>(
                         batch: batch.id,
                         started: Instant::now(),
                     };
-                    run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
+                    run_batch(&**runner, &ctx, batch.as_ref(), *flush_each, &mut sink)?;
                 }
                 Configured::Threads(threads) => threads.submit(batch)?,
             },
@@ -350,7 +364,7 @@ struct RunContext {
 fn run_batch(
     runner: &dyn Runner,
     ctx: &RunContext,
-    batch: Batch,
+    batch: BatchRef<'_>,
     flush_each: bool,
     sink: &mut dyn BatchSink,
 ) -> Result<(), ServeError> {
@@ -381,7 +395,7 @@ fn run_batch(
         };
         let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
         let outcome = bounded(runner.run_record(
-            &record.payload,
+            record.payload,
             if log_records {
                 Some(&mut log_start)
             } else {
@@ -488,7 +502,7 @@ impl ThreadedBatches {
                         parts: Vec::new(),
                         emitter: &emitter,
                     };
-                    let result = run_batch(&*runner, &ctx, batch, false, &mut sink);
+                    let result = run_batch(&*runner, &ctx, batch.as_ref(), false, &mut sink);
                     if sink.parts.is_empty() {
                         sink.parts.push(Vec::new());
                     }
