@@ -40,7 +40,7 @@ time_runs() { # label, command...
     local t
     t=$(for _ in $(seq "$RUNS"); do
         local s=$EPOCHREALTIME
-        "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+        "$@" >/dev/null 2>"$TMP/err" || { echo "failed: $*" >&2; tail -5 "$TMP/err" >&2; exit 1; }
         awk -v s="$s" -v e="$EPOCHREALTIME" 'BEGIN { print e - s }'
     done | median)
     case "$label" in
@@ -50,7 +50,9 @@ time_runs() { # label, command...
 }
 mpmd() { # ranks, btl, coordinator args...
     local ranks=$1 btl=$2; shift 2
-    local opts=()
+    # Unbound, like local workers: Open MPI binds each rank to one core when
+    # there are at most two, which pins the coordinator's threads to one core.
+    local opts=(--bind-to none)
     [[ $btl == tcp ]] && opts+=(--mca btl tcp,self)
     mpirun "${opts[@]}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
 }
@@ -64,7 +66,7 @@ echo "|---|---|---|"
 AGE=(--task age --year 2024 --input "$TMP/age.jsonl" --output "$TMP/out.jsonl")
 time_runs "1M age records, file to file, local, $W workers" $B/coordinator --workers "$W" "${AGE[@]}"
 time_runs "1M age records, MPI shared memory, $W worker ranks" mpmd "$W" shm "${AGE[@]}"
-time_runs "1M age records, MPI shared memory, $W spawned ranks" spawned "$W" "${AGE[@]}"
+time_runs "1M age records, MPI, $W ranks spawned by the coordinator (TCP between jobs)" spawned "$W" "${AGE[@]}"
 time_runs "1M age records, MPI TCP, $W worker ranks" mpmd "$W" tcp "${AGE[@]}"
 P=(--task primes --input "$TMP/primes.jsonl" --output "$TMP/p.jsonl")
 for w in 1 2; do

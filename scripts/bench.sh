@@ -14,7 +14,9 @@
 #
 # Scenarios
 #   a  demo: 7 records x 1 s of sleep, 4 workers, whole-process wall time.
-#   b  1M tiny `age` records, 2 workers, JSON lines file -> file. Python: both
+#   b  1M tiny `age` records, 2 workers, JSON lines file -> file; beside it the
+#      no-pool baseline (one thread, serde_json, byte-identical output:
+#      crates/tasks/examples/age_loop.rs) and the thread executor. Python: both
 #      executors, parsing in the parent (the coordinator's split) or in the
 #      workers, chunksize 100/1000/10000 on the full file and chunksize 1 on a
 #      20k sample (extrapolated x50, labelled).
@@ -97,6 +99,17 @@ if [[ $BUILD == 1 || ! -x "$OUT/bin/coordinator" || ! -x "$OUT/bin/worker" ]]; t
 fi
 C="$OUT/bin/coordinator"
 
+LOOP_BIN=""
+if want b || want g; then
+    log "building the no-pool baseline (cargo example crates/tasks/examples/age_loop.rs)"
+    if cargo build --release -p procpool-tasks --example age_loop >&2; then
+        cp target/release/examples/age_loop "$OUT/bin/age_loop"
+        LOOP_BIN="$OUT/bin/age_loop"
+    else
+        echo "the baseline loop did not build: its row is skipped" >&2
+    fi
+fi
+
 INMEM_BIN=""
 if want c; then
     log "building the in-memory benchmark (cargo example crates/pool/examples/inmem.rs)"
@@ -157,6 +170,11 @@ if want b || want g; then
     log "b: $N records, 2 workers, file -> file"
     RO="$OUT/out_rust.jsonl"
     m --id b.rust --runs "$R" --records "$N" -- "$C" --task age --input "$AGE" --output "$RO" --workers 2 --year $YEAR
+    if [[ -n "$LOOP_BIN" ]]; then
+        # Side by side with b.rust: the same file, one thread, no pool.
+        m --id b.loop --runs "$R" --records "$N" -- "$LOOP_BIN" "$AGE" "$OUT/out_loop.jsonl" $YEAR
+        if cmp -s "$RO" "$OUT/out_loop.jsonl"; then echo '"yes"' > "$OUT/identical_loop.json"; else echo '"NO"' > "$OUT/identical_loop.json"; fi
+    fi
 fi
 if want b; then
     m --id b.rust.stdin --runs "$R" --records "$N" --stdin "$AGE" -- "$C" --task age --input - --output "$OUT/out_rust_stdin.jsonl" --workers 2 --year $YEAR
@@ -166,6 +184,7 @@ if want b; then
     for cs in 100 1000 10000; do
         m --id b.rust.cs$cs --runs "$R" --records "$N" -- "$C" --task age --input "$AGE" --output "$OUT/out_rust_cs.jsonl" --workers 2 --chunksize $cs --year $YEAR
     done
+    m --id b.rust.thread-executor --runs "$R" --records "$N" -- "$C" --task age --input "$AGE" --output "$OUT/out_rust_te.jsonl" --workers 2 --executor thread --year $YEAR
     m --id b.rust.threads --runs 1 --records "$N" --threads -- "$C" --task age --input "$AGE" --output "$OUT/out_rust_t.jsonl" --workers 2 --year $YEAR
 
     m --id b.py.serial --runs "$RL" --records "$N" -- $PY "$S/py_pool.py" file --executor serial --input "$AGE" --output "$OUT/out_py.jsonl" --year $YEAR

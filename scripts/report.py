@@ -97,6 +97,9 @@ def main():
     p(f"- load average at start / end: {META.get('loadavg_start','?')} / {META.get('loadavg_end','?')}")
     p(f"- every figure is the MEDIAN of {META.get('runs','?')} runs ({META.get('runs_long','?')} for the long ones); "
       "wall = whole process unless said otherwise; raw runs in results.jsonl")
+    ident_loop = os.path.join(out_dir, "identical_loop.json")
+    if os.path.exists(ident_loop):
+        p(f"- coordinator and no-pool loop outputs of (b) byte-identical: {json.load(open(ident_loop))}")
     ident = os.path.join(out_dir, "identical.json")
     if os.path.exists(ident):
         p(f"- Rust and Python outputs of (b) byte-identical: {json.load(open(ident))}")
@@ -115,6 +118,8 @@ def main():
     p("|---|---|---|---|")
     p(f"| a. demo: 7 records × 1 s sleep, 4 workers (wall) | {cell('a.rust')} | {cell('a.py')} (ProcessPoolExecutor) | {ratio(med('a.py'), med('a.rust'))} |")
     p(f"| b. {N:,} `age` records, file → file, 2 workers (wall) | {cell('b.rust')} | {s(b_best_v)} ({b_best or '–'}) | {ratio(b_best_v, med('b.rust'))} |")
+    if "b.loop" in R:
+        p(f"| b. … the same, no pool: one Rust thread (wall; pool / loop = {ratio(med('b.rust'), med('b.loop'))}) | {cell('b.loop')} | {cell('b.py.serial')} (Python, no pool) | – |")
     if c_rbest:
         p(f"| c. in-memory map of {N:,} records, 2 workers (map only) | {cell(c_rbest, 'out_seconds')} ({c_rbest}) | {s(c_best_v)} ({c_best or '–'}) | {ratio(c_best_v, c_rbest_v)} |")
     else:
@@ -159,6 +164,8 @@ def main():
             ("b.rust.inflight8", "Rust", "--in-flight 8"),
             ("b.rust.stdin", "Rust", "--input - (stdin)"),
             ("b.rust.w1", "Rust", "--workers 1"),
+            ("b.rust.thread-executor", "Rust", "--executor thread (one worker process, 2 threads)"),
+            ("b.loop", "Rust", "no pool: one thread, serde_json in and out (crates/tasks/examples/age_loop.rs)"),
             ("b.py.serial", "Python", "no pool (plain map in one process)"),
         ]
         for ex, exname in (("process", "ProcessPoolExecutor.map"), ("mp", "multiprocessing.Pool.imap")):

@@ -346,10 +346,11 @@ fn crash_after_k_still_completes_with_identical_output() {
     let undisturbed = run_fault(&input, &["--workers", "2"]);
     undisturbed.assert_code(0);
     assert_eq!(undisturbed.stdout_str(), expected);
-    // With K = 1 every worker dies at its second record, so a record can be
-    // some worker's second record, alone, several times in a row: it needs
-    // more retries than the default to be told from a poison record.
-    for (k, retries) in [(1, "4"), (5, "2")] {
+    // With K = 1 every worker dies at its second record, whatever it is. A
+    // death counts against a record only on a fresh worker, so no innocent
+    // record ends as worker_died, with the default retries.
+    for k in [1, 5] {
+        let retries = "2";
         let dir = tempdir();
         let path = write_file(dir.path(), "in.jsonl", &input);
         let out = coordinator([
@@ -448,11 +449,9 @@ fn start_up_faults_fail_the_run_with_exit_2() {
         ("garbage-hello", "malformed", 10),
         ("wrong-version", "protocol version", 10),
         ("wrong-token", "token", 10),
-        // The default handshake deadline is 5 s.
-        ("hang-before-hello", "handshake within", 20),
-        ("hang-after-connect", "handshake within", 20),
+        // Hangs, with a short handshake deadline: `supervise.rs`.
     ];
-    // Run them side by side: the two hangs take 5 s each.
+    // Run them side by side.
     let dir = tempdir();
     let path = write_file(dir.path(), "in.jsonl", &input);
     let runs: Vec<_> = cases

@@ -286,6 +286,26 @@ fn a_lone_coordinator_spawns_its_worker_ranks() {
     }
 }
 
+/// A rank deep in a long record is not silent: its heartbeat thread keeps
+/// beating, so a record longer than the liveness timeout completes.
+#[test]
+fn a_record_longer_than_the_liveness_timeout_completes() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..4).map(|n| (n, if n == 1 { "sleep:3500" } else { "" }))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let got = mpirun(2, &[], &["--task", "fault", "--input", &input])
+        .env("PROCPOOL_MPI_LIVENESS", "1")
+        .run();
+    got.assert_code(0);
+    assert_eq!(got.stdout_str(), want.stdout_str());
+    assert!(!got.stderr.contains("sent nothing"), "{}", got.stderr);
+}
+
 /// A rank that goes silent (SIGSTOP) is noticed by the heartbeats: the job
 /// ends with a clear error, leaves nothing running, and its output is an
 /// ordered prefix that `--resume` completes.

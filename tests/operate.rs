@@ -681,7 +681,7 @@ fn tasks_lists_the_registry() {
     let out = coordinator(["tasks"]).run();
     out.assert_code(0);
     let text = out.stdout_str();
-    let infos = procpool_tasks::registry().infos();
+    let infos = procpool_worker_bin::registry().infos();
     assert!(!infos.is_empty());
     for info in &infos {
         let block = format!(

@@ -22,3 +22,4 @@ mod preflight;
 mod resume;
 mod signals;
 mod streams;
+mod supervise;

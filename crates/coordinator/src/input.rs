@@ -212,6 +212,11 @@ pub struct Splitter {
     header: Option<Vec<u8>>,
     /// Items cut while looking for the header, for the first block.
     pending: Vec<Item>,
+    /// Blocks given back once their records were sent, to be filled again
+    /// (fresh large buffers would cost page faults on every read).
+    recycled: Option<std::sync::mpsc::Receiver<Block>>,
+    /// An item list from a recycled block, for the next block.
+    spare_items: Vec<Item>,
     started: bool,
     eof: bool,
     done: bool,
@@ -323,10 +328,17 @@ impl Splitter {
             discard: None,
             header: None,
             pending: Vec::new(),
+            recycled: None,
+            spare_items: Vec::new(),
             started: false,
             eof: false,
             done: false,
         }
+    }
+
+    /// Take blocks to reuse from `recycled`.
+    pub fn recycle_from(&mut self, recycled: std::sync::mpsc::Receiver<Block>) {
+        self.recycled = Some(recycled);
     }
 
     /// The input's name, as used in messages.
@@ -380,6 +392,9 @@ impl Splitter {
     /// is passed on as it arrives.
     pub fn next_block(&mut self) -> Option<Block> {
         let mut items = std::mem::take(&mut self.pending);
+        if items.is_empty() {
+            items = std::mem::take(&mut self.spare_items);
+        }
         loop {
             if !self.done {
                 self.cut(&mut items);
@@ -403,10 +418,23 @@ impl Splitter {
     /// the next record moves to a new buffer.
     fn hand_off(&mut self, items: Vec<Item>) -> Block {
         let tail = &self.buf[self.rec_start..];
-        let mut next = Vec::with_capacity(tail.len() + READ_SIZE);
+        let reused = self.recycled.as_ref().and_then(|r| r.try_recv().ok());
+        let (mut next, spare_items) = match reused {
+            Some(Block {
+                mut data,
+                mut items,
+            }) => {
+                data.clear();
+                data.reserve(tail.len() + READ_SIZE);
+                items.clear();
+                (data, items)
+            }
+            None => (Vec::with_capacity(tail.len() + READ_SIZE), Vec::new()),
+        };
         next.extend_from_slice(tail);
         let data = std::mem::replace(&mut self.buf, next);
         self.rec_start = 0;
+        self.spare_items = spare_items;
         Block { data, items }
     }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod input;
+mod logging;
 mod output;
 mod paths;
 mod report;
@@ -21,8 +22,8 @@ pub static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 fn main() -> ExitCode {
     // Started by a pool (no `worker` binary was next to the coordinator), it
     // serves the built-in tasks and exits here.
-    procpool::init(procpool_tasks::registry());
-    let logger = procpool_worker::build_logger("coordinator");
+    procpool::init(builtin_tasks());
+    let logger = logging::build_logger("coordinator");
     let level = logger.filter();
     let multi = MULTI.get_or_init(MultiProgress::new).clone();
     if indicatif_log_bridge::LogWrapper::new(multi, logger)
@@ -55,4 +56,17 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// The built-in tasks, as the `worker` binary offers them (without its fault
+/// injection): what this coordinator serves when it is its own worker.
+fn builtin_tasks() -> procpool::worker::Registry {
+    use procpool_tasks::{Age, Fault, Locked, Primes};
+    let mut registry = procpool::worker::Registry::new();
+    registry
+        .register::<Age>()
+        .register::<Primes>()
+        .register::<Locked>()
+        .register::<Fault>();
+    registry
 }

@@ -59,8 +59,10 @@ struct Sinks {
     out: Sink,
     joblog: Option<Sink>,
     sidecar: Option<(Sidecar, Instant)>,
-    /// `--resume-failed`: lines go to a copy of the output that replaces it at the end.
+    /// `--resume-failed`: lines go to a copy of the output (and of the job
+    /// log) that replaces it at the end.
     patch: Option<Patch>,
+    joblog_patch: Option<Patch>,
     /// Records written out, and records still in the buffers.
     written: u64,
     buffered: u64,
@@ -149,11 +151,30 @@ impl Output {
                 (format!("output {}", p.display()), Box::new(file))
             }
         };
-        let joblog = spec.joblog.map(|(path, file)| Sink {
-            name: format!("job log {}", path.display()),
-            file: Box::new(file),
-            buf: Vec::with_capacity(64 << 10),
-        });
+        let mut joblog_patch = None;
+        let joblog = match spec.joblog {
+            None => None,
+            Some((path, file)) => {
+                let (name, file): (PathBuf, Box<dyn Write + Send>) = match &spec.patch {
+                    // Patched like the output, through a copy of its own.
+                    Some(patch) => {
+                        drop(file);
+                        let p = Patch::job_log(&path, patch.lines())?;
+                        let tmp = p.tmp_path().to_owned();
+                        let copy = File::create(&tmp)
+                            .with_context(|| format!("cannot create {}", tmp.display()))?;
+                        joblog_patch = Some(p);
+                        (tmp, Box::new(copy))
+                    }
+                    None => (path, Box::new(file)),
+                };
+                Some(Sink {
+                    name: format!("job log {}", name.display()),
+                    file,
+                    buf: Vec::with_capacity(64 << 10),
+                })
+            }
+        };
         let mut sinks = Sinks {
             out: Sink {
                 name,
@@ -163,6 +184,7 @@ impl Output {
             joblog,
             sidecar: spec.sidecar.map(|s| (s, Instant::now())),
             patch: spec.patch,
+            joblog_patch,
             written: 0,
             buffered: 0,
             failed: None,
@@ -231,6 +253,11 @@ impl Output {
         }
         sinks.out.buf.extend_from_slice(&self.line);
         if let Some(j) = sinks.joblog.as_mut() {
+            if let Some(patch) = sinks.joblog_patch.as_mut() {
+                patch
+                    .before(entry.seq, &mut j.buf)
+                    .map_err(|e| named(&j.name, e))?;
+            }
             entry.write_to(&mut j.buf);
         }
         if new_line {
@@ -259,8 +286,15 @@ impl Output {
             patch
                 .rest(&mut sinks.out.buf)
                 .map_err(|e| named(&sinks.out.name, e))?;
-            // The copy complete (no sidecar yet), then in place, then the sidecar.
+            if let (Some(j), Some(jp)) = (sinks.joblog.as_mut(), sinks.joblog_patch.as_mut()) {
+                jp.rest(&mut j.buf).map_err(|e| named(&j.name, e))?;
+            }
+            // The copies complete (no sidecar yet), then in place (the job
+            // log first, like every write), then the sidecar.
             sinks.write_out(true)?;
+            if let Some(jp) = sinks.joblog_patch.take() {
+                jp.commit()?;
+            }
             if let Some(patch) = sinks.patch.take() {
                 patch.commit()?;
             }

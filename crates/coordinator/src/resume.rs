@@ -286,6 +286,10 @@ pub struct Patch {
     /// Lines of the original copied (or replaced) so far.
     next_line: u64,
     lines: u64,
+    /// A job log: its header line, copied first; and lines it may lack
+    /// (a job log started after the output) are tolerated.
+    header: Option<Vec<u8>>,
+    job_log: bool,
 }
 
 impl Patch {
@@ -300,7 +304,21 @@ impl Patch {
             original: io::BufReader::new(original),
             next_line: 0,
             lines,
+            header: None,
+            job_log: false,
         })
+    }
+
+    /// The same for the job log (a header, then one line per record), so
+    /// that it too keeps one line per record.
+    pub fn job_log(path: &Path, records: u64) -> anyhow::Result<Patch> {
+        let mut patch = Patch::open(path, records)?;
+        let mut header = Vec::new();
+        io::BufRead::read_until(&mut patch.original, b'\n', &mut header)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        patch.header = Some(header);
+        patch.job_log = true;
+        Ok(patch)
     }
 
     /// Lines of the output being patched.
@@ -331,8 +349,15 @@ impl Patch {
     }
 
     fn copy_until(&mut self, end: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        if let Some(header) = self.header.take() {
+            buf.extend_from_slice(&header);
+        }
         while self.next_line < end {
             let n = io::BufRead::read_until(&mut self.original, b'\n', buf)?;
+            if n == 0 && self.job_log {
+                self.next_line = end; // the lines it lacks stay lacking
+                return Ok(());
+            }
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -46,7 +46,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut plan = Plan::new(args)?;
     let (blocks_tx, blocks_rx) = sync_channel::<Feeding>(BLOCKS_AHEAD);
     let signals = SignalWatch::start(blocks_tx.clone(), plan.mpi())?;
-    start_input(&plan, blocks_tx)?;
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Block>();
+    start_input(&plan, blocks_tx, recycle_rx)?;
     let Some(opened) = wait_opened(&blocks_rx, &signals)? else {
         let signal = signals.signal.load(Ordering::SeqCst);
         warn!(
@@ -80,7 +81,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     signals.arm(pool.canceller());
-    let feeder = Feeder::new(blocks_rx, plan.selection.clone(), &signals);
+    let feeder = Feeder::new(blocks_rx, recycle_tx, plan.selection.clone(), &signals);
     let drained = drain(
         &settings,
         &pool,
@@ -368,6 +369,8 @@ impl SignalWatch {
 /// a signal or when the run stops early.
 struct Feeder {
     rx: Receiver<Feeding>,
+    /// Blocks whose records were all handed out go back to the input thread.
+    recycle: Sender<Block>,
     block: Block,
     next: usize,
     /// Which records to send, by input position; `index` is the next one's.
@@ -381,7 +384,11 @@ struct Feeder {
 /// Open the input, read its CSV header, then cut it into blocks, all on a
 /// thread of its own: the main thread never waits on the input itself, only
 /// on a channel that a signal can wake (an idle pipe, `tail -f`, /dev/zero).
-fn start_input(plan: &Plan<'_>, tx: SyncSender<Feeding>) -> anyhow::Result<()> {
+fn start_input(
+    plan: &Plan<'_>,
+    tx: SyncSender<Feeding>,
+    recycled: Receiver<Block>,
+) -> anyhow::Result<()> {
     let (path, format, limit) = (
         plan.args.input.clone(),
         plan.format,
@@ -409,6 +416,7 @@ fn start_input(plan: &Plan<'_>, tx: SyncSender<Feeding>) -> anyhow::Result<()> {
                     splitter.format(),
                     splitter.source()
                 );
+                splitter.recycle_from(recycled);
                 let source = splitter.source().to_owned();
                 Ok((splitter, Opened { source, records }))
             })();
@@ -450,9 +458,15 @@ fn wait_opened(rx: &Receiver<Feeding>, signals: &SignalWatch) -> anyhow::Result<
 }
 
 impl Feeder {
-    fn new(rx: Receiver<Feeding>, selection: Selection, signals: &SignalWatch) -> Feeder {
+    fn new(
+        rx: Receiver<Feeding>,
+        recycle: Sender<Block>,
+        selection: Selection,
+        signals: &SignalWatch,
+    ) -> Feeder {
         Feeder {
             rx,
+            recycle,
             block: Block::default(),
             next: 0,
             selection,
@@ -493,7 +507,8 @@ impl RawSource for Feeder {
             };
             match got {
                 Some(Feeding::Block(block)) => {
-                    self.block = block;
+                    let used = std::mem::replace(&mut self.block, block);
+                    let _ = self.recycle.send(used);
                     self.next = 0;
                 }
                 Some(Feeding::Wake | Feeding::Opened(_)) => {}

@@ -39,6 +39,17 @@ impl Chunk {
         }
     }
 
+    /// An empty chunk with room for `records` records of `bytes` in all.
+    pub fn with_capacity(job: JobId, records: usize, bytes: usize) -> Self {
+        Chunk {
+            job,
+            seqs: Vec::with_capacity(records),
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+            ..Chunk::default()
+        }
+    }
+
     /// Append one record: `encode` appends its payload to the buffer.
     pub fn push_with<E>(
         &mut self,

@@ -133,7 +133,8 @@ impl PoolBuilder {
     }
 
     /// Liveness: a worker that holds records and sends nothing, not even a
-    /// heartbeat (workers send one every 500 ms from a thread of their own),
+    /// heartbeat (workers send one every 500 ms from a thread of their own,
+    /// more often when this timeout is under 2 s),
     /// for this long is declared dead: killed, replaced, and its records sent
     /// again as after a crash. Default 10 s. Long records are not affected
     /// while their worker keeps heart-beating.
@@ -303,7 +304,8 @@ impl PoolBuilder {
     /// (started on its own, or by `mpirun -n 1`), spawn `workers` ranks of
     /// the worker binary with `MPI_Comm_spawn` (where the MPI launcher or the
     /// allocation places them). A rank silent for the liveness timeout
-    /// (`PROCPOOL_MPI_LIVENESS` seconds, default 10) ends the job.
+    /// ([`liveness_timeout`](Self::liveness_timeout), or
+    /// `PROCPOOL_MPI_LIVENESS` seconds if set) ends the job.
     #[cfg(feature = "mpi")]
     pub fn mpi_spawn(mut self, workers: usize) -> Self {
         self.mpi = true;
@@ -325,10 +327,12 @@ impl PoolBuilder {
                 .and_then(|bin| crate::process::check_binary(&bin).map(|()| bin));
             (bin, n)
         });
-        let start = crate::mpi::MpiStart {
-            spawn,
-            liveness: crate::mpi::liveness_from_env()?,
-        };
+        let liveness = crate::mpi::liveness_from_env(self.liveness_timeout)?;
+        // The MPI layer notices a silent rank first and ends the job in
+        // order (a resumable output); the supervisor's own check, which
+        // could only break the pool, stays a backstop.
+        self.liveness_timeout = liveness * 2;
+        let start = crate::mpi::MpiStart { spawn, liveness };
         let (events_tx, events_rx) = mpsc::channel::<Event>();
         let (launcher, ranks) = crate::mpi::MpiLauncher::start(events_tx.clone(), start)?;
         self.workers = ranks;
@@ -910,6 +914,9 @@ pub struct MapIter<'p, T: Task, I> {
     ordered: bool,
     reorder: ReorderBuffer<Completion>,
     arrived: std::collections::VecDeque<Completion>,
+    /// Unordered only: records sent and not yet arrived, so that they can be
+    /// reported if the supervisor goes away.
+    unanswered: std::collections::BTreeSet<u64>,
     next_seq: u64,
     yielded: u64,
 }
@@ -925,6 +932,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
             ordered,
             reorder: ReorderBuffer::new(0),
             arrived: Default::default(),
+            unanswered: Default::default(),
             next_seq: 0,
             yielded: 0,
         }
@@ -954,6 +962,9 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                if !self.ordered {
+                    self.unanswered.insert(seq);
+                }
                 if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
                     self.accept(Completion {
@@ -977,6 +988,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         if self.ordered {
             self.reorder.insert(c.seq, c);
         } else {
+            self.unanswered.remove(&c.seq);
             self.arrived.push_back(c);
         }
     }
@@ -1015,15 +1027,20 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                     // Supervisor gone: what is missing ends as broken.
                     let missing = self.reorder.next_seq();
                     self.input = None;
+                    let broken = |seq| Completion {
+                        seq,
+                        pid: 0,
+                        thread: 0,
+                        started_us: 0,
+                        nanos: 0,
+                        result: Err(RecordError::PoolBroken("the pool stopped".into())),
+                    };
                     if self.ordered && missing < self.next_seq {
-                        self.accept(Completion {
-                            seq: missing,
-                            pid: 0,
-                            thread: 0,
-                            started_us: 0,
-                            nanos: 0,
-                            result: Err(RecordError::PoolBroken("the pool stopped".into())),
-                        });
+                        self.accept(broken(missing));
+                    } else if !self.unanswered.is_empty() {
+                        for seq in std::mem::take(&mut self.unanswered) {
+                            self.accept(broken(seq));
+                        }
                     } else {
                         return None;
                     }

@@ -5,6 +5,16 @@
 //! accept thread, the reader, the writer) that reports to the supervisor's
 //! event channel, so the supervisor itself never blocks on a worker and can
 //! enforce every deadline.
+//!
+//! A worker runs in a process group of its own, which lives and dies with
+//! it: killing a worker kills its group, and when a worker exits, what is
+//! left of its group (helpers it started) is killed before it is reaped.
+//!
+//! The rendezvous socket is created private: the spawner threads have a
+//! file-system context of their own (`unshare(CLONE_FS)`), so they can create
+//! it under umask 077 without touching the rest of the process; stale
+//! rendezvous directories of this user (left by a coordinator killed before
+//! its workers connected) are removed when a launcher starts.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -43,9 +53,10 @@ pub(crate) fn check_binary(path: &Path) -> Result<(), PoolError> {
 }
 
 /// Restrict the rendezvous to this user: its directory to 0700, the socket
-/// to 0600 (ipc-channel creates them with the umask's defaults). The worker
-/// must also present the run's token, so a process that still reached the
-/// socket could not pose as a worker.
+/// to 0600. On a spawner thread they are created so already (see
+/// [`private_umask`]); this makes sure of it wherever the socket was
+/// created. The worker must also present the run's token, so a process that
+/// still reached the socket could not pose as a worker.
 pub(crate) fn make_private(socket: &str) -> io::Result<()> {
     let socket = Path::new(socket);
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
@@ -55,14 +66,151 @@ pub(crate) fn make_private(socket: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Give the calling thread a file-system context of its own (cwd, root,
+/// umask), so that it may change its umask alone. Returns whether it did.
+fn private_umask() -> bool {
+    // SAFETY: unshare(CLONE_FS) takes a flag and touches no memory of ours;
+    // it only copies this thread's cwd, root and umask.
+    unsafe { libc::unshare(libc::CLONE_FS) == 0 }
+}
+
+/// A rendezvous created under umask 077 when this thread may change its
+/// umask alone: its directory is private before the socket is bound in it.
+fn create_rendezvous(own_umask: bool) -> Result<(IpcOneShotServer<Rendezvous>, String), PoolError> {
+    // SAFETY: umask only swaps a mask; with `own_umask` this thread's own.
+    let old = own_umask.then(|| unsafe { libc::umask(0o077) });
+    let created = std::panic::catch_unwind(IpcOneShotServer::<Rendezvous>::new);
+    if let Some(old) = old {
+        // SAFETY: as above; the workers this thread spawns get the old mask.
+        unsafe { libc::umask(old) };
+    }
+    created
+        .map_err(|_| {
+            PoolError::Ipc(io::Error::other(
+                "ipc-channel panicked creating a rendezvous",
+            ))
+        })?
+        .map_err(PoolError::Ipc)
+}
+
+/// [`create_rendezvous`], made private whatever the thread could do.
+fn new_rendezvous(own_umask: bool) -> Result<(IpcOneShotServer<Rendezvous>, String), PoolError> {
+    let (server, name) = create_rendezvous(own_umask)?;
+    make_private(&name).map_err(PoolError::Ipc)?;
+    Ok((server, name))
+}
+
+/// Remove the rendezvous directories of this user in `tmp` that no process
+/// listens on any more (a coordinator killed before its workers connected
+/// leaves one behind): a directory of ipc-channel's (`.tmp*`) holding only a
+/// socket named `socket` that is not bound (see `/proc/net/unix`), untouched
+/// for `min_age`. Returns how many were removed.
+pub(crate) fn clean_stale_rendezvous(tmp: &Path, min_age: Duration) -> usize {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let candidates: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .map(|e| e.path())
+        .filter(|dir| {
+            let Ok(meta) = std::fs::symlink_metadata(dir) else {
+                return false;
+            };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            let only_socket = std::fs::read_dir(dir).is_ok_and(|mut d| {
+                d.next()
+                    .and_then(Result::ok)
+                    .is_some_and(|e| e.file_name() == "socket")
+                    && d.next().is_none()
+            });
+            meta.is_dir()
+                && meta.uid() == uid
+                && old
+                && only_socket
+                && std::fs::symlink_metadata(dir.join("socket"))
+                    .is_ok_and(|m| m.file_type().is_socket())
+        })
+        .collect();
+    if candidates.is_empty() {
+        return 0;
+    }
+    // Read after listing: a socket bound since is listed here.
+    let Ok(bound) = std::fs::read_to_string("/proc/net/unix") else {
+        return 0;
+    };
+    let bound: std::collections::HashSet<&str> = bound
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .collect();
+    let mut removed = 0;
+    for dir in candidates {
+        let socket = dir.join("socket");
+        if bound.contains(socket.to_string_lossy().as_ref()) {
+            continue;
+        }
+        if std::fs::remove_file(&socket).is_ok() && std::fs::remove_dir(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Kill a worker's process group (the worker and whatever it started).
+fn kill_group(pid: u32) {
+    if let Ok(pgid) = i32::try_from(pid) {
+        // SAFETY: kill takes plain integers. The group id is the worker's
+        // pid, still ours: the worker is not reaped yet.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Has the child exited? Without reaping it, so that its pid, and so its
+/// group id, stays ours until the group is killed.
+fn has_exited(pid: u32) -> bool {
+    // SAFETY: all-zero is a valid siginfo_t, which waitid fills in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled in `info`; si_pid is 0 when nothing has exited.
+    r == 0 && unsafe { info.si_pid() } != 0
+}
+
 /// A started worker process whose rendezvous is not yet accepted.
 struct Spawned {
     child: Child,
     pid: u32,
     server_name: String,
+    /// The thread passing the worker's output lines on, if any.
+    output: Option<thread::JoinHandle<()>>,
 }
 
 impl Spawned {
+    /// Nobody wants this worker any more (its launch was given up): kill it,
+    /// release its accept thread, reap it.
+    fn discard(mut self) {
+        kill_group(self.pid);
+        self.unblock_accept();
+        let _ = self.child.wait();
+    }
+
     /// Unblock the accept thread when the worker will never connect: connect
     /// to the rendezvous ourselves. The supervisor drops what arrives.
     fn unblock_accept(&self) {
@@ -76,10 +224,12 @@ impl Spawned {
 
 /// Start a worker process and a thread that waits for it to connect.
 ///
-/// Must be called on the supervisor thread: `PR_SET_PDEATHSIG` in the worker
-/// fires when the *thread* that forked it exits.
+/// Called on a spawner thread, which lives as long as the pool:
+/// `PR_SET_PDEATHSIG` in the worker fires when the *thread* that forked it
+/// exits. `own_umask`: the thread has its own umask (see [`private_umask`]).
 fn spawn(
     spec: &SpawnSpec,
+    own_umask: bool,
     slot: usize,
     gen: u64,
     events: &Sender<Event>,
@@ -92,14 +242,7 @@ fn spawn(
     // ipc-channel panics when it cannot bind (e.g. $TMPDIR was removed
     // mid-run): check first, and keep a panic a start failure.
     crate::preflight::ensure_rendezvous_dir()?;
-    let (server, server_name) = std::panic::catch_unwind(IpcOneShotServer::<Rendezvous>::new)
-        .map_err(|_| {
-            PoolError::Ipc(io::Error::other(
-                "ipc-channel panicked creating a rendezvous",
-            ))
-        })?
-        .map_err(PoolError::Ipc)?;
-    make_private(&server_name).map_err(PoolError::Ipc)?;
+    let (server, server_name) = new_rendezvous(own_umask)?;
     // Workers write task output and logs to our stderr, or to a handler that
     // gets them line by line; never to our stdout, which is the results'.
     let (stdout, stderr, pipe) = match output {
@@ -146,9 +289,10 @@ fn spawn(
             }
         })?;
     let pid = child.id();
+    let mut output_thread = None;
     if let (Some(reader), Some(handler)) = (pipe, output) {
         let handler = handler.clone();
-        let _ = thread::Builder::new()
+        output_thread = thread::Builder::new()
             .name(format!("procpool-output-{pid}"))
             .spawn(move || {
                 use std::io::BufRead;
@@ -158,7 +302,8 @@ fn spawn(
                         Err(_) => break,
                     }
                 }
-            });
+            })
+            .ok();
     }
     let events = events.clone();
     let spawned = thread::Builder::new()
@@ -201,7 +346,7 @@ fn spawn(
         });
     if let Err(e) = spawned {
         let mut child = child;
-        let _ = child.kill();
+        kill_group(pid);
         let _ = child.wait();
         return Err(PoolError::Ipc(e));
     }
@@ -209,6 +354,7 @@ fn spawn(
         child,
         pid,
         server_name,
+        output: output_thread,
     })
 }
 
@@ -291,6 +437,8 @@ struct SpawnJob {
 
 impl LocalLauncher {
     const SPAWNERS: usize = 4;
+    /// How long one launch (fork, exec, rendezvous set up) may take.
+    const SPAWN_DEADLINE: Duration = Duration::from_secs(10);
 
     pub fn new(
         bin: std::path::PathBuf,
@@ -307,15 +455,23 @@ impl LocalLauncher {
         });
         let mut spawners = Vec::new();
         let mut threads = Vec::new();
+        let removed = clean_stale_rendezvous(&std::env::temp_dir(), Duration::from_secs(10));
+        if removed > 0 {
+            log::info!("removed {removed} stale rendezvous directories of this user");
+        }
         for i in 0..workers.clamp(1, Self::SPAWNERS) {
             let (tx, rx) = mpsc::channel::<SpawnJob>();
             let spec = spec.clone();
             let handle = thread::Builder::new()
                 .name(format!("procpool-spawn-{i}"))
                 .spawn(move || {
+                    let own_umask = private_umask();
                     for job in rx {
-                        let result = spawn(&spec, job.slot, job.gen, &job.events);
-                        let _ = job.reply.send(result);
+                        let result = spawn(&spec, own_umask, job.slot, job.gen, &job.events);
+                        if let Err(mpsc::SendError(Ok(spawned))) = job.reply.send(result) {
+                            // Its launch timed out: the supervisor moved on.
+                            spawned.discard();
+                        }
                     }
                 })
                 .map_err(PoolError::Ipc)?;
@@ -345,11 +501,22 @@ impl LocalLauncher {
         rx
     }
 
+    /// The spawner's answer, awaited until `deadline`: a stuck `fork` or
+    /// `exec` must not block the supervisor.
     fn link(
-        result: Result<Result<Spawned, PoolError>, mpsc::RecvError>,
+        reply: &Receiver<Result<Spawned, PoolError>>,
+        deadline: Instant,
     ) -> Result<Box<dyn Link>, PoolError> {
-        let spawned = result
-            .map_err(|_| PoolError::Ipc(io::Error::other("the spawner thread is gone")))??;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let spawned = reply.recv_timeout(wait).map_err(|e| {
+            PoolError::Ipc(io::Error::other(match e {
+                mpsc::RecvTimeoutError::Timeout => format!(
+                    "starting a worker took more than {} s",
+                    Self::SPAWN_DEADLINE.as_secs()
+                ),
+                mpsc::RecvTimeoutError::Disconnected => "the spawner thread is gone".to_owned(),
+            }))
+        })??;
         Ok(Box::new(LocalLink {
             spawned,
             connected: false,
@@ -374,7 +541,8 @@ impl Launcher for LocalLauncher {
         gen: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
-        Self::link(self.request(slot, slot, gen, events).recv())
+        let reply = self.request(slot, slot, gen, events);
+        Self::link(&reply, Instant::now() + Self::SPAWN_DEADLINE)
     }
 
     fn launch_all(
@@ -387,12 +555,16 @@ impl Launcher for LocalLauncher {
             .enumerate()
             .map(|(i, &(slot, gen))| self.request(i, slot, gen, events))
             .collect();
+        let deadline = Instant::now() + Self::SPAWN_DEADLINE;
         pending
-            .into_iter()
-            .map(|rx| Self::link(rx.recv()))
+            .iter()
+            .map(|reply| Self::link(reply, deadline))
             .collect()
     }
 }
+
+/// How long reaping a worker waits for its last output lines.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
 struct LocalLink {
     spawned: Spawned,
@@ -411,19 +583,20 @@ impl Link for LocalLink {
 
     fn kill(&mut self) {
         if self.reaped.is_none() {
-            let _ = self.spawned.child.kill();
+            kill_group(self.spawned.pid);
         }
     }
 
     fn exited(&mut self) -> Option<WorkerExit> {
-        if self.reaped.is_none() {
-            self.reaped = self
-                .spawned
-                .child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(WorkerExit::from);
+        if self.reaped.is_none() && has_exited(self.spawned.pid) {
+            // What it started goes with it, while its group id is still ours.
+            kill_group(self.spawned.pid);
+            self.reaped = Some(
+                self.spawned
+                    .child
+                    .wait()
+                    .map_or(WorkerExit::Unknown, WorkerExit::from),
+            );
         }
         self.reaped
     }
@@ -434,6 +607,18 @@ impl Link for LocalLink {
         }
         let exit = reap(&mut self.spawned.child, patience);
         self.reaped = Some(exit);
+        // Its last lines (e.g. "stopping after N records") are still in the
+        // pipe: let them through before the pool reports the worker gone.
+        // Bounded: a child of the worker may hold the pipe open.
+        if let Some(output) = self.spawned.output.take() {
+            let deadline = Instant::now() + OUTPUT_DRAIN;
+            while !output.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if output.is_finished() {
+                let _ = output.join();
+            }
+        }
         exit
     }
 
@@ -447,20 +632,16 @@ impl Link for LocalLink {
 }
 
 /// Reap a worker whose channel closed (it is exiting, or we killed it): wait
-/// briefly, then kill. Never blocks longer than `patience` plus a kill.
+/// briefly, then kill its group. Never blocks longer than `patience` plus a
+/// kill. What is left of its group is killed before the worker is reaped.
 fn reap(child: &mut Child, patience: Duration) -> WorkerExit {
+    let pid = child.id();
     let deadline = Instant::now() + patience;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.into(),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                let _ = child.kill();
-                return child.wait().map_or(WorkerExit::Unknown, WorkerExit::from);
-            }
-            Err(_) => return WorkerExit::Unknown,
-        }
+    while !has_exited(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
     }
+    kill_group(pid);
+    child.wait().map_or(WorkerExit::Unknown, WorkerExit::from)
 }
 
 #[cfg(test)]
@@ -504,5 +685,66 @@ mod tests {
         let _ = server.accept().unwrap();
         connect.join().unwrap();
         assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    fn umask_of(status: &str) -> String {
+        std::fs::read_to_string(status)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:").map(|m| m.trim().to_owned()))
+            .unwrap()
+    }
+
+    /// On a spawner thread the rendezvous is created private, before the
+    /// socket is bound (no window at the umask's defaults), and the rest of
+    /// the process keeps its umask.
+    #[test]
+    fn a_spawner_thread_creates_the_rendezvous_private() {
+        let before = umask_of("/proc/self/status");
+        let (dir_mode, socket_mode, inside) = thread::spawn(|| {
+            assert!(private_umask());
+            // SAFETY: this thread's own umask, after private_umask.
+            let old = unsafe { libc::umask(0o022) };
+            let inside = umask_of("/proc/thread-self/status");
+            let (_server, name) = create_rendezvous(true).unwrap();
+            // SAFETY: as above.
+            unsafe { libc::umask(old) };
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let socket = Path::new(&name);
+            (mode(socket.parent().unwrap()), mode(socket), inside)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(dir_mode, 0o700);
+        assert_eq!(socket_mode & 0o077, 0, "{socket_mode:o}");
+        assert_eq!(inside, "0022");
+        assert_eq!(umask_of("/proc/self/status"), before);
+    }
+
+    /// A directory left by a coordinator killed before its worker connected
+    /// (a socket nobody listens on) is removed; a live one, or anything
+    /// else, is left alone.
+    #[test]
+    fn stale_rendezvous_directories_are_removed() {
+        use std::os::unix::net::UnixListener;
+        let tmp = std::env::temp_dir().join(format!("procpool-stale-test-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let stale = tmp.join(".tmpSTALE1");
+        std::fs::create_dir(&stale).unwrap();
+        drop(UnixListener::bind(stale.join("socket")).unwrap());
+        let live = tmp.join(".tmpLIVE01");
+        std::fs::create_dir(&live).unwrap();
+        let _listening = UnixListener::bind(live.join("socket")).unwrap();
+        let other = tmp.join(".tmpOTHER1");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("socket"), b"not a socket").unwrap();
+
+        assert_eq!(clean_stale_rendezvous(&tmp, Duration::from_secs(3600)), 0);
+        assert!(stale.exists(), "too recent to be judged stale");
+        assert_eq!(clean_stale_rendezvous(&tmp, Duration::ZERO), 1);
+        assert!(!stale.exists());
+        assert!(live.join("socket").exists());
+        assert!(other.join("socket").exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -147,6 +147,7 @@ impl RawPool {
             reorder: ReorderBuffer::new(0),
             next_seq: 0,
             yielded: 0,
+            record_bytes: 64,
         }
     }
 
@@ -186,6 +187,8 @@ pub struct RawMap<'p, S> {
     reorder: ReorderBuffer<Completion>,
     next_seq: u64,
     yielded: u64,
+    /// Average bytes of a record in the last chunk.
+    record_bytes: usize,
 }
 
 impl<S> std::fmt::Debug for RawMap<'_, S> {
@@ -211,7 +214,10 @@ impl<S: RawSource> RawMap<'_, S> {
             if self.source.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
                 return false;
             }
-            let mut chunk = Chunk::new(self.job);
+            // Sized from the last chunk's records, to grow it rarely.
+            let records = size as usize;
+            let bytes = (self.record_bytes * records).min(MAX_BATCH_BYTES + (64 << 10));
+            let mut chunk = Chunk::with_capacity(self.job, records, bytes);
             let mut paused = false;
             while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
                 let Some(source) = self.source.as_mut() else {
@@ -275,6 +281,9 @@ impl<S: RawSource> RawMap<'_, S> {
                     }
                     Feed::End => self.source = None,
                 }
+            }
+            if !chunk.is_empty() {
+                self.record_bytes = chunk.bytes().div_ceil(chunk.len()).max(16);
             }
             if !chunk.is_empty() && !self.core.send(Command::Chunk(chunk)) {
                 self.source = None; // the supervisor is gone

@@ -20,7 +20,7 @@ pub const MAX_RECORD_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
 
-const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
+pub(crate) const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +52,7 @@ pub enum CodecError {
 
 /// Encode any serde value (a record, a result, a task's parameters).
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    // Room for a small record up front: growing from empty cost a few
-    // reallocations for every tiny record.
-    let mut bytes = Vec::with_capacity(64);
+    let mut bytes = Vec::new();
     encode_into(value, &mut bytes)?;
     Ok(bytes)
 }
@@ -119,7 +117,7 @@ where
             use serde::ser::SerializeSeq;
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for (n, payload) in self.0.clone() {
-                seq.serialize_element(&(n, crate::bytes::Bytes(payload)))?;
+                seq.serialize_element(&(n, crate::bytes::AsBytes(payload)))?;
             }
             seq.end()
         }
@@ -162,65 +160,6 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, CodecError> {
     decode_value(bytes)
 }
 
-/// The variant index of [`Request::Batch`] on the wire (checked by a test).
-const BATCH_VARIANT: u32 = 1;
-
-/// A [`Request::Batch`] whose payloads borrow from the received message, so
-/// that a worker copies no payload into a `Vec` of its own.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct BatchRef<'a> {
-    /// Batch id, as in [`crate::Batch::id`].
-    pub id: u64,
-    /// The records, as in [`crate::Batch::records`].
-    #[serde(borrow)]
-    pub records: Vec<RecordRef<'a>>,
-}
-
-/// One record of a [`BatchRef`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub struct RecordRef<'a> {
-    /// As in [`crate::Record::seq`].
-    pub seq: u64,
-    /// As in [`crate::Record::payload`], borrowed.
-    pub payload: &'a [u8],
-}
-
-impl crate::Batch {
-    /// The same batch, borrowed.
-    pub fn as_ref(&self) -> BatchRef<'_> {
-        BatchRef {
-            id: self.id,
-            records: self
-                .records
-                .iter()
-                .map(|r| RecordRef {
-                    seq: r.seq,
-                    payload: &r.payload,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// `Some` when `bytes` is a [`Request::Batch`]: the batch decoded with its
-/// payloads borrowed from `bytes`. `None` for any other request (decode it
-/// with [`decode`]).
-pub fn decode_batch_ref(bytes: &[u8]) -> Option<Result<BatchRef<'_>, CodecError>> {
-    let (variant, used) = bincode::serde::decode_from_slice::<u32, _>(bytes, CONFIG).ok()?;
-    if variant != BATCH_VARIANT {
-        return None;
-    }
-    let rest = &bytes[used..];
-    Some(
-        bincode::serde::borrow_decode_from_slice::<BatchRef<'_>, _>(rest, CONFIG)
-            .map_err(CodecError::from)
-            .and_then(|(batch, read)| match rest.len() - read {
-                0 => Ok(batch),
-                extra => Err(CodecError::Trailing { extra }),
-            }),
-    )
-}
-
 /// Read the variant index and protocol version at the start of a worker's
 /// first message, whatever the rest of it holds. Lets the coordinator tell
 /// "another protocol version" from "garbage".
@@ -233,33 +172,6 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(u32, u32), CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_batch_decodes_borrowed_as_it_decodes_owned() {
-        let batch = crate::Batch {
-            id: 7,
-            records: (0..50u64)
-                .map(|seq| crate::Record {
-                    seq,
-                    payload: vec![seq as u8; seq as usize],
-                })
-                .collect(),
-        };
-        let bytes = encode(&Request::Batch(batch.clone())).unwrap();
-        let borrowed = decode_batch_ref(&bytes).unwrap().unwrap();
-        assert_eq!(borrowed, batch.as_ref());
-        // Other requests are not batches; a cut batch is an error, not a panic.
-        assert!(decode_batch_ref(&encode(&Request::Stop).unwrap()).is_none());
-        for cut in [1, 2, bytes.len() / 2, bytes.len() - 1] {
-            assert!(decode_batch_ref(&bytes[..cut]).is_some_and(|r| r.is_err()));
-        }
-        let mut long = bytes.clone();
-        long.push(0);
-        assert!(matches!(
-            decode_batch_ref(&long),
-            Some(Err(CodecError::Trailing { extra: 1 }))
-        ));
-    }
     use crate::*;
 
     fn hello() -> WorkerMessage {

@@ -21,11 +21,11 @@ mod bytes;
 mod codec;
 mod messages;
 mod task;
+mod views;
 
 pub use codec::{
-    decode, decode_batch_ref, decode_prefix, decode_value, encode, encode_batch, encode_into,
-    encode_record_into, encode_value, BatchRef, CodecError, RecordRef, MAX_MESSAGE_BYTES,
-    MAX_RECORD_BYTES,
+    decode, decode_prefix, decode_value, encode, encode_batch, encode_into, encode_record_into,
+    encode_value, CodecError, MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
 };
 pub use messages::{
     Batch, BatchResults, Encoding, FailureKind, Hello, Outcome, ParamsEncoding, Record,
@@ -33,6 +33,9 @@ pub use messages::{
     PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
+pub use views::{
+    decode_batch_ref, encode_results, is_batch, BatchRef, OutcomeRef, RecordOutcomeRef,
+};
 
 /// MPI backend: the tag of protocol messages, both ways.
 pub const MPI_TAG_DATA: i32 = 1;

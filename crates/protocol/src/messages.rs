@@ -114,6 +114,7 @@ pub enum Encoding {
     /// terminator) of a file whose header line is `header`; each output is JSON text.
     Csv {
         /// The header line's bytes, without its terminator.
+        #[serde(with = "crate::bytes")]
         header: Vec<u8>,
     },
 }
@@ -133,6 +134,7 @@ pub struct TaskSpec {
     /// Task name, as in [`TaskInfo::name`].
     pub name: String,
     /// The task value (its parameters).
+    #[serde(with = "crate::bytes")]
     pub params: Vec<u8>,
     /// How `params` is encoded.
     pub params_encoding: ParamsEncoding,

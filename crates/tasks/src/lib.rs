@@ -15,16 +15,3 @@ mod primes;
 pub use age::{Age, AgeOut, Scientist};
 pub use fault::{Fault, FaultIn, FaultOut};
 pub use primes::{count_primes_below, Locked, Primes, PrimesIn, PrimesOut, MAX_N};
-
-use procpool_worker::Registry;
-
-/// A registry holding every task of the catalogue.
-pub fn registry() -> Registry {
-    let mut registry = Registry::new();
-    registry
-        .register::<Age>()
-        .register::<Primes>()
-        .register::<Locked>()
-        .register::<Fault>();
-    registry
-}

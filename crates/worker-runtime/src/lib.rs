@@ -46,7 +46,7 @@ mod serve;
 pub use fault::ENV_FAULT;
 pub use heartbeat::SideSender;
 pub use logging::{build_logger, init_logging, WORKER_TARGET};
-pub use registry::{Registry, Runner, Started};
+pub use registry::{Registry, Runner};
 pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport};
 
 use std::sync::atomic::{AtomicBool, Ordering};

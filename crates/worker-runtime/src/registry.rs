@@ -12,22 +12,23 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use procpool_protocol::{
-    decode_value, encode_value, Encoding, FailureKind, Outcome, ParamsEncoding, Task, TaskFailure,
-    TaskInfo, TaskSpec, TaskTypes,
+    decode_value, encode_into, Encoding, FailureKind, ParamsEncoding, Task, TaskFailure, TaskInfo,
+    TaskSpec, TaskTypes,
 };
 use serde::de::DeserializeOwned;
 
 /// A configured task, ready to run encoded records.
 pub trait Runner: Send + Sync {
-    /// Decode one payload, call `started` (if given) before the task runs
-    /// with a way to get the record's label, run the task with panics
-    /// caught, and encode the result. The label is built only if `started`
-    /// asks for it (it allocates, and most records are not logged).
-    fn run_record(&self, payload: &[u8], started: Option<&mut Started<'_>>) -> Outcome;
+    /// Decode one payload, hand its label to `started` (if given) before the
+    /// task runs, run the task with panics caught, and append the encoded
+    /// output to `out` (left as it was on a failure).
+    fn run_record(
+        &self,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        started: Option<&mut dyn FnMut(Option<String>)>,
+    ) -> Result<(), TaskFailure>;
 }
-
-/// The callback of [`Runner::run_record`]: gets the label on demand.
-pub type Started<'a> = dyn FnMut(&dyn Fn() -> Option<String>) + 'a;
 
 /// How payloads become inputs and outputs become bytes.
 enum Codec {
@@ -41,11 +42,11 @@ struct TypedRunner<T: Task> {
     codec: Codec,
 }
 
-fn bad_input(message: String) -> Outcome {
-    Outcome::Failed(TaskFailure {
+fn bad_input(message: String) -> TaskFailure {
+    TaskFailure {
         kind: FailureKind::BadInput,
         message,
-    })
+    }
 }
 
 impl<T: Task> TypedRunner<T> {
@@ -58,38 +59,42 @@ impl<T: Task> TypedRunner<T> {
         }
     }
 
-    fn encode(&self, output: &T::Output) -> Result<Vec<u8>, String> {
-        match self.codec {
-            Codec::Bincode => encode_value(output).map_err(|e| e.to_string()),
+    fn encode(&self, output: &T::Output, out: &mut Vec<u8>) -> Result<(), String> {
+        let start = out.len();
+        let done = match self.codec {
+            Codec::Bincode => encode_into(output, out).map_err(|e| e.to_string()),
             Codec::Json | Codec::Csv { .. } => {
-                serde_json::to_vec(output).map_err(|e| e.to_string())
+                serde_json::to_writer(&mut *out, output).map_err(|e| e.to_string())
             }
+        };
+        if done.is_err() {
+            out.truncate(start);
         }
+        done
     }
 }
 
 impl<T: Task> Runner for TypedRunner<T> {
-    fn run_record(&self, payload: &[u8], started: Option<&mut Started<'_>>) -> Outcome {
-        let input = match self.decode(payload) {
-            Ok(input) => input,
-            Err(reason) => return bad_input(reason),
-        };
+    fn run_record(
+        &self,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        started: Option<&mut dyn FnMut(Option<String>)>,
+    ) -> Result<(), TaskFailure> {
+        let input = self.decode(payload).map_err(bad_input)?;
         if let Some(started) = started {
-            started(&|| T::label(&input));
+            started(T::label(&input));
         }
         match catch_unwind(AssertUnwindSafe(|| self.task.run(input))) {
-            Ok(Ok(output)) => match self.encode(&output) {
-                Ok(bytes) => Outcome::Ok(bytes),
-                Err(e) => Outcome::Failed(TaskFailure {
-                    kind: FailureKind::Error,
-                    message: format!("output does not encode: {e}"),
-                }),
-            },
-            Ok(Err(e)) => Outcome::Failed(TaskFailure {
+            Ok(Ok(output)) => self.encode(&output, out).map_err(|e| TaskFailure {
+                kind: FailureKind::Error,
+                message: format!("output does not encode: {e}"),
+            }),
+            Ok(Err(e)) => Err(TaskFailure {
                 kind: FailureKind::Error,
                 message: e.0,
             }),
-            Err(panic) => Outcome::Failed(TaskFailure {
+            Err(panic) => Err(TaskFailure {
                 kind: FailureKind::Panic,
                 message: panic_message(panic.as_ref()),
             }),
@@ -300,6 +305,7 @@ impl Registry {
 mod tests {
     use super::*;
     use procpool_protocol::TaskError;
+    use procpool_protocol::{encode_value, Outcome};
     use serde::{Deserialize, Serialize};
 
     #[derive(Serialize, Deserialize)]
@@ -349,6 +355,35 @@ mod tests {
         }
     }
 
+    /// A record's outcome, as the worker reports it.
+    trait RunOne {
+        fn run_one(
+            &self,
+            payload: &[u8],
+            started: Option<&mut dyn FnMut(Option<String>)>,
+        ) -> Outcome;
+    }
+
+    impl RunOne for Box<dyn Runner> {
+        fn run_one(
+            &self,
+            payload: &[u8],
+            started: Option<&mut dyn FnMut(Option<String>)>,
+        ) -> Outcome {
+            let mut out = vec![0xAA]; // appended to, not replaced
+            match self.run_record(payload, &mut out, started) {
+                Ok(()) => {
+                    assert_eq!(out[0], 0xAA);
+                    Outcome::Ok(out[1..].to_vec())
+                }
+                Err(f) => {
+                    assert_eq!(out, [0xAA], "a failure left output behind");
+                    Outcome::Failed(f)
+                }
+            }
+        }
+    }
+
     fn registry() -> Registry {
         let mut r = Registry::new();
         r.register::<Div>().register::<Greet>();
@@ -387,15 +422,15 @@ mod tests {
     #[test]
     fn runs_errors_and_panics_become_outcomes() {
         std::panic::set_hook(Box::new(|_| {}));
-        let ok = runner(2).run_record(&encode_value(&10i64).unwrap(), None);
+        let ok = runner(2).run_one(&encode_value(&10i64).unwrap(), None);
         assert_eq!(ok, Outcome::Ok(encode_value(&5i64).unwrap()));
-        let (kind, message) = failure(runner(2).run_record(&encode_value(&-1i64).unwrap(), None));
+        let (kind, message) = failure(runner(2).run_one(&encode_value(&-1i64).unwrap(), None));
         assert_eq!((kind, message.as_str()), (FailureKind::Error, "negative"));
-        let (kind, message) = failure(runner(0).run_record(&encode_value(&1i64).unwrap(), None));
+        let (kind, message) = failure(runner(0).run_one(&encode_value(&1i64).unwrap(), None));
         assert_eq!(kind, FailureKind::Panic);
         assert!(message.contains("divide by zero"), "{message}");
         assert_eq!(
-            failure(runner(1).run_record(&[0xff, 0xff], None)).0,
+            failure(runner(1).run_one(&[0xff, 0xff], None)).0,
             FailureKind::BadInput
         );
     }
@@ -410,27 +445,27 @@ mod tests {
                 Encoding::Json,
             ))
             .unwrap();
-        assert_eq!(r.run_record(b"12", None), Outcome::Ok(b"4".to_vec()));
-        let (kind, message) = failure(r.run_record(b"\"x\"", None));
+        assert_eq!(r.run_one(b"12", None), Outcome::Ok(b"4".to_vec()));
+        let (kind, message) = failure(r.run_one(b"\"x\"", None));
         assert_eq!(kind, FailureKind::BadInput);
         assert!(message.starts_with("invalid type: string"), "{message}");
         assert!(message.ends_with("at column 3"), "{message}");
-        let (_, message) = failure(r.run_record(b"12 13", None));
+        let (_, message) = failure(r.run_one(b"12 13", None));
         assert!(message.contains("trailing characters"), "{message}");
-        let (_, message) = failure(r.run_record(b"\xff", None));
+        let (_, message) = failure(r.run_one(b"\xff", None));
         assert_eq!(message, "invalid UTF-8 (at byte 0 of the record)");
 
         let g = registry()
             .runner(&spec("greet", b"{}", ParamsEncoding::Json, Encoding::Json))
             .unwrap();
         let mut label = None;
-        let out = g.run_record(
+        let out = g.run_one(
             br#"{"born":1815,"name":"Ada"}"#,
-            Some(&mut |l: &dyn Fn() -> Option<String>| label = l()),
+            Some(&mut |l: Option<String>| label = l),
         );
         assert_eq!(out, Outcome::Ok(br#"{"hello":"Ada","born":1815}"#.to_vec()));
         assert_eq!(label.as_deref(), Some("Ada"));
-        let (_, message) = failure(g.run_record(br#"{"name":"Ada"}"#, None));
+        let (_, message) = failure(g.run_one(br#"{"name":"Ada"}"#, None));
         assert_eq!(message, "missing field `born` at column 14");
     }
 
@@ -447,19 +482,19 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(
-            g.run_record(b"1815,\"Ada, \"\"the\"\" first\"", None),
+            g.run_one(b"1815,\"Ada, \"\"the\"\" first\"", None),
             Outcome::Ok(br#"{"hello":"Ada, \"the\" first","born":1815}"#.to_vec())
         );
-        let (kind, message) = failure(g.run_record(b"abc,Ada", None));
+        let (kind, message) = failure(g.run_one(b"abc,Ada", None));
         assert_eq!(kind, FailureKind::BadInput);
         assert!(message.starts_with("field `born`: "), "{message}");
         assert!(message.contains("(value `abc`)"), "{message}");
-        let (_, message) = failure(g.run_record(b"1815", None));
+        let (_, message) = failure(g.run_one(b"1815", None));
         assert_eq!(
             message,
             "malformed CSV: wrong number of fields: expected 2 (as in the header), found 1"
         );
-        let (_, message) = failure(g.run_record(b"18\xC3,x", None));
+        let (_, message) = failure(g.run_one(b"18\xC3,x", None));
         assert!(message.starts_with("invalid UTF-8"), "{message}");
     }
 

@@ -10,9 +10,9 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, decode_batch_ref, encode_into, Batch, BatchRef, BatchResults, CodecError, FailureKind,
-    Hello, Outcome, RecordOutcome, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER,
-    ENV_TOKEN, MAX_RECORD_BYTES, PROTOCOL_VERSION,
+    decode, decode_batch_ref, encode_into, encode_results, is_batch, CodecError, Hello, OutcomeRef,
+    RecordOutcomeRef, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+    MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
 use crate::fault::InjectedFault;
@@ -206,18 +206,23 @@ fn serve_on<T: WorkerTransport>(
             info!("coordinator went away; exiting after {done} records");
             return Ok(());
         };
-        // Batches, by far the most frequent request, are read in place: the
-        // payloads stay in the received message.
-        if let (Some(batch), Some(Configured::Inline { runner, flush_each })) =
-            (decode_batch_ref(&bytes), state.as_ref())
-        {
-            let batch = batch.map_err(ServeError::Protocol)?;
-            let mut sink = InlineSink {
-                out: &mut out,
-                batch: batch.id,
-                started: Instant::now(),
-            };
-            run_batch(&**runner, &ctx, batch, *flush_each, &mut sink)?;
+        // Batches first, decoded in place (the hot path).
+        if is_batch(&bytes) {
+            match state.as_mut().ok_or(ServeError::NotConfigured)? {
+                Configured::Inline { runner, flush_each } => {
+                    let batch = decode_batch_ref(&bytes)
+                        .map_err(ServeError::Protocol)?
+                        .ok_or(ServeError::NotConfigured)?;
+                    let mut sink = InlineSink {
+                        out: &mut out,
+                        batch: batch.id,
+                        started: Instant::now(),
+                    };
+                    run_batch(&**runner, &ctx, &batch.records, *flush_each, &mut sink)?;
+                }
+                // The task thread decodes it.
+                Configured::Threads(threads) => threads.submit(bytes)?,
+            }
             continue;
         }
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
@@ -247,17 +252,7 @@ fn serve_on<T: WorkerTransport>(
                     }
                 }
             }
-            Request::Batch(batch) => match state.as_mut().ok_or(ServeError::NotConfigured)? {
-                Configured::Inline { runner, flush_each } => {
-                    let mut sink = InlineSink {
-                        out: &mut out,
-                        batch: batch.id,
-                        started: Instant::now(),
-                    };
-                    run_batch(&**runner, &ctx, batch.as_ref(), *flush_each, &mut sink)?;
-                }
-                Configured::Threads(threads) => threads.submit(batch)?,
-            },
+            Request::Batch(_) => unreachable!("batches are decoded in place above"),
             Request::Stop => {
                 if let Some(Configured::Threads(threads)) = state.take() {
                     threads.finish();
@@ -282,41 +277,89 @@ fn serve_on<T: WorkerTransport>(
 /// the wire limit.
 const RESULTS_FLUSH_BYTES: usize = 1 << 20;
 
-fn outcome_bytes(outcome: &Outcome) -> usize {
-    match outcome {
-        Outcome::Ok(bytes) => bytes.len(),
-        Outcome::Failed(f) => f.message.len(),
-    }
-}
-
 /// An output too large for a results message fails its record (the
-/// coordinator could not decode it), rather than the whole message.
-fn bounded(outcome: Outcome) -> Outcome {
-    match outcome {
-        Outcome::Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => Outcome::Failed(TaskFailure {
-            kind: FailureKind::Error,
+/// coordinator could not decode it), rather than the whole message; a
+/// failure's message is cut to fit.
+fn bounded(result: Result<(), TaskFailure>, output_len: usize) -> Result<(), TaskFailure> {
+    match result {
+        Ok(()) if output_len > MAX_RECORD_BYTES => Err(TaskFailure {
+            kind: procpool_protocol::FailureKind::Error,
             message: format!(
-                "the output is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
-                bytes.len()
+                "the output is {output_len} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record"
             ),
         }),
-        Outcome::Failed(mut f) if f.message.len() > MAX_RECORD_BYTES => {
+        Err(mut f) if f.message.len() > MAX_RECORD_BYTES => {
             // Cut at a character boundary (truncate panics elsewhere).
             let mut cut = MAX_RECORD_BYTES / 2;
             while !f.message.is_char_boundary(cut) {
                 cut -= 1;
             }
             f.message.truncate(cut);
-            Outcome::Failed(f)
+            Err(f)
         }
         other => other,
     }
 }
 
+/// The outcomes of (part of) a batch: outputs in one buffer, so that no
+/// record needs an allocation of its own.
+#[derive(Default)]
+struct Collected {
+    outputs: Vec<u8>,
+    records: Vec<Finished>,
+}
+
+struct Finished {
+    seq: u64,
+    started_us: u64,
+    nanos: u64,
+    /// The output's end in `outputs` (it starts where the previous one ended).
+    result: Result<usize, TaskFailure>,
+}
+
+impl Collected {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.outputs.clear();
+        self.records.clear();
+    }
+
+    /// Encode as `WorkerMessage::Results`, appending to `buf`.
+    fn encode(
+        &self,
+        batch: u64,
+        thread: u32,
+        busy_nanos: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ServeError> {
+        let mut start = 0;
+        let outcomes = self.records.iter().map(move |r| {
+            let outcome = match &r.result {
+                Ok(end) => {
+                    let bytes = &self.outputs[start..*end];
+                    start = *end;
+                    OutcomeRef::Ok(bytes)
+                }
+                Err(f) => OutcomeRef::Failed(f),
+            };
+            RecordOutcomeRef {
+                seq: r.seq,
+                started_us: r.started_us,
+                nanos: r.nanos,
+                outcome,
+            }
+        });
+        encode_results(batch, thread, busy_nanos, outcomes, buf).map_err(ServeError::Protocol)
+    }
+}
+
 /// Where [`run_batch`] puts its outcomes.
 trait BatchSink {
-    /// Send (or keep) these outcomes; `outcomes` is left empty.
-    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError>;
+    /// Send (or keep) these outcomes; `collected` is left empty.
+    fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError>;
     /// Send raw bytes (fault injection only).
     fn raw(&mut self, bytes: &[u8]);
 }
@@ -329,9 +372,14 @@ struct InlineSink<'a, T> {
 }
 
 impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
-    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
-        self.out
-            .send_results(self.batch, 0, &mut self.started, outcomes)
+    fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError> {
+        let now = Instant::now();
+        let busy = now.duration_since(self.started).as_nanos() as u64;
+        self.started = now;
+        self.out.buf.clear();
+        collected.encode(self.batch, 0, busy, &mut self.out.buf)?;
+        collected.clear();
+        self.out.transport.send(&self.out.buf)
     }
 
     fn raw(&mut self, bytes: &[u8]) {
@@ -359,16 +407,19 @@ struct RunContext {
     failed: AtomicU64,
 }
 
-/// Run one batch: `flush` gets the outcomes (after each record with
+/// Run one batch: `sink` gets the outcomes (after each record with
 /// `flush_each`, else once at the end).
 fn run_batch(
     runner: &dyn Runner,
     ctx: &RunContext,
-    batch: BatchRef<'_>,
+    records: &[(u64, &[u8])],
     flush_each: bool,
     sink: &mut dyn BatchSink,
 ) -> Result<(), ServeError> {
-    let mut outcomes = Vec::with_capacity(batch.records.len());
+    let mut collected = Collected {
+        outputs: Vec::with_capacity(records.iter().map(|r| r.1.len()).sum::<usize>()),
+        records: Vec::with_capacity(records.len()),
+    };
     // One wall-clock read per batch; records are timed with the monotonic
     // clock from there (one read per record).
     let batch_wall_us = std::time::SystemTime::now()
@@ -377,55 +428,55 @@ fn run_batch(
     let batch_t0 = Instant::now();
     let mut t0 = batch_t0;
     let log_records = log::log_enabled!(log::Level::Info);
-    let mut pending_bytes = 0usize;
-    for record in batch.records {
+    // Bytes of failure messages not yet flushed (outputs are counted in `collected`).
+    let mut pending_messages = 0usize;
+    for &(seq, payload) in records {
         ctx.fault
             .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
-        let seq = record.seq;
         let pid = ctx.pid;
-        let now = t0;
-        // The budget first: most records are not logged, and their label
-        // (which allocates) is never built.
-        let mut log_start = |label: &dyn Fn() -> Option<String>| {
-            let allowed = ctx.budget.lock().is_ok_and(|mut b| b.allow(now));
-            if allowed {
-                let label = label().unwrap_or_else(|| format!("#{seq}"));
-                info!("Process {pid} working record {label}");
-            }
+        let mut log_start = |label: Option<String>| {
+            let label = label.unwrap_or_else(|| format!("#{seq}"));
+            info!("Process {pid} working record {label}");
         };
+        // The budget is asked first, so that a record's label is built only
+        // for a line that is written.
+        let log_this = log_records && ctx.budget.lock().is_ok_and(|mut b| b.allow(t0));
         let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
-        let outcome = bounded(runner.run_record(
-            record.payload,
-            if log_records {
-                Some(&mut log_start)
-            } else {
-                None
-            },
-        ));
+        let before = collected.outputs.len();
+        let result = runner.run_record(
+            payload,
+            &mut collected.outputs,
+            if log_this { Some(&mut log_start) } else { None },
+        );
+        let result = bounded(result, collected.outputs.len() - before);
+        if result.is_err() {
+            collected.outputs.truncate(before);
+        }
         let t1 = Instant::now();
         let nanos = t1.duration_since(t0).as_nanos() as u64;
         t0 = t1;
         ctx.done.fetch_add(1, Ordering::Relaxed);
-        if let Outcome::Failed(f) = &outcome {
+        if let Err(f) = &result {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
+            pending_messages += f.message.len();
             debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
         }
-        pending_bytes += outcome_bytes(&outcome);
-        outcomes.push(RecordOutcome {
+        let end = collected.outputs.len();
+        collected.records.push(Finished {
             seq,
             started_us,
             nanos,
-            outcome,
+            result: result.map(|()| end),
         });
         // Large outputs go in several messages, each well under what the
         // coordinator decodes.
-        if flush_each || pending_bytes >= RESULTS_FLUSH_BYTES {
-            pending_bytes = 0;
-            sink.flush(&mut outcomes)?;
+        if flush_each || collected.outputs.len() + pending_messages >= RESULTS_FLUSH_BYTES {
+            pending_messages = 0;
+            sink.flush(&mut collected)?;
         }
     }
-    if !outcomes.is_empty() {
-        sink.flush(&mut outcomes)?;
+    if !collected.is_empty() {
+        sink.flush(&mut collected)?;
     }
     Ok(())
 }
@@ -434,7 +485,7 @@ fn run_batch(
 /// the order it sent the batches, so finished batches wait in a small
 /// reorder map until the ones before them are sent.
 struct ThreadedBatches {
-    work: Option<mpsc::Sender<(u64, Batch)>>,
+    work: Option<mpsc::Sender<(u64, Vec<u8>)>>,
     handles: Vec<std::thread::JoinHandle<()>>,
     next: u64,
     error: Arc<Mutex<Option<String>>>,
@@ -447,16 +498,25 @@ struct Emitter {
     waiting: BTreeMap<u64, Vec<Vec<u8>>>,
 }
 
-/// Outcomes of one batch on a task thread, sent when it is done: in one
-/// message, or in several when they are large (one per flush).
+/// Outcomes of one batch on a task thread, sent whole when it is done.
 struct ThreadSink<'a> {
-    parts: Vec<Vec<RecordOutcome>>,
+    batch: u64,
+    thread: u32,
+    started: Instant,
+    /// Encoded `Results` messages of this batch (several when its outputs are large).
+    messages: Vec<Vec<u8>>,
     emitter: &'a Mutex<Emitter>,
 }
 
 impl BatchSink for ThreadSink<'_> {
-    fn flush(&mut self, outcomes: &mut Vec<RecordOutcome>) -> Result<(), ServeError> {
-        self.parts.push(std::mem::take(outcomes));
+    fn flush(&mut self, collected: &mut Collected) -> Result<(), ServeError> {
+        let now = Instant::now();
+        let busy = now.duration_since(self.started).as_nanos() as u64;
+        self.started = now;
+        let mut bytes = Vec::new();
+        collected.encode(self.batch, self.thread, busy, &mut bytes)?;
+        collected.clear();
+        self.messages.push(bytes);
         Ok(())
     }
 
@@ -474,7 +534,7 @@ impl ThreadedBatches {
         ctx: Arc<RunContext>,
         send: SideSender,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<(u64, Batch)>();
+        let (tx, rx) = mpsc::channel::<(u64, Vec<u8>)>();
         let rx = Arc::new(Mutex::new(rx));
         let emitter = Arc::new(Mutex::new(Emitter {
             send,
@@ -495,36 +555,27 @@ impl ThreadedBatches {
                 .name(format!("task-{thread}"))
                 .spawn(move || loop {
                     let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((index, batch)) = next else { return };
-                    let id = batch.id;
+                    let Some((index, message)) = next else { return };
                     let started = Instant::now();
                     let mut sink = ThreadSink {
-                        parts: Vec::new(),
+                        batch: 0,
+                        thread,
+                        started,
+                        messages: Vec::new(),
                         emitter: &emitter,
                     };
-                    let result = run_batch(&*runner, &ctx, batch.as_ref(), false, &mut sink);
-                    if sink.parts.is_empty() {
-                        sink.parts.push(Vec::new());
-                    }
-                    let mut busy_nanos = started.elapsed().as_nanos() as u64;
-                    let mut messages = Vec::with_capacity(sink.parts.len());
-                    let sent = result
-                        .and_then(|()| {
-                            for outcomes in sink.parts {
-                                let message = WorkerMessage::Results(BatchResults {
-                                    batch: id,
-                                    thread,
-                                    // The batch's time, counted once.
-                                    busy_nanos: std::mem::take(&mut busy_nanos),
-                                    outcomes,
-                                });
-                                let mut bytes = Vec::new();
-                                encode_into(&message, &mut bytes).map_err(ServeError::Protocol)?;
-                                messages.push(bytes);
+                    let sent = decode_batch_ref(&message)
+                        .map_err(ServeError::Protocol)
+                        .and_then(|batch| batch.ok_or(ServeError::NotConfigured))
+                        .and_then(|batch| {
+                            sink.batch = batch.id;
+                            run_batch(&*runner, &ctx, &batch.records, false, &mut sink)?;
+                            if sink.messages.is_empty() {
+                                sink.flush(&mut Collected::default())?;
                             }
-                            Ok(())
+                            Ok(std::mem::take(&mut sink.messages))
                         })
-                        .and_then(|()| {
+                        .and_then(|messages| {
                             let mut e = emitter
                                 .lock()
                                 .map_err(|_| ServeError::Ipc("result sender poisoned".into()))?;
@@ -561,7 +612,7 @@ impl ThreadedBatches {
         })
     }
 
-    fn submit(&mut self, batch: Batch) -> Result<(), ServeError> {
+    fn submit(&mut self, batch: Vec<u8>) -> Result<(), ServeError> {
         if let Some(err) = self.error.lock().ok().and_then(|e| e.clone()) {
             return Err(ServeError::Ipc(err));
         }
@@ -593,24 +644,6 @@ impl<T: WorkerTransport> Outbox<T> {
         self.buf.clear();
         encode_into(message, &mut self.buf).map_err(ServeError::Protocol)?;
         self.transport.send(&self.buf)
-    }
-
-    fn send_results(
-        &mut self,
-        batch: u64,
-        thread: u32,
-        started: &mut Instant,
-        outcomes: &mut Vec<RecordOutcome>,
-    ) -> Result<(), ServeError> {
-        let now = Instant::now();
-        let busy_nanos = now.duration_since(*started).as_nanos() as u64;
-        *started = now;
-        self.send(&WorkerMessage::Results(BatchResults {
-            batch,
-            thread,
-            busy_nanos,
-            outcomes: std::mem::take(outcomes),
-        }))
     }
 }
 
@@ -687,135 +720,6 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> u8 {
                 panic_message(panic.as_ref())
             );
             1
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use procpool_protocol::{
-        encode, encode_value, Encoding, ParamsEncoding, Record, Task, TaskError, TaskSpec,
-        MAX_MESSAGE_BYTES,
-    };
-    use serde::{Deserialize, Serialize};
-    use std::collections::VecDeque;
-
-    /// Outputs a string of as many MiB as its input says.
-    #[derive(Serialize, Deserialize)]
-    struct Big;
-
-    impl Task for Big {
-        const NAME: &'static str = "big";
-        type Input = u64;
-        type Output = String;
-        fn run(&self, mib: u64) -> Result<String, TaskError> {
-            Ok("x".repeat((mib as usize) << 20))
-        }
-    }
-
-    /// Plays the coordinator: canned requests in, every message kept (from
-    /// the serve loop and from any other thread).
-    struct Scripted {
-        requests: VecDeque<Vec<u8>>,
-        sent: Arc<Mutex<Vec<Vec<u8>>>>,
-    }
-
-    fn keep(sent: &Mutex<Vec<Vec<u8>>>, bytes: &[u8]) {
-        assert!(
-            bytes.len() <= MAX_MESSAGE_BYTES,
-            "a message of {} bytes",
-            bytes.len()
-        );
-        sent.lock().unwrap().push(bytes.to_vec());
-    }
-
-    impl WorkerTransport for Scripted {
-        fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
-            Ok(self.requests.pop_front())
-        }
-        fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
-            keep(&self.sent, bytes);
-            Ok(())
-        }
-        fn side_sender(&self) -> Option<SideSender> {
-            let sent = self.sent.clone();
-            Some(Box::new(move |bytes| {
-                keep(&sent, bytes);
-                true
-            }))
-        }
-    }
-
-    #[test]
-    fn an_output_over_the_record_limit_fails_its_record() {
-        let Outcome::Failed(f) = bounded(Outcome::Ok(vec![0; MAX_RECORD_BYTES + 1])) else {
-            panic!("an oversized output passed");
-        };
-        assert_eq!(f.kind, FailureKind::Error);
-        assert!(f.message.contains("limit"), "{}", f.message);
-        assert!(matches!(bounded(Outcome::Ok(vec![0; 10])), Outcome::Ok(b) if b.len() == 10));
-    }
-
-    /// 70 MiB of results for one batch (over the limit of one message), on
-    /// the serve loop's thread and on task threads.
-    #[test]
-    fn large_outputs_are_split_across_messages() {
-        for threads in [1, 2] {
-            let mut registry = Registry::new();
-            registry.register::<Big>();
-            let sizes = [10u64; 7];
-            let records = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &mib)| Record {
-                    seq: i as u64,
-                    payload: encode_value(&mib).unwrap(),
-                })
-                .collect();
-            let requests = [
-                Request::Configure {
-                    spec: TaskSpec {
-                        name: "big".into(),
-                        params: encode_value(&Big).unwrap(),
-                        params_encoding: ParamsEncoding::Bincode,
-                        records: Encoding::Bincode,
-                        threads,
-                    },
-                    flush_each: false,
-                },
-                Request::Batch(Batch { id: 9, records }),
-                Request::Stop,
-            ];
-            let sent = Arc::new(Mutex::new(Vec::new()));
-            let transport = Scripted {
-                requests: requests.iter().map(|r| encode(r).unwrap()).collect(),
-                sent: sent.clone(),
-            };
-            serve_on(transport, registry, "t".into(), InjectedFault::None).unwrap();
-            let mut outcomes = vec![];
-            let mut results_messages = 0;
-            for bytes in sent.lock().unwrap().iter() {
-                if let WorkerMessage::Results(r) = decode::<WorkerMessage>(bytes).unwrap() {
-                    assert_eq!(r.batch, 9);
-                    results_messages += 1;
-                    outcomes.extend(r.outcomes);
-                }
-            }
-            assert!(
-                results_messages >= 2,
-                "{threads} threads: {results_messages} messages"
-            );
-            let seqs: Vec<u64> = outcomes.iter().map(|o| o.seq).collect();
-            assert_eq!(seqs, (0..7).collect::<Vec<_>>(), "{threads} threads");
-            for (o, &mib) in outcomes.iter().zip(&sizes) {
-                let Outcome::Ok(bytes) = &o.outcome else {
-                    panic!("record {}: {:?}", o.seq, o.outcome);
-                };
-                let s: String = procpool_protocol::decode_value(bytes).unwrap();
-                assert_eq!(s.len() as u64, mib << 20);
-            }
         }
     }
 }

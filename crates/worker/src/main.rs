@@ -2,5 +2,5 @@
 //! A coordinator starts copies of it; run by hand it explains that and exits 2.
 
 fn main() -> std::process::ExitCode {
-    procpool_worker::main_with(procpool_tasks::registry())
+    procpool_worker::main_with(procpool_worker_bin::registry())
 }

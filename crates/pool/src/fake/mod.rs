@@ -69,6 +69,9 @@ pub(crate) struct Plan {
     pub heartbeat: Option<Duration>,
     /// Keeps running after `Stop`, until killed.
     pub ignores_stop: bool,
+    /// Reaping it panics: a stand-in for a bug that ends the supervisor
+    /// thread, to test what the pool's users see then.
+    pub reap_panics: bool,
 }
 
 /// The script of a fake pool: the plan of each launch (by launch number,
@@ -160,6 +163,7 @@ struct FakeLauncher(Script);
 struct FakeLink {
     pid: u32,
     life: Arc<Life>,
+    reap_panics: bool,
 }
 
 impl Link for FakeLink {
@@ -176,6 +180,7 @@ impl Link for FakeLink {
     }
 
     fn reap(&mut self, patience: Duration) -> WorkerExit {
+        assert!(!self.reap_panics, "scripted panic of the supervisor");
         let deadline = Instant::now() + patience;
         loop {
             if let Some(exit) = self.life.status() {
@@ -222,6 +227,7 @@ impl Launcher for FakeLauncher {
             });
         }
         let pid = 10_000 + n;
+        let reap_panics = plan.reap_panics;
         let life = Arc::new(Life::default());
         let worker = FakeWorker {
             slot,
@@ -236,7 +242,11 @@ impl Launcher for FakeLauncher {
             .name(format!("fake-worker-{pid}"))
             .spawn(move || worker.run())
             .map_err(PoolError::Ipc)?;
-        Ok(Box::new(FakeLink { pid, life }))
+        Ok(Box::new(FakeLink {
+            pid,
+            life,
+            reap_panics,
+        }))
     }
 }
 

@@ -473,3 +473,42 @@ fn shutdown_kills_a_worker_that_does_not_stop() {
         "{ends:?}"
     );
 }
+
+/// If the supervisor thread dies (a bug), every record read from the input
+/// still ends, in both kinds of iterator: those that did not run as
+/// `PoolBroken`; then the iterator ends (the rest of the input stays unread).
+#[test]
+fn iterators_report_every_record_when_the_supervisor_dies() {
+    for ordered in [true, false] {
+        let script = Script::new().all(Plan {
+            die_after: Some(20),
+            reap_panics: true,
+            ..Plan::default()
+        });
+        let p = pool(PoolBuilder::new().workers(1).chunk_size(5), &script).unwrap();
+        let mut seqs: Vec<(u64, Result<u64, RecordError>)> = if ordered {
+            p.map_detailed(0..200u64)
+                .map(|d| (d.seq, d.result))
+                .collect()
+        } else {
+            p.map_unordered(0..200u64)
+                .map(|d| (d.seq, d.result))
+                .collect()
+        };
+        seqs.sort_by_key(|(s, _)| *s);
+        let n = seqs.len() as u64;
+        assert!(n > 20, "ordered: {ordered}: {n} records");
+        assert_eq!(
+            seqs.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (0..n).collect::<Vec<_>>(),
+            "ordered: {ordered}"
+        );
+        assert!(seqs[..20].iter().all(|(s, r)| r == &Ok(*s)), "{seqs:?}");
+        assert!(
+            seqs[20..]
+                .iter()
+                .all(|(_, r)| matches!(r, Err(RecordError::PoolBroken(_)))),
+            "ordered: {ordered}: {seqs:?}"
+        );
+    }
+}

@@ -247,3 +247,85 @@ impl Worker {
         self.gone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link whose process exits with `exit` once killed (or at once).
+    struct Dummy {
+        exit: WorkerExit,
+        killed: bool,
+    }
+
+    impl Link for Dummy {
+        fn pid(&self) -> u32 {
+            42
+        }
+        fn kill(&mut self) {
+            self.killed = true;
+        }
+        fn exited(&mut self) -> Option<WorkerExit> {
+            self.killed.then_some(self.exit)
+        }
+        fn reap(&mut self, _patience: Duration) -> WorkerExit {
+            if self.killed {
+                WorkerExit::Signal(libc::SIGKILL)
+            } else {
+                self.exit
+            }
+        }
+        fn abandon(&mut self) {
+            self.killed = true;
+        }
+    }
+
+    fn ready(exit: WorkerExit) -> Worker {
+        let link = Box::new(Dummy {
+            exit,
+            killed: false,
+        });
+        let mut w = Worker::launched(1, link, Instant::now());
+        w.ready();
+        w
+    }
+
+    #[test]
+    fn how_a_worker_ended_follows_its_transitions() {
+        let code0 = WorkerExit::Code(0);
+        let mut w = ready(code0);
+        w.stop();
+        let r = w.gone();
+        assert_eq!(r.end, WorkerEnd::Stopped(code0));
+        assert_eq!(r.stats.and_then(|s| s.end), Some(WorkerEnd::Stopped(code0)));
+        assert_eq!(
+            (w.phase, w.gen),
+            (Phase::Gone, 2),
+            "later events are ignored"
+        );
+
+        let mut w = ready(code0);
+        w.recycle();
+        assert_eq!(w.gone().end, WorkerEnd::Recycled(code0));
+
+        let abort = WorkerExit::Signal(libc::SIGABRT);
+        let mut w = ready(abort);
+        assert_eq!(w.gone().end, WorkerEnd::Crashed(abort));
+
+        // Ended by us: the first reason stays, the worker waits for its close.
+        let mut w = ready(code0);
+        w.end(WorkerEnd::TimedOut);
+        w.end(WorkerEnd::Killed);
+        assert_eq!(w.phase, Phase::Exiting);
+        assert_eq!(w.gone().end, WorkerEnd::TimedOut);
+    }
+
+    #[test]
+    fn a_fresh_worker_is_one_that_answered_nothing() {
+        let mut w = ready(WorkerExit::Code(0));
+        assert!(w.gone().fresh);
+        let mut w = ready(WorkerExit::Code(0));
+        w.answered = 1;
+        assert!(!w.gone().fresh);
+    }
+}
