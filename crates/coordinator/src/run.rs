@@ -625,6 +625,7 @@ fn drain(
             if args.skip_bad_input {
                 warn!("skipping bad input: {bad}");
                 d.skipped += 1;
+                out.skipped(seq)?;
                 continue;
             }
             d.bad_input = Some(bad);
