@@ -312,6 +312,10 @@ impl Output {
             .lock()
             .map_err(|_| io::Error::other("output lock poisoned"))?;
         sinks.check()?;
+        if sinks.patch.as_ref().is_some_and(|p| p.replaces(seq)) {
+            // Run again by --resume-failed: its earlier line stays.
+            return Ok(());
+        }
         if let Some(s) = sinks.skips.as_mut() {
             s.buf.extend_from_slice(format!("{seq}\n").as_bytes());
             s.buffered += 1;
