@@ -546,8 +546,22 @@ fn skipped_then_resumed(signal: i32, at: &[usize]) {
         );
         resume = "--resume";
     }
+    let lines = lines_in(&output);
     let last = skipping(&slow, &output, &joblog, "--resume").run();
     last.assert_code(1);
+    // It says where in the input it went on.
+    let good: Vec<u64> = (0..MIXED).filter(|&n| bad(n).is_none()).collect();
+    let from = good[lines];
+    let summary = last.summary().unwrap();
+    let said = if from > lines as u64 {
+        format!(
+            "resumed after {lines} records (from input record #{from}: {} before it were skipped)",
+            from - lines as u64
+        )
+    } else {
+        format!("resumed after {lines} records")
+    };
+    assert!(summary.contains(&said), "{summary}");
     crate::util::assert_same_output(
         &std::fs::read_to_string(&output).unwrap(),
         &expected,

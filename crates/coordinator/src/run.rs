@@ -703,6 +703,16 @@ fn report(
     }
     if settings.resume_from > 0 {
         summary.push_str(&format!("; resumed after {} records", settings.resume_from));
+        let skipped = settings
+            .selection
+            .tail_from
+            .saturating_sub(settings.resume_from);
+        if skipped > 0 {
+            summary.push_str(&format!(
+                " (from input record #{}: {skipped} before it were skipped)",
+                settings.selection.tail_from
+            ));
+        }
     }
     let again = settings.selection.again.len();
     if again > 0 {
