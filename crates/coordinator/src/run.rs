@@ -625,6 +625,7 @@ fn drain(
             if args.skip_bad_input {
                 warn!("skipping bad input: {bad}");
                 d.skipped += 1;
+                out.skipped(seq)?;
                 continue;
             }
             d.bad_input = Some(bad);
@@ -702,6 +703,16 @@ fn report(
     }
     if settings.resume_from > 0 {
         summary.push_str(&format!("; resumed after {} records", settings.resume_from));
+        let skipped = settings
+            .selection
+            .tail_from
+            .saturating_sub(settings.resume_from);
+        if skipped > 0 {
+            summary.push_str(&format!(
+                " (from input record #{}: {skipped} before it were skipped)",
+                settings.selection.tail_from
+            ));
+        }
     }
     let again = settings.selection.again.len();
     if again > 0 {
