@@ -9,7 +9,7 @@ use procpool::{Pool, PoolBuilder, PoolError, RecordError, Task, TaskError};
 use procpool_tasks::{Fault, FaultIn, Primes, PrimesIn};
 use serde::{Deserialize, Serialize};
 
-use crate::util::{alive, worker_bin};
+use crate::util::{alive, wait_until, worker_bin};
 
 /// Run `f` on its own thread and fail the test if it takes longer than
 /// `deadline` (a hang), instead of blocking the suite.
@@ -81,8 +81,9 @@ fn map_unordered_submit_and_shutdown_stats() {
         let detailed: Vec<_> = pool.map_detailed(inputs(50)).collect();
         for (i, d) in detailed.iter().enumerate() {
             assert_eq!(d.seq, i as u64);
-            assert!(pids.contains(&d.pid), "{} is not one of {pids:?}", d.pid);
-            assert!(d.started_us > 0);
+            let pid = d.pid.expect("answered by a worker");
+            assert!(pids.contains(&pid), "{pid} is not one of {pids:?}");
+            assert!(d.started_us.is_some_and(|t| t > 0));
             assert_eq!(
                 d.result.as_ref().unwrap().primes,
                 procpool_tasks::count_primes_below(inputs(50)[i].n)
@@ -116,12 +117,24 @@ fn map_unordered_submit_and_shutdown_stats() {
 
         // An empty input is fine.
         assert_eq!(pool.map(Vec::new()).count(), 0);
+        // The iterators are fused: None for good once done.
+        fn fused<I: std::iter::FusedIterator>(it: I) -> I {
+            it
+        }
+        let mut it = fused(pool.map(inputs(3)));
+        assert_eq!(it.by_ref().filter(Result::is_ok).count(), 3);
+        assert!(it.next().is_none() && it.next().is_none());
+        drop(it);
+        let mut it = fused(pool.map_unordered(inputs(2)));
+        assert_eq!(it.by_ref().count(), 2);
+        assert!(it.next().is_none());
+        drop(it);
 
         let live = pool.stats();
         assert_eq!(live.len(), 2);
         assert!(live.iter().all(|s| s.end.is_none()));
 
-        let processed = (300 + 50 + 300 + 1 + 5) as u64;
+        let processed = (300 + 50 + 300 + 1 + 5 + 3 + 2) as u64;
         let stats = pool.shutdown();
         assert_eq!(stats.len(), 2, "{stats:?}");
         assert_eq!(stats.iter().map(|s| s.records).sum::<u64>(), processed);
@@ -165,17 +178,142 @@ fn a_task_the_worker_does_not_offer_is_rejected_in_build() {
         (result, start.elapsed())
     });
     match result {
-        Some(PoolError::TaskRejected { reason }) => {
-            assert!(reason.contains("nope"), "{reason}");
-            assert!(reason.contains("primes"), "names what it offers: {reason}");
+        Some(e @ PoolError::TaskNotOffered { .. }) => {
+            let PoolError::TaskNotOffered { task, offered, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(task, "nope");
+            assert!(offered.iter().any(|t| t == "primes"), "{offered:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("`nope`") && msg.contains("primes"),
+                "names what it offers: {msg}"
+            );
         }
-        Some(other) => panic!("expected TaskRejected, got {other:?}"),
+        Some(other) => panic!("expected TaskNotOffered, got {other:?}"),
         None => panic!("a pool for task `nope` was built"),
     }
     assert!(
         took < Duration::from_secs(10),
         "rejected only after {took:?}"
     );
+}
+
+/// Task `primes` as the worker binary has it, but with other input and
+/// output types: same name, same wire layout for small values, wrong types.
+#[derive(Serialize, Deserialize)]
+struct FakePrimes;
+
+#[derive(Serialize, Deserialize)]
+struct FakePrimesIn {
+    n: u64,
+}
+
+impl Task for FakePrimes {
+    const NAME: &'static str = "primes";
+    type Input = FakePrimesIn;
+    type Output = u64;
+    fn run(&self, x: FakePrimesIn) -> Result<u64, TaskError> {
+        Ok(x.n)
+    }
+}
+
+#[test]
+fn a_task_with_the_right_name_but_other_types_is_refused_in_build() {
+    let result = within(DEADLINE, || {
+        PoolBuilder::new()
+            .workers(2)
+            .worker_bin(worker_bin())
+            .build(FakePrimes)
+            .err()
+    });
+    match result {
+        Some(e @ PoolError::TaskTypesMismatch { .. }) => {
+            let msg = e.to_string();
+            let PoolError::TaskTypesMismatch {
+                task, pool, worker, ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(task, "primes");
+            assert_eq!(*pool, procpool::TaskTypes::of::<FakePrimes>());
+            assert_eq!(*worker, procpool::TaskTypes::of::<Primes>());
+            // The message names both sides.
+            for name in [
+                "FakePrimesIn",
+                "procpool_tasks::primes::PrimesIn",
+                "procpool_tasks::primes::PrimesOut",
+            ] {
+                assert!(msg.contains(name), "{name} missing from: {msg}");
+            }
+        }
+        Some(other) => panic!("expected TaskTypesMismatch, got {other:?}"),
+        None => panic!("a pool with mismatched types was built"),
+    }
+    // The same driver with the worker's own types is accepted.
+    let pool = within(DEADLINE, || primes_pool(1));
+    assert_eq!(pool.submit(PrimesIn { n: 10 }).wait().unwrap().primes, 4);
+}
+
+/// The smallest executor: poll on this thread, park until woken.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        thread::park();
+    }
+}
+
+#[test]
+fn pending_can_be_polled_and_awaited() {
+    within(DEADLINE, || {
+        let pool = PoolBuilder::new()
+            .workers(1)
+            .worker_bin(worker_bin())
+            .build(Fault)
+            .unwrap_or_else(|e| panic!("build: {e}"));
+        let slow = |n| FaultIn {
+            n,
+            fault: "sleep:300".into(),
+        };
+        // Not done at first; try_wait gives the handle back.
+        let pending = pool.submit(slow(1));
+        assert!(!pending.is_done());
+        let pending = pending.try_wait().expect_err("done before it could run");
+        assert!(
+            wait_until(Duration::from_secs(20), || pending.is_done()),
+            "never done"
+        );
+        let out = pending.try_wait().expect("done, so ready").unwrap();
+        assert_eq!(out.n, 1);
+
+        // Awaited: woken by the pool, with no runtime.
+        let out = block_on(pool.submit(slow(2))).unwrap();
+        assert_eq!(out.n, 2);
+        // Several awaited together, completing in turn.
+        let both = block_on(async {
+            let a = pool.submit(slow(3));
+            let b = pool.submit(FaultIn {
+                n: 4,
+                fault: "error".into(),
+            });
+            (a.await, b.await)
+        });
+        assert_eq!(both.0.unwrap().n, 3);
+        assert!(matches!(both.1, Err(RecordError::Task(_))), "{:?}", both.1);
+        pool.shutdown();
+    });
 }
 
 #[test]
@@ -189,6 +327,12 @@ fn a_missing_or_unusable_binary_fails_in_build() {
         assert!(
             matches!(&err, Some(PoolError::WorkerBinMissing { path }) if path.to_str() == Some("/nonexistent/worker")),
             "{err:?}"
+        );
+        // Readable, with a hint.
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("/nonexistent/worker") && msg.contains("procpool::init"),
+            "{msg}"
         );
         let dir = crate::util::tempdir();
         let err = PoolBuilder::new()
@@ -307,4 +451,62 @@ fn cancel_ends_queued_records_as_cancelled() {
         assert_eq!(ok + cancelled, 50);
         pool.shutdown();
     });
+}
+
+/// Worker lines of the pools built in this test process, as the `log`
+/// facade delivered them: (target, level, message).
+static CAPTURED: std::sync::Mutex<Vec<(String, log::Level, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if let Ok(mut lines) = CAPTURED.lock() {
+            lines.push((
+                record.target().to_owned(),
+                record.level(),
+                record.args().to_string(),
+            ));
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn worker_lines_reach_the_host_through_the_log_facade() {
+    static LOGGER: Capture = Capture;
+    // The first test to get here installs it; nothing else in this binary does.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Trace);
+    let pid = within(DEADLINE, || {
+        let pool = primes_pool(1);
+        let pid = pool.pids()[0];
+        assert_eq!(pool.map(inputs(5)).filter(Result::is_ok).count(), 5);
+        pool.shutdown();
+        pid
+    });
+    let prefix = format!("worker pid={pid}: ");
+    // The output thread may pass the last line on just after shutdown.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            CAPTURED.lock().unwrap().iter().any(|(target, level, msg)| {
+                target == "procpool::worker"
+                    && *level == log::Level::Info
+                    && msg.starts_with(&prefix)
+                    && msg.contains("stopping after 5 records")
+            })
+        }),
+        "no `stopping` line of worker {pid} through `log`: {:?}",
+        CAPTURED.lock().unwrap()
+    );
+    let lines = CAPTURED.lock().unwrap();
+    let working = lines
+        .iter()
+        .filter(|(_, _, m)| m.starts_with(&prefix) && m.contains("working record"))
+        .count();
+    assert_eq!(working, 5, "{lines:?}");
 }

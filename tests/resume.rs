@@ -414,3 +414,279 @@ fn resume_failed_runs_the_failed_records_again_in_place() {
         "cut, then --resume-failed",
     );
 }
+
+// With --skip-bad-input a skipped record leaves no line, so lines and input
+// records part ways: resuming must still continue from the right record.
+
+const MIXED: u64 = 300;
+/// Over this, a record is cut out by the coordinator itself.
+const LIMIT: &str = "400";
+
+/// What is wrong with input record `n`, if anything: not JSON and a wrong
+/// type (found by the worker), or over --max-record-bytes (found by the
+/// coordinator). Bad records come early, in a run of two, and throughout.
+fn bad(n: u64) -> Option<&'static str> {
+    match n {
+        2 | 3 => Some("not json"),
+        9 => Some("type"),
+        _ if n % 50 == 20 => Some("long"),
+        _ if n % 41 == 40 => Some("not json"),
+        _ => None,
+    }
+}
+
+/// 300 records, bad ones among them; with `slow`, the others sleep 5 ms.
+fn mixed_input(slow: bool) -> String {
+    let mut s = String::new();
+    for n in 0..MIXED {
+        match bad(n) {
+            Some("not json") => s.push_str(&format!("record {n} is not json\n")),
+            Some("type") => s.push_str(&format!("{{\"n\":\"{n}\",\"fault\":\"\"}}\n")),
+            Some(_) => s.push_str(&format!(
+                "{{\"n\":{n},\"fault\":\"\",\"pad\":\"{}\"}}\n",
+                "x".repeat(500)
+            )),
+            None => {
+                let fault = if fails(n) {
+                    "error"
+                } else if slow {
+                    "sleep:5"
+                } else {
+                    ""
+                };
+                s.push_str(&crate::util::fault_input([(n, fault)]));
+            }
+        }
+    }
+    s
+}
+
+fn skipping(input: &str, output: &Path, joblog: &Path, resume: &str) -> Cmd {
+    let cmd = command(input, output, false)
+        .args(["--skip-bad-input", "--max-record-bytes", LIMIT, "--joblog"])
+        .arg(joblog);
+    if resume.is_empty() {
+        cmd
+    } else {
+        cmd.arg(resume)
+    }
+}
+
+/// The output an uninterrupted run gives: a line per good record, failed
+/// ones as error lines whose `seq` is their input position.
+fn mixed_reference(dir: &Path) -> String {
+    let path = write_file(dir, "mixed-fast.jsonl", mixed_input(false));
+    let output = dir.join("mixed-reference.jsonl");
+    let joblog = dir.join("mixed-reference.tsv");
+    let out = skipping(&path, &output, &joblog, "").run();
+    out.assert_code(1);
+    let skipped = (0..MIXED).filter(|&n| bad(n).is_some()).count();
+    assert!(
+        out.summary()
+            .unwrap()
+            .contains(&format!("; {skipped} bad input records skipped")),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    let good: Vec<u64> = (0..MIXED).filter(|&n| bad(n).is_none()).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), good.len());
+    for (&n, line) in good.iter().zip(&lines) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if fails(n) {
+            assert_eq!(v["seq"], n, "{line}");
+            assert_eq!(v["error"]["kind"], "task_error", "{line}");
+        } else {
+            assert_eq!(v, serde_json::json!({ "n": n }));
+        }
+    }
+    text
+}
+
+/// The job log holds exactly the good records, by input position, in order.
+fn assert_mixed_joblog(joblog: &Path) {
+    let log = joblog_seqs(joblog);
+    let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+    let good: Vec<u64> = (0..MIXED).filter(|&n| bad(n).is_none()).collect();
+    assert_eq!(seqs, good, "one line per record, by input position");
+    for (seq, outcome) in log {
+        let want = if fails(seq) { "task_error" } else { "ok" };
+        assert_eq!(outcome, want, "record {seq}");
+    }
+}
+
+/// Interrupted by `signal` once the output holds each of `at` lines, each
+/// time resumed; finally resumed to the end.
+fn skipped_then_resumed(signal: i32, at: &[usize]) {
+    let dir = tempdir();
+    let expected = mixed_reference(dir.path());
+    let slow = write_file(dir.path(), "mixed-slow.jsonl", mixed_input(true));
+    let output = dir.path().join("out.jsonl");
+    let joblog = dir.path().join("jobs.tsv");
+    let mut resume = "";
+    for &lines in at {
+        let mut run = skipping(&slow, &output, &joblog, resume).spawn();
+        run.wait_for("part of the output", |_| lines_in(&output) >= lines);
+        run.signal(signal);
+        let out = run.wait();
+        if signal == libc::SIGINT {
+            out.assert_code(130)
+                .assert_no_workers_left(Duration::from_secs(2));
+        }
+        let partial = std::fs::read_to_string(&output).unwrap();
+        let complete = &partial[..partial.rfind('\n').map_or(0, |i| i + 1)];
+        assert!(
+            complete.len() < expected.len(),
+            "the run was not interrupted"
+        );
+        assert!(
+            expected.starts_with(complete),
+            "the interrupted output is not a prefix"
+        );
+        resume = "--resume";
+    }
+    let lines = lines_in(&output);
+    let last = skipping(&slow, &output, &joblog, "--resume").run();
+    last.assert_code(1);
+    // It says where in the input it went on.
+    let good: Vec<u64> = (0..MIXED).filter(|&n| bad(n).is_none()).collect();
+    let from = good[lines];
+    let summary = last.summary().unwrap();
+    let said = if from > lines as u64 {
+        format!(
+            "resumed after {lines} records (from input record #{from}: {} before it were skipped)",
+            from - lines as u64
+        )
+    } else {
+        format!("resumed after {lines} records")
+    };
+    assert!(summary.contains(&said), "{summary}");
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &expected,
+        "resumed output",
+    );
+    assert_mixed_joblog(&joblog);
+    // The list of skipped records is exactly the bad ones.
+    let listed = std::fs::read_to_string(dir.path().join("out.jsonl.procpool-skipped")).unwrap();
+    let bad_ones: String = (0..MIXED)
+        .filter(|&n| bad(n).is_some())
+        .map(|n| format!("{n}\n"))
+        .collect();
+    let mut listed: Vec<u64> = listed.lines().map(|l| l.parse().unwrap()).collect();
+    listed.sort_unstable();
+    let listed: String = listed.iter().map(|n| format!("{n}\n")).collect();
+    assert_eq!(listed, bad_ones);
+}
+
+#[test]
+fn resume_with_skipped_records_after_sigkills() {
+    skipped_then_resumed(libc::SIGKILL, &[5, 60, 150, 230]);
+}
+
+#[test]
+fn resume_with_skipped_records_after_sigint() {
+    skipped_then_resumed(libc::SIGINT, &[70]);
+}
+
+#[test]
+fn resume_refuses_an_output_whose_skip_list_is_gone() {
+    let dir = tempdir();
+    let expected = mixed_reference(dir.path());
+    let fast = write_file(dir.path(), "mixed-fast.jsonl", mixed_input(false));
+    let output = dir.path().join("mixed-reference.jsonl");
+    let joblog = dir.path().join("mixed-reference.tsv");
+    let skips = dir.path().join("mixed-reference.jsonl.procpool-skipped");
+    // Cut after 100 lines: resuming redoes the rest, by input position.
+    let prefix: String = expected.split_inclusive('\n').take(100).collect();
+    std::fs::write(&output, &prefix).unwrap();
+    skipping(&fast, &output, &joblog, "--resume")
+        .run()
+        .assert_code(1);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+    // Without the list, the lines cannot be matched to records.
+    std::fs::write(&output, &prefix).unwrap();
+    std::fs::remove_file(&skips).unwrap();
+    let out = skipping(&fast, &output, &joblog, "--resume").run();
+    out.assert_code(2);
+    assert!(
+        out.the_error().contains("procpool-skipped"),
+        "{}",
+        out.the_error()
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), prefix);
+    // A fresh run starts the list again (and leaves none without skips).
+    skipping(&fast, &output, &joblog, "").run().assert_code(1);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), expected);
+    assert!(skips.exists());
+    let clean = write_file(dir.path(), "clean.jsonl", fault_input([(0, ""), (1, "")]));
+    skipping(&clean, &output, &joblog, "").run().assert_code(0);
+    assert!(!skips.exists(), "a stale list of skipped records was kept");
+}
+
+#[test]
+fn resume_failed_with_skipped_records_after_sigkill() {
+    let dir = tempdir();
+    // Bad records before and among the slow ones; 7, 23 and 41 take 1.5 s
+    // and fail over a 300 ms --timeout.
+    let slow = |n: u64| [7, 23, 41].contains(&n);
+    let bad = |n: u64| [1, 2, 15, 30, 42].contains(&n);
+    let text: String = (0..80)
+        .map(|n| {
+            if bad(n) {
+                format!("bad record {n}\n")
+            } else {
+                fault_input([(n, if slow(n) { "sleep:1500" } else { "sleep:5" })])
+            }
+        })
+        .collect();
+    let input = write_file(dir.path(), "in.jsonl", text);
+    let clean = dir.path().join("clean.jsonl");
+    let clean_log = dir.path().join("clean.tsv");
+    skipping(&input, &clean, &clean_log, "")
+        .run()
+        .assert_code(0);
+    let expected = std::fs::read_to_string(&clean).unwrap();
+    let good: Vec<u64> = (0..80).filter(|&n| !bad(n)).collect();
+    let want: String = good.iter().map(|&n| crate::util::ok_n(n) + "\n").collect();
+    assert_eq!(expected, want);
+
+    // Timed out at 7 and 23, then killed before the end.
+    let output = dir.path().join("out.jsonl");
+    let joblog = dir.path().join("jobs.tsv");
+    let timed =
+        |resume: &str| skipping(&input, &output, &joblog, resume).args(["--timeout", "300ms"]);
+    let mut run = timed("").spawn();
+    run.wait_for("the second failure and more", |_| lines_in(&output) >= 30);
+    run.signal(libc::SIGKILL);
+    run.wait();
+    let partial = std::fs::read_to_string(&output).unwrap();
+    let failed: Vec<u64> = partial
+        .lines()
+        .filter(|l| l.contains("\"timed_out\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(failed[..2], [7, 23], "{partial}");
+
+    // --resume-failed runs them again, in place, and the rest of the input.
+    let again = skipping(&input, &output, &joblog, "--resume-failed").run();
+    again.assert_code(0);
+    crate::util::assert_same_output(
+        &std::fs::read_to_string(&output).unwrap(),
+        &expected,
+        "after --resume-failed",
+    );
+    let summary = again.summary().unwrap();
+    assert!(
+        summary.contains(&format!("{} failed records run again", failed.len())),
+        "{summary}"
+    );
+    let log = joblog_seqs(&joblog);
+    assert_eq!(log.iter().map(|(s, _)| *s).collect::<Vec<_>>(), good);
+    assert!(log.iter().all(|(_, outcome)| outcome == "ok"), "{log:?}");
+}

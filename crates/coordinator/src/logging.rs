@@ -12,6 +12,10 @@ pub fn build_logger(role: &'static str) -> env_logger::Logger {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
             let ts = buf.timestamp_millis();
+            // Worker lines forwarded by the pool already say `worker pid=<pid>:`.
+            if record.target() == procpool::worker::WORKER_TARGET {
+                return writeln!(buf, "{ts} {:<5} {}", record.level(), record.args());
+            }
             writeln!(
                 buf,
                 "{ts} {:<5} {role} pid={pid}: {}",

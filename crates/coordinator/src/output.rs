@@ -3,7 +3,9 @@
 //! Both files go through one write path: lines are buffered together and
 //! written out together, the job log's first, so that whatever a crash (even
 //! `kill -9`) leaves, the job log holds at least the records the output
-//! holds; resuming cuts it back to exactly those.
+//! holds; resuming cuts it back to exactly those. The list of records skipped
+//! as bad input goes out before both, so that it names every record skipped
+//! before the output's last line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -17,6 +19,40 @@ use procpool::RecordError;
 
 use crate::report::JobEntry;
 use crate::resume::{Patch, Sidecar};
+
+/// The list of skipped records' input positions (`OUTPUT.procpool-skipped`),
+/// appended to; created with its first entry.
+struct SkipList {
+    path: PathBuf,
+    file: Option<File>,
+    buf: Vec<u8>,
+    /// Entries written out (those of earlier runs included), and buffered.
+    written: u64,
+    buffered: u64,
+}
+
+impl SkipList {
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let named = |e: io::Error| named(&format!("{}", self.path.display()), e);
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&self.path)
+                .map_err(named)?;
+            self.file = Some(file);
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&self.buf).map_err(named)?;
+        }
+        self.buf.clear();
+        self.written += std::mem::take(&mut self.buffered);
+        Ok(())
+    }
+}
 
 /// Buffered bytes beyond which lines are written out at once.
 const WRITE_OUT_BYTES: usize = 256 << 10;
@@ -59,6 +95,7 @@ struct Sinks {
     out: Sink,
     joblog: Option<Sink>,
     sidecar: Option<(Sidecar, Instant)>,
+    skips: Option<SkipList>,
     /// `--resume-failed`: lines go to a copy of the output (and of the job
     /// log) that replaces it at the end.
     patch: Option<Patch>,
@@ -79,11 +116,15 @@ impl Sinks {
         }
     }
 
-    /// Job log first, then the output, then (now and then) the sidecar.
+    /// The skipped records, the job log, then the output, then (now and
+    /// then) the sidecar.
     fn write_out(&mut self, final_: bool) -> io::Result<()> {
         self.check()?;
         let mut result = Ok(());
-        if let Some(j) = self.joblog.as_mut() {
+        if let Some(s) = self.skips.as_mut() {
+            result = s.write_out();
+        }
+        if let (Ok(()), Some(j)) = (&result, self.joblog.as_mut()) {
             result = j.write_out().map_err(|e| named(&j.name, e));
         }
         if result.is_ok() {
@@ -100,6 +141,7 @@ impl Sinks {
             if final_ || last.elapsed() >= SIDECAR_EVERY {
                 *last = Instant::now();
                 sidecar.records = self.written;
+                sidecar.skipped = self.skips.as_ref().map_or(0, |s| s.written);
                 if let Err(e) = sidecar.save() {
                     let e = io::Error::new(e.kind(), format!("{e}"));
                     self.failed = Some((e.kind(), e.to_string()));
@@ -159,7 +201,7 @@ impl Output {
                     // Patched like the output, through a copy of its own.
                     Some(patch) => {
                         drop(file);
-                        let p = Patch::job_log(&path, patch.lines())?;
+                        let p = Patch::job_log(&path, patch.lines(), patch.skips().clone())?;
                         let tmp = p.tmp_path().to_owned();
                         let copy = File::create(&tmp)
                             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -175,6 +217,31 @@ impl Output {
                 })
             }
         };
+        // Beside a file that can be resumed: the list of skipped records,
+        // which a fresh run starts again.
+        let skips = match (spec.path, &spec.sidecar) {
+            (Some(p), Some(sidecar)) => {
+                let path = crate::resume::skips_path(p);
+                if !spec.append {
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(e).with_context(|| {
+                                format!("cannot remove {} (of an earlier run)", path.display())
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                Some(SkipList {
+                    path,
+                    file: None,
+                    buf: Vec::new(),
+                    written: sidecar.skipped,
+                    buffered: 0,
+                })
+            }
+            _ => None,
+        };
         let mut sinks = Sinks {
             out: Sink {
                 name,
@@ -183,6 +250,7 @@ impl Output {
             },
             joblog,
             sidecar: spec.sidecar.map(|s| (s, Instant::now())),
+            skips,
             patch: spec.patch,
             joblog_patch,
             written: 0,
@@ -234,6 +302,28 @@ impl Output {
         self.end_line(entry)
     }
 
+    /// A record skipped as bad input: no line, but its input position is
+    /// listed (beside a file output), so that resuming knows which input
+    /// record each line is.
+    pub fn skipped(&mut self, seq: u64) -> io::Result<()> {
+        let mut sinks = self
+            .shared
+            .sinks
+            .lock()
+            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        sinks.check()?;
+        if sinks.patch.as_ref().is_some_and(|p| p.replaces(seq)) {
+            // Run again by --resume-failed: its earlier line stays.
+            return Ok(());
+        }
+        if let Some(s) = sinks.skips.as_mut() {
+            s.buf.extend_from_slice(format!("{seq}\n").as_bytes());
+            s.buffered += 1;
+            self.shared.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn end_line(&mut self, entry: JobEntry) -> io::Result<()> {
         self.line.push(b'\n');
         let mut sinks = self
@@ -246,7 +336,7 @@ impl Output {
         let mut new_line = true;
         if let Some(patch) = sinks.patch.as_mut() {
             // The original lines before this record, then this record's in place of its own.
-            new_line = entry.seq >= patch.lines();
+            new_line = !patch.replaces(entry.seq);
             patch
                 .before(entry.seq, &mut sinks.out.buf)
                 .map_err(|e| named(&sinks.out.name, e))?;
@@ -328,6 +418,7 @@ pub fn error_kind(e: &RecordError) -> &'static str {
         RecordError::Cancelled => "cancelled",
         RecordError::PoolBroken(_) => "pool_broken",
         RecordError::BadOutput(_) => "bad_output",
+        _ => "failed",
     }
 }
 

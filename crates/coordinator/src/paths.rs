@@ -76,6 +76,10 @@ pub fn of_run(args: &RunArgs) -> Vec<RunFile> {
                 "the resume file",
                 crate::resume::sidecar_path(p),
             ));
+            files.push(RunFile::written(
+                "the skipped-records file",
+                crate::resume::skips_path(p),
+            ));
         }
         None => files.push(RunFile::written("stdout", stdout())),
     }

@@ -7,6 +7,13 @@
 //! written out, and at the end. Since it is rewritten only after the lines it
 //! counts are written, the output always holds at least `records` lines; a
 //! shorter one was cut after the run (resuming then redoes the records cut).
+//!
+//! Records skipped as bad input (`--skip-bad-input`) leave no line, so line
+//! *i* of the output is not always input record *i*. Their input positions
+//! are appended to a second file, `OUTPUT.procpool-skipped` (one number a
+//! line), written out before the output lines that follow them: whatever a
+//! `kill -9` leaves, it lists every skipped record before the output's last
+//! line, which is all it takes to map lines to input positions ([`Skips`]).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -17,8 +24,9 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes of the input that identify it.
 const PREFIX_BYTES: u64 = 64 << 10;
-/// Bumped when the sidecar's meaning changes.
-const FORMAT: u32 = 1;
+/// Bumped when the sidecar's meaning changes (2: skipped records are
+/// listed in their own file, and counted here).
+const FORMAT: u32 = 2;
 
 /// The beginning of the input, as a length and a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +102,9 @@ pub struct Sidecar {
     pub input: InputPrint,
     /// Output lines (records) written so far.
     pub records: u64,
+    /// Entries of the skipped-records file written so far.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// Where the sidecar of `output` lives.
@@ -101,6 +112,106 @@ pub fn sidecar_path(output: &Path) -> PathBuf {
     let mut name = output.as_os_str().to_owned();
     name.push(".procpool-resume");
     PathBuf::from(name)
+}
+
+/// Where the input positions of the records skipped in `output` are listed.
+pub fn skips_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".procpool-skipped");
+    PathBuf::from(name)
+}
+
+/// The input positions of the records that have no line in an output
+/// (skipped as bad input), sorted: what maps its lines to input records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skips(Vec<u64>);
+
+impl Skips {
+    /// The list in `path` (none if it does not exist); a partial last line
+    /// (a run killed in the middle of a write) is not an entry.
+    pub fn load(path: &Path) -> anyhow::Result<Skips> {
+        let text = match fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Skips::default()),
+            Err(e) => bail!("cannot read {}: {e}", path.display()),
+        };
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut list = Vec::new();
+        for (i, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let n = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.trim().parse::<u64>().ok());
+            let Some(n) = n else {
+                bail!(
+                    "{} line {}: `{}` is not an input record number; it lists the records skipped in the output beside it",
+                    path.display(),
+                    i + 1,
+                    String::from_utf8_lossy(line)
+                );
+            };
+            list.push(n);
+        }
+        list.sort_unstable();
+        list.dedup();
+        Ok(Skips(list))
+    }
+
+    #[cfg(test)]
+    pub fn from_positions(mut list: Vec<u64>) -> Skips {
+        list.sort_unstable();
+        list.dedup();
+        Skips(list)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    /// The output line of the record at input position `seq` (for a
+    /// skipped one, the line of the next record).
+    pub fn line_of(&self, seq: u64) -> u64 {
+        seq - self.0.partition_point(|&s| s < seq) as u64
+    }
+
+    /// The input position of the record after an output's first `lines`
+    /// lines and the skipped records right after them: where resuming starts.
+    pub fn position_after(&self, lines: u64) -> u64 {
+        let mut at = lines;
+        for &s in &self.0 {
+            if s > at {
+                break;
+            }
+            at += 1;
+        }
+        at
+    }
+
+    /// Forget the entries at or after `position` (records not yet covered
+    /// by the output, skipped again when they are run again); whether any were.
+    pub fn keep_before(&mut self, position: u64) -> bool {
+        let keep = self.0.partition_point(|&s| s < position);
+        let cut = keep < self.0.len();
+        self.0.truncate(keep);
+        cut
+    }
+
+    /// Write the list to `path` atomically (a temporary file renamed over it).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut text = String::with_capacity(self.0.len() * 8);
+        for n in &self.0 {
+            text.push_str(&n.to_string());
+            text.push('\n');
+        }
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
 }
 
 impl Sidecar {
@@ -112,6 +223,7 @@ impl Sidecar {
             params,
             input,
             records: 0,
+            skipped: 0,
         }
     }
 
@@ -146,9 +258,10 @@ impl Sidecar {
     }
 
     /// Refuse to resume `output` (holding `lines` complete lines) with a run
-    /// that does not match the one that wrote it.
-    pub fn check_resume(&self, output: &Path, lines: u64) -> anyhow::Result<()> {
-        let refuse = |why: String| -> anyhow::Result<()> {
+    /// that does not match the one that wrote it. Returns how many skipped
+    /// records the old sidecar says were listed.
+    pub fn check_resume(&self, output: &Path, lines: u64) -> anyhow::Result<u64> {
+        let refuse = |why: String| -> anyhow::Result<u64> {
             bail!(
                 "cannot --resume {}: {why}; run without --resume to start again",
                 output.display()
@@ -156,7 +269,7 @@ impl Sidecar {
         };
         let Some(old) = Self::load(&self.path)? else {
             if lines == 0 {
-                return Ok(());
+                return Ok(0);
             }
             return refuse(format!(
                 "it holds {lines} lines but has no {} next to it, so nothing says which run wrote it",
@@ -215,7 +328,7 @@ impl Sidecar {
                 old.records
             );
         }
-        Ok(())
+        Ok(old.skipped)
     }
 }
 
@@ -253,14 +366,23 @@ pub struct ResumePlan {
     pub patch: Option<Patch>,
 }
 
-/// Positions of the failed records' lines in an output: lines that are
-/// exactly `{"error": {...}, "seq": N}` with N their own line number.
-pub fn failed_lines(output: &Path) -> anyhow::Result<Vec<u64>> {
+/// Input positions of the failed records of an output: lines that are
+/// exactly `{"error": {...}, "seq": N}` with N the input position of the
+/// record on that line (its line number, less the records skipped before it).
+pub fn failed_lines(output: &Path, skips: &Skips) -> anyhow::Result<Vec<u64>> {
     use std::io::BufRead;
     let file =
         File::open(output).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", output.display()))?;
     let mut failed = Vec::new();
-    for (i, line) in io::BufReader::new(file).split(b'\n').enumerate() {
+    // The input position of line i, walking the skipped records alongside.
+    let mut skipped = skips.0.iter().peekable();
+    let mut position = 0u64;
+    for line in io::BufReader::new(file).split(b'\n') {
+        while skipped.next_if(|&&s| s == position).is_some() {
+            position += 1;
+        }
+        let seq = position;
+        position += 1;
         let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", output.display()))?;
         // Cheap filter first: most lines are results.
         if !line.starts_with(b"{\"error\":") {
@@ -269,8 +391,8 @@ pub fn failed_lines(output: &Path) -> anyhow::Result<Vec<u64>> {
         let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&line) else {
             continue;
         };
-        if map.len() == 2 && map.get("seq").and_then(serde_json::Value::as_u64) == Some(i as u64) {
-            failed.push(i as u64);
+        if map.len() == 2 && map.get("seq").and_then(serde_json::Value::as_u64) == Some(seq) {
+            failed.push(seq);
         }
     }
     Ok(failed)
@@ -290,10 +412,12 @@ pub struct Patch {
     /// (a job log started after the output) are tolerated.
     header: Option<Vec<u8>>,
     job_log: bool,
+    /// Which line holds which record.
+    skips: Skips,
 }
 
 impl Patch {
-    fn open(output: &Path, lines: u64) -> anyhow::Result<Patch> {
+    fn open(output: &Path, lines: u64, skips: Skips) -> anyhow::Result<Patch> {
         let mut tmp = output.as_os_str().to_owned();
         tmp.push(".procpool-tmp");
         let original = File::open(output)
@@ -306,13 +430,14 @@ impl Patch {
             lines,
             header: None,
             job_log: false,
+            skips,
         })
     }
 
     /// The same for the job log (a header, then one line per record), so
     /// that it too keeps one line per record.
-    pub fn job_log(path: &Path, records: u64) -> anyhow::Result<Patch> {
-        let mut patch = Patch::open(path, records)?;
+    pub fn job_log(path: &Path, records: u64, skips: Skips) -> anyhow::Result<Patch> {
+        let mut patch = Patch::open(path, records, skips)?;
         let mut header = Vec::new();
         io::BufRead::read_until(&mut patch.original, b'\n', &mut header)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -326,16 +451,29 @@ impl Patch {
         self.lines
     }
 
+    /// The records skipped in it.
+    pub fn skips(&self) -> &Skips {
+        &self.skips
+    }
+
+    /// Whether the record at input position `seq` replaces a line (rather
+    /// than adding one after them all).
+    pub fn replaces(&self, seq: u64) -> bool {
+        self.skips.line_of(seq) < self.lines
+    }
+
     /// Where the output is written meanwhile.
     pub fn tmp_path(&self) -> &Path {
         &self.tmp
     }
 
-    /// Before the line of record `seq`: copy the original lines before it
-    /// into `buf`, and skip the original line `seq` (which it replaces).
+    /// Before the line of the record at input position `seq`: copy the
+    /// original lines before it into `buf`, and skip its original line
+    /// (which it replaces).
     pub fn before(&mut self, seq: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-        self.copy_until(seq.min(self.lines), buf)?;
-        if seq < self.lines && self.next_line == seq {
+        let line = self.skips.line_of(seq);
+        self.copy_until(line.min(self.lines), buf)?;
+        if line < self.lines && self.next_line == line {
             let mut skipped = Vec::new();
             io::BufRead::read_until(&mut self.original, b'\n', &mut skipped)?;
             self.next_line += 1;
@@ -418,13 +556,30 @@ pub fn plan(
     let mut patch = None;
     if resume != Resume::No {
         skip = crate::output::prepare_resume(output)?;
-        sidecar.check_resume(output, skip)?;
+        let listed = sidecar.check_resume(output, skip)?;
+        let skips_file = skips_path(output);
+        let mut skips = Skips::load(&skips_file)?;
+        if skips.len() < listed {
+            bail!(
+                "cannot --resume {}: {} lists {} skipped records but {listed} had been written: it was cut or removed, so the output's lines cannot be matched to input records; run without --resume to start again",
+                output.display(),
+                skips_file.display(),
+                skips.len()
+            );
+        }
+        // The lines, and the records skipped among and right after them.
+        selection.tail_from = skips.position_after(skip);
+        if skips.keep_before(selection.tail_from) {
+            // Listed, but their neighbours' lines were not written: they are
+            // run (and skipped) again.
+            skips.save(&skips_file)?;
+        }
         sidecar.records = skip;
-        selection.tail_from = skip;
+        sidecar.skipped = skips.len();
         if resume == Resume::AndFailed && skip > 0 {
-            selection.again = failed_lines(output)?;
+            selection.again = failed_lines(output, &skips)?;
             if !selection.again.is_empty() {
-                patch = Some(Patch::open(output, skip)?);
+                patch = Some(Patch::open(output, skip, skips)?);
             }
         }
     }
@@ -474,9 +629,9 @@ mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(failed_lines(&out).unwrap(), [1, 3]);
+        assert_eq!(failed_lines(&out, &Skips::default()).unwrap(), [1, 3]);
         // Patching: line 1 and a tail line replaced, the rest copied.
-        let mut p = Patch::open(&out, 4).unwrap();
+        let mut p = Patch::open(&out, 4, Skips::default()).unwrap();
         let mut buf = Vec::new();
         p.before(1, &mut buf).unwrap();
         buf.extend_from_slice(b"{\"n\":1}\n");
@@ -488,6 +643,75 @@ mod tests {
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "{\"n\":0}\n{\"n\":1}\n{\"error\":\"a result that has an error field\",\"x\":1}\n{\"n\":3}\n{\"n\":4}\n"
+        );
+    }
+
+    #[test]
+    fn skipped_records_map_lines_to_input_positions() {
+        // Records 0..10, of which 2, 5 and 6 were skipped.
+        let s = Skips::from_positions(vec![6, 2, 5, 2]);
+        assert_eq!(s.len(), 3);
+        let lines: Vec<u64> = [0, 1, 3, 4, 7, 8, 9].map(|p| s.line_of(p)).to_vec();
+        assert_eq!(lines, [0, 1, 2, 3, 4, 5, 6]);
+        // After k lines, resuming starts past the records skipped after them.
+        let after: Vec<u64> = (0..7).map(|k| s.position_after(k)).collect();
+        assert_eq!(after, [0, 1, 3, 4, 7, 8, 9]);
+        assert_eq!(Skips::default().position_after(5), 5);
+        // A skip listed beyond the last line written is forgotten.
+        let mut s = Skips::from_positions(vec![2, 5, 9]);
+        let at = s.position_after(4); // lines of 0, 1, 3, 4
+        assert_eq!(at, 6);
+        assert!(s.keep_before(at));
+        assert_eq!(s, Skips::from_positions(vec![2, 5]));
+        assert!(!s.keep_before(at));
+    }
+
+    #[test]
+    fn the_skip_list_is_read_back_without_a_partial_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl.procpool-skipped");
+        assert_eq!(Skips::load(&p).unwrap(), Skips::default());
+        fs::write(&p, "7\n3\n7\n1").unwrap();
+        assert_eq!(Skips::load(&p).unwrap(), Skips::from_positions(vec![3, 7]));
+        Skips::from_positions(vec![4, 9]).save(&p).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "4\n9\n");
+        fs::write(&p, "4\nfour\n").unwrap();
+        let e = Skips::load(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("four"), "{e}");
+    }
+
+    #[test]
+    fn failed_lines_and_patches_account_for_skipped_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        // Input records 0..6; 1 and 2 skipped; 3 and 5 failed.
+        fs::write(
+            &out,
+            concat!(
+                "{\"n\":0}\n",
+                "{\"error\":{\"kind\":\"task_error\",\"message\":\"m\"},\"seq\":3}\n",
+                "{\"n\":4}\n",
+                "{\"error\":{\"kind\":\"task_error\",\"message\":\"m\"},\"seq\":5}\n",
+            ),
+        )
+        .unwrap();
+        let skips = Skips::from_positions(vec![1, 2]);
+        assert_eq!(failed_lines(&out, &skips).unwrap(), [3, 5]);
+        // Without the list, the seqs are not those of their lines.
+        assert!(failed_lines(&out, &Skips::default()).unwrap().is_empty());
+        let mut p = Patch::open(&out, 4, skips).unwrap();
+        assert!(p.replaces(3) && p.replaces(5) && !p.replaces(6));
+        let mut buf = Vec::new();
+        p.before(3, &mut buf).unwrap();
+        buf.extend_from_slice(b"{\"n\":3}\n");
+        p.before(5, &mut buf).unwrap();
+        buf.extend_from_slice(b"{\"n\":5}\n");
+        p.before(6, &mut buf).unwrap();
+        buf.extend_from_slice(b"{\"n\":6}\n");
+        p.rest(&mut buf).unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"n\":0}\n{\"n\":3}\n{\"n\":4}\n{\"n\":5}\n{\"n\":6}\n"
         );
     }
 

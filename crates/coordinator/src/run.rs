@@ -52,7 +52,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let signal = signals.signal.load(Ordering::SeqCst);
         warn!(
             "interrupted by {} before the input could be read: nothing was run",
-            procpool::signal_name(signal)
+            signal_hook::low_level::signal_name(signal).unwrap_or("signal")
         );
         return Ok(ExitCode::from(128 + signal as u8));
     };
@@ -101,7 +101,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if signal != 0 {
         warn!(
             "interrupted by {}: output holds the first {} records in order",
-            procpool::signal_name(signal),
+            signal_hook::low_level::signal_name(signal).unwrap_or("signal"),
             plan.resume_from + drained.records
         );
     }
@@ -338,10 +338,10 @@ impl SignalWatch {
                     if flag.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                         warn!(
                             "{}: finishing records in flight, then stopping (again to stop at once)",
-                            procpool::signal_name(sig)
+                            signal_hook::low_level::signal_name(sig).unwrap_or("signal")
                         );
                     } else {
-                        warn!("{}: stopping now", procpool::signal_name(sig));
+                        warn!("{}: stopping now", signal_hook::low_level::signal_name(sig).unwrap_or("signal"));
                     }
                     // A full queue means the feed is not waiting: it sees the flag.
                     let _ = wake.try_send(Feeding::Wake);
@@ -566,7 +566,7 @@ impl Drained {
         })
     }
 
-    fn count_thread(&mut self, done: &RawDone) {
+    fn count_thread(&mut self, done: &RawDone, pid: u32) {
         let i = done.thread as usize;
         if self.threads.len() <= i {
             self.threads.resize_with(i + 1, ThreadStats::default);
@@ -575,7 +575,7 @@ impl Drained {
         t.records += 1;
         t.failed += u64::from(done.result.is_err());
         t.busy += done.duration;
-        self.thread_pid = done.pid;
+        self.thread_pid = pid;
     }
 }
 
@@ -629,19 +629,20 @@ fn drain(
             if args.skip_bad_input {
                 warn!("skipping bad input: {bad}");
                 d.skipped += 1;
+                out.skipped(seq)?;
                 continue;
             }
             d.bad_input = Some(bad);
             stop_now();
             break;
         }
-        if settings.executor == Executor::Thread && done.pid != 0 {
-            d.count_thread(&done);
+        if let (Executor::Thread, Some(pid)) = (settings.executor, done.pid) {
+            d.count_thread(&done, pid);
         }
         let entry = JobEntry::new(
             seq,
-            done.pid,
-            done.started_us,
+            done.pid.unwrap_or(0),
+            done.started_us.unwrap_or(0),
             done.duration,
             done.result.as_ref().map(|_| ()),
         );
@@ -706,6 +707,16 @@ fn report(
     }
     if settings.resume_from > 0 {
         summary.push_str(&format!("; resumed after {} records", settings.resume_from));
+        let skipped = settings
+            .selection
+            .tail_from
+            .saturating_sub(settings.resume_from);
+        if skipped > 0 {
+            summary.push_str(&format!(
+                " (from input record #{}: {skipped} before it were skipped)",
+                settings.selection.tail_from
+            ));
+        }
     }
     let again = settings.selection.again.len();
     if again > 0 {
@@ -760,15 +771,25 @@ fn use_mpi(_builder: PoolBuilder, _args: &RunArgs) -> anyhow::Result<PoolBuilder
 
 /// The worker binary to use, with a message that says how to get it.
 fn worker_bin(args: &WorkerArgs) -> anyhow::Result<PathBuf> {
-    let path = args
-        .worker_bin
-        .clone()
-        .or_else(procpool::default_worker_bin)
-        .unwrap_or_else(|| PathBuf::from("worker"));
+    // `worker` next to this executable, else this executable itself: it
+    // serves the same tasks (see `procpool::init` in `main`).
+    let path = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => {
+            let exe = std::env::current_exe()?;
+            let sibling = exe.with_file_name("worker");
+            if sibling.is_file() {
+                sibling
+            } else {
+                exe
+            }
+        }
+    };
     if !path.exists() {
         bail!(
             "worker binary not found at {}: build it with `cargo build --release --workspace` \
-             (the coordinator looks for `worker` next to its own executable), or pass --worker-bin PATH",
+             (the coordinator looks for `worker` next to its own executable, and serves as its \
+             own worker without one), or pass --worker-bin PATH",
             path.display()
         );
     }

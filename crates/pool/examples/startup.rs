@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             let pids: std::collections::BTreeSet<u32> = pool
                 .map_detailed(inputs)
-                .map(|d| d.result.map(|_| d.pid))
+                .map(|d| d.result.map(|_| d.pid.unwrap_or(0)))
                 .collect::<Result<_, _>>()?;
             times.push(t0.elapsed());
             assert_eq!(pids.len(), workers, "a worker handled two records");

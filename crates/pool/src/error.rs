@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use procpool_protocol::TaskTypes;
+
 /// How a worker process exited: a code, or the signal that killed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WorkerExit {
     /// It called `exit` with this code.
     Code(i32),
@@ -28,7 +31,7 @@ impl From<ExitStatus> for WorkerExit {
 }
 
 /// The conventional name of a signal, for messages.
-pub fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
@@ -60,6 +63,7 @@ impl fmt::Display for WorkerExit {
 
 /// How a worker's life ended, as reported in statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WorkerEnd {
     /// Stopped in an orderly way at shutdown.
     Stopped(WorkerExit),
@@ -94,6 +98,7 @@ impl fmt::Display for WorkerEnd {
 
 /// Why one record has no result. The rest of the run goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The task returned an error.
     #[error("task error: {0}")]
@@ -135,11 +140,53 @@ pub enum RecordError {
     BadOutput(String),
 }
 
+/// Why a worker did not complete its start-up handshake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// It never connected to its rendezvous.
+    #[error("could not connect: {0}")]
+    Rendezvous(String),
+    /// It exited before its handshake was complete.
+    #[error("exited with {0} before completing its handshake")]
+    Exited(WorkerExit),
+    /// It sent no `Hello` within the handshake timeout.
+    #[error("did not complete its handshake within {:.1} s", .0.as_secs_f64())]
+    NoHello(Duration),
+    /// It did not confirm its task within the handshake timeout.
+    #[error("did not confirm its task within {:.1} s", .0.as_secs_f64())]
+    NoConfirmation(Duration),
+    /// It presented another run's token: not a worker of this pool.
+    #[error("presented a wrong token (not a worker of this run)")]
+    WrongToken,
+    /// Its `Hello` names another process than the one started.
+    #[error("claims pid {claimed}, but the process started is pid {started}")]
+    WrongPid {
+        /// The pid in its `Hello`.
+        claimed: u32,
+        /// The pid of the process started.
+        started: u32,
+    },
+    /// No worker could be started or replaced (e.g. too many failed in a row).
+    #[error("no worker could be started: {0}")]
+    Unavailable(String),
+    /// It broke the protocol: another protocol version, garbage, or a
+    /// message out of turn.
+    #[error("broke the protocol: {0}")]
+    Protocol(String),
+}
+
 /// Errors starting or talking to the pool.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// No worker binary at the given path.
-    #[error("worker binary not found at {}", path.display())]
+    #[error(
+        "worker binary not found at {}: build it (`cargo build --bins`), give its path to \
+         `PoolBuilder::worker_bin`, or call `procpool::init(registry)` first thing in `main` \
+         to make this program its own worker",
+        path.display()
+    )]
     WorkerBinMissing {
         /// Where it was looked for.
         path: PathBuf,
@@ -160,17 +207,50 @@ pub enum PoolError {
         source: std::io::Error,
     },
     /// A worker failed its handshake (exited, hung, wrong version or token).
-    #[error("worker pid {pid} failed to start: {reason}")]
+    #[error("worker {} failed to start: {failure}", pid_label(*pid))]
     Handshake {
-        /// The worker's pid.
-        pid: u32,
+        /// The worker's pid, when known.
+        pid: Option<u32>,
         /// What went wrong.
-        reason: String,
+        failure: HandshakeFailure,
     },
     /// The worker binary does not offer the requested task.
-    #[error("{reason}")]
+    #[error(
+        "worker binary {} does not offer task `{task}` (it offers: {})",
+        bin.display(),
+        offered.join(", ")
+    )]
+    TaskNotOffered {
+        /// The task asked for.
+        task: String,
+        /// The worker binary.
+        bin: PathBuf,
+        /// The names of the tasks it offers.
+        offered: Vec<String>,
+    },
+    /// The worker offers a task of this name, but with other Rust types.
+    #[error(
+        "task `{task}` has other types in worker binary {} ({worker}) than in this program ({pool}): \
+         build both from the same definitions",
+        bin.display()
+    )]
+    TaskTypesMismatch {
+        /// The task's name.
+        task: String,
+        /// The worker binary.
+        bin: PathBuf,
+        /// The types in this program.
+        pool: Box<TaskTypes>,
+        /// The types in the worker.
+        worker: Box<TaskTypes>,
+    },
+    /// A worker could not set the task up: its parameters did not decode,
+    /// or [`Task::init`](crate::Task::init) failed.
+    #[error("worker {} cannot run the task: {reason}", pid_label(*pid))]
     TaskRejected {
-        /// The worker's explanation, naming the tasks it offers.
+        /// The worker's pid, when known.
+        pid: Option<u32>,
+        /// The worker's explanation.
         reason: String,
     },
     /// An IPC channel could not be created.
@@ -185,4 +265,8 @@ pub enum PoolError {
     /// The supervisor thread ended unexpectedly.
     #[error("the pool's supervisor thread is gone")]
     SupervisorGone,
+}
+
+fn pid_label(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "(pid unknown)".to_owned(), |p| format!("pid {p}"))
 }

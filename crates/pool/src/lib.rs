@@ -33,16 +33,16 @@
 //!
 //! A task is a serde type implementing [`Task`]: a name, input and output
 //! types, and `run`. The task value carries its parameters and is sent to
-//! every worker once. A worker binary is a `main` that registers the tasks it
-//! offers and serves them (crate `procpool-worker`):
+//! every worker once. The simplest worker binary is the program itself:
+//! [`init`] first thing in `main` makes it serve when a pool starts it, and
+//! pools built without [`PoolBuilder::worker_bin`] start copies of it.
 //!
-//! ```ignore
-//! // my-worker/src/main.rs
-//! use procpool::{Task, TaskError};
+//! ```
+//! use procpool::{worker::Registry, PoolBuilder, Task, TaskError};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
-//! pub struct Scale { pub factor: f64 }
+//! struct Scale { factor: f64 }
 //!
 //! impl Task for Scale {
 //!     const NAME: &'static str = "scale";
@@ -53,20 +53,27 @@
 //!     }
 //! }
 //!
-//! fn main() -> std::process::ExitCode {
-//!     let mut registry = procpool_worker::Registry::new();
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut registry = Registry::new();
 //!     registry.register::<Scale>();
-//!     procpool_worker::main_with(registry)
-//! }
+//!     procpool::init(registry); // a worker serves and exits here
 //!
-//! // In the program that drives it (sharing the `Scale` type):
-//! let pool = procpool::PoolBuilder::new().workers(4).worker_bin("target/release/my-worker")
-//!     .build(Scale { factor: 2.0 })?;
-//! for row in pool.map(rows) { println!("{:?}", row?); }
+//!     let pool = PoolBuilder::new().workers(2).build(Scale { factor: 2.0 })?;
+//!     let out: Vec<Vec<f64>> = pool.map(vec![vec![1.0], vec![2.0, 3.0]]).collect::<Result<_, _>>()?;
+//!     assert_eq!(out, [vec![2.0], vec![4.0, 6.0]]);
+//!     Ok(())
+//! }
 //! ```
 //!
+//! A separate worker binary registers its tasks and calls
+//! [`worker::main_with`]; share the task types with the driver through a
+//! library crate. Each worker reports the Rust types of its tasks, and
+//! [`PoolBuilder::build`] refuses a task of the right name but other types
+//! ([`PoolError::TaskTypesMismatch`]). Per-worker state that cannot be
+//! serialised is set up in [`Task::init`].
+//!
 //! Asking for a task the worker binary does not offer fails in
-//! [`PoolBuilder::build`] with [`PoolError::TaskRejected`], naming what it offers.
+//! [`PoolBuilder::build`] with [`PoolError::TaskNotOffered`], naming what it offers.
 //!
 //! # Failures
 //!
@@ -79,6 +86,11 @@
 
 mod chunk;
 mod error;
+
+// The README's examples, compiled and run as doctests exactly as printed.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
 #[cfg(test)]
 mod fake;
 #[cfg(feature = "mpi")]
@@ -92,9 +104,14 @@ mod stats;
 mod supervisor;
 mod transport;
 
-pub use chunk::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
-pub use error::{signal_name, PoolError, RecordError, WorkerEnd, WorkerExit};
-pub use pool::{default_worker_bin, Canceller, Done, MapIter, Pending, Pool, PoolBuilder};
-pub use procpool_protocol::{Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec};
-pub use reorder::ReorderBuffer;
+pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
+pub use pool::{default_worker_bin, Canceller, Done, Map, MapIter, Pending, Pool, PoolBuilder};
+pub use procpool_protocol::{
+    Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec, TaskTypes,
+};
+pub use procpool_worker::init;
 pub use stats::WorkerStats;
+
+/// The worker side: what a worker binary of its own needs ([`Registry`](worker::Registry),
+/// [`main_with`](worker::main_with)). A program that is its own worker only needs [`init`].
+pub use procpool_worker as worker;

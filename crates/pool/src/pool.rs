@@ -1,16 +1,20 @@
 //! The public face: `PoolBuilder`, `Pool`, its iterators and handles.
 
+use std::future::Future;
+use std::iter::FusedIterator;
 use std::marker::PhantomData;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
 use procpool_protocol::{
     decode_value, encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo,
-    TaskSpec,
+    TaskSpec, TaskTypes,
 };
 
 use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
@@ -36,6 +40,8 @@ pub struct PoolBuilder {
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
     threads: usize,
+    /// The task's Rust types, for the typed handshake (set by `build`).
+    types: Option<TaskTypes>,
     #[cfg(feature = "mpi")]
     mpi: bool,
     #[cfg(feature = "mpi")]
@@ -68,6 +74,7 @@ impl Default for PoolBuilder {
             shutdown_grace: Duration::from_secs(5),
             output: None,
             threads: 1,
+            types: None,
             #[cfg(feature = "mpi")]
             mpi: false,
             #[cfg(feature = "mpi")]
@@ -89,7 +96,10 @@ impl PoolBuilder {
         self
     }
 
-    /// Path of the worker binary. Default: `worker` next to the current executable.
+    /// Path of the worker binary. A relative path is resolved against the
+    /// current directory when [`build`](Self::build) runs (never looked up
+    /// in `PATH`), and that file serves every worker of the pool, replacements
+    /// included. Default: see [`default_worker_bin`].
     pub fn worker_bin(mut self, path: impl Into<PathBuf>) -> Self {
         self.worker_bin = Some(path.into());
         self
@@ -161,20 +171,26 @@ impl PoolBuilder {
     }
 
     /// Hand every line that workers write to stdout or stderr to `handler`
-    /// (with the worker's pid) instead of passing it to this process's
-    /// stderr, e.g. to print it above a progress bar.
+    /// (with the worker's pid), e.g. to print it above a progress bar.
+    ///
+    /// Without a handler, worker lines go through the `log` facade under the
+    /// target `procpool::worker` ([`worker::WORKER_TARGET`](crate::worker::WORKER_TARGET)),
+    /// at the level the worker logged them (plain output at `info`), each
+    /// starting with `worker pid=<pid>:`; with no logger installed they are
+    /// dropped, so a library user's stderr stays quiet.
     pub fn worker_output(mut self, handler: impl Fn(u32, &str) + Send + Sync + 'static) -> Self {
         self.output = Some(Arc::new(handler));
         self
     }
 
     fn resolved_bin(&self) -> Result<PathBuf, PoolError> {
-        match &self.worker_bin {
-            Some(p) => Ok(p.clone()),
+        let path = match &self.worker_bin {
+            Some(p) => p.clone(),
             None => default_worker_bin().ok_or_else(|| PoolError::WorkerBinMissing {
                 path: PathBuf::from("worker"),
-            }),
-        }
+            })?,
+        };
+        Ok(std::path::absolute(&path).unwrap_or(path))
     }
 
     fn validate(&self) -> Result<(), PoolError> {
@@ -213,7 +229,14 @@ impl PoolBuilder {
     /// Start the workers and configure `task` on each. Returns once every
     /// worker is ready, or with the first start-up error (missing binary,
     /// handshake failure or timeout, a task the worker does not offer).
-    pub fn build<T: Task>(self, task: T) -> Result<Pool<T>, PoolError> {
+    ///
+    /// Each worker reports the Rust types of the tasks it offers; a worker
+    /// whose task `T::NAME` has other task, input or output types than `T`
+    /// is refused with [`PoolError::TaskTypesMismatch`] before it is sent
+    /// anything. A failing [`Task::init`] fails here too
+    /// ([`PoolError::TaskRejected`], naming the worker).
+    pub fn build<T: Task>(mut self, task: T) -> Result<Pool<T>, PoolError> {
+        self.types = Some(TaskTypes::of::<T>());
         let params = encode_value(&task).map_err(|e| PoolError::Encode(e.to_string()))?;
         let core = self.start(Some(TaskSpec {
             name: T::NAME.to_owned(),
@@ -252,10 +275,14 @@ impl PoolBuilder {
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let output = self
+            .output
+            .clone()
+            .unwrap_or_else(|| Arc::new(forward_worker_line));
         let launcher = Box::new(LocalLauncher::new(
             bin.clone(),
             token.clone(),
-            self.output.clone(),
+            Some(output),
             self.workers,
             crate::process::heartbeat_period(self.liveness_timeout),
         )?);
@@ -353,6 +380,7 @@ impl PoolBuilder {
             retries: self.retries,
             max_tasks_per_child: self.max_tasks_per_child,
             task,
+            types: self.types.clone(),
             token,
             sizer: sizer.clone(),
             launcher,
@@ -383,15 +411,70 @@ impl PoolBuilder {
     }
 }
 
-/// The `worker` binary next to the running executable (or one directory up,
-/// for test binaries in `target/*/deps`).
+/// The worker binary a pool built without [`PoolBuilder::worker_bin`] starts:
+/// the current executable when it called [`init`](crate::init) (it is its own
+/// worker), otherwise the `worker` binary next to the current executable (or
+/// one directory up, for test and example binaries in `target/*/deps` and
+/// `target/*/examples`).
 pub fn default_worker_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
+    if procpool_worker::is_self_hosted() {
+        return Some(exe);
+    }
     let dir = exe.parent()?;
     [dir.join("worker"), dir.parent()?.join("worker")]
         .into_iter()
         .find(|p| p.is_file())
         .or_else(|| Some(dir.join("worker")))
+}
+
+/// The default destination of a worker's output lines: the `log` facade.
+/// A worker's own log line (`<time> <LEVEL> worker pid=<pid>: <message>`)
+/// keeps its level and drops its time stamp; any other line is `info`.
+fn forward_worker_line(pid: u32, line: &str) {
+    let target = procpool_worker::WORKER_TARGET;
+    let mut parts = line.splitn(3, ' ');
+    let (stamp, level, rest) = (parts.next(), parts.next(), parts.next());
+    let logged = stamp.is_some_and(|t| t.starts_with(|c: char| c.is_ascii_digit()));
+    match (
+        logged,
+        level.and_then(|l| l.parse::<log::Level>().ok()),
+        rest,
+    ) {
+        (true, Some(level), Some(rest)) => {
+            log::log!(target: target, level, "{}", rest.trim_start())
+        }
+        _ => log::info!(target: target, "worker pid={pid}: {line}"),
+    }
+}
+
+/// Whether a worker offering `offered` can run task `name`: it offers the
+/// name, and with the same Rust types when both sides know them (`types` is
+/// `None` for a pool that moves raw bytes).
+pub(crate) fn check_offer(
+    name: &str,
+    types: Option<&TaskTypes>,
+    offered: &[TaskInfo],
+    bin: &Path,
+) -> Result<(), PoolError> {
+    let Some(info) = offered.iter().find(|t| t.name == name) else {
+        return Err(PoolError::TaskNotOffered {
+            task: name.to_owned(),
+            bin: bin.to_owned(),
+            offered: offered.iter().map(|t| t.name.clone()).collect(),
+        });
+    };
+    match types {
+        Some(ours) if !info.types.is_unknown() && *ours != info.types => {
+            Err(PoolError::TaskTypesMismatch {
+                task: name.to_owned(),
+                bin: bin.to_owned(),
+                pool: Box::new(ours.clone()),
+                worker: Box::new(info.types.clone()),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 pub(crate) struct Core {
@@ -412,9 +495,16 @@ impl Core {
     }
 
     pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+        self.new_job_signalled(None)
+    }
+
+    fn new_job_signalled(&self, signal: Option<Arc<Signal>>) -> (JobId, Receiver<Vec<Completion>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        self.send(Command::NewJob { id, results: tx });
+        self.send(Command::NewJob {
+            id,
+            results: JobSink { tx, signal },
+        });
         (id, rx)
     }
 
@@ -461,12 +551,86 @@ impl Drop for Core {
     }
 }
 
+/// Where the supervisor delivers one job's completions. Sending (and
+/// dropping, when the job ends or the supervisor goes) wakes a task awaiting
+/// a [`Pending`].
+pub(crate) struct JobSink {
+    tx: Sender<Vec<Completion>>,
+    signal: Option<Arc<Signal>>,
+}
+
+impl JobSink {
+    pub(crate) fn send(
+        &self,
+        list: Vec<Completion>,
+    ) -> Result<(), mpsc::SendError<Vec<Completion>>> {
+        let sent = self.tx.send(list);
+        if let Some(signal) = &self.signal {
+            signal.raise();
+        }
+        sent
+    }
+}
+
+impl Drop for JobSink {
+    fn drop(&mut self) {
+        if let Some(signal) = &self.signal {
+            signal.raise();
+        }
+    }
+}
+
+/// Completion state shared by a [`Pending`] and its job's sink.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    done: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.done.store(true, Ordering::Release);
+        let waker = self.waker.lock().ok().and_then(|mut w| w.take());
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        if let Ok(mut slot) = self.waker.lock() {
+            match slot.as_ref() {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+        }
+    }
+}
+
 /// A pool of worker processes running task `T`.
 ///
-/// Dropping the pool shuts it down as [`Pool::shutdown`] does.
+/// Dropping the pool shuts it down as [`Pool::shutdown`] does. A pool is
+/// `Send + Sync`: share it by reference (or in an `Arc`) between threads.
 pub struct Pool<T: Task> {
     core: Core,
     _task: PhantomData<fn(T)>,
+}
+
+impl<T: Task> std::fmt::Debug for Pool<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("task", &T::NAME)
+            .field("workers", &self.core.workers)
+            .field("pids", &self.core.pids)
+            .finish_non_exhaustive()
+    }
+}
+
+#[allow(dead_code)]
+fn pool_is_send_and_sync<T: Task>() {
+    fn check<X: Send + Sync>() {}
+    check::<Pool<T>>();
+    check::<PoolBuilder>();
+    check::<Canceller>();
 }
 
 /// One finished record with where and when it ran.
@@ -474,10 +638,10 @@ pub struct Pool<T: Task> {
 pub struct Done<O> {
     /// Position in the input.
     pub seq: u64,
-    /// The worker that answered it (0 when no worker did, e.g. cancelled).
-    pub pid: u32,
-    /// When it started, in microseconds since the Unix epoch (0 if unknown).
-    pub started_us: u64,
+    /// The worker that answered it (`None` when no worker did, e.g. cancelled).
+    pub pid: Option<u32>,
+    /// When it started, in microseconds since the Unix epoch, if known.
+    pub started_us: Option<u64>,
     /// How long it ran.
     pub duration: Duration,
     /// The result.
@@ -490,8 +654,8 @@ fn finish<O: serde::de::DeserializeOwned>(c: Completion) -> Done<O> {
     });
     Done {
         seq: c.seq,
-        pid: c.pid,
-        started_us: c.started_us,
+        pid: Some(c.pid).filter(|&p| p != 0),
+        started_us: Some(c.started_us).filter(|&t| t != 0),
         duration: Duration::from_nanos(c.nanos),
         result,
     }
@@ -509,15 +673,11 @@ impl<T: Task> Pool<T> {
     /// Results in input order, as an iterator. The input is consumed lazily:
     /// only a bounded window of records is in flight or waiting to be
     /// reordered, whatever the input's size.
-    pub fn map<'a, I>(
-        &'a self,
-        inputs: I,
-    ) -> impl Iterator<Item = Result<T::Output, RecordError>> + 'a
+    pub fn map<I>(&self, inputs: I) -> Map<'_, T, I::IntoIter>
     where
         I: IntoIterator<Item = T::Input>,
-        I::IntoIter: 'a,
     {
-        self.map_detailed(inputs).map(|d| d.result)
+        Map(self.map_detailed(inputs))
     }
 
     /// As [`Pool::map`], with each result's position, worker pid and timing.
@@ -536,9 +696,11 @@ impl<T: Task> Pool<T> {
         MapIter::new(self, inputs.into_iter(), false)
     }
 
-    /// Submit one record; wait on the returned handle for its result.
+    /// Submit one record; wait on the returned handle for its result (or
+    /// `.await` it). Dropping the handle withdraws the record.
     pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
-        let (job, rx) = self.core.new_job();
+        let signal = Arc::new(Signal::default());
+        let (job, rx) = self.core.new_job_signalled(Some(signal.clone()));
         let mut chunk = Chunk::new(job);
         let early = match chunk.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
@@ -553,6 +715,7 @@ impl<T: Task> Pool<T> {
         Pending {
             rx,
             early,
+            signal,
             events: self.core.events.clone(),
             job,
             _out: PhantomData,
@@ -601,7 +764,7 @@ impl<T: Task> Pool<T> {
 }
 
 /// Cancels a pool's work from any thread.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Canceller {
     events: Sender<Event>,
     grace: Duration,
@@ -618,29 +781,68 @@ impl Canceller {
     }
 }
 
-/// The result of one [`Pool::submit`], to wait on.
+/// The result of one [`Pool::submit`]: wait on it, poll it, or `.await` it
+/// (it is a [`Future`] that needs no particular async runtime: the pool's
+/// supervisor wakes it). Dropping it withdraws the record.
+#[must_use = "dropping a `Pending` withdraws its record: wait on it or await it"]
 pub struct Pending<O> {
     rx: Receiver<Vec<Completion>>,
     early: Option<RecordError>,
+    signal: Arc<Signal>,
     events: Sender<Event>,
     job: JobId,
     _out: PhantomData<fn() -> O>,
 }
 
+impl<O> std::fmt::Debug for Pending<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("job", &self.job)
+            .field("done", &self.is_done())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O> Pending<O> {
+    /// Whether the result is there (or the record ended otherwise): then
+    /// [`wait`](Self::wait) returns at once.
+    pub fn is_done(&self) -> bool {
+        self.early.is_some() || self.signal.done.load(Ordering::Acquire)
+    }
+}
+
+/// What a job's channel says, for one record.
+fn single<O: serde::de::DeserializeOwned>(
+    received: Result<Vec<Completion>, ()>,
+) -> Result<O, RecordError> {
+    match received {
+        Ok(mut list) => list
+            .pop()
+            .map_or(Err(RecordError::Cancelled), |c| finish(c).result),
+        Err(()) => Err(RecordError::PoolBroken("the pool is shut down".into())),
+    }
+}
+
 impl<O: serde::de::DeserializeOwned> Pending<O> {
+    /// The result if it is there, without waiting; otherwise the handle back.
+    pub fn try_wait(mut self) -> Result<Result<O, RecordError>, Self> {
+        if let Some(e) = self.early.take() {
+            return Ok(Err(e));
+        }
+        match self.rx.try_recv() {
+            Ok(list) => Ok(single(Ok(list))),
+            Err(mpsc::TryRecvError::Empty) => Err(self),
+            Err(mpsc::TryRecvError::Disconnected) => Ok(single(Err(()))),
+        }
+    }
+
     /// Wait for the result. Bounded by the pool: every record ends (with a
     /// record timeout, within it), and a pool shut down ends it too.
     pub fn wait(mut self) -> Result<O, RecordError> {
         if let Some(e) = self.early.take() {
             return Err(e);
         }
-        match self.rx.recv() {
-            Ok(mut list) => match list.pop() {
-                Some(c) => finish(c).result,
-                None => Err(RecordError::Cancelled),
-            },
-            Err(_) => Err(RecordError::PoolBroken("the pool is shut down".into())),
-        }
+        single(self.rx.recv().map_err(|_| ()))
     }
 
     /// Wait at most `timeout`; on timeout the handle is given back.
@@ -649,20 +851,57 @@ impl<O: serde::de::DeserializeOwned> Pending<O> {
             return Ok(Err(e));
         }
         match self.rx.recv_timeout(timeout) {
-            Ok(mut list) => Ok(list
-                .pop()
-                .map_or(Err(RecordError::Cancelled), |c| finish(c).result)),
+            Ok(list) => Ok(single(Ok(list))),
             Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Ok(Err(RecordError::PoolBroken("the pool is shut down".into())))
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(single(Err(()))),
+        }
+    }
+}
+
+impl<O: serde::de::DeserializeOwned> Future for Pending<O> {
+    type Output = Result<O, RecordError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(e) = this.early.take() {
+            return Poll::Ready(Err(e));
+        }
+        for attempt in 0..2 {
+            match this.rx.try_recv() {
+                Ok(list) => return Poll::Ready(single(Ok(list))),
+                Err(mpsc::TryRecvError::Disconnected) => return Poll::Ready(single(Err(()))),
+                // Register, then look again: a delivery between the first
+                // look and the registration would otherwise wake nobody.
+                Err(mpsc::TryRecvError::Empty) if attempt == 0 => this.signal.register(cx.waker()),
+                Err(mpsc::TryRecvError::Empty) => {}
             }
         }
+        Poll::Pending
     }
 }
 
 impl<O> Drop for Pending<O> {
     fn drop(&mut self) {
         let _ = self.events.send(Event::Command(Command::EndJob(self.job)));
+    }
+}
+
+/// The iterator of [`Pool::map`]: results in input order.
+pub struct Map<'p, T: Task, I>(MapIter<'p, T, I>);
+
+impl<T: Task, I: Iterator<Item = T::Input>> Iterator for Map<'_, T, I> {
+    type Item = Result<T::Output, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|d| d.result)
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Input>> FusedIterator for Map<'_, T, I> {}
+
+impl<T: Task, I> std::fmt::Debug for Map<'_, T, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Map").field(&self.0).finish()
     }
 }
 
@@ -808,6 +1047,19 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                 }
             }
         }
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Input>> FusedIterator for MapIter<'_, T, I> {}
+
+impl<T: Task, I> std::fmt::Debug for MapIter<'_, T, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapIter")
+            .field("task", &T::NAME)
+            .field("ordered", &self.ordered)
+            .field("sent", &self.next_seq)
+            .field("yielded", &self.yielded)
+            .finish_non_exhaustive()
     }
 }
 

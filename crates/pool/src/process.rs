@@ -198,6 +198,8 @@ struct Spawned {
     child: Child,
     pid: u32,
     server_name: String,
+    /// The thread passing the worker's output lines on, if any.
+    output: Option<thread::JoinHandle<()>>,
 }
 
 impl Spawned {
@@ -287,9 +289,10 @@ fn spawn(
             }
         })?;
     let pid = child.id();
+    let mut output_thread = None;
     if let (Some(reader), Some(handler)) = (pipe, output) {
         let handler = handler.clone();
-        let _ = thread::Builder::new()
+        output_thread = thread::Builder::new()
             .name(format!("procpool-output-{pid}"))
             .spawn(move || {
                 use std::io::BufRead;
@@ -299,7 +302,8 @@ fn spawn(
                         Err(_) => break,
                     }
                 }
-            });
+            })
+            .ok();
     }
     let events = events.clone();
     let spawned = thread::Builder::new()
@@ -350,6 +354,7 @@ fn spawn(
         child,
         pid,
         server_name,
+        output: output_thread,
     })
 }
 
@@ -558,6 +563,9 @@ impl Launcher for LocalLauncher {
     }
 }
 
+/// How long reaping a worker waits for its last output lines.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
+
 struct LocalLink {
     spawned: Spawned,
     connected: bool,
@@ -599,6 +607,18 @@ impl Link for LocalLink {
         }
         let exit = reap(&mut self.spawned.child, patience);
         self.reaped = Some(exit);
+        // Its last lines (e.g. "stopping after N records") are still in the
+        // pipe: let them through before the pool reports the worker gone.
+        // Bounded: a child of the worker may hold the pipe open.
+        if let Some(output) = self.spawned.output.take() {
+            let deadline = Instant::now() + OUTPUT_DRAIN;
+            while !output.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if output.is_finished() {
+                let _ = output.join();
+            }
+        }
         exit
     }
 

@@ -82,12 +82,12 @@ pub trait RawSource {
 pub struct RawDone {
     /// Position of the record among those the source gave (from 0).
     pub seq: u64,
-    /// The worker process that answered it (0 when none did).
-    pub pid: u32,
+    /// The worker process that answered it (`None` when none did, e.g. cancelled).
+    pub pid: Option<u32>,
     /// The thread of that worker that ran it (0 in single-threaded workers).
     pub thread: u32,
-    /// When it started, in microseconds since the Unix epoch (0 if unknown).
-    pub started_us: u64,
+    /// When it started, in microseconds since the Unix epoch, if known.
+    pub started_us: Option<u64>,
     /// How long it ran.
     pub duration: Duration,
     /// The output's bytes, or the failure.
@@ -98,9 +98,9 @@ impl From<Completion> for RawDone {
     fn from(c: Completion) -> Self {
         RawDone {
             seq: c.seq,
-            pid: c.pid,
+            pid: Some(c.pid).filter(|&p| p != 0),
             thread: c.thread,
-            started_us: c.started_us,
+            started_us: Some(c.started_us).filter(|&t| t != 0),
             duration: Duration::from_nanos(c.nanos),
             result: c.result,
         }

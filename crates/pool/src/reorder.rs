@@ -66,6 +66,7 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// How many results are waiting for an earlier one.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
     }

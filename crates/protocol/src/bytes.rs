@@ -48,3 +48,25 @@ impl<'de> Visitor<'de> for BytesVisitor {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::{decode_value, encode_value};
+
+    #[test]
+    fn bytes_have_the_wire_format_of_a_u8_sequence() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct AsBytes(#[serde(with = "super")] Vec<u8>);
+        for v in [vec![], vec![7u8], (0..=255u8).cycle().take(1000).collect()] {
+            let as_seq = encode_value(&v).unwrap();
+            let as_bytes = encode_value(&AsBytes(v.clone())).unwrap();
+            assert_eq!(as_seq, as_bytes);
+            assert_eq!(
+                decode_value::<AsBytes>(&as_seq).unwrap(),
+                AsBytes(v.clone())
+            );
+            assert_eq!(decode_value::<Vec<u8>>(&as_bytes).unwrap(), v);
+        }
+    }
+}

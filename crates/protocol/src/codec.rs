@@ -24,6 +24,7 @@ pub(crate) const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_BY
 
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// Encoding failed (a value that serde cannot represent, or over the size limit).
     #[error("cannot encode: {0}")]
@@ -184,6 +185,11 @@ mod tests {
                 description: "d".into(),
                 input_fields: vec!["name".into()],
                 output_fields: vec!["age".into()],
+                types: crate::TaskTypes {
+                    task: "tasks::Age".into(),
+                    input: "tasks::Scientist".into(),
+                    output: "tasks::Aged".into(),
+                },
             }],
         })
     }

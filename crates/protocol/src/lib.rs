@@ -29,7 +29,8 @@ pub use codec::{
 };
 pub use messages::{
     Batch, BatchResults, Encoding, FailureKind, Hello, Outcome, ParamsEncoding, Record,
-    RecordOutcome, Request, TaskFailure, TaskInfo, TaskSpec, WorkerMessage, PROTOCOL_VERSION,
+    RecordOutcome, Request, TaskFailure, TaskInfo, TaskSpec, TaskTypes, WorkerMessage,
+    PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
 pub use views::{

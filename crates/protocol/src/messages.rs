@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a worker binary says it can run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskInfo {
     /// The name records are dispatched by.
     pub name: String,
@@ -21,6 +21,51 @@ pub struct TaskInfo {
     pub input_fields: Vec<String>,
     /// Field names of the output record.
     pub output_fields: Vec<String>,
+    /// The Rust types behind the task, filled in by the worker's registry:
+    /// a pool refuses a worker whose types differ from its own.
+    pub types: TaskTypes,
+}
+
+/// The Rust types of a task, its input and its output, by their full names
+/// ([`std::any::type_name`]): the typed handshake's fingerprint.
+///
+/// A driver and a worker that name the same task agree on it only if they
+/// were built from the same type definitions (one crate both depend on, or
+/// one program that is its own worker).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskTypes {
+    /// The task value's type (its parameters).
+    pub task: String,
+    /// The type of one input record.
+    pub input: String,
+    /// The type of one output record.
+    pub output: String,
+}
+
+impl TaskTypes {
+    /// The types of task `T`.
+    pub fn of<T: crate::Task>() -> Self {
+        TaskTypes {
+            task: std::any::type_name::<T>().to_owned(),
+            input: std::any::type_name::<T::Input>().to_owned(),
+            output: std::any::type_name::<T::Output>().to_owned(),
+        }
+    }
+
+    /// Whether nothing is known (a worker of a version without types).
+    pub fn is_unknown(&self) -> bool {
+        self.task.is_empty() && self.input.is_empty() && self.output.is_empty()
+    }
+}
+
+impl std::fmt::Display for TaskTypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task {}, input {}, output {}",
+            self.task, self.input, self.output
+        )
+    }
 }
 
 /// The handshake: the first message a worker sends.

@@ -56,6 +56,19 @@ pub trait Task: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Process one record. A panic here is caught and becomes a failed record.
     fn run(&self, input: Self::Input) -> Result<Self::Output, TaskError>;
 
+    /// Set up per-worker state, once in each worker process, after the task
+    /// value arrived and before the first record (Python's `initializer=`).
+    ///
+    /// State that cannot be serialised (a database connection, a loaded
+    /// model, a handle of a C library) lives in fields marked
+    /// `#[serde(skip)]` (so they start from `Default`) and is filled in here.
+    /// `run` takes `&self` and may be called from several threads of one
+    /// worker, so mutable state goes behind a `Mutex` or in a thread-local.
+    /// An error fails the pool's start-up (`build`), naming the worker.
+    fn init(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+
     /// A short label of a record for log lines (`Process <pid> working record <label>`).
     fn label(_input: &Self::Input) -> Option<String> {
         None
@@ -65,9 +78,7 @@ pub trait Task: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn info() -> TaskInfo {
         TaskInfo {
             name: Self::NAME.to_owned(),
-            description: String::new(),
-            input_fields: Vec::new(),
-            output_fields: Vec::new(),
+            ..TaskInfo::default()
         }
     }
 }

@@ -131,6 +131,7 @@ impl Task for Age {
                 .map(String::from)
                 .to_vec(),
             output_fields: ["name", "age"].map(String::from).to_vec(),
+            ..TaskInfo::default()
         }
     }
 }

@@ -67,6 +67,7 @@ impl Task for Fault {
             description: "fault injection: echo n, or error/panic/abort/kill/exit/hang/sleep:MS as `fault` says".into(),
             input_fields: vec!["n".into(), "fault".into()],
             output_fields: vec!["n".into()],
+            ..TaskInfo::default()
         }
     }
 }

@@ -61,6 +61,7 @@ fn info(name: &str, description: &str) -> TaskInfo {
         description: description.into(),
         input_fields: vec!["n".into()],
         output_fields: vec!["n".into(), "primes".into()],
+        ..TaskInfo::default()
     }
 }
 

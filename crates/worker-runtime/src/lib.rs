@@ -45,6 +45,29 @@ mod serve;
 
 pub use fault::ENV_FAULT;
 pub use heartbeat::SideSender;
-pub use logging::{build_logger, init_logging};
+pub use logging::{build_logger, init_logging, WORKER_TARGET};
 pub use registry::{Registry, Runner};
 pub use serve::{main_with, serve, serve_over, ServeError, WorkerTransport};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static SELF_HOSTED: AtomicBool = AtomicBool::new(false);
+
+/// Make this program its own worker binary: call it first thing in `main`.
+///
+/// Started by a pool (the pool's rendezvous is in the environment), this
+/// process serves `registry` and exits here, never returning to the rest of
+/// `main`. Otherwise it returns at once and remembers that this program can
+/// be its own worker, so that a pool built without `worker_bin` starts copies
+/// of the current executable.
+pub fn init(registry: Registry) {
+    if std::env::var_os(procpool_protocol::ENV_SERVER).is_some() {
+        std::process::exit(i32::from(serve::worker_main(registry)));
+    }
+    SELF_HOSTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether [`init`] has run in this process (which is then its own worker).
+pub fn is_self_hosted() -> bool {
+    SELF_HOSTED.load(Ordering::Relaxed)
+}

@@ -1,6 +1,13 @@
 //! One log format for every procpool process: `<time> <LEVEL> <role> pid=<pid>: <message>`.
+//!
+//! A pool forwards its workers' lines through the `log` facade under the
+//! target [`WORKER_TARGET`], their message already starting with
+//! `worker pid=<pid>:`; this format prints those without a second prefix.
 
 use std::io::Write;
+
+/// The `log` target under which a pool forwards its workers' lines.
+pub const WORKER_TARGET: &str = "procpool::worker";
 
 /// An `env_logger` logger on stderr (`RUST_LOG` honoured, `info` by default)
 /// whose lines carry the role and process id, not yet installed: for
@@ -10,6 +17,9 @@ pub fn build_logger(role: &'static str) -> env_logger::Logger {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
             let ts = buf.timestamp_millis();
+            if record.target() == WORKER_TARGET {
+                return writeln!(buf, "{ts} {:<5} {}", record.level(), record.args());
+            }
             writeln!(
                 buf,
                 "{ts} {:<5} {role} pid={pid}: {}",

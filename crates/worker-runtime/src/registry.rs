@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use procpool_protocol::{
     decode_value, encode_into, Encoding, FailureKind, ParamsEncoding, Task, TaskFailure, TaskInfo,
-    TaskSpec,
+    TaskSpec, TaskTypes,
 };
 use serde::de::DeserializeOwned;
 
@@ -225,7 +225,19 @@ fn decode_params<T: Task>(params: &[u8], encoding: ParamsEncoding) -> Result<T, 
 type Factory = fn(&TaskSpec) -> Result<Box<dyn Runner>, String>;
 
 fn make_runner<T: Task>(spec: &TaskSpec) -> Result<Box<dyn Runner>, String> {
-    let task: T = decode_params(&spec.params, spec.params_encoding)?;
+    let mut task: T = decode_params(&spec.params, spec.params_encoding)?;
+    // Per-worker set-up; a panic in it is a failed start-up, not a dead worker.
+    match catch_unwind(AssertUnwindSafe(|| task.init())) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("task `{}` failed to initialise: {e}", T::NAME)),
+        Err(panic) => {
+            return Err(format!(
+                "task `{}` panicked while initialising: {}",
+                T::NAME,
+                panic_message(panic.as_ref())
+            ))
+        }
+    }
     let codec = match &spec.records {
         Encoding::Bincode => Codec::Bincode,
         Encoding::Json => Codec::Json,
@@ -242,6 +254,14 @@ pub struct Registry {
     tasks: BTreeMap<&'static str, (TaskInfo, Factory)>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("tasks", &self.tasks.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -250,7 +270,11 @@ impl Registry {
 
     /// Offer task `T` under [`Task::NAME`]. A later registration of the same name replaces it.
     pub fn register<T: Task>(&mut self) -> &mut Self {
-        self.tasks.insert(T::NAME, (T::info(), make_runner::<T>));
+        let info = TaskInfo {
+            types: TaskTypes::of::<T>(),
+            ..T::info()
+        };
+        self.tasks.insert(T::NAME, (info, make_runner::<T>));
         self
     }
 

@@ -21,6 +21,7 @@ use crate::registry::{panic_message, Registry, Runner};
 
 /// Why a worker stopped serving before it was told to.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// Run by hand rather than by a coordinator.
     #[error(
@@ -674,6 +675,11 @@ fn die_with_parent() {
 /// `main` for a worker binary: log setup, [`serve`], and an exit code
 /// (0 on an orderly end, 2 when run by hand, 1 on any other failure).
 pub fn main_with(registry: Registry) -> ExitCode {
+    ExitCode::from(worker_main(registry))
+}
+
+/// [`main_with`]'s work, with the exit code as a number (for `process::exit`).
+pub(crate) fn worker_main(registry: Registry) -> u8 {
     // A local worker of a coordinator that itself runs under mpirun inherits
     // the launcher's variables: the coordinator's own variable decides.
     #[cfg(feature = "mpi")]
@@ -691,12 +697,12 @@ pub fn main_with(registry: Registry) -> ExitCode {
     )))
 }
 
-fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> ExitCode {
+fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> u8 {
     match outcome {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Ok(())) => 0,
         Ok(Err(ServeError::NotUnderCoordinator)) => {
             eprintln!("worker: {}", ServeError::NotUnderCoordinator);
-            ExitCode::from(2)
+            2
         }
         Ok(Err(e)) => {
             let mut msg = e.to_string();
@@ -706,14 +712,14 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> ExitCode {
                 source = s.source();
             }
             error!("{msg}");
-            ExitCode::FAILURE
+            1
         }
         Err(panic) => {
             error!(
                 "worker panicked outside a task: {}",
                 panic_message(panic.as_ref())
             );
-            ExitCode::FAILURE
+            1
         }
     }
 }

@@ -107,6 +107,7 @@ impl Task for WordStats {
             output_fields: ["id", "words", "long_words", "longest"]
                 .map(String::from)
                 .to_vec(),
+            ..TaskInfo::default()
         }
     }
 }

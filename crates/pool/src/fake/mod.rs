@@ -344,6 +344,7 @@ impl FakeWorker {
                 description: String::new(),
                 input_fields: vec![],
                 output_fields: vec![],
+                ..TaskInfo::default()
             }],
         }));
         match self.requests(&rx) {

@@ -13,7 +13,7 @@ use crate::stats::WorkerStats;
 pub(crate) enum Command {
     NewJob {
         id: JobId,
-        results: Sender<Vec<Completion>>,
+        results: crate::pool::JobSink,
     },
     Chunk(Chunk),
     EndJob(JobId),

@@ -26,7 +26,8 @@ use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 pub(crate) use commands::{Command, Completion};
 
 use crate::chunk::{Chunk, JobId, Sizer};
-use crate::error::PoolError;
+use crate::error::{HandshakeFailure, PoolError};
+use crate::pool::JobSink;
 use crate::stats::WorkerStats;
 use crate::transport::{Event, Launcher};
 use worker::{Phase, Worker};
@@ -44,6 +45,8 @@ pub(crate) struct Settings {
     pub max_tasks_per_child: Option<u64>,
     /// The task to configure and how its records are encoded; `None` only probes.
     pub task: Option<TaskSpec>,
+    /// The task's Rust types, checked against the worker's (typed pools).
+    pub types: Option<procpool_protocol::TaskTypes>,
     pub token: String,
     pub sizer: Arc<Sizer>,
     /// Starts and reaches workers (the transport).
@@ -94,7 +97,7 @@ pub(crate) struct Supervisor {
     events: Sender<Event>,
     workers: Vec<Worker>,
     pending: VecDeque<Chunk>,
-    jobs: HashMap<JobId, Sender<Vec<Completion>>>,
+    jobs: HashMap<JobId, JobSink>,
     /// Statistics of the workers that are gone.
     past: Vec<WorkerStats>,
     next_batch: u64,
@@ -200,7 +203,7 @@ impl Supervisor {
                 }
                 match result {
                     Ok(writer) => self.workers[slot].connected(writer),
-                    Err(reason) => self.start_failed(slot, reason),
+                    Err(reason) => self.start_failed(slot, HandshakeFailure::Rendezvous(reason)),
                 }
             }
             Event::Message { slot, gen, message } => {
@@ -228,7 +231,8 @@ impl Supervisor {
             }
             (Phase::Configuring { .. }, WorkerMessage::Ready) => self.became_ready(slot),
             (Phase::Configuring { .. }, WorkerMessage::Rejected { reason }) => {
-                self.reject(slot, reason)
+                let pid = Some(self.workers[slot].pid).filter(|&p| p != 0);
+                self.reject(slot, PoolError::TaskRejected { pid, reason })
             }
             (Phase::Ready | Phase::Draining | Phase::Exiting, WorkerMessage::Results(results)) => {
                 self.results(slot, results)
@@ -254,8 +258,8 @@ impl Supervisor {
             match self.workers[slot].phase {
                 Phase::Starting { deadline } => self.check_handshake(slot, deadline, now),
                 Phase::Configuring { deadline } if now >= deadline => {
-                    let t = self.settings.handshake_timeout.as_secs_f64();
-                    self.start_failed(slot, format!("did not confirm its task within {t:.1} s"));
+                    let t = self.settings.handshake_timeout;
+                    self.start_failed(slot, HandshakeFailure::NoConfirmation(t));
                 }
                 Phase::Ready | Phase::Draining => {
                     self.check_record_timeout(slot, now);

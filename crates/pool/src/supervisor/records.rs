@@ -11,7 +11,7 @@ use super::commands::Completion;
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
 use crate::chunk::Chunk;
-use crate::error::{RecordError, WorkerEnd};
+use crate::error::{HandshakeFailure, RecordError, WorkerEnd};
 
 impl Supervisor {
     /// Send queued chunks to workers with room for them.
@@ -168,7 +168,7 @@ impl Supervisor {
             w.pid
         );
         if w.is_starting() {
-            self.start_failed(slot, reason);
+            self.start_failed(slot, HandshakeFailure::Protocol(reason));
             return;
         }
         w.end(WorkerEnd::ProtocolError(reason));
@@ -180,8 +180,7 @@ impl Supervisor {
         let w = &mut self.workers[slot];
         if w.is_starting() {
             let exit = w.gone().exit;
-            let reason = reason
-                .unwrap_or_else(|| format!("exited with {exit} before completing its handshake"));
+            let reason = reason.map_or(HandshakeFailure::Exited(exit), HandshakeFailure::Protocol);
             // Already gone: `start_failed` only counts it and replaces it.
             self.start_failed(slot, reason);
             return;

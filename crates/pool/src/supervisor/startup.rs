@@ -10,7 +10,7 @@ use procpool_protocol::{encode, Hello, Request};
 use super::worker::{Phase, Worker};
 use super::{Admission, PoolPhase, Started, Supervisor};
 use crate::chunk::Chunk;
-use crate::error::{PoolError, RecordError, WorkerEnd};
+use crate::error::{HandshakeFailure, PoolError, RecordError, WorkerEnd};
 use crate::transport::Link;
 
 /// Workers in a row that may fail to start before the pool gives up.
@@ -63,12 +63,12 @@ impl Supervisor {
     pub(super) fn hello(&mut self, slot: usize, deadline: Instant, hello: Hello) {
         let w = &self.workers[slot];
         let reason = if hello.token != self.settings.token {
-            Some("presented a wrong token (not a worker of this run)".to_owned())
+            Some(HandshakeFailure::WrongToken)
         } else if w.pid != 0 && hello.pid != w.pid {
-            Some(format!(
-                "claims pid {}, but the process started is pid {}",
-                hello.pid, w.pid
-            ))
+            Some(HandshakeFailure::WrongPid {
+                claimed: hello.pid,
+                started: w.pid,
+            })
         } else {
             None
         };
@@ -87,15 +87,13 @@ impl Supervisor {
             self.became_ready(slot);
             return;
         };
-        let name = &spec.name;
-        if !self.offered.iter().any(|t| &t.name == name) {
-            let offered: Vec<&str> = self.offered.iter().map(|t| t.name.as_str()).collect();
-            let reason = format!(
-                "worker binary {} does not offer task `{name}` (it offers: {})",
-                self.settings.bin.display(),
-                offered.join(", ")
-            );
-            self.reject(slot, reason);
+        if let Err(e) = crate::pool::check_offer(
+            &spec.name,
+            self.settings.types.as_ref(),
+            &self.offered,
+            &self.settings.bin,
+        ) {
+            self.reject(slot, e);
             return;
         }
         let request = Request::Configure {
@@ -108,7 +106,7 @@ impl Supervisor {
                 w.send(bytes);
                 w.phase = Phase::Configuring { deadline };
             }
-            Err(e) => self.start_failed(slot, e.to_string()),
+            Err(e) => self.start_failed(slot, HandshakeFailure::Protocol(e.to_string())),
         }
     }
 
@@ -122,21 +120,19 @@ impl Supervisor {
     /// A starting worker that exited, or whose handshake is overdue.
     pub(super) fn check_handshake(&mut self, slot: usize, deadline: Instant, now: Instant) {
         if let Some(exit) = self.workers[slot].exited() {
-            self.start_failed(slot, format!("exited with {exit} before its handshake"));
+            self.start_failed(slot, HandshakeFailure::Exited(exit));
         } else if now >= deadline {
-            let t = self.settings.handshake_timeout.as_secs_f64();
-            self.start_failed(
-                slot,
-                format!("did not complete its handshake within {t:.1} s"),
-            );
+            let t = self.settings.handshake_timeout;
+            self.start_failed(slot, HandshakeFailure::NoHello(t));
         }
     }
 
     /// The worker cannot run our task: a start-up error, never retried.
-    pub(super) fn reject(&mut self, slot: usize, reason: String) {
+    pub(super) fn reject(&mut self, slot: usize, error: PoolError) {
+        let reason = error.to_string();
         self.workers[slot].end(WorkerEnd::ProtocolError(reason.clone()));
         if let PoolPhase::Starting { .. } = self.phase {
-            self.fail_start(PoolError::TaskRejected { reason });
+            self.fail_start(error);
         } else {
             self.break_pool(reason);
         }
@@ -144,7 +140,7 @@ impl Supervisor {
 
     /// A worker failed to start: give it up and replace it, unless too many
     /// failed in a row.
-    pub(super) fn start_failed(&mut self, slot: usize, reason: String) {
+    pub(super) fn start_failed(&mut self, slot: usize, reason: HandshakeFailure) {
         let pid = self.workers[slot].pid;
         self.workers[slot].abandon();
         self.start_failures += 1;
@@ -154,7 +150,10 @@ impl Supervisor {
             return;
         }
         if let PoolPhase::Starting { .. } = self.phase {
-            self.fail_start(PoolError::Handshake { pid, reason });
+            self.fail_start(PoolError::Handshake {
+                pid: Some(pid).filter(|&p| p != 0),
+                failure: reason,
+            });
         } else {
             self.break_pool(format!(
                 "{MAX_START_FAILURES} workers in a row failed to start; last: pid {pid} {reason}"
@@ -176,7 +175,10 @@ impl Supervisor {
             return;
         }
         if let PoolPhase::Starting { .. } = self.phase {
-            self.fail_start(PoolError::Handshake { pid: 0, reason });
+            self.fail_start(PoolError::Handshake {
+                pid: None,
+                failure: HandshakeFailure::Unavailable(reason),
+            });
             return;
         }
         error!("pool broken: {reason}");
