@@ -56,7 +56,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(128 + signal as u8));
     };
-    let settings = Settings {
+    let mut settings = Settings {
         args,
         source: opened.source,
         executor: plan.executor,
@@ -71,6 +71,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     count_records_in_background(args.input.as_deref(), progress.bar.clone());
 
     let pool = plan.start_pool(opened.records, &multi, progress.bar.is_some())?;
+    if matches!(plan.executor, Executor::Process) {
+        // The pool decides under MPI (the job's ranks), not --workers.
+        settings.workers = pool.workers();
+    }
     info!(
         "{} ready (pids {:?}) in {:.3} s",
         match plan.executor {
