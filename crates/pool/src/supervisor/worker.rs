@@ -45,7 +45,7 @@ pub(super) struct InFlight {
 pub(super) struct Worker {
     /// Tags the events of this worker's life; bumped when it is gone, so
     /// that late events of a past life are ignored.
-    pub gen: u64,
+    pub generation: u64,
     pub phase: Phase,
     pub pid: u32,
     link: Option<Box<dyn Link>>,
@@ -106,7 +106,7 @@ impl Worker {
     /// A slot with no worker.
     pub fn empty() -> Self {
         Worker {
-            gen: 0,
+            generation: 0,
             phase: Phase::Gone,
             pid: 0,
             link: None,
@@ -124,9 +124,9 @@ impl Worker {
     }
 
     /// A worker just launched, whose handshake is due by `deadline`.
-    pub fn launched(gen: u64, link: Box<dyn Link>, deadline: Instant) -> Self {
+    pub fn launched(generation: u64, link: Box<dyn Link>, deadline: Instant) -> Self {
         Worker {
-            gen,
+            generation,
             pid: link.pid(),
             phase: Phase::Starting { deadline },
             link: Some(link),
@@ -224,7 +224,7 @@ impl Worker {
             self.last_answer.map_or(f.sent, |a| a.max(f.sent))
         });
         self.phase = Phase::Gone;
-        self.gen += 1;
+        self.generation += 1;
         self.current_started = None;
         Remains {
             pid: self.pid,
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(r.end, WorkerEnd::Stopped(code0));
         assert_eq!(r.stats.and_then(|s| s.end), Some(WorkerEnd::Stopped(code0)));
         assert_eq!(
-            (w.phase, w.gen),
+            (w.phase, w.generation),
             (Phase::Gone, 2),
             "later events are ignored"
         );
