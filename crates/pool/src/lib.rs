@@ -84,7 +84,7 @@
 //! even a heartbeat, for [`PoolBuilder::liveness_timeout`] is declared dead.
 //! See the supervisor's README for the worker lifecycle.
 
-mod chunk;
+mod batch;
 mod error;
 
 // The README's examples, compiled and run as doctests exactly as printed.

@@ -17,7 +17,7 @@ use procpool_protocol::{
     TaskSpec, TaskTypes,
 };
 
-use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
+use crate::batch::{Batch, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
 use crate::process::{LocalLauncher, OutputHandler};
 use crate::reorder::ReorderBuffer;
@@ -701,10 +701,10 @@ impl<T: Task> Pool<T> {
     pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
         let signal = Arc::new(Signal::default());
         let (job, rx) = self.core.new_job_signalled(Some(signal.clone()));
-        let mut chunk = Chunk::new(job);
-        let early = match chunk.push_with(0, |buf| encode_record_into(&input, buf)) {
+        let mut batch = Batch::new(job);
+        let early = match batch.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
-                if !self.core.send(Command::Chunk(chunk)) {
+                if !self.core.send(Command::Batch(batch)) {
                     Some(RecordError::PoolBroken("the pool is shut down".into()))
                 } else {
                     None
@@ -944,7 +944,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         (core.sizer.batch_size() * core.workers * (core.in_flight + 1)) as u64
     }
 
-    /// Read input and send whole chunks while the window has room for one.
+    /// Read input and send whole batches while the window has room for one.
     fn top_up(&mut self) {
         loop {
             let size = self.pool.core.sizer.batch_size() as u64;
@@ -954,8 +954,8 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
             if self.input.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
                 break;
             }
-            let mut chunk = Chunk::new(self.job);
-            while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
+            let mut batch = Batch::new(self.job);
+            while (batch.len() as u64) < size && batch.bytes() < MAX_BATCH_BYTES {
                 let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
                     self.input = None;
                     break;
@@ -965,7 +965,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 if !self.ordered {
                     self.unanswered.insert(seq);
                 }
-                if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
+                if let Err(e) = batch.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
                     self.accept(Completion {
                         seq,
@@ -977,7 +977,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                     });
                 }
             }
-            if !chunk.is_empty() && !self.pool.core.send(Command::Chunk(chunk)) {
+            if !batch.is_empty() && !self.pool.core.send(Command::Batch(batch)) {
                 // The supervisor is gone: nothing more will arrive.
                 self.input = None;
             }

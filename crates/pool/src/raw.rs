@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use procpool_protocol::{TaskInfo, TaskSpec};
 
-use crate::chunk::{Chunk, JobId, MAX_BATCH_BYTES};
+use crate::batch::{Batch, JobId, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
 use crate::pool::{Canceller, Core, PoolBuilder};
 use crate::reorder::ReorderBuffer;
@@ -187,7 +187,7 @@ pub struct RawMap<'p, S> {
     reorder: ReorderBuffer<Completion>,
     next_seq: u64,
     yielded: u64,
-    /// Average bytes of a record in the last chunk.
+    /// Average bytes of a record in the last batch.
     record_bytes: usize,
 }
 
@@ -214,21 +214,21 @@ impl<S: RawSource> RawMap<'_, S> {
             if self.source.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
                 return false;
             }
-            // Sized from the last chunk's records, to grow it rarely.
+            // Sized from the last batch's records, to grow it rarely.
             let records = size as usize;
             let bytes = (self.record_bytes * records).min(MAX_BATCH_BYTES + (64 << 10));
-            let mut chunk = Chunk::with_capacity(self.job, records, bytes);
+            let mut batch = Batch::with_capacity(self.job, records, bytes);
             let mut paused = false;
-            while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
+            while (batch.len() as u64) < size && batch.bytes() < MAX_BATCH_BYTES {
                 let Some(source) = self.source.as_mut() else {
                     break;
                 };
                 // Nothing in flight and nothing gathered: wait for input.
                 // Otherwise linger briefly, then send what there is.
-                let idle = chunk.is_empty() && self.next_seq == self.yielded;
+                let idle = batch.is_empty() && self.next_seq == self.yielded;
                 let wait = if idle {
                     None
-                } else if chunk.is_empty() {
+                } else if batch.is_empty() {
                     Some(Duration::ZERO)
                 } else {
                     Some(LINGER)
@@ -256,7 +256,7 @@ impl<S: RawSource> RawMap<'_, S> {
                     }
                     Feed::Record(bytes) => {
                         self.next_seq += 1;
-                        let _ = chunk.push_with(seq, |buf| {
+                        let _ = batch.push_with(seq, |buf| {
                             buf.extend_from_slice(bytes);
                             Ok::<(), std::convert::Infallible>(())
                         });
@@ -282,10 +282,10 @@ impl<S: RawSource> RawMap<'_, S> {
                     Feed::End => self.source = None,
                 }
             }
-            if !chunk.is_empty() {
-                self.record_bytes = chunk.bytes().div_ceil(chunk.len()).max(16);
+            if !batch.is_empty() {
+                self.record_bytes = batch.bytes().div_ceil(batch.len()).max(16);
             }
-            if !chunk.is_empty() && !self.core.send(Command::Chunk(chunk)) {
+            if !batch.is_empty() && !self.core.send(Command::Batch(batch)) {
                 self.source = None; // the supervisor is gone
             }
             if paused || self.source.is_none() {

@@ -5,7 +5,7 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::{Admission, PoolPhase, Supervisor};
-use crate::chunk::{Chunk, JobId};
+use crate::batch::{Batch, JobId};
 use crate::error::RecordError;
 use crate::stats::WorkerStats;
 
@@ -15,7 +15,7 @@ pub(crate) enum Command {
         id: JobId,
         results: crate::pool::JobSink,
     },
-    Chunk(Chunk),
+    Batch(Batch),
     EndJob(JobId),
     Stats(Sender<Vec<WorkerStats>>),
     Cancel {
@@ -75,11 +75,11 @@ impl Supervisor {
             Command::NewJob { id, results } => {
                 self.jobs.insert(id, results);
             }
-            Command::Chunk(chunk) => {
+            Command::Batch(batch) => {
                 if let Some(reason) = self.refusal() {
-                    self.fail_chunk(chunk, reason, 0);
+                    self.fail_batch(batch, reason, 0);
                 } else {
-                    self.pending.push_back(chunk);
+                    self.pending.push_back(batch);
                 }
             }
             Command::EndJob(id) => {
@@ -113,13 +113,13 @@ impl Supervisor {
         }
     }
 
-    /// Every record of `chunk` ends with `error`.
-    pub(super) fn fail_chunk(&self, chunk: Chunk, error: RecordError, pid: u32) {
-        let list = chunk
+    /// Every record of `batch` ends with `error`.
+    pub(super) fn fail_batch(&self, batch: Batch, error: RecordError, pid: u32) {
+        let list = batch
             .seqs
             .iter()
             .map(|&s| Completion::failed(s, pid, error.clone()))
             .collect();
-        self.deliver(chunk.job, list);
+        self.deliver(batch.job, list);
     }
 }

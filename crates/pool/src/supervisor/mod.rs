@@ -25,7 +25,7 @@ use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 
 pub(crate) use commands::{Command, Completion};
 
-use crate::chunk::{Chunk, JobId, Sizer};
+use crate::batch::{Batch, JobId, Sizer};
 use crate::error::{HandshakeFailure, PoolError};
 use crate::pool::JobSink;
 use crate::stats::WorkerStats;
@@ -96,7 +96,7 @@ pub(crate) struct Supervisor {
     settings: Settings,
     events: Sender<Event>,
     workers: Vec<Worker>,
-    pending: VecDeque<Chunk>,
+    pending: VecDeque<Batch>,
     jobs: HashMap<JobId, JobSink>,
     /// Statistics of the workers that are gone.
     past: Vec<WorkerStats>,

@@ -9,7 +9,7 @@ use procpool_protocol::{encode, Hello, Request};
 
 use super::worker::{Phase, Worker};
 use super::{Admission, PoolPhase, Started, Supervisor};
-use crate::chunk::Chunk;
+use crate::batch::Batch;
 use crate::error::{HandshakeFailure, PoolError, RecordError, WorkerEnd};
 use crate::transport::Link;
 
@@ -183,9 +183,9 @@ impl Supervisor {
         }
         error!("pool broken: {reason}");
         self.admission = Admission::Broken(reason.clone());
-        let queued: Vec<Chunk> = self.pending.drain(..).collect();
-        for chunk in queued {
-            self.fail_chunk(chunk, RecordError::PoolBroken(reason.clone()), 0);
+        let queued: Vec<Batch> = self.pending.drain(..).collect();
+        for batch in queued {
+            self.fail_batch(batch, RecordError::PoolBroken(reason.clone()), 0);
         }
     }
 

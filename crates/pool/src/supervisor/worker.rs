@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use procpool_protocol::{encode, Request};
 
-use crate::chunk::Chunk;
+use crate::batch::Batch;
 use crate::error::{WorkerEnd, WorkerExit};
 use crate::stats::WorkerStats;
 use crate::transport::Link;
@@ -34,11 +34,11 @@ pub(super) enum Phase {
 
 /// One batch a worker holds.
 pub(super) struct InFlight {
-    pub batch: u64,
+    pub id: u64,
     /// When it was sent.
     pub sent: Instant,
-    pub chunk: Chunk,
-    /// Records of the chunk already answered.
+    pub batch: Batch,
+    /// Records of the batch already answered.
     pub done: usize,
 }
 
@@ -92,7 +92,7 @@ impl Remains {
         let seqs: Vec<u64> = self
             .in_flight
             .iter()
-            .flat_map(|f| f.chunk.seqs[f.done..].iter().copied())
+            .flat_map(|f| f.batch.seqs[f.done..].iter().copied())
             .collect();
         match seqs.as_slice() {
             [] => "no records".to_owned(),
