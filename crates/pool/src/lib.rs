@@ -95,6 +95,7 @@ struct ReadmeExamples;
 mod fake;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+mod outcome;
 mod pool;
 mod preflight;
 mod process;
@@ -105,7 +106,8 @@ mod supervisor;
 mod transport;
 
 pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
-pub use pool::{default_worker_bin, Canceller, Done, Map, MapIter, Pending, Pool, PoolBuilder};
+pub use outcome::Outcome;
+pub use pool::{default_worker_bin, Canceller, Map, MapIter, Pending, Pool, PoolBuilder};
 pub use procpool_protocol::{
     Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec, TaskTypes,
 };

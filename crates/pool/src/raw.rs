@@ -47,10 +47,11 @@ use procpool_protocol::{TaskInfo, TaskSpec};
 
 use crate::batch::{Batch, JobId, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
+use crate::outcome::Outcome;
 use crate::pool::{Canceller, Core, PoolBuilder};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
-use crate::supervisor::{Command, Completion};
+use crate::supervisor::Command;
 use procpool_protocol::MAX_RECORD_BYTES;
 
 /// How long a partial batch waits for more records from a paused source.
@@ -75,36 +76,6 @@ pub trait RawSource {
     /// The next record. `wait` is how long to wait for one before answering
     /// [`Feed::Pause`]; `None` means wait until there is one (or the end).
     fn next(&mut self, wait: Option<Duration>) -> Feed<'_>;
-}
-
-/// One finished record: its output bytes (JSON for text encodings) or how it failed.
-#[derive(Debug)]
-pub struct RawDone {
-    /// Position of the record among those the source gave (from 0).
-    pub seq: u64,
-    /// The worker process that answered it (`None` when none did, e.g. cancelled).
-    pub pid: Option<u32>,
-    /// The thread of that worker that ran it (0 in single-threaded workers).
-    pub thread: u32,
-    /// When it started, in microseconds since the Unix epoch, if known.
-    pub started_us: Option<u64>,
-    /// How long it ran.
-    pub duration: Duration,
-    /// The output's bytes, or the failure.
-    pub result: Result<Vec<u8>, RecordError>,
-}
-
-impl From<Completion> for RawDone {
-    fn from(c: Completion) -> Self {
-        RawDone {
-            seq: c.seq,
-            pid: Some(c.pid).filter(|&p| p != 0),
-            thread: c.thread,
-            started_us: Some(c.started_us).filter(|&t| t != 0),
-            duration: Duration::from_nanos(c.nanos),
-            result: c.result,
-        }
-    }
 }
 
 impl PoolBuilder {
@@ -183,8 +154,8 @@ pub struct RawMap<'p, S> {
     core: &'p Core,
     source: Option<S>,
     job: JobId,
-    rx: Receiver<Vec<Completion>>,
-    reorder: ReorderBuffer<Completion>,
+    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
+    reorder: ReorderBuffer<Outcome<Vec<u8>>>,
     next_seq: u64,
     yielded: u64,
     /// Average bytes of a record in the last batch.
@@ -242,17 +213,8 @@ impl<S: RawSource> RawMap<'_, S> {
                             "the record is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
                             bytes.len()
                         );
-                        self.reorder.insert(
-                            seq,
-                            Completion {
-                                seq,
-                                pid: 0,
-                                thread: 0,
-                                started_us: 0,
-                                nanos: 0,
-                                result: Err(RecordError::BadInput(reason)),
-                            },
-                        );
+                        self.reorder
+                            .insert(seq, Outcome::failed(seq, 0, RecordError::BadInput(reason)));
                     }
                     Feed::Record(bytes) => {
                         self.next_seq += 1;
@@ -263,17 +225,8 @@ impl<S: RawSource> RawMap<'_, S> {
                     }
                     Feed::Bad(reason) => {
                         self.next_seq += 1;
-                        self.reorder.insert(
-                            seq,
-                            Completion {
-                                seq,
-                                pid: 0,
-                                thread: 0,
-                                started_us: 0,
-                                nanos: 0,
-                                result: Err(RecordError::BadInput(reason)),
-                            },
-                        );
+                        self.reorder
+                            .insert(seq, Outcome::failed(seq, 0, RecordError::BadInput(reason)));
                     }
                     Feed::Pause => {
                         paused = true;
@@ -296,14 +249,14 @@ impl<S: RawSource> RawMap<'_, S> {
 }
 
 impl<S: RawSource> Iterator for RawMap<'_, S> {
-    type Item = RawDone;
+    type Item = Outcome<Vec<u8>>;
 
-    fn next(&mut self) -> Option<RawDone> {
+    fn next(&mut self) -> Option<Outcome<Vec<u8>>> {
         loop {
             let paused = self.top_up();
             if let Some((_, c)) = self.reorder.pop() {
                 self.yielded += 1;
-                return Some(c.into());
+                return Some(c);
             }
             if self.source.is_none() && self.yielded == self.next_seq {
                 return None;
@@ -334,14 +287,11 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
                     }
                     self.reorder.insert(
                         missing,
-                        Completion {
-                            seq: missing,
-                            pid: 0,
-                            thread: 0,
-                            started_us: 0,
-                            nanos: 0,
-                            result: Err(RecordError::PoolBroken("the pool stopped".into())),
-                        },
+                        Outcome::failed(
+                            missing,
+                            0,
+                            RecordError::PoolBroken("the pool stopped".into()),
+                        ),
                     );
                 }
             }

@@ -2,11 +2,12 @@
 //! gets back.
 
 use std::sync::mpsc::Sender;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::{Batch, JobId};
 use crate::error::RecordError;
+use crate::outcome::Outcome;
 use crate::stats::WorkerStats;
 
 /// Requests from `Pool` and its iterators.
@@ -25,48 +26,6 @@ pub(crate) enum Command {
         grace: Duration,
         reply: Sender<Vec<WorkerStats>>,
     },
-}
-
-/// The outcome of one record, as delivered to its job.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    pub seq: u64,
-    pub pid: u32,
-    /// The worker thread that ran it (0 in a single-threaded worker).
-    pub thread: u32,
-    pub started_us: u64,
-    pub nanos: u64,
-    pub result: Result<Vec<u8>, RecordError>,
-}
-
-impl Completion {
-    pub(super) fn failed(seq: u64, pid: u32, error: RecordError) -> Self {
-        Completion {
-            seq,
-            pid,
-            thread: 0,
-            started_us: 0,
-            nanos: 0,
-            result: Err(error),
-        }
-    }
-
-    /// A record that failed while running since `started` (timed out, or its worker died).
-    pub(super) fn failed_running(seq: u64, pid: u32, error: RecordError, started: Instant) -> Self {
-        let ran = Instant::now().saturating_duration_since(started);
-        let started_us = std::time::SystemTime::now()
-            .checked_sub(ran)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64);
-        Completion {
-            seq,
-            pid,
-            thread: 0,
-            started_us,
-            nanos: ran.as_nanos() as u64,
-            result: Err(error),
-        }
-    }
 }
 
 impl Supervisor {
@@ -107,7 +66,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn deliver(&self, job: JobId, list: Vec<Completion>) {
+    pub(super) fn deliver(&self, job: JobId, list: Vec<Outcome<Vec<u8>>>) {
         if let Some(tx) = self.jobs.get(&job) {
             let _ = tx.send(list);
         }
@@ -118,7 +77,7 @@ impl Supervisor {
         let list = batch
             .seqs
             .iter()
-            .map(|&s| Completion::failed(s, pid, error.clone()))
+            .map(|&s| Outcome::failed(s, pid, error.clone()))
             .collect();
         self.deliver(batch.job, list);
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 
-pub(crate) use commands::{Command, Completion};
+pub(crate) use commands::Command;
 
 use crate::batch::{Batch, JobId, Sizer};
 use crate::error::{HandshakeFailure, PoolError};

@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use procpool_protocol::{encode_batch, BatchResults, FailureKind, Outcome};
+use procpool_protocol::{encode_batch, BatchResults, FailureKind};
 
-use super::commands::Completion;
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::Batch;
 use crate::error::{HandshakeFailure, RecordError, WorkerEnd};
+use crate::outcome::Outcome;
 
 impl Supervisor {
     /// Send queued batches to workers with room for them.
@@ -108,9 +108,10 @@ impl Supervisor {
                 );
                 return;
             }
+            // The wire's outcome (ok or failed) becomes the record's result.
             let result = match o.outcome {
-                Outcome::Ok(bytes) => Ok(bytes),
-                Outcome::Failed(f) => {
+                procpool_protocol::Outcome::Ok(bytes) => Ok(bytes),
+                procpool_protocol::Outcome::Failed(f) => {
                     failed += 1;
                     Err(match f.kind {
                         FailureKind::Error => RecordError::Task(f.message),
@@ -119,12 +120,12 @@ impl Supervisor {
                     })
                 }
             };
-            list.push(Completion {
+            list.push(Outcome {
                 seq: o.seq,
-                pid,
+                pid: Some(pid).filter(|&p| p != 0),
                 thread: results.thread,
-                started_us: o.started_us,
-                nanos: o.nanos,
+                started_us: Some(o.started_us).filter(|&t| t != 0),
+                duration: Duration::from_nanos(o.nanos),
                 result,
             });
         }
@@ -271,7 +272,7 @@ impl Supervisor {
                         attempts: running.deaths,
                     };
                     given_up += 1;
-                    let failed = Completion::failed_running(seq, dead.pid, error, dead.since);
+                    let failed = Outcome::failed_running(seq, dead.pid, error, dead.since);
                     self.deliver(running.job, vec![failed]);
                 } else {
                     back.push(running);
@@ -334,10 +335,7 @@ impl Supervisor {
             pid,
             after: timeout,
         };
-        self.deliver(
-            job,
-            vec![Completion::failed_running(seq, pid, error, started)],
-        );
+        self.deliver(job, vec![Outcome::failed_running(seq, pid, error, started)]);
     }
 
     /// A worker holding records that has said nothing (not even a
