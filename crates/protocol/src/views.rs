@@ -2,10 +2,9 @@
 //! format as the owned ones: a worker decodes a batch without copying each
 //! payload out, and encodes its results straight from one buffer of outputs.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::bytes::AsBytes;
-use crate::codec::{encode_into, CodecError, CONFIG};
+use crate::codec::{check_message, encode_into, put_bytes, put_u64, CodecError, CONFIG};
 use crate::TaskFailure;
 
 /// `Request::Batch` decoded in place: payloads borrow the message's bytes.
@@ -67,7 +66,9 @@ pub struct RecordOutcomeRef<'a> {
 }
 
 /// Encode `WorkerMessage::Results` from borrowed outcomes, appending to
-/// `buf`. Decodes as `WorkerMessage::Results(BatchResults { .. })`.
+/// `buf`. Decodes as `WorkerMessage::Results(BatchResults { .. })`. Written
+/// field by field as [`crate::encode_batch`] is; a failure's
+/// [`TaskFailure`] goes through bincode.
 pub fn encode_results<'a, I>(
     batch: u64,
     thread: u32,
@@ -76,53 +77,36 @@ pub fn encode_results<'a, I>(
     buf: &mut Vec<u8>,
 ) -> Result<(), CodecError>
 where
-    I: ExactSizeIterator<Item = RecordOutcomeRef<'a>> + Clone,
+    I: ExactSizeIterator<Item = RecordOutcomeRef<'a>>,
 {
-    struct Outcomes<I>(I);
-    impl<'a, I: ExactSizeIterator<Item = RecordOutcomeRef<'a>> + Clone> Serialize for Outcomes<I> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeSeq;
-            #[derive(Serialize)]
-            enum OutcomeView<'a> {
-                Ok(AsBytes<'a>),
-                Failed(&'a TaskFailure),
+    let start = buf.len();
+    // `WorkerMessage::Results(BatchResults { batch, thread, busy_nanos, outcomes })`: variant 3.
+    put_u64(buf, 3);
+    put_u64(buf, batch);
+    put_u64(buf, u64::from(thread));
+    put_u64(buf, busy_nanos);
+    put_u64(buf, outcomes.len() as u64);
+    for o in outcomes {
+        put_u64(buf, o.seq);
+        put_u64(buf, o.started_us);
+        put_u64(buf, o.nanos);
+        match o.outcome {
+            // `Outcome::Ok(bytes)`: variant 0.
+            OutcomeRef::Ok(bytes) => {
+                put_u64(buf, 0);
+                put_bytes(buf, bytes);
             }
-            let mut seq = s.serialize_seq(Some(self.0.len()))?;
-            for o in self.0.clone() {
-                let outcome = match o.outcome {
-                    OutcomeRef::Ok(bytes) => OutcomeView::Ok(AsBytes(bytes)),
-                    OutcomeRef::Failed(f) => OutcomeView::Failed(f),
-                };
-                seq.serialize_element(&(o.seq, o.started_us, o.nanos, outcome))?;
+            // `Outcome::Failed(failure)`: variant 1.
+            OutcomeRef::Failed(f) => {
+                put_u64(buf, 1);
+                if let Err(e) = encode_into(f, buf) {
+                    buf.truncate(start);
+                    return Err(e);
+                }
             }
-            seq.end()
         }
     }
-    #[derive(Serialize)]
-    struct ResultsView<R> {
-        batch: u64,
-        thread: u32,
-        busy_nanos: u64,
-        outcomes: R,
-    }
-    // Same shape as `WorkerMessage::Results(BatchResults { .. })`: variant 3.
-    #[derive(Serialize)]
-    #[allow(dead_code)]
-    enum View<R> {
-        Hello,
-        Ready,
-        Rejected,
-        Results(ResultsView<R>),
-    }
-    encode_into(
-        &View::Results(ResultsView {
-            batch,
-            thread,
-            busy_nanos,
-            outcomes: Outcomes(outcomes),
-        }),
-        buf,
-    )
+    check_message(buf, start)
 }
 
 #[cfg(test)]
