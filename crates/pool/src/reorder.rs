@@ -35,8 +35,9 @@ impl<T> ReorderBuffer<T> {
             return false;
         }
         let index = (seq - self.next) as usize;
-        if index >= self.slots.len() {
-            self.slots.resize_with(index + 1, || None);
+        // Results mostly come in order: one slot more at the back.
+        while index >= self.slots.len() {
+            self.slots.push_back(None);
         }
         if self.slots[index].is_some() {
             return false;
