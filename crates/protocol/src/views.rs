@@ -2,18 +2,15 @@
 //! format as the owned ones: a worker decodes a batch without copying each
 //! payload out, and encodes its results straight from one buffer of outputs.
 
-use serde::Deserialize;
-
-use crate::codec::{check_message, encode_into, put_bytes, put_u64, CodecError, CONFIG};
+use crate::codec::{check_message, encode_into, put_bytes, put_u64, CodecError};
 use crate::TaskFailure;
 
 /// `Request::Batch` decoded in place: payloads borrow the message's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRef<'a> {
     /// Batch id.
     pub id: u64,
     /// `(seq, payload)` of every record, in order.
-    #[serde(borrow)]
     pub records: Vec<(u64, &'a [u8])>,
 }
 
@@ -22,25 +19,85 @@ const BATCH_VARIANT: u32 = 1;
 
 /// Whether `bytes` hold a `Request::Batch` (by its variant index alone).
 pub fn is_batch(bytes: &[u8]) -> bool {
-    bincode::serde::borrow_decode_from_slice::<u32, _>(bytes, CONFIG)
-        .is_ok_and(|(variant, _)| variant == BATCH_VARIANT)
+    Reader::new(bytes)
+        .uint()
+        .is_ok_and(|variant| variant == u64::from(BATCH_VARIANT))
 }
 
 /// Decode `bytes` as a `Request::Batch` without copying its payloads;
 /// `Ok(None)` when it is another request (decode it with [`crate::decode`]).
+/// Read field by field, as [`crate::encode_batch`] writes it.
 pub fn decode_batch_ref(bytes: &[u8]) -> Result<Option<BatchRef<'_>>, CodecError> {
-    let (variant, _) = bincode::serde::borrow_decode_from_slice::<u32, _>(bytes, CONFIG)?;
-    if variant != BATCH_VARIANT {
+    let mut r = Reader::new(bytes);
+    if r.uint()? != u64::from(BATCH_VARIANT) {
         return Ok(None);
     }
-    let ((_, batch), used): ((u32, BatchRef<'_>), usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, CONFIG)?;
-    if used != bytes.len() {
-        return Err(CodecError::Trailing {
-            extra: bytes.len() - used,
-        });
+    let id = r.uint()?;
+    let len = r.uint()?;
+    // Every record takes at least two bytes: no allocation beyond the message.
+    let mut records = Vec::with_capacity(len.min(r.left() as u64 / 2) as usize);
+    for _ in 0..len {
+        let seq = r.uint()?;
+        records.push((seq, r.bytes()?));
     }
-    Ok(Some(batch))
+    if r.left() > 0 {
+        return Err(CodecError::Trailing { extra: r.left() });
+    }
+    Ok(Some(BatchRef { id, records }))
+}
+
+/// Reads what [`crate::codec`]'s `put_u64` and `put_bytes` write.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if n > self.bytes.len() {
+            return Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: n - self.bytes.len(),
+            }
+            .into());
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// An unsigned integer in bincode's varint encoding.
+    fn uint(&mut self) -> Result<u64, CodecError> {
+        let first = self.take(1)?[0];
+        Ok(match first {
+            0..=250 => u64::from(first),
+            251 => u64::from(u16::from_le_bytes(self.array()?)),
+            252 => u64::from(u32::from_le_bytes(self.array()?)),
+            253 => u64::from_le_bytes(self.array()?),
+            _ => {
+                return Err(
+                    bincode::error::DecodeError::Other("integer too large or invalid").into(),
+                )
+            }
+        })
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = self.uint()?;
+        self.take(usize::try_from(len).unwrap_or(usize::MAX))
+    }
 }
 
 /// How one record ended, borrowing its output.
@@ -144,6 +201,49 @@ mod tests {
         longer.push(0);
         assert!(decode_batch_ref(&longer).is_err());
         assert!(decode_batch_ref(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn damaged_batches_decode_as_bincode_decodes_them() {
+        let batch = Batch {
+            id: 300,
+            records: [0u64, 250, 251, 70_000, 1 << 40]
+                .iter()
+                .map(|&seq| Record {
+                    seq,
+                    payload: vec![seq as u8; (seq % 300) as usize],
+                })
+                .collect(),
+        };
+        let bytes = encode(&Request::Batch(batch)).unwrap();
+        let mut cases: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+        for at in 0..bytes.len() {
+            for b in [0u8, 1, 250, 251, 252, 253, 254, 255] {
+                let mut damaged = bytes.clone();
+                damaged[at] = b;
+                cases.push(damaged);
+            }
+        }
+        for case in cases {
+            let owned = decode::<Request>(&case);
+            let view = decode_batch_ref(&case);
+            match (owned, view) {
+                (Ok(Request::Batch(b)), Ok(Some(v))) => {
+                    assert_eq!(b.id, v.id);
+                    let records: Vec<(u64, &[u8])> = b
+                        .records
+                        .iter()
+                        .map(|r| (r.seq, r.payload.as_slice()))
+                        .collect();
+                    assert_eq!(records, v.records);
+                }
+                (Ok(Request::Batch(_)), other) => panic!("{case:?}: {other:?}"),
+                (Ok(_), Ok(None)) | (Err(_), Err(_)) => {}
+                // Another request that is itself damaged.
+                (Err(_), Ok(None)) => {}
+                (owned, view) => panic!("{case:?}: {owned:?} but {view:?}"),
+            }
+        }
     }
 
     #[test]
