@@ -73,6 +73,12 @@ fn demo_under_mpirun_equals_local() {
         );
     }
     assert!(got.stderr.contains("3 workers ready"), "{}", got.stderr);
+    // The summary counts the job's ranks, not the --workers default.
+    assert!(
+        got.stderr.contains("with 3 workers (3 processes in all)"),
+        "{}",
+        got.stderr
+    );
 }
 
 #[test]

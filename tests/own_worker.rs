@@ -161,3 +161,30 @@ fn tasks_lists_a_users_task() {
     assert!(text.contains("word-stats"), "{text}");
     assert!(text.contains("input:  {id, text}"), "{text}");
 }
+
+#[test]
+fn thread_executor_statistics_have_one_row_per_thread_of_one_process() {
+    let dir = tempdir();
+    let posts = posts();
+    let json = write_file(dir.path(), "posts.jsonl", jsonl(&posts));
+    let stats = dir.path().join("stats.json");
+    let out = word_stats(&["--input", &json, "--workers", "3", "--executor", "thread"])
+        .args(["--chunksize", "2"])
+        .arg("--stats-json")
+        .arg(&stats)
+        .run();
+    out.assert_code(1);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let rows = report["workers"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{report}");
+    let pids = out.spawned_pids();
+    assert_eq!(pids.len(), 1);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["pid"], pids[0], "{report}");
+        assert_eq!(row["ended"], format!("thread task-{i}"), "{report}");
+    }
+    let records: u64 = rows.iter().map(|r| r["records"].as_u64().unwrap()).sum();
+    assert_eq!(records, posts.len() as u64);
+    assert_eq!(report["executor"], "thread");
+}

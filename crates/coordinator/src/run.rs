@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use log::{error, info, warn};
-use procpool::raw::{Feed, RawDone, RawPool, RawSource};
+use procpool::raw::{Feed, RawPool, RawSource};
+use procpool::Outcome;
 use procpool::{
     Canceller, Encoding, ParamsEncoding, PoolBuilder, PoolError, RecordError, TaskSpec,
 };
@@ -56,7 +57,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(128 + signal as u8));
     };
-    let settings = Settings {
+    let mut settings = Settings {
         args,
         source: opened.source,
         executor: plan.executor,
@@ -71,6 +72,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     count_records_in_background(args.input.as_deref(), progress.bar.clone());
 
     let pool = plan.start_pool(opened.records, &multi, progress.bar.is_some())?;
+    if matches!(plan.executor, Executor::Process) {
+        // The pool decides under MPI (the job's ranks), not --workers.
+        settings.workers = pool.workers();
+    }
     info!(
         "{} ready (pids {:?}) in {:.3} s",
         match plan.executor {
@@ -562,7 +567,7 @@ impl Drained {
         })
     }
 
-    fn count_thread(&mut self, done: &RawDone, pid: u32) {
+    fn count_thread(&mut self, done: &Outcome<Vec<u8>>, pid: u32) {
         let i = done.thread as usize;
         if self.threads.len() <= i {
             self.threads.resize_with(i + 1, ThreadStats::default);

@@ -84,7 +84,7 @@
 //! even a heartbeat, for [`PoolBuilder::liveness_timeout`] is declared dead.
 //! See the supervisor's README for the worker lifecycle.
 
-mod chunk;
+mod batch;
 mod error;
 
 // The README's examples, compiled and run as doctests exactly as printed.
@@ -95,6 +95,7 @@ struct ReadmeExamples;
 mod fake;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+mod outcome;
 mod pool;
 mod preflight;
 mod process;
@@ -105,7 +106,8 @@ mod supervisor;
 mod transport;
 
 pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
-pub use pool::{default_worker_bin, Canceller, Done, Map, MapIter, Pending, Pool, PoolBuilder};
+pub use outcome::Outcome;
+pub use pool::{default_worker_bin, Canceller, Map, MapIter, Pending, Pool, PoolBuilder};
 pub use procpool_protocol::{
     Encoding, ParamsEncoding, Task, TaskError, TaskInfo, TaskSpec, TaskTypes,
 };

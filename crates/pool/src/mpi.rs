@@ -103,7 +103,7 @@ enum Cmd {
     Attach {
         rank: Rank,
         slot: usize,
-        gen: u64,
+        generation: u64,
         requests: Receiver<Vec<u8>>,
     },
     /// Give up on a rank (the supervisor "killed" it): report it closed.
@@ -172,7 +172,7 @@ impl Launcher for MpiLauncher {
     fn launch(
         &mut self,
         slot: usize,
-        gen: u64,
+        generation: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
         let (tx, rx) = mpsc::channel();
@@ -185,13 +185,13 @@ impl Launcher for MpiLauncher {
         cmds.send(Cmd::Attach {
             rank,
             slot,
-            gen,
+            generation,
             requests: rx,
         })
         .map_err(|_| PoolError::Config("the MPI thread is gone".into()))?;
         let _ = events.send(Event::Accepted {
             slot,
-            gen,
+            generation,
             result: Ok(tx),
         });
         Ok(Box::new(MpiLink { rank, cmds }))
@@ -234,7 +234,7 @@ impl Link for MpiLink {
 struct Peer {
     rank: Rank,
     slot: usize,
-    gen: u64,
+    generation: u64,
     requests: Receiver<Vec<u8>>,
     first: bool,
     /// Reported closed to the supervisor.
@@ -425,9 +425,9 @@ impl MpiThread {
                     Ok(Cmd::Attach {
                         rank,
                         slot,
-                        gen,
+                        generation,
                         requests,
-                    }) => self.attach(rank, slot, gen, requests),
+                    }) => self.attach(rank, slot, generation, requests),
                     Ok(Cmd::Abandon { rank }) => self.abandon(rank),
                     Err(TryRecvError::Empty) => break,
                     Ok(Cmd::Finish) | Err(TryRecvError::Disconnected) => {
@@ -491,11 +491,11 @@ impl MpiThread {
         }
     }
 
-    fn attach(&mut self, rank: Rank, slot: usize, gen: u64, requests: Receiver<Vec<u8>>) {
+    fn attach(&mut self, rank: Rank, slot: usize, generation: u64, requests: Receiver<Vec<u8>>) {
         self.peers.push(Peer {
             rank,
             slot,
-            gen,
+            generation,
             requests,
             first: true,
             closed: false,
@@ -530,7 +530,7 @@ impl MpiThread {
             {
                 let _ = self.events.send(Event::Message {
                     slot: peer.slot,
-                    gen: peer.gen,
+                    generation: peer.generation,
                     message: WorkerMessage::Heartbeat,
                 });
             }
@@ -551,13 +551,13 @@ impl MpiThread {
         let Some(peer) = self.peers.iter_mut().find(|p| p.rank == rank && !p.closed) else {
             return;
         };
-        let (slot, gen) = (peer.slot, peer.gen);
+        let (slot, generation) = (peer.slot, peer.generation);
         if tag == TAG_BYE {
             peer.closed = true;
             peer.clean = true;
             let _ = self.events.send(Event::Closed {
                 slot,
-                gen,
+                generation,
                 reason: None,
             });
             return;
@@ -569,13 +569,17 @@ impl MpiThread {
                         state.name = Some(format!("pid {} on {}", hello.pid, hello.host));
                     }
                 }
-                let _ = self.events.send(Event::Message { slot, gen, message });
+                let _ = self.events.send(Event::Message {
+                    slot,
+                    generation,
+                    message,
+                });
             }
             Err(reason) => {
                 peer.closed = true;
                 let _ = self.events.send(Event::Closed {
                     slot,
-                    gen,
+                    generation,
                     reason: Some(reason),
                 });
             }
@@ -587,7 +591,7 @@ impl MpiThread {
             peer.closed = true;
             let _ = self.events.send(Event::Closed {
                 slot: peer.slot,
-                gen: peer.gen,
+                generation: peer.generation,
                 reason: None,
             });
         }

@@ -13,16 +13,16 @@ use std::thread;
 use std::time::Duration;
 
 use procpool_protocol::{
-    decode_value, encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo,
-    TaskSpec, TaskTypes,
+    encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec, TaskTypes,
 };
 
-use crate::chunk::{Chunk, JobId, Sizer, MAX_BATCH_BYTES};
+use crate::batch::{Batch, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
+use crate::outcome::Outcome;
 use crate::process::{LocalLauncher, OutputHandler};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
-use crate::supervisor::{Command, Completion, Settings, Started, Supervisor};
+use crate::supervisor::{Command, Settings, Started, Supervisor};
 use crate::transport::Event;
 
 /// Configures and starts a [`Pool`].
@@ -494,11 +494,14 @@ impl Core {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Completion>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Outcome<Vec<u8>>>>) {
         self.new_job_signalled(None)
     }
 
-    fn new_job_signalled(&self, signal: Option<Arc<Signal>>) -> (JobId, Receiver<Vec<Completion>>) {
+    fn new_job_signalled(
+        &self,
+        signal: Option<Arc<Signal>>,
+    ) -> (JobId, Receiver<Vec<Outcome<Vec<u8>>>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob {
@@ -555,15 +558,15 @@ impl Drop for Core {
 /// dropping, when the job ends or the supervisor goes) wakes a task awaiting
 /// a [`Pending`].
 pub(crate) struct JobSink {
-    tx: Sender<Vec<Completion>>,
+    tx: Sender<Vec<Outcome<Vec<u8>>>>,
     signal: Option<Arc<Signal>>,
 }
 
 impl JobSink {
     pub(crate) fn send(
         &self,
-        list: Vec<Completion>,
-    ) -> Result<(), mpsc::SendError<Vec<Completion>>> {
+        list: Vec<Outcome<Vec<u8>>>,
+    ) -> Result<(), mpsc::SendError<Vec<Outcome<Vec<u8>>>>> {
         let sent = self.tx.send(list);
         if let Some(signal) = &self.signal {
             signal.raise();
@@ -580,7 +583,7 @@ impl Drop for JobSink {
     }
 }
 
-/// Completion state shared by a [`Pending`] and its job's sink.
+/// State shared by a [`Pending`] and its job's sink.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     done: AtomicBool,
@@ -633,34 +636,6 @@ fn pool_is_send_and_sync<T: Task>() {
     check::<Canceller>();
 }
 
-/// One finished record with where and when it ran.
-#[derive(Debug)]
-pub struct Done<O> {
-    /// Position in the input.
-    pub seq: u64,
-    /// The worker that answered it (`None` when no worker did, e.g. cancelled).
-    pub pid: Option<u32>,
-    /// When it started, in microseconds since the Unix epoch, if known.
-    pub started_us: Option<u64>,
-    /// How long it ran.
-    pub duration: Duration,
-    /// The result.
-    pub result: Result<O, RecordError>,
-}
-
-fn finish<O: serde::de::DeserializeOwned>(c: Completion) -> Done<O> {
-    let result = c.result.and_then(|bytes| {
-        decode_value::<O>(&bytes).map_err(|e| RecordError::BadOutput(e.to_string()))
-    });
-    Done {
-        seq: c.seq,
-        pid: Some(c.pid).filter(|&p| p != 0),
-        started_us: Some(c.started_us).filter(|&t| t != 0),
-        duration: Duration::from_nanos(c.nanos),
-        result,
-    }
-}
-
 impl<T: Task> Pool<T> {
     #[cfg(test)]
     pub(crate) fn from_core(core: Core) -> Self {
@@ -701,10 +676,10 @@ impl<T: Task> Pool<T> {
     pub fn submit(&self, input: T::Input) -> Pending<T::Output> {
         let signal = Arc::new(Signal::default());
         let (job, rx) = self.core.new_job_signalled(Some(signal.clone()));
-        let mut chunk = Chunk::new(job);
-        let early = match chunk.push_with(0, |buf| encode_record_into(&input, buf)) {
+        let mut batch = Batch::new(job);
+        let early = match batch.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
-                if !self.core.send(Command::Chunk(chunk)) {
+                if !self.core.send(Command::Batch(batch)) {
                     Some(RecordError::PoolBroken("the pool is shut down".into()))
                 } else {
                     None
@@ -786,7 +761,7 @@ impl Canceller {
 /// supervisor wakes it). Dropping it withdraws the record.
 #[must_use = "dropping a `Pending` withdraws its record: wait on it or await it"]
 pub struct Pending<O> {
-    rx: Receiver<Vec<Completion>>,
+    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
     early: Option<RecordError>,
     signal: Arc<Signal>,
     events: Sender<Event>,
@@ -813,12 +788,12 @@ impl<O> Pending<O> {
 
 /// What a job's channel says, for one record.
 fn single<O: serde::de::DeserializeOwned>(
-    received: Result<Vec<Completion>, ()>,
+    received: Result<Vec<Outcome<Vec<u8>>>, ()>,
 ) -> Result<O, RecordError> {
     match received {
         Ok(mut list) => list
             .pop()
-            .map_or(Err(RecordError::Cancelled), |c| finish(c).result),
+            .map_or(Err(RecordError::Cancelled), |c| c.decode().result),
         Err(()) => Err(RecordError::PoolBroken("the pool is shut down".into())),
     }
 }
@@ -910,10 +885,10 @@ pub struct MapIter<'p, T: Task, I> {
     pool: &'p Pool<T>,
     input: Option<I>,
     job: JobId,
-    rx: Receiver<Vec<Completion>>,
+    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
     ordered: bool,
-    reorder: ReorderBuffer<Completion>,
-    arrived: std::collections::VecDeque<Completion>,
+    reorder: ReorderBuffer<Outcome<Vec<u8>>>,
+    arrived: std::collections::VecDeque<Outcome<Vec<u8>>>,
     /// Unordered only: records sent and not yet arrived, so that they can be
     /// reported if the supervisor goes away.
     unanswered: std::collections::BTreeSet<u64>,
@@ -944,7 +919,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         (core.sizer.batch_size() * core.workers * (core.in_flight + 1)) as u64
     }
 
-    /// Read input and send whole chunks while the window has room for one.
+    /// Read input and send whole batches while the window has room for one.
     fn top_up(&mut self) {
         loop {
             let size = self.pool.core.sizer.batch_size() as u64;
@@ -954,8 +929,8 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
             if self.input.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
                 break;
             }
-            let mut chunk = Chunk::new(self.job);
-            while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
+            let mut batch = Batch::new(self.job);
+            while (batch.len() as u64) < size && batch.bytes() < MAX_BATCH_BYTES {
                 let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
                     self.input = None;
                     break;
@@ -965,26 +940,23 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 if !self.ordered {
                     self.unanswered.insert(seq);
                 }
-                if let Err(e) = chunk.push_with(seq, |buf| encode_record_into(&item, buf)) {
+                if let Err(e) = batch.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
-                    self.accept(Completion {
+                    self.accept(Outcome::failed(
                         seq,
-                        pid: 0,
-                        thread: 0,
-                        started_us: 0,
-                        nanos: 0,
-                        result: Err(RecordError::BadInput(e.to_string())),
-                    });
+                        0,
+                        RecordError::BadInput(e.to_string()),
+                    ));
                 }
             }
-            if !chunk.is_empty() && !self.pool.core.send(Command::Chunk(chunk)) {
+            if !batch.is_empty() && !self.pool.core.send(Command::Batch(batch)) {
                 // The supervisor is gone: nothing more will arrive.
                 self.input = None;
             }
         }
     }
 
-    fn accept(&mut self, c: Completion) {
+    fn accept(&mut self, c: Outcome<Vec<u8>>) {
         if self.ordered {
             self.reorder.insert(c.seq, c);
         } else {
@@ -993,7 +965,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         }
     }
 
-    fn take_ready(&mut self) -> Option<Completion> {
+    fn take_ready(&mut self) -> Option<Outcome<Vec<u8>>> {
         if self.ordered {
             self.reorder.pop().map(|(_, c)| c)
         } else {
@@ -1003,14 +975,14 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
 }
 
 impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
-    type Item = Done<T::Output>;
+    type Item = Outcome<T::Output>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.top_up();
             if let Some(c) = self.take_ready() {
                 self.yielded += 1;
-                return Some(finish(c));
+                return Some(c.decode());
             }
             if self.input.is_none() && self.yielded == self.next_seq {
                 return None;
@@ -1027,13 +999,8 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
                     // Supervisor gone: what is missing ends as broken.
                     let missing = self.reorder.next_seq();
                     self.input = None;
-                    let broken = |seq| Completion {
-                        seq,
-                        pid: 0,
-                        thread: 0,
-                        started_us: 0,
-                        nanos: 0,
-                        result: Err(RecordError::PoolBroken("the pool stopped".into())),
+                    let broken = |seq| {
+                        Outcome::failed(seq, 0, RecordError::PoolBroken("the pool stopped".into()))
                     };
                     if self.ordered && missing < self.next_seq {
                         self.accept(broken(missing));

@@ -231,7 +231,7 @@ fn spawn(
     spec: &SpawnSpec,
     own_umask: bool,
     slot: usize,
-    gen: u64,
+    generation: u64,
     events: &Sender<Event>,
 ) -> Result<Spawned, PoolError> {
     let (bin, token, output) = (
@@ -327,18 +327,18 @@ fn spawn(
                     let ok = events
                         .send(Event::Accepted {
                             slot,
-                            gen,
+                            generation,
                             result: Ok(writer),
                         })
                         .is_ok();
                     if ok {
-                        read_loop(reader, slot, gen, events);
+                        read_loop(reader, slot, generation, events);
                     }
                 }
                 Err(e) => {
                     let _ = events.send(Event::Accepted {
                         slot,
-                        gen,
+                        generation,
                         result: Err(e),
                     });
                 }
@@ -382,7 +382,7 @@ impl Connection {
     }
 }
 
-fn read_loop(rx: IpcBytesReceiver, slot: usize, gen: u64, events: Sender<Event>) {
+fn read_loop(rx: IpcBytesReceiver, slot: usize, generation: u64, events: Sender<Event>) {
     let mut first = true;
     let reason = loop {
         let bytes = match rx.recv() {
@@ -392,14 +392,25 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, gen: u64, events: Sender<Event>)
         };
         match decode_from_worker(&mut first, &bytes) {
             Ok(message) => {
-                if events.send(Event::Message { slot, gen, message }).is_err() {
+                if events
+                    .send(Event::Message {
+                        slot,
+                        generation,
+                        message,
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
             Err(reason) => break Some(reason),
         }
     };
-    let _ = events.send(Event::Closed { slot, gen, reason });
+    let _ = events.send(Event::Closed {
+        slot,
+        generation,
+        reason,
+    });
 }
 
 /// Spawns worker processes of a binary and connects them over ipc-channel.
@@ -430,7 +441,7 @@ pub(crate) fn heartbeat_period(liveness_timeout: Duration) -> Duration {
 
 struct SpawnJob {
     slot: usize,
-    gen: u64,
+    generation: u64,
     events: Sender<Event>,
     reply: Sender<Result<Spawned, PoolError>>,
 }
@@ -467,7 +478,7 @@ impl LocalLauncher {
                 .spawn(move || {
                     let own_umask = private_umask();
                     for job in rx {
-                        let result = spawn(&spec, own_umask, job.slot, job.gen, &job.events);
+                        let result = spawn(&spec, own_umask, job.slot, job.generation, &job.events);
                         if let Err(mpsc::SendError(Ok(spawned))) = job.reply.send(result) {
                             // Its launch timed out: the supervisor moved on.
                             spawned.discard();
@@ -485,13 +496,13 @@ impl LocalLauncher {
         &self,
         index: usize,
         slot: usize,
-        gen: u64,
+        generation: u64,
         events: &Sender<Event>,
     ) -> Receiver<Result<Spawned, PoolError>> {
         let (reply, rx) = mpsc::channel();
         let job = SpawnJob {
             slot,
-            gen,
+            generation,
             events: events.clone(),
             reply,
         };
@@ -538,10 +549,10 @@ impl Launcher for LocalLauncher {
     fn launch(
         &mut self,
         slot: usize,
-        gen: u64,
+        generation: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
-        let reply = self.request(slot, slot, gen, events);
+        let reply = self.request(slot, slot, generation, events);
         Self::link(&reply, Instant::now() + Self::SPAWN_DEADLINE)
     }
 
@@ -553,7 +564,7 @@ impl Launcher for LocalLauncher {
         let pending: Vec<_> = slots
             .iter()
             .enumerate()
-            .map(|(i, &(slot, gen))| self.request(i, slot, gen, events))
+            .map(|(i, &(slot, generation))| self.request(i, slot, generation, events))
             .collect();
         let deadline = Instant::now() + Self::SPAWN_DEADLINE;
         pending

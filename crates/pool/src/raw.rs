@@ -45,12 +45,13 @@ use std::time::Duration;
 
 use procpool_protocol::{TaskInfo, TaskSpec};
 
-use crate::chunk::{Chunk, JobId, MAX_BATCH_BYTES};
+use crate::batch::{Batch, JobId, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
+use crate::outcome::Outcome;
 use crate::pool::{Canceller, Core, PoolBuilder};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
-use crate::supervisor::{Command, Completion};
+use crate::supervisor::Command;
 use procpool_protocol::MAX_RECORD_BYTES;
 
 /// How long a partial batch waits for more records from a paused source.
@@ -75,36 +76,6 @@ pub trait RawSource {
     /// The next record. `wait` is how long to wait for one before answering
     /// [`Feed::Pause`]; `None` means wait until there is one (or the end).
     fn next(&mut self, wait: Option<Duration>) -> Feed<'_>;
-}
-
-/// One finished record: its output bytes (JSON for text encodings) or how it failed.
-#[derive(Debug)]
-pub struct RawDone {
-    /// Position of the record among those the source gave (from 0).
-    pub seq: u64,
-    /// The worker process that answered it (`None` when none did, e.g. cancelled).
-    pub pid: Option<u32>,
-    /// The thread of that worker that ran it (0 in single-threaded workers).
-    pub thread: u32,
-    /// When it started, in microseconds since the Unix epoch, if known.
-    pub started_us: Option<u64>,
-    /// How long it ran.
-    pub duration: Duration,
-    /// The output's bytes, or the failure.
-    pub result: Result<Vec<u8>, RecordError>,
-}
-
-impl From<Completion> for RawDone {
-    fn from(c: Completion) -> Self {
-        RawDone {
-            seq: c.seq,
-            pid: Some(c.pid).filter(|&p| p != 0),
-            thread: c.thread,
-            started_us: Some(c.started_us).filter(|&t| t != 0),
-            duration: Duration::from_nanos(c.nanos),
-            result: c.result,
-        }
-    }
 }
 
 impl PoolBuilder {
@@ -183,11 +154,11 @@ pub struct RawMap<'p, S> {
     core: &'p Core,
     source: Option<S>,
     job: JobId,
-    rx: Receiver<Vec<Completion>>,
-    reorder: ReorderBuffer<Completion>,
+    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
+    reorder: ReorderBuffer<Outcome<Vec<u8>>>,
     next_seq: u64,
     yielded: u64,
-    /// Average bytes of a record in the last chunk.
+    /// Average bytes of a record in the last batch.
     record_bytes: usize,
 }
 
@@ -214,21 +185,21 @@ impl<S: RawSource> RawMap<'_, S> {
             if self.source.is_none() || (outstanding > 0 && outstanding + size > self.window()) {
                 return false;
             }
-            // Sized from the last chunk's records, to grow it rarely.
+            // Sized from the last batch's records, to grow it rarely.
             let records = size as usize;
             let bytes = (self.record_bytes * records).min(MAX_BATCH_BYTES + (64 << 10));
-            let mut chunk = Chunk::with_capacity(self.job, records, bytes);
+            let mut batch = Batch::with_capacity(self.job, records, bytes);
             let mut paused = false;
-            while (chunk.len() as u64) < size && chunk.bytes() < MAX_BATCH_BYTES {
+            while (batch.len() as u64) < size && batch.bytes() < MAX_BATCH_BYTES {
                 let Some(source) = self.source.as_mut() else {
                     break;
                 };
                 // Nothing in flight and nothing gathered: wait for input.
                 // Otherwise linger briefly, then send what there is.
-                let idle = chunk.is_empty() && self.next_seq == self.yielded;
+                let idle = batch.is_empty() && self.next_seq == self.yielded;
                 let wait = if idle {
                     None
-                } else if chunk.is_empty() {
+                } else if batch.is_empty() {
                     Some(Duration::ZERO)
                 } else {
                     Some(LINGER)
@@ -242,38 +213,20 @@ impl<S: RawSource> RawMap<'_, S> {
                             "the record is {} bytes, over the {MAX_RECORD_BYTES}-byte limit of one record",
                             bytes.len()
                         );
-                        self.reorder.insert(
-                            seq,
-                            Completion {
-                                seq,
-                                pid: 0,
-                                thread: 0,
-                                started_us: 0,
-                                nanos: 0,
-                                result: Err(RecordError::BadInput(reason)),
-                            },
-                        );
+                        self.reorder
+                            .insert(seq, Outcome::failed(seq, 0, RecordError::BadInput(reason)));
                     }
                     Feed::Record(bytes) => {
                         self.next_seq += 1;
-                        let _ = chunk.push_with(seq, |buf| {
+                        let _ = batch.push_with(seq, |buf| {
                             buf.extend_from_slice(bytes);
                             Ok::<(), std::convert::Infallible>(())
                         });
                     }
                     Feed::Bad(reason) => {
                         self.next_seq += 1;
-                        self.reorder.insert(
-                            seq,
-                            Completion {
-                                seq,
-                                pid: 0,
-                                thread: 0,
-                                started_us: 0,
-                                nanos: 0,
-                                result: Err(RecordError::BadInput(reason)),
-                            },
-                        );
+                        self.reorder
+                            .insert(seq, Outcome::failed(seq, 0, RecordError::BadInput(reason)));
                     }
                     Feed::Pause => {
                         paused = true;
@@ -282,10 +235,10 @@ impl<S: RawSource> RawMap<'_, S> {
                     Feed::End => self.source = None,
                 }
             }
-            if !chunk.is_empty() {
-                self.record_bytes = chunk.bytes().div_ceil(chunk.len()).max(16);
+            if !batch.is_empty() {
+                self.record_bytes = batch.bytes().div_ceil(batch.len()).max(16);
             }
-            if !chunk.is_empty() && !self.core.send(Command::Chunk(chunk)) {
+            if !batch.is_empty() && !self.core.send(Command::Batch(batch)) {
                 self.source = None; // the supervisor is gone
             }
             if paused || self.source.is_none() {
@@ -296,14 +249,14 @@ impl<S: RawSource> RawMap<'_, S> {
 }
 
 impl<S: RawSource> Iterator for RawMap<'_, S> {
-    type Item = RawDone;
+    type Item = Outcome<Vec<u8>>;
 
-    fn next(&mut self) -> Option<RawDone> {
+    fn next(&mut self) -> Option<Outcome<Vec<u8>>> {
         loop {
             let paused = self.top_up();
             if let Some((_, c)) = self.reorder.pop() {
                 self.yielded += 1;
-                return Some(c.into());
+                return Some(c);
             }
             if self.source.is_none() && self.yielded == self.next_seq {
                 return None;
@@ -334,14 +287,11 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
                     }
                     self.reorder.insert(
                         missing,
-                        Completion {
-                            seq: missing,
-                            pid: 0,
-                            thread: 0,
-                            started_us: 0,
-                            nanos: 0,
-                            result: Err(RecordError::PoolBroken("the pool stopped".into())),
-                        },
+                        Outcome::failed(
+                            missing,
+                            0,
+                            RecordError::PoolBroken("the pool stopped".into()),
+                        ),
                     );
                 }
             }

@@ -23,19 +23,19 @@ pub(crate) enum Event {
     /// A worker connected to its rendezvous (or the connect was forced).
     Accepted {
         slot: usize,
-        gen: u64,
+        generation: u64,
         result: Result<Sender<Vec<u8>>, String>,
     },
     /// A decoded message from a worker.
     Message {
         slot: usize,
-        gen: u64,
+        generation: u64,
         message: WorkerMessage,
     },
     /// A worker's result channel closed; `reason` if it broke the protocol.
     Closed {
         slot: usize,
-        gen: u64,
+        generation: u64,
         reason: Option<String>,
     },
     /// A request from the pool's users.
@@ -67,7 +67,7 @@ pub(crate) trait Launcher: Send {
     fn launch(
         &mut self,
         slot: usize,
-        gen: u64,
+        generation: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError>;
 
@@ -79,7 +79,7 @@ pub(crate) trait Launcher: Send {
     ) -> Vec<Result<Box<dyn Link>, PoolError>> {
         slots
             .iter()
-            .map(|&(slot, gen)| self.launch(slot, gen, events))
+            .map(|&(slot, generation)| self.launch(slot, generation, events))
             .collect()
     }
 

@@ -11,7 +11,8 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    d.deserialize_byte_buf(BytesVisitor)
+    // Borrowed where the decoder can (bincode from a slice): one copy, no zeroing.
+    d.deserialize_bytes(BytesVisitor)
 }
 
 /// Borrowed bytes that serialize as bytes (for encoding without a copy).

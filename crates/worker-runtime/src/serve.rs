@@ -252,7 +252,13 @@ fn serve_on<T: WorkerTransport>(
                     }
                 }
             }
-            Request::Batch(_) => unreachable!("batches are decoded in place above"),
+            // `is_batch` above takes every batch; a decoder that disagrees is a bug
+            // in this process, reported rather than panicked on.
+            Request::Batch(_) => {
+                return Err(ServeError::Ipc(
+                    "a batch was not recognised for decoding in place".into(),
+                ))
+            }
             Request::Stop => {
                 if let Some(Configured::Threads(threads)) = state.take() {
                     threads.finish();

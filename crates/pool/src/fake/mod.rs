@@ -215,7 +215,7 @@ impl Launcher for FakeLauncher {
     fn launch(
         &mut self,
         slot: usize,
-        gen: u64,
+        generation: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
         let n = self.0.launched.fetch_add(1, Ordering::SeqCst);
@@ -231,7 +231,7 @@ impl Launcher for FakeLauncher {
         let life = Arc::new(Life::default());
         let worker = FakeWorker {
             slot,
-            gen,
+            generation,
             pid,
             plan,
             script: self.0.clone(),
@@ -252,7 +252,7 @@ impl Launcher for FakeLauncher {
 
 struct FakeWorker {
     slot: usize,
-    gen: u64,
+    generation: u64,
     pid: u32,
     plan: Plan,
     script: Script,
@@ -275,7 +275,7 @@ impl FakeWorker {
             // As the reader of a real worker's channel sees it close.
             let _ = self.events.send(Event::Closed {
                 slot: self.slot,
-                gen: self.gen,
+                generation: self.generation,
                 reason: None,
             });
         }
@@ -284,7 +284,7 @@ impl FakeWorker {
     fn say(&self, message: WorkerMessage) {
         let _ = self.events.send(Event::Message {
             slot: self.slot,
-            gen: self.gen,
+            generation: self.generation,
             message,
         });
     }
@@ -323,7 +323,7 @@ impl FakeWorker {
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
         let _ = self.events.send(Event::Accepted {
             slot: self.slot,
-            gen: self.gen,
+            generation: self.generation,
             result: Ok(tx),
         });
         self.say(WorkerMessage::Hello(Hello {

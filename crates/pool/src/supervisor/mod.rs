@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 
-pub(crate) use commands::{Command, Completion};
+pub(crate) use commands::Command;
 
-use crate::chunk::{Chunk, JobId, Sizer};
+use crate::batch::{Batch, JobId, Sizer};
 use crate::error::{HandshakeFailure, PoolError};
 use crate::pool::JobSink;
 use crate::stats::WorkerStats;
@@ -96,7 +96,7 @@ pub(crate) struct Supervisor {
     settings: Settings,
     events: Sender<Event>,
     workers: Vec<Worker>,
-    pending: VecDeque<Chunk>,
+    pending: VecDeque<Batch>,
     jobs: HashMap<JobId, JobSink>,
     /// Statistics of the workers that are gone.
     past: Vec<WorkerStats>,
@@ -195,8 +195,12 @@ impl Supervisor {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Command(c) => self.command(c),
-            Event::Accepted { slot, gen, result } => {
-                if self.workers[slot].gen != gen
+            Event::Accepted {
+                slot,
+                generation,
+                result,
+            } => {
+                if self.workers[slot].generation != generation
                     || !matches!(self.workers[slot].phase, Phase::Starting { .. })
                 {
                     return; // a forced connect for a worker already given up
@@ -206,15 +210,23 @@ impl Supervisor {
                     Err(reason) => self.start_failed(slot, HandshakeFailure::Rendezvous(reason)),
                 }
             }
-            Event::Message { slot, gen, message } => {
-                if self.workers[slot].gen == gen {
+            Event::Message {
+                slot,
+                generation,
+                message,
+            } => {
+                if self.workers[slot].generation == generation {
                     // Any message is proof of life.
                     self.workers[slot].last_heard = Instant::now();
                     self.message(slot, message);
                 }
             }
-            Event::Closed { slot, gen, reason } => {
-                if self.workers[slot].gen == gen {
+            Event::Closed {
+                slot,
+                generation,
+                reason,
+            } => {
+                if self.workers[slot].generation == generation {
                     self.closed(slot, reason);
                 }
             }

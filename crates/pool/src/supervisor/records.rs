@@ -5,16 +5,16 @@
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use procpool_protocol::{encode_batch, BatchResults, FailureKind, Outcome};
+use procpool_protocol::{encode_batch, BatchResults, FailureKind};
 
-use super::commands::Completion;
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
-use crate::chunk::Chunk;
+use crate::batch::Batch;
 use crate::error::{HandshakeFailure, RecordError, WorkerEnd};
+use crate::outcome::Outcome;
 
 impl Supervisor {
-    /// Send queued chunks to workers with room for them.
+    /// Send queued batches to workers with room for them.
     pub(super) fn dispatch(&mut self) {
         if self.admission != Admission::Open {
             return;
@@ -32,7 +32,7 @@ impl Supervisor {
                     && max.is_none_or(|m| w.assigned < m)
                     && (!suspect || !fresh_coming || w.assigned == 0)
             };
-            // The first of the next few queued chunks that some worker may take.
+            // The first of the next few queued batches that some worker may take.
             let pick = self.pending.iter().take(64).enumerate().find_map(|(i, c)| {
                 self.workers
                     .iter()
@@ -42,22 +42,22 @@ impl Supervisor {
                     .map(|(slot, _)| (i, slot))
             });
             let Some((index, slot)) = pick else { break };
-            let Some(mut chunk) = self.pending.remove(index) else {
+            let Some(mut batch) = self.pending.remove(index) else {
                 break;
             };
             let w = &mut self.workers[slot];
             if let Some(m) = max {
                 let quota = (m - w.assigned) as usize;
-                if chunk.len() > quota {
-                    let tail = chunk.split_off(quota);
+                if batch.len() > quota {
+                    let tail = batch.split_off(quota);
                     self.pending.push_front(tail);
                 }
             }
-            let batch = self.next_batch;
+            let id = self.next_batch;
             self.next_batch += 1;
-            let mut buf = Vec::with_capacity(chunk.bytes() + 12 * chunk.len() + 16);
-            if let Err(e) = encode_batch(batch, chunk.records(), &mut buf) {
-                self.fail_chunk(chunk, RecordError::BadInput(e.to_string()), 0);
+            let mut buf = Vec::with_capacity(batch.bytes() + 12 * batch.len() + 16);
+            if let Err(e) = encode_batch(id, batch.records(), &mut buf) {
+                self.fail_batch(batch, RecordError::BadInput(e.to_string()), 0);
                 continue;
             }
             w.send(buf);
@@ -70,11 +70,11 @@ impl Supervisor {
                     w.current_started = Some(now);
                 }
             }
-            w.assigned += chunk.len() as u64;
+            w.assigned += batch.len() as u64;
             w.in_flight.push_back(InFlight {
-                batch,
+                id,
                 sent: now,
-                chunk,
+                batch,
                 done: 0,
             });
         }
@@ -91,7 +91,7 @@ impl Supervisor {
             );
             return;
         };
-        if front.batch != results.batch || front.done + n > front.chunk.len() {
+        if front.id != results.batch || front.done + n > front.batch.len() {
             let batch = results.batch;
             self.protocol_error(slot, format!("sent results for batch {batch} out of turn"));
             return;
@@ -99,7 +99,7 @@ impl Supervisor {
         let mut list = Vec::with_capacity(n);
         let mut failed = 0u64;
         for (i, o) in results.outcomes.into_iter().enumerate() {
-            let expected = front.chunk.seqs[front.done + i];
+            let expected = front.batch.seqs[front.done + i];
             if o.seq != expected {
                 let got = o.seq;
                 self.protocol_error(
@@ -108,9 +108,10 @@ impl Supervisor {
                 );
                 return;
             }
+            // The wire's outcome (ok or failed) becomes the record's result.
             let result = match o.outcome {
-                Outcome::Ok(bytes) => Ok(bytes),
-                Outcome::Failed(f) => {
+                procpool_protocol::Outcome::Ok(bytes) => Ok(bytes),
+                procpool_protocol::Outcome::Failed(f) => {
                     failed += 1;
                     Err(match f.kind {
                         FailureKind::Error => RecordError::Task(f.message),
@@ -119,20 +120,20 @@ impl Supervisor {
                     })
                 }
             };
-            list.push(Completion {
+            list.push(Outcome {
                 seq: o.seq,
-                pid,
+                pid: Some(pid).filter(|&p| p != 0),
                 thread: results.thread,
-                started_us: o.started_us,
-                nanos: o.nanos,
+                started_us: Some(o.started_us).filter(|&t| t != 0),
+                duration: Duration::from_nanos(o.nanos),
                 result,
             });
         }
         front.done += n;
         w.answered += n as u64;
         w.last_answer = Some(Instant::now());
-        let job = front.chunk.job;
-        if front.done == front.chunk.len() {
+        let job = front.batch.job;
+        if front.done == front.batch.len() {
             w.in_flight.pop_front();
         }
         if self.settings.record_timeout.is_some() {
@@ -227,9 +228,9 @@ impl Supervisor {
     /// given up (failed as `WorkerDied`).
     fn requeue(&mut self, in_flight: Vec<InFlight>, dead: &Remains) -> u64 {
         let mut given_up = 0;
-        let mut chunks: Vec<Chunk> = in_flight
+        let mut batches: Vec<Batch> = in_flight
             .into_iter()
-            .map(|mut f| f.chunk.split_off(f.done))
+            .map(|mut f| f.batch.split_off(f.done))
             .filter(|c| !c.is_empty())
             .collect();
         let died = matches!(
@@ -237,11 +238,11 @@ impl Supervisor {
             WorkerEnd::Crashed(_) | WorkerEnd::ProtocolError(_) | WorkerEnd::Unresponsive
         );
         let mut back = Vec::new();
-        if died && !chunks.is_empty() {
-            let mut running = chunks.remove(0);
+        if died && !batches.is_empty() {
+            let mut running = batches.remove(0);
             if self.settings.record_timeout.is_some() && running.len() > 1 {
                 // Record-by-record answers: the first unanswered record was running.
-                chunks.insert(0, running.split_off(1));
+                batches.insert(0, running.split_off(1));
             }
             if running.len() > 1 {
                 // Which record of the batch was running is unknown: each is
@@ -271,29 +272,29 @@ impl Supervisor {
                         attempts: running.deaths,
                     };
                     given_up += 1;
-                    let failed = Completion::failed_running(seq, dead.pid, error, dead.since);
+                    let failed = Outcome::failed_running(seq, dead.pid, error, dead.since);
                     self.deliver(running.job, vec![failed]);
                 } else {
                     back.push(running);
                 }
             }
         }
-        back.extend(chunks);
+        back.extend(batches);
         if let Some(reason) = self.refusal() {
-            for chunk in back {
-                self.fail_chunk(chunk, reason.clone(), 0);
+            for batch in back {
+                self.fail_batch(batch, reason.clone(), 0);
             }
             return given_up;
         }
         if let PoolPhase::Stopping { .. } = self.phase {
             // No worker will take them any more.
-            for chunk in back {
-                self.fail_chunk(chunk, RecordError::Cancelled, 0);
+            for batch in back {
+                self.fail_batch(batch, RecordError::Cancelled, 0);
             }
             return given_up;
         }
-        for chunk in back.into_iter().rev() {
-            self.pending.push_front(chunk);
+        for batch in back.into_iter().rev() {
+            self.pending.push_front(batch);
         }
         given_up
     }
@@ -312,10 +313,10 @@ impl Supervisor {
         let Some(front) = w.in_flight.front_mut() else {
             return;
         };
-        let seq = front.chunk.seqs[front.done];
-        let job = front.chunk.job;
+        let seq = front.batch.seqs[front.done];
+        let job = front.batch.job;
         front.done += 1;
-        if front.done == front.chunk.len() {
+        if front.done == front.batch.len() {
             w.in_flight.pop_front();
         }
         let pid = w.pid;
@@ -334,10 +335,7 @@ impl Supervisor {
             pid,
             after: timeout,
         };
-        self.deliver(
-            job,
-            vec![Completion::failed_running(seq, pid, error, started)],
-        );
+        self.deliver(job, vec![Outcome::failed_running(seq, pid, error, started)]);
     }
 
     /// A worker holding records that has said nothing (not even a

@@ -9,7 +9,7 @@ use procpool_protocol::{encode, Hello, Request};
 
 use super::worker::{Phase, Worker};
 use super::{Admission, PoolPhase, Started, Supervisor};
-use crate::chunk::Chunk;
+use crate::batch::Batch;
 use crate::error::{HandshakeFailure, PoolError, RecordError, WorkerEnd};
 use crate::transport::Link;
 
@@ -23,9 +23,9 @@ impl Supervisor {
         let slots: Vec<(usize, u64)> = (0..self.workers.len()).map(|s| (s, 1)).collect();
         let links = self.settings.launcher.launch_all(&slots, &self.events);
         let mut failure = None;
-        for ((slot, gen), link) in slots.into_iter().zip(links) {
+        for ((slot, generation), link) in slots.into_iter().zip(links) {
             match link {
-                Ok(link) => self.attach(slot, gen, link),
+                Ok(link) => self.attach(slot, generation, link),
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
@@ -34,10 +34,10 @@ impl Supervisor {
         }
     }
 
-    fn attach(&mut self, slot: usize, gen: u64, link: Box<dyn Link>) {
+    fn attach(&mut self, slot: usize, generation: u64, link: Box<dyn Link>) {
         info!("spawned worker {}", link.label());
         let deadline = Instant::now() + self.settings.handshake_timeout;
-        self.workers[slot] = Worker::launched(gen, link, deadline);
+        self.workers[slot] = Worker::launched(generation, link, deadline);
     }
 
     /// Once every worker is ready, `build` returns.
@@ -183,9 +183,9 @@ impl Supervisor {
         }
         error!("pool broken: {reason}");
         self.admission = Admission::Broken(reason.clone());
-        let queued: Vec<Chunk> = self.pending.drain(..).collect();
-        for chunk in queued {
-            self.fail_chunk(chunk, RecordError::PoolBroken(reason.clone()), 0);
+        let queued: Vec<Batch> = self.pending.drain(..).collect();
+        for batch in queued {
+            self.fail_batch(batch, RecordError::PoolBroken(reason.clone()), 0);
         }
     }
 
@@ -198,9 +198,13 @@ impl Supervisor {
             self.break_pool("a worker is gone and this backend cannot replace it".into());
             return;
         }
-        let gen = self.workers[slot].gen + 1;
-        match self.settings.launcher.launch(slot, gen, &self.events) {
-            Ok(link) => self.attach(slot, gen, link),
+        let generation = self.workers[slot].generation + 1;
+        match self
+            .settings
+            .launcher
+            .launch(slot, generation, &self.events)
+        {
+            Ok(link) => self.attach(slot, generation, link),
             Err(e) => {
                 self.start_failures += 1;
                 error!("cannot start a replacement worker: {e}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::{Admission, PoolPhase, Supervisor};
-use crate::chunk::Chunk;
+use crate::batch::Batch;
 use crate::error::{RecordError, WorkerEnd};
 use crate::stats::WorkerStats;
 use std::sync::mpsc::Sender;
@@ -26,11 +26,11 @@ impl Supervisor {
         self.admission = Admission::Cancelled {
             kill_at: Some(Instant::now() + grace),
         };
-        let queued: Vec<Chunk> = self.pending.drain(..).collect();
-        let held: usize = queued.iter().map(Chunk::len).sum();
+        let queued: Vec<Batch> = self.pending.drain(..).collect();
+        let held: usize = queued.iter().map(Batch::len).sum();
         info!("cancelling: {held} queued records dropped, letting records in flight finish");
-        for chunk in queued {
-            self.fail_chunk(chunk, RecordError::Cancelled, 0);
+        for batch in queued {
+            self.fail_batch(batch, RecordError::Cancelled, 0);
         }
     }
 
@@ -136,12 +136,12 @@ impl Supervisor {
             let mut remains = w.abandon();
             debug!("worker pid={} reaped: {}", remains.pid, remains.exit);
             for mut f in remains.in_flight.drain(..) {
-                unfinished.push(f.chunk.split_off(f.done));
+                unfinished.push(f.batch.split_off(f.done));
             }
             self.past.extend(remains.stats);
         }
-        for chunk in unfinished {
-            self.fail_chunk(chunk, RecordError::Cancelled, 0);
+        for batch in unfinished {
+            self.fail_batch(batch, RecordError::Cancelled, 0);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use procpool_protocol::{encode, Request};
 
-use crate::chunk::Chunk;
+use crate::batch::Batch;
 use crate::error::{WorkerEnd, WorkerExit};
 use crate::stats::WorkerStats;
 use crate::transport::Link;
@@ -34,18 +34,18 @@ pub(super) enum Phase {
 
 /// One batch a worker holds.
 pub(super) struct InFlight {
-    pub batch: u64,
+    pub id: u64,
     /// When it was sent.
     pub sent: Instant,
-    pub chunk: Chunk,
-    /// Records of the chunk already answered.
+    pub batch: Batch,
+    /// Records of the batch already answered.
     pub done: usize,
 }
 
 pub(super) struct Worker {
     /// Tags the events of this worker's life; bumped when it is gone, so
     /// that late events of a past life are ignored.
-    pub gen: u64,
+    pub generation: u64,
     pub phase: Phase,
     pub pid: u32,
     link: Option<Box<dyn Link>>,
@@ -92,7 +92,7 @@ impl Remains {
         let seqs: Vec<u64> = self
             .in_flight
             .iter()
-            .flat_map(|f| f.chunk.seqs[f.done..].iter().copied())
+            .flat_map(|f| f.batch.seqs[f.done..].iter().copied())
             .collect();
         match seqs.as_slice() {
             [] => "no records".to_owned(),
@@ -106,7 +106,7 @@ impl Worker {
     /// A slot with no worker.
     pub fn empty() -> Self {
         Worker {
-            gen: 0,
+            generation: 0,
             phase: Phase::Gone,
             pid: 0,
             link: None,
@@ -124,9 +124,9 @@ impl Worker {
     }
 
     /// A worker just launched, whose handshake is due by `deadline`.
-    pub fn launched(gen: u64, link: Box<dyn Link>, deadline: Instant) -> Self {
+    pub fn launched(generation: u64, link: Box<dyn Link>, deadline: Instant) -> Self {
         Worker {
-            gen,
+            generation,
             pid: link.pid(),
             phase: Phase::Starting { deadline },
             link: Some(link),
@@ -224,7 +224,7 @@ impl Worker {
             self.last_answer.map_or(f.sent, |a| a.max(f.sent))
         });
         self.phase = Phase::Gone;
-        self.gen += 1;
+        self.generation += 1;
         self.current_started = None;
         Remains {
             pid: self.pid,
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(r.end, WorkerEnd::Stopped(code0));
         assert_eq!(r.stats.and_then(|s| s.end), Some(WorkerEnd::Stopped(code0)));
         assert_eq!(
-            (w.phase, w.gen),
+            (w.phase, w.generation),
             (Phase::Gone, 2),
             "later events are ignored"
         );

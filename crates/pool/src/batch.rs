@@ -1,4 +1,4 @@
-//! Chunks of encoded records, and the adaptive choice of their size.
+//! Batches of encoded records, and the adaptive choice of their size.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -15,38 +15,38 @@ pub const MAX_BATCH_BYTES: usize = 128 << 10;
 const TARGET_BATCH_NANOS: f64 = 4_000_000.0;
 
 /// Encoded records of one job, kept contiguous in one buffer. The
-/// supervisor keeps a chunk until every record in it has an outcome, so that
+/// supervisor keeps a batch until every record in it has an outcome, so that
 /// the records of a worker that died can be sent again.
 #[derive(Debug, Default)]
-pub(crate) struct Chunk {
+pub(crate) struct Batch {
     pub job: JobId,
     pub seqs: Vec<u64>,
     data: Vec<u8>,
     ends: Vec<usize>,
-    /// How many fresh workers died running this chunk's one record (the
+    /// How many fresh workers died running this batch's one record (the
     /// deaths charged to it).
     pub deaths: u32,
-    /// A worker died while this chunk may have been running: it goes to a
+    /// A worker died while this batch may have been running: it goes to a
     /// fresh worker, on which a death is proof against it.
     pub suspect: bool,
 }
 
-impl Chunk {
+impl Batch {
     pub fn new(job: JobId) -> Self {
-        Chunk {
+        Batch {
             job,
-            ..Chunk::default()
+            ..Batch::default()
         }
     }
 
-    /// An empty chunk with room for `records` records of `bytes` in all.
+    /// An empty batch with room for `records` records of `bytes` in all.
     pub fn with_capacity(job: JobId, records: usize, bytes: usize) -> Self {
-        Chunk {
+        Batch {
             job,
             seqs: Vec::with_capacity(records),
             data: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(records),
-            ..Chunk::default()
+            ..Batch::default()
         }
     }
 
@@ -92,10 +92,10 @@ impl Chunk {
         (0..self.len()).map(move |i| (self.seqs[i], self.payload(i)))
     }
 
-    /// Keep records `..at`, return records `at..` as a new chunk.
-    pub fn split_off(&mut self, at: usize) -> Chunk {
+    /// Keep records `..at`, return records `at..` as a new batch.
+    pub fn split_off(&mut self, at: usize) -> Batch {
         let byte_at = if at == 0 { 0 } else { self.ends[at - 1] };
-        Chunk {
+        Batch {
             job: self.job,
             seqs: self.seqs.split_off(at),
             data: self.data.split_off(byte_at),
@@ -110,8 +110,8 @@ impl Chunk {
         }
     }
 
-    /// One chunk per record, each keeping this chunk's death count and suspicion.
-    pub fn into_singletons(mut self) -> Vec<Chunk> {
+    /// One batch per record, each keeping this batch's death count and suspicion.
+    pub fn into_singletons(mut self) -> Vec<Batch> {
         let mut out = Vec::with_capacity(self.len());
         while self.len() > 1 {
             let tail = self.split_off(self.len() - 1);
@@ -175,8 +175,8 @@ pub(crate) fn size_for_cost(cost_nanos: f64) -> usize {
 mod tests {
     use super::*;
 
-    fn chunk(n: u64) -> Chunk {
-        let mut c = Chunk::new(7);
+    fn batch(n: u64) -> Batch {
+        let mut c = Batch::new(7);
         for seq in 0..n {
             c.push_with(seq, |buf| {
                 buf.extend(std::iter::repeat_n(seq as u8, seq as usize));
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn payloads_split_and_singletons_keep_their_bytes() {
-        let mut c = chunk(5);
+        let mut c = batch(5);
         c.deaths = 2;
         assert_eq!(c.payload(3), &[3, 3, 3]);
         let tail = c.split_off(3);
@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(tail.seqs, vec![3, 4]);
         assert_eq!(tail.payload(1), &[4, 4, 4, 4]);
         assert_eq!(tail.deaths, 2);
-        let singles = chunk(4).into_singletons();
+        let singles = batch(4).into_singletons();
         assert_eq!(singles.len(), 4);
         for (i, s) in singles.iter().enumerate() {
             assert_eq!(s.seqs, vec![i as u64]);
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn failed_encode_leaves_no_trace() {
-        let mut c = chunk(2);
+        let mut c = batch(2);
         let before = c.bytes();
         let r = c.push_with(9, |buf| {
             buf.extend_from_slice(b"partial");
