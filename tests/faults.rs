@@ -142,15 +142,16 @@ fn poison_record_fails_alone_as_worker_died() {
     let message = assert_all_ok_but(&out, 51, 5, "worker_died");
     assert!(message.contains("SIGABRT"), "{message}");
     assert!(message.contains("3 attempts"), "{message}");
-    // It took retries + 1 = 3 workers with it running alone, each replaced,
-    // plus one more if it was first sent inside a multi-record batch (whose
-    // death charges nobody).
+    // The documented bound: retries + 1 = 3 deaths with it running alone
+    // as a fresh worker's first record, plus at most one inside a batch of
+    // several records and one alone on a worker that had run others (both
+    // charge nobody).
     let crashes = out
         .stderr
         .matches("crashed with signal 6 (SIGABRT)")
         .count();
     assert!(
-        (3..=4).contains(&crashes),
+        (3..=5).contains(&crashes),
         "{crashes} crashes\n{}",
         out.stderr
     );

@@ -47,8 +47,7 @@ fn too_few_file_descriptors_is_one_clear_error_naming_what_fits() {
         0,
         "rendezvous left behind"
     );
-    // As many workers as it says fit do run (less two: the count of files
-    // already open moves by a few with the threads starting beside it).
+    // Exactly as many workers as it says fit do run.
     let allowed: usize = e
         .split("at most ")
         .nth(1)
@@ -58,7 +57,7 @@ fn too_few_file_descriptors_is_one_clear_error_naming_what_fits() {
     assert!(allowed >= 8, "{e}");
     let run = with_fd_limit(
         256,
-        &format!("--task fault --workers {} --input {input}", allowed - 2),
+        &format!("--task fault --workers {allowed} --input {input}"),
     )
     .env("TMPDIR", tmp.to_str().unwrap())
     .run();

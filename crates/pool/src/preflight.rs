@@ -24,7 +24,7 @@ use crate::PoolError;
 /// connects): measured 2 per running worker, plus the rendezvous socket, a
 /// connection being accepted and an output pipe.
 pub(crate) const FDS_PER_WORKER: u64 = 4;
-/// Descriptors kept free for everything else: the standard streams, input,
+/// Descriptors kept free for everything the process opens itself: input,
 /// output, job log, signal handling, the spawns in progress, large messages
 /// (each travels over a channel of its own while it is received).
 pub(crate) const FDS_RESERVE: u64 = 48;
@@ -45,8 +45,24 @@ pub(crate) fn workers_allowed(limit: u64, open: u64) -> u64 {
     limit.saturating_sub(open + FDS_RESERVE) / FDS_PER_WORKER
 }
 
+/// Descriptors the process inherited (open without close-on-exec: every
+/// descriptor Rust opens has it). Those the process opens itself (input,
+/// output, signal pipes, the caller's files) come out of [`FDS_RESERVE`]:
+/// counting them would make the answer depend on what other threads have
+/// open at this moment (an input being read, say).
 fn open_fds() -> u64 {
-    fs::read_dir("/proc/self/fd").map_or(3, |d| d.count() as u64)
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return 3;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::c_int>().ok())
+        .filter(|&fd| {
+            // SAFETY: F_GETFD only reads the flags of a descriptor; a closed
+            // one (the directory's own, say) returns -1.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0
+        })
+        .count() as u64
 }
 
 fn check_fd_limit(workers: usize) -> Result<(), PoolError> {
@@ -85,7 +101,7 @@ fn check_fd_limit(workers: usize) -> Result<(), PoolError> {
     let allowed = workers_allowed(limit.rlim_max, open);
     Err(PoolError::Config(format!(
         "{workers} workers need about {need} open files, but the limit (`ulimit -n`) is {} \
-         (hard limit {}) with {open} already open: it allows at most {allowed} workers; \
+         (hard limit {}) with {open} inherited descriptors open: it allows at most {allowed} workers; \
          raise the limit (e.g. `ulimit -n {need}`) or use fewer workers",
         limit.rlim_cur, limit.rlim_max,
     )))

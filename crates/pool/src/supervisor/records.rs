@@ -20,27 +20,42 @@ impl Supervisor {
         if self.admission != Admission::Open {
             return;
         }
-        // A suspect record (one a worker may have died running) goes to a
-        // fresh worker when one is on its way: a death on a fresh worker
-        // running it alone is proof against it; any other is not.
-        let fresh_coming = self.workers.iter().any(Worker::is_starting);
+        // A suspect record (one a worker died running alone) is only ever
+        // the first record of a fresh worker, which takes it before anything
+        // else: a death there is proof against it. Each death that makes a
+        // suspect also starts a replacement, so there is a fresh worker for
+        // every suspect; should none be ready or coming (a backend that does
+        // not replace), suspects go anywhere rather than wait forever.
         while !self.pending.is_empty() {
+            let fresh =
+                |w: &Worker| w.assigned == 0 && (w.is_starting() || w.phase == Phase::Ready);
+            let fallback = !self.workers.iter().any(fresh);
             let limit = self.settings.in_flight;
             let max = self.settings.max_tasks_per_child;
             let eligible = |w: &Worker, suspect: bool| {
                 w.phase == Phase::Ready
                     && w.in_flight.len() < limit
                     && max.is_none_or(|m| w.assigned < m)
-                    && (!suspect || !fresh_coming || w.assigned == 0)
+                    && (!suspect || fallback || w.assigned == 0)
             };
-            // The first of the next few queued batches that some worker may take.
-            let pick = self.pending.iter().take(64).enumerate().find_map(|(i, c)| {
+            // A fresh ready worker takes the first queued suspect; otherwise
+            // the first of the next few queued batches that some worker may take.
+            let first_suspect = self.pending.iter().position(|c| c.suspect);
+            let to_fresh = first_suspect.and_then(|i| {
                 self.workers
                     .iter()
-                    .enumerate()
-                    .filter(|(_, w)| eligible(w, c.suspect))
-                    .min_by_key(|(_, w)| (w.in_flight.len(), w.assigned))
-                    .map(|(slot, _)| (i, slot))
+                    .position(|w| w.phase == Phase::Ready && w.assigned == 0)
+                    .map(|slot| (i, slot))
+            });
+            let pick = to_fresh.or_else(|| {
+                self.pending.iter().take(64).enumerate().find_map(|(i, c)| {
+                    self.workers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| eligible(w, c.suspect))
+                        .min_by_key(|(_, w)| (w.in_flight.len(), w.assigned))
+                        .map(|(slot, _)| (i, slot))
+                })
             });
             let Some((index, slot)) = pick else { break };
             let Some(mut batch) = self.pending.remove(index) else {
@@ -247,12 +262,10 @@ impl Supervisor {
             }
             if running.len() > 1 {
                 // Which record of the batch was running is unknown: each is
-                // sent again alone, to a fresh worker if one comes, so that a
-                // poison record is found by the deaths it causes by itself.
-                for mut one in running.into_singletons() {
-                    one.suspect = true;
-                    back.push(one);
-                }
+                // sent again alone (not suspect: there is one replacement for
+                // several records), so that a poison record is found by the
+                // deaths it causes by itself.
+                back.extend(running.into_singletons());
             } else if !dead.fresh {
                 // It was running, but the worker had run others before: the
                 // death may be theirs (a leak, say). Suspect, not charged.
