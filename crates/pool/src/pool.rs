@@ -18,7 +18,7 @@ use procpool_protocol::{
 
 use crate::batch::{Batch, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Payload};
 use crate::process::{LocalLauncher, OutputHandler};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
@@ -494,14 +494,14 @@ impl Core {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Outcome<Vec<u8>>>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Outcome<Payload>>>) {
         self.new_job_signalled(None)
     }
 
     fn new_job_signalled(
         &self,
         signal: Option<Arc<Signal>>,
-    ) -> (JobId, Receiver<Vec<Outcome<Vec<u8>>>>) {
+    ) -> (JobId, Receiver<Vec<Outcome<Payload>>>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob {
@@ -558,15 +558,15 @@ impl Drop for Core {
 /// dropping, when the job ends or the supervisor goes) wakes a task awaiting
 /// a [`Pending`].
 pub(crate) struct JobSink {
-    tx: Sender<Vec<Outcome<Vec<u8>>>>,
+    tx: Sender<Vec<Outcome<Payload>>>,
     signal: Option<Arc<Signal>>,
 }
 
 impl JobSink {
     pub(crate) fn send(
         &self,
-        list: Vec<Outcome<Vec<u8>>>,
-    ) -> Result<(), mpsc::SendError<Vec<Outcome<Vec<u8>>>>> {
+        list: Vec<Outcome<Payload>>,
+    ) -> Result<(), mpsc::SendError<Vec<Outcome<Payload>>>> {
         let sent = self.tx.send(list);
         if let Some(signal) = &self.signal {
             signal.raise();
@@ -761,7 +761,7 @@ impl Canceller {
 /// supervisor wakes it). Dropping it withdraws the record.
 #[must_use = "dropping a `Pending` withdraws its record: wait on it or await it"]
 pub struct Pending<O> {
-    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
+    rx: Receiver<Vec<Outcome<Payload>>>,
     early: Option<RecordError>,
     signal: Arc<Signal>,
     events: Sender<Event>,
@@ -788,7 +788,7 @@ impl<O> Pending<O> {
 
 /// What a job's channel says, for one record.
 fn single<O: serde::de::DeserializeOwned>(
-    received: Result<Vec<Outcome<Vec<u8>>>, ()>,
+    received: Result<Vec<Outcome<Payload>>, ()>,
 ) -> Result<O, RecordError> {
     match received {
         Ok(mut list) => list
@@ -885,10 +885,10 @@ pub struct MapIter<'p, T: Task, I> {
     pool: &'p Pool<T>,
     input: Option<I>,
     job: JobId,
-    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
+    rx: Receiver<Vec<Outcome<Payload>>>,
     ordered: bool,
-    reorder: ReorderBuffer<Outcome<Vec<u8>>>,
-    arrived: std::collections::VecDeque<Outcome<Vec<u8>>>,
+    reorder: ReorderBuffer<Outcome<Payload>>,
+    arrived: std::collections::VecDeque<Outcome<Payload>>,
     /// Unordered only: records sent and not yet arrived, so that they can be
     /// reported if the supervisor goes away.
     unanswered: std::collections::BTreeSet<u64>,
@@ -956,7 +956,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         }
     }
 
-    fn accept(&mut self, c: Outcome<Vec<u8>>) {
+    fn accept(&mut self, c: Outcome<Payload>) {
         if self.ordered {
             self.reorder.insert(c.seq, c);
         } else {
@@ -965,7 +965,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         }
     }
 
-    fn take_ready(&mut self) -> Option<Outcome<Vec<u8>>> {
+    fn take_ready(&mut self) -> Option<Outcome<Payload>> {
         if self.ordered {
             self.reorder.pop().map(|(_, c)| c)
         } else {

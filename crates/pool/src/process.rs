@@ -32,7 +32,7 @@ use ipc_channel::IpcError;
 use procpool_protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN};
 
 use crate::error::{PoolError, WorkerExit};
-use crate::transport::{decode_from_worker, Event, Launcher, Link};
+use crate::transport::{decode_from_worker, decode_results, Event, Launcher, Link};
 
 type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
 
@@ -389,6 +389,27 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, generation: u64, events: Sender<
             Ok(bytes) => bytes,
             Err(IpcError::Disconnected) => break None,
             Err(e) => break Some(format!("channel error: {e:?}")),
+        };
+        // Results (all but the first message, whose version is checked
+        // first) are decoded in place; anything else as a message.
+        let bytes = if first {
+            bytes
+        } else {
+            match decode_results(bytes) {
+                Ok(Ok(results)) => {
+                    let event = Event::Results {
+                        slot,
+                        generation,
+                        results,
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Err(bytes)) => bytes,
+                Err(reason) => break Some(reason),
+            }
         };
         match decode_from_worker(&mut first, &bytes) {
             Ok(message) => {

@@ -47,7 +47,7 @@ use procpool_protocol::{TaskInfo, TaskSpec};
 
 use crate::batch::{Batch, JobId, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Payload};
 use crate::pool::{Canceller, Core, PoolBuilder};
 use crate::reorder::ReorderBuffer;
 use crate::stats::WorkerStats;
@@ -154,7 +154,7 @@ pub struct RawMap<'p, S> {
     core: &'p Core,
     source: Option<S>,
     job: JobId,
-    rx: Receiver<Vec<Outcome<Vec<u8>>>>,
+    rx: Receiver<Vec<Outcome<Payload>>>,
     reorder: ReorderBuffer<Outcome<Vec<u8>>>,
     next_seq: u64,
     yielded: u64,
@@ -276,7 +276,7 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
             match got {
                 Some(list) => {
                     for c in list {
-                        self.reorder.insert(c.seq, c);
+                        self.reorder.insert(c.seq, c.into_bytes());
                     }
                 }
                 None => {

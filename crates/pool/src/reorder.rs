@@ -35,7 +35,13 @@ impl<T> ReorderBuffer<T> {
             return false;
         }
         let index = (seq - self.next) as usize;
-        if index >= self.slots.len() {
+        if index == self.slots.len() {
+            // The common case, results arriving in order: no gap to fill.
+            self.slots.push_back(Some(value));
+            self.held += 1;
+            return true;
+        }
+        if index > self.slots.len() {
             self.slots.resize_with(index + 1, || None);
         }
         if self.slots[index].is_some() {

@@ -12,9 +12,15 @@
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use procpool_protocol::{decode, decode_prefix, WorkerMessage, PROTOCOL_VERSION};
+use std::sync::Arc;
+
+use procpool_protocol::{
+    decode, decode_prefix, decode_results_ref, BatchResults, OutcomeView, TaskFailure,
+    WorkerMessage, PROTOCOL_VERSION,
+};
 
 use crate::error::{PoolError, WorkerExit};
+use crate::outcome::Payload;
 use crate::supervisor::Command;
 
 /// Everything the supervisor reacts to: what the transport reports about
@@ -32,6 +38,12 @@ pub(crate) enum Event {
         generation: u64,
         message: WorkerMessage,
     },
+    /// A worker's `Results`, decoded with its outputs left in the message.
+    Results {
+        slot: usize,
+        generation: u64,
+        results: Results,
+    },
     /// A worker's result channel closed; `reason` if it broke the protocol.
     Closed {
         slot: usize,
@@ -40,6 +52,89 @@ pub(crate) enum Event {
     },
     /// A request from the pool's users.
     Command(Command),
+}
+
+/// `WorkerMessage::Results` as the supervisor handles it: each output a
+/// [`Payload`], sharing the message it arrived in when decoded by [`decode_results`].
+#[derive(Debug)]
+pub(crate) struct Results {
+    pub batch: u64,
+    pub thread: u32,
+    pub busy_nanos: u64,
+    pub outcomes: Vec<ResultOutcome>,
+}
+
+/// One record's outcome in [`Results`].
+#[derive(Debug)]
+pub(crate) struct ResultOutcome {
+    pub seq: u64,
+    pub started_us: u64,
+    pub nanos: u64,
+    pub outcome: Result<Payload, TaskFailure>,
+}
+
+impl From<BatchResults> for Results {
+    fn from(r: BatchResults) -> Self {
+        Results {
+            batch: r.batch,
+            thread: r.thread,
+            busy_nanos: r.busy_nanos,
+            outcomes: r
+                .outcomes
+                .into_iter()
+                .map(|o| ResultOutcome {
+                    seq: o.seq,
+                    started_us: o.started_us,
+                    nanos: o.nanos,
+                    outcome: match o.outcome {
+                        procpool_protocol::Outcome::Ok(bytes) => Ok(Payload::owned(bytes)),
+                        procpool_protocol::Outcome::Failed(f) => Err(f),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Decode `bytes` as `WorkerMessage::Results` with every output left where
+/// it is (one allocation for the whole message, not one per record);
+/// `Ok(None)` when it is another message. An error says why the worker is
+/// to be dropped.
+pub(crate) fn decode_results(bytes: Vec<u8>) -> Result<Result<Results, Vec<u8>>, String> {
+    let buf = Arc::new(bytes);
+    let view = match decode_results_ref(&buf) {
+        Ok(Some(view)) => view,
+        Ok(None) => {
+            // Not shared yet: the bytes come back as they were.
+            return Ok(Err(Arc::try_unwrap(buf).unwrap_or_else(|b| b.to_vec())));
+        }
+        Err(e) => return Err(format!("sent a malformed message ({e})")),
+    };
+    let base = buf.as_ptr() as usize;
+    let mut outcomes = Vec::with_capacity(view.outcomes.len());
+    for o in view.outcomes {
+        let outcome = match o.outcome {
+            OutcomeView::Ok(out) => {
+                // `out` borrows from `buf`: its offset in the message.
+                let start = (out.as_ptr() as usize).wrapping_sub(base);
+                let payload = Payload::shared(&buf, start..start.wrapping_add(out.len()));
+                Ok(payload.ok_or("sent an output outside its message")?)
+            }
+            OutcomeView::Failed(f) => Err(f),
+        };
+        outcomes.push(ResultOutcome {
+            seq: o.seq,
+            started_us: o.started_us,
+            nanos: o.nanos,
+            outcome,
+        });
+    }
+    Ok(Ok(Results {
+        batch: view.batch,
+        thread: view.thread,
+        busy_nanos: view.busy_nanos,
+        outcomes,
+    }))
 }
 
 /// Decode a message from a worker; `first` marks its first message, whose
@@ -107,4 +202,80 @@ pub(crate) trait Link: Send {
     fn reap(&mut self, patience: Duration) -> WorkerExit;
     /// Give up on it: kill, release whatever waits for it, reap.
     fn abandon(&mut self);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use procpool_protocol::{encode, FailureKind, Outcome, RecordOutcome};
+
+    use super::*;
+
+    #[test]
+    fn results_decode_in_place_like_owned_ones() {
+        let failure = TaskFailure {
+            kind: FailureKind::Panic,
+            message: "boom".into(),
+        };
+        let owned = BatchResults {
+            batch: 4,
+            thread: 1,
+            busy_nanos: 777,
+            outcomes: (0..30u64)
+                .map(|i| RecordOutcome {
+                    seq: 100 + i,
+                    started_us: 1_700_000_000_000_000 + i,
+                    nanos: i * 3,
+                    outcome: if i == 7 {
+                        Outcome::Failed(failure.clone())
+                    } else {
+                        Outcome::Ok(vec![i as u8; i as usize])
+                    },
+                })
+                .collect(),
+        };
+        let bytes = encode(&WorkerMessage::Results(owned.clone())).unwrap();
+        let shared = decode_results(bytes).unwrap().unwrap();
+        let expected = Results::from(owned);
+        assert_eq!(
+            (shared.batch, shared.thread, shared.busy_nanos),
+            (expected.batch, expected.thread, expected.busy_nanos)
+        );
+        assert_eq!(shared.outcomes.len(), expected.outcomes.len());
+        for (a, b) in shared.outcomes.iter().zip(&expected.outcomes) {
+            assert_eq!(
+                (a.seq, a.started_us, a.nanos),
+                (b.seq, b.started_us, b.nanos)
+            );
+            match (&a.outcome, &b.outcome) {
+                (Ok(x), Ok(y)) => assert_eq!(&x[..], &y[..]),
+                (Err(x), Err(y)) => assert_eq!(x, y),
+                _ => panic!("outcomes differ at {}", a.seq),
+            }
+        }
+        // A shared output becomes a vector of its own.
+        let third = shared.outcomes.into_iter().nth(3).unwrap();
+        assert_eq!(third.outcome.unwrap().into_vec(), vec![3u8; 3]);
+    }
+
+    #[test]
+    fn other_messages_come_back_whole_and_garbage_is_an_error() {
+        let ready = encode(&WorkerMessage::Ready).unwrap();
+        assert_eq!(decode_results(ready.clone()).unwrap().unwrap_err(), ready);
+        let mut bytes = encode(&WorkerMessage::Results(BatchResults {
+            batch: 1,
+            thread: 0,
+            busy_nanos: 0,
+            outcomes: vec![RecordOutcome {
+                seq: 0,
+                started_us: 0,
+                nanos: 0,
+                outcome: Outcome::Ok(vec![1, 2, 3]),
+            }],
+        }))
+        .unwrap();
+        bytes.pop();
+        assert!(decode_results(bytes).unwrap_err().contains("malformed"));
+        assert!(decode_results(vec![0xff; 3]).is_err());
+    }
 }

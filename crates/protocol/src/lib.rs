@@ -34,7 +34,8 @@ pub use messages::{
 };
 pub use task::{Task, TaskError};
 pub use views::{
-    decode_batch_ref, encode_results, is_batch, BatchRef, OutcomeRef, RecordOutcomeRef,
+    decode_batch_ref, decode_results_ref, encode_results, is_batch, BatchRef, OutcomeRef,
+    OutcomeView, RecordOutcomeRef, RecordOutcomeView, ResultsRef,
 };
 
 /// MPI backend: the tag of protocol messages, both ways.

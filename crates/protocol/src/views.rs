@@ -44,6 +44,63 @@ pub fn decode_batch_ref(bytes: &[u8]) -> Result<Option<BatchRef<'_>>, CodecError
     Ok(Some(batch))
 }
 
+/// `WorkerMessage::Results` decoded in place: outputs borrow the message's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ResultsRef<'a> {
+    /// The batch these outcomes belong to.
+    pub batch: u64,
+    /// The worker thread that ran them.
+    pub thread: u32,
+    /// Time the worker spent running these records, in nanoseconds.
+    pub busy_nanos: u64,
+    /// Outcomes, in the batch's order.
+    #[serde(borrow)]
+    pub outcomes: Vec<RecordOutcomeView<'a>>,
+}
+
+/// One record's outcome as decoded by [`decode_results_ref`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordOutcomeView<'a> {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// Start, in microseconds since the Unix epoch.
+    pub started_us: u64,
+    /// Duration in nanoseconds.
+    pub nanos: u64,
+    /// The output's bytes, or the failure.
+    #[serde(borrow)]
+    pub outcome: OutcomeView<'a>,
+}
+
+/// How one record ended, as decoded by [`decode_results_ref`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub enum OutcomeView<'a> {
+    /// The output's bytes, borrowed from the message.
+    Ok(&'a [u8]),
+    /// The failure.
+    Failed(TaskFailure),
+}
+
+/// The variant index of `WorkerMessage::Results`.
+const RESULTS_VARIANT: u32 = 3;
+
+/// Decode `bytes` as a `WorkerMessage::Results` without copying its outputs;
+/// `Ok(None)` when it is another message (decode it with [`crate::decode`]).
+pub fn decode_results_ref(bytes: &[u8]) -> Result<Option<ResultsRef<'_>>, CodecError> {
+    let (variant, _) = bincode::serde::borrow_decode_from_slice::<u32, _>(bytes, CONFIG)?;
+    if variant != RESULTS_VARIANT {
+        return Ok(None);
+    }
+    let ((_, results), used): ((u32, ResultsRef<'_>), usize) =
+        bincode::serde::borrow_decode_from_slice(bytes, CONFIG)?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing {
+            extra: bytes.len() - used,
+        });
+    }
+    Ok(Some(results))
+}
+
 /// How one record ended, borrowing its output.
 #[derive(Debug, Clone, Copy)]
 pub enum OutcomeRef<'a> {
@@ -208,5 +265,31 @@ mod tests {
         .unwrap();
         assert_eq!(buf, encode(&expected).unwrap());
         assert_eq!(decode::<WorkerMessage>(&buf).unwrap(), expected);
+        let view = decode_results_ref(&buf).unwrap().unwrap();
+        let WorkerMessage::Results(owned) = &expected else {
+            unreachable!()
+        };
+        assert_eq!(
+            (view.batch, view.thread, view.busy_nanos),
+            (owned.batch, owned.thread, owned.busy_nanos)
+        );
+        assert_eq!(view.outcomes.len(), owned.outcomes.len());
+        for (v, o) in view.outcomes.iter().zip(&owned.outcomes) {
+            assert_eq!(
+                (v.seq, v.started_us, v.nanos),
+                (o.seq, o.started_us, o.nanos)
+            );
+            match (&v.outcome, &o.outcome) {
+                (OutcomeView::Ok(a), Outcome::Ok(b)) => assert_eq!(a, &b.as_slice()),
+                (OutcomeView::Failed(a), Outcome::Failed(b)) => assert_eq!(a, b),
+                _ => panic!("outcomes differ"),
+            }
+        }
+        assert!(
+            decode_results_ref(&encode(&WorkerMessage::Heartbeat).unwrap())
+                .unwrap()
+                .is_none()
+        );
+        assert!(decode_results_ref(&buf[..buf.len() - 1]).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::{Batch, JobId};
 use crate::error::RecordError;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Payload};
 use crate::stats::WorkerStats;
 
 /// Requests from `Pool` and its iterators.
@@ -66,7 +66,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn deliver(&self, job: JobId, list: Vec<Outcome<Vec<u8>>>) {
+    pub(super) fn deliver(&self, job: JobId, list: Vec<Outcome<Payload>>) {
         if let Some(tx) = self.jobs.get(&job) {
             let _ = tx.send(list);
         }

@@ -221,6 +221,21 @@ impl Supervisor {
                     self.message(slot, message);
                 }
             }
+            Event::Results {
+                slot,
+                generation,
+                results,
+            } => {
+                if self.workers[slot].generation == generation {
+                    self.workers[slot].last_heard = Instant::now();
+                    match self.workers[slot].phase {
+                        Phase::Ready | Phase::Draining | Phase::Exiting => {
+                            self.results(slot, results)
+                        }
+                        phase => self.protocol_error(slot, format!("sent Results while {phase:?}")),
+                    }
+                }
+            }
             Event::Closed {
                 slot,
                 generation,
@@ -247,7 +262,7 @@ impl Supervisor {
                 self.reject(slot, PoolError::TaskRejected { pid, reason })
             }
             (Phase::Ready | Phase::Draining | Phase::Exiting, WorkerMessage::Results(results)) => {
-                self.results(slot, results)
+                self.results(slot, results.into())
             }
             (phase, other) => {
                 let what = match other {

@@ -5,13 +5,14 @@
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use procpool_protocol::{encode_batch, BatchResults, FailureKind};
+use procpool_protocol::{encode_batch, FailureKind};
 
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::Batch;
 use crate::error::{HandshakeFailure, RecordError, WorkerEnd};
 use crate::outcome::Outcome;
+use crate::transport::Results;
 
 impl Supervisor {
     /// Send queued batches to workers with room for them.
@@ -95,7 +96,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn results(&mut self, slot: usize, results: BatchResults) {
+    pub(super) fn results(&mut self, slot: usize, results: Results) {
         let w = &mut self.workers[slot];
         let pid = w.pid;
         let n = results.outcomes.len();
@@ -125,8 +126,8 @@ impl Supervisor {
             }
             // The wire's outcome (ok or failed) becomes the record's result.
             let result = match o.outcome {
-                procpool_protocol::Outcome::Ok(bytes) => Ok(bytes),
-                procpool_protocol::Outcome::Failed(f) => {
+                Ok(bytes) => Ok(bytes),
+                Err(f) => {
                     failed += 1;
                     Err(match f.kind {
                         FailureKind::Error => RecordError::Task(f.message),
