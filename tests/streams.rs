@@ -217,7 +217,7 @@ fn cheap_bad_records_first_do_not_hold_back_the_output() {
     let input = write_file(dir.path(), "in.jsonl", input);
     let mut run = coordinator(["--task", "fault", "--input", &input, "--workers", "2"])
         .args(["--skip-bad-input", "--grace", "1s"])
-        .deadline(Duration::from_secs(60))
+        .deadline(Duration::from_secs(30))
         .spawn();
     // The batch size grows at most twofold per measurement and 2 ms records
     // keep it near 2: the batch holding the hung record holds few others.
@@ -232,5 +232,14 @@ fn cheap_bad_records_first_do_not_hold_back_the_output() {
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(*line, ok_n(i as u64 + 2), "line {i}");
     }
+    // The skipped records leave no line: the message counts lines and
+    // names the last input record they cover.
+    let expected = format!(
+        "interrupted by SIGTERM: output holds {} lines in order, for the input up to \
+         record #{} (2 bad input records skipped)",
+        lines.len(),
+        lines.len() + 1
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
     out.assert_no_workers_left(Duration::from_secs(2));
 }
