@@ -290,16 +290,18 @@ impl Output {
 
     /// Write a result line: the worker's JSON, as it is.
     pub fn ok_bytes(&mut self, json: &[u8], entry: JobEntry) -> io::Result<()> {
-        self.line.clear();
-        self.line.extend_from_slice(json);
-        self.end_line(entry)
+        self.end_line(json, entry)
     }
 
     /// Write a failed record's line, in its place.
     pub fn failed(&mut self, seq: u64, error: &RecordError, entry: JobEntry) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, &error_line(seq, error)).map_err(io::Error::other)?;
-        self.end_line(entry)
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let written = serde_json::to_writer(&mut line, &error_line(seq, error))
+            .map_err(io::Error::other)
+            .and_then(|()| self.end_line(&line, entry));
+        self.line = line;
+        written
     }
 
     /// A record skipped as bad input: no line, but its input position is
@@ -324,8 +326,9 @@ impl Output {
         Ok(())
     }
 
-    fn end_line(&mut self, entry: JobEntry) -> io::Result<()> {
-        self.line.push(b'\n');
+    /// Write `line` (and its line end) in its place, straight into the
+    /// output's buffer.
+    fn end_line(&mut self, line: &[u8], entry: JobEntry) -> io::Result<()> {
         let mut sinks = self
             .shared
             .sinks
@@ -341,7 +344,8 @@ impl Output {
                 .before(entry.seq, &mut sinks.out.buf)
                 .map_err(|e| named(&sinks.out.name, e))?;
         }
-        sinks.out.buf.extend_from_slice(&self.line);
+        sinks.out.buf.extend_from_slice(line);
+        sinks.out.buf.push(b'\n');
         if let Some(j) = sinks.joblog.as_mut() {
             if let Some(patch) = sinks.joblog_patch.as_mut() {
                 patch

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use log::{error, info, warn};
-use procpool::raw::{Feed, RawPool, RawSource};
+use procpool::raw::{Bytes, Feed, RawPool, RawSource};
 use procpool::Outcome;
 use procpool::{
     Canceller, Encoding, ParamsEncoding, PoolBuilder, PoolError, RecordError, TaskSpec,
@@ -575,7 +575,7 @@ impl Drained {
         })
     }
 
-    fn count_thread(&mut self, done: &Outcome<Vec<u8>>, pid: u32) {
+    fn count_thread(&mut self, done: &Outcome<Bytes>, pid: u32) {
         let i = done.thread as usize;
         if self.threads.len() <= i {
             self.threads.resize_with(i + 1, ThreadStats::default);

@@ -111,18 +111,6 @@ impl<T> Outcome<T> {
 }
 
 impl Outcome<Payload> {
-    /// The same outcome with its output as bytes of their own.
-    pub(crate) fn into_bytes(self) -> Outcome<Vec<u8>> {
-        Outcome {
-            seq: self.seq,
-            pid: self.pid,
-            thread: self.thread,
-            started_us: self.started_us,
-            duration: self.duration,
-            result: self.result.map(Payload::into_vec),
-        }
-    }
-
     /// The same outcome with its output decoded as `O`.
     pub(crate) fn decode<O: serde::de::DeserializeOwned>(self) -> Outcome<O> {
         let result = self.result.and_then(|bytes| {

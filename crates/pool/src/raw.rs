@@ -149,13 +149,48 @@ impl RawPool {
     }
 }
 
+/// A result's bytes from a [`RawPool`]: a range of the message they arrived
+/// in, shared with the other results of that message, so that results cost
+/// no allocation or copy each. Reads as a `[u8]`; [`Bytes::into_vec`] gives
+/// bytes of their own.
+#[derive(Clone)]
+pub struct Bytes(Payload);
+
+impl Bytes {
+    /// The bytes as a vector of their own (a copy unless they were the
+    /// whole of an unshared message).
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0.into_vec()
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
 /// The iterator behind [`RawPool::map`].
 pub struct RawMap<'p, S> {
     core: &'p Core,
     source: Option<S>,
     job: JobId,
     rx: Receiver<Vec<Outcome<Payload>>>,
-    reorder: ReorderBuffer<Outcome<Vec<u8>>>,
+    reorder: ReorderBuffer<Outcome<Payload>>,
     next_seq: u64,
     yielded: u64,
     /// Average bytes of a record in the last batch.
@@ -249,14 +284,21 @@ impl<S: RawSource> RawMap<'_, S> {
 }
 
 impl<S: RawSource> Iterator for RawMap<'_, S> {
-    type Item = Outcome<Vec<u8>>;
+    type Item = Outcome<Bytes>;
 
-    fn next(&mut self) -> Option<Outcome<Vec<u8>>> {
+    fn next(&mut self) -> Option<Outcome<Bytes>> {
         loop {
             let paused = self.top_up();
             if let Some((_, c)) = self.reorder.pop() {
                 self.yielded += 1;
-                return Some(c);
+                return Some(Outcome {
+                    seq: c.seq,
+                    pid: c.pid,
+                    thread: c.thread,
+                    started_us: c.started_us,
+                    duration: c.duration,
+                    result: c.result.map(Bytes),
+                });
             }
             if self.source.is_none() && self.yielded == self.next_seq {
                 return None;
@@ -276,7 +318,7 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
             match got {
                 Some(list) => {
                     for c in list {
-                        self.reorder.insert(c.seq, c.into_bytes());
+                        self.reorder.insert(c.seq, c);
                     }
                 }
                 None => {

@@ -15,9 +15,12 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error>
     d.deserialize_bytes(BytesVisitor)
 }
 
-/// Borrowed bytes that serialize as bytes (for encoding without a copy).
+/// Borrowed bytes that serialize as bytes: what the hand-written encoders
+/// of the hot path are checked against.
+#[cfg(test)]
 pub(crate) struct AsBytes<'a>(pub &'a [u8]);
 
+#[cfg(test)]
 impl serde::Serialize for AsBytes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)

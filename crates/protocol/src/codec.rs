@@ -115,42 +115,65 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
 /// Encode `Request::Batch` straight from borrowed payloads, appending to
 /// `buf`: the coordinator keeps each payload for a possible retry and need
 /// not copy it into an owned [`crate::Batch`] first. Decodes as `Request::Batch`.
+///
+/// Written field by field with [`put_u64`] and [`put_bytes`] (bincode's own
+/// encoding of these types, checked against it in the tests): through serde
+/// every integer would be a `Write` call of its own.
 pub fn encode_batch<'a, I>(id: u64, records: I, buf: &mut Vec<u8>) -> Result<(), CodecError>
 where
-    I: ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
+    I: ExactSizeIterator<Item = (u64, &'a [u8])>,
 {
-    struct Records<I>(I);
-    impl<'a, I: ExactSizeIterator<Item = (u64, &'a [u8])> + Clone> Serialize for Records<I> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeSeq;
-            let mut seq = s.serialize_seq(Some(self.0.len()))?;
-            for (n, payload) in self.0.clone() {
-                seq.serialize_element(&(n, crate::bytes::AsBytes(payload)))?;
-            }
-            seq.end()
-        }
+    let start = buf.len();
+    // `Request::Batch(Batch { id, records })`: variant 1.
+    put_u64(buf, 1);
+    put_u64(buf, id);
+    put_u64(buf, records.len() as u64);
+    for (seq, payload) in records {
+        put_u64(buf, seq);
+        put_bytes(buf, payload);
     }
-    #[derive(Serialize)]
-    #[serde(rename = "Batch")]
-    struct BatchView<R> {
-        id: u64,
-        records: R,
+    check_message(buf, start)
+}
+
+/// A message appended to `buf` from `start` must be within
+/// [`MAX_MESSAGE_BYTES`]; if not, it is taken off again.
+pub(crate) fn check_message(buf: &mut Vec<u8>, start: usize) -> Result<(), CodecError> {
+    let len = buf.len() - start;
+    if len > MAX_MESSAGE_BYTES {
+        buf.truncate(start);
+        return Err(CodecError::TooLarge {
+            what: "message",
+            len,
+            limit: MAX_MESSAGE_BYTES,
+        });
     }
-    // Same shape as `Request::Batch(Batch { id, records })`: variant 1.
-    #[derive(Serialize)]
-    #[serde(rename = "Request")]
-    enum View<R> {
-        #[allow(dead_code)]
-        Configure,
-        Batch(BatchView<R>),
+    Ok(())
+}
+
+/// Append `v` as bincode's standard configuration encodes any unsigned
+/// integer (a `u64`, a `u32`, a length, an enum's variant index): one byte
+/// below 251, else a marker byte and 2, 4 or 8 little-endian bytes.
+#[inline]
+pub(crate) fn put_u64(buf: &mut Vec<u8>, v: u64) {
+    if v < 251 {
+        buf.push(v as u8);
+    } else if let Ok(v) = u16::try_from(v) {
+        buf.push(251);
+        buf.extend_from_slice(&v.to_le_bytes());
+    } else if let Ok(v) = u32::try_from(v) {
+        buf.push(252);
+        buf.extend_from_slice(&v.to_le_bytes());
+    } else {
+        buf.push(253);
+        buf.extend_from_slice(&v.to_le_bytes());
     }
-    encode_into(
-        &View::Batch(BatchView {
-            id,
-            records: Records(records),
-        }),
-        buf,
-    )
+}
+
+/// Append bytes as bincode encodes `serialize_bytes`: the length, then them.
+#[inline]
+pub(crate) fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    put_u64(buf, bytes.len() as u64);
+    buf.extend_from_slice(bytes);
 }
 
 /// A message that can travel on the wire.
@@ -305,6 +328,39 @@ mod tests {
         let future = encode_value(&(0u32, 99u32, "whatever else")).unwrap();
         assert_eq!(decode_prefix(&future).unwrap(), (0, 99));
         assert!(decode::<WorkerMessage>(&future).is_err());
+    }
+
+    #[test]
+    fn hand_written_integers_and_bytes_are_bincodes() {
+        let edges = [
+            0u64,
+            1,
+            250,
+            251,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64 - 1,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            1_700_000_000_000_000,
+            u64::MAX,
+        ];
+        for v in edges {
+            let mut buf = vec![];
+            put_u64(&mut buf, v);
+            assert_eq!(buf, encode_value(&v).unwrap(), "{v}");
+            if let Ok(small) = u32::try_from(v) {
+                assert_eq!(buf, encode_value(&small).unwrap(), "{v} as u32");
+            }
+        }
+        for len in [0usize, 1, 250, 251, 70_000] {
+            let bytes = vec![7u8; len];
+            let mut buf = vec![];
+            put_bytes(&mut buf, &bytes);
+            assert_eq!(buf, encode_value(&crate::bytes::AsBytes(&bytes)).unwrap());
+        }
     }
 
     #[test]

@@ -2,19 +2,17 @@
 //! format as the owned ones: a worker decodes a batch without copying each
 //! payload out, and encodes its results straight from one buffer of outputs.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::bytes::AsBytes;
-use crate::codec::{encode_into, CodecError, CONFIG};
+use crate::codec::{check_message, encode_into, put_bytes, put_u64, CodecError, CONFIG};
 use crate::TaskFailure;
 
 /// `Request::Batch` decoded in place: payloads borrow the message's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRef<'a> {
     /// Batch id.
     pub id: u64,
     /// `(seq, payload)` of every record, in order.
-    #[serde(borrow)]
     pub records: Vec<(u64, &'a [u8])>,
 }
 
@@ -23,25 +21,85 @@ const BATCH_VARIANT: u32 = 1;
 
 /// Whether `bytes` hold a `Request::Batch` (by its variant index alone).
 pub fn is_batch(bytes: &[u8]) -> bool {
-    bincode::serde::borrow_decode_from_slice::<u32, _>(bytes, CONFIG)
-        .is_ok_and(|(variant, _)| variant == BATCH_VARIANT)
+    Reader::new(bytes)
+        .uint()
+        .is_ok_and(|variant| variant == u64::from(BATCH_VARIANT))
 }
 
 /// Decode `bytes` as a `Request::Batch` without copying its payloads;
 /// `Ok(None)` when it is another request (decode it with [`crate::decode`]).
+/// Read field by field, as [`crate::encode_batch`] writes it.
 pub fn decode_batch_ref(bytes: &[u8]) -> Result<Option<BatchRef<'_>>, CodecError> {
-    let (variant, _) = bincode::serde::borrow_decode_from_slice::<u32, _>(bytes, CONFIG)?;
-    if variant != BATCH_VARIANT {
+    let mut r = Reader::new(bytes);
+    if r.uint()? != u64::from(BATCH_VARIANT) {
         return Ok(None);
     }
-    let ((_, batch), used): ((u32, BatchRef<'_>), usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, CONFIG)?;
-    if used != bytes.len() {
-        return Err(CodecError::Trailing {
-            extra: bytes.len() - used,
-        });
+    let id = r.uint()?;
+    let len = r.uint()?;
+    // Every record takes at least two bytes: no allocation beyond the message.
+    let mut records = Vec::with_capacity(len.min(r.left() as u64 / 2) as usize);
+    for _ in 0..len {
+        let seq = r.uint()?;
+        records.push((seq, r.bytes()?));
     }
-    Ok(Some(batch))
+    if r.left() > 0 {
+        return Err(CodecError::Trailing { extra: r.left() });
+    }
+    Ok(Some(BatchRef { id, records }))
+}
+
+/// Reads what [`crate::codec`]'s `put_u64` and `put_bytes` write.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if n > self.bytes.len() {
+            return Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: n - self.bytes.len(),
+            }
+            .into());
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// An unsigned integer in bincode's varint encoding.
+    fn uint(&mut self) -> Result<u64, CodecError> {
+        let first = self.take(1)?[0];
+        Ok(match first {
+            0..=250 => u64::from(first),
+            251 => u64::from(u16::from_le_bytes(self.array()?)),
+            252 => u64::from(u32::from_le_bytes(self.array()?)),
+            253 => u64::from_le_bytes(self.array()?),
+            _ => {
+                return Err(
+                    bincode::error::DecodeError::Other("integer too large or invalid").into(),
+                )
+            }
+        })
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = self.uint()?;
+        self.take(usize::try_from(len).unwrap_or(usize::MAX))
+    }
 }
 
 /// `WorkerMessage::Results` decoded in place: outputs borrow the message's bytes.
@@ -124,7 +182,9 @@ pub struct RecordOutcomeRef<'a> {
 }
 
 /// Encode `WorkerMessage::Results` from borrowed outcomes, appending to
-/// `buf`. Decodes as `WorkerMessage::Results(BatchResults { .. })`.
+/// `buf`. Decodes as `WorkerMessage::Results(BatchResults { .. })`. Written
+/// field by field as [`crate::encode_batch`] is; a failure's
+/// [`TaskFailure`] goes through bincode.
 pub fn encode_results<'a, I>(
     batch: u64,
     thread: u32,
@@ -133,53 +193,36 @@ pub fn encode_results<'a, I>(
     buf: &mut Vec<u8>,
 ) -> Result<(), CodecError>
 where
-    I: ExactSizeIterator<Item = RecordOutcomeRef<'a>> + Clone,
+    I: ExactSizeIterator<Item = RecordOutcomeRef<'a>>,
 {
-    struct Outcomes<I>(I);
-    impl<'a, I: ExactSizeIterator<Item = RecordOutcomeRef<'a>> + Clone> Serialize for Outcomes<I> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeSeq;
-            #[derive(Serialize)]
-            enum OutcomeView<'a> {
-                Ok(AsBytes<'a>),
-                Failed(&'a TaskFailure),
+    let start = buf.len();
+    // `WorkerMessage::Results(BatchResults { batch, thread, busy_nanos, outcomes })`: variant 3.
+    put_u64(buf, 3);
+    put_u64(buf, batch);
+    put_u64(buf, u64::from(thread));
+    put_u64(buf, busy_nanos);
+    put_u64(buf, outcomes.len() as u64);
+    for o in outcomes {
+        put_u64(buf, o.seq);
+        put_u64(buf, o.started_us);
+        put_u64(buf, o.nanos);
+        match o.outcome {
+            // `Outcome::Ok(bytes)`: variant 0.
+            OutcomeRef::Ok(bytes) => {
+                put_u64(buf, 0);
+                put_bytes(buf, bytes);
             }
-            let mut seq = s.serialize_seq(Some(self.0.len()))?;
-            for o in self.0.clone() {
-                let outcome = match o.outcome {
-                    OutcomeRef::Ok(bytes) => OutcomeView::Ok(AsBytes(bytes)),
-                    OutcomeRef::Failed(f) => OutcomeView::Failed(f),
-                };
-                seq.serialize_element(&(o.seq, o.started_us, o.nanos, outcome))?;
+            // `Outcome::Failed(failure)`: variant 1.
+            OutcomeRef::Failed(f) => {
+                put_u64(buf, 1);
+                if let Err(e) = encode_into(f, buf) {
+                    buf.truncate(start);
+                    return Err(e);
+                }
             }
-            seq.end()
         }
     }
-    #[derive(Serialize)]
-    struct ResultsView<R> {
-        batch: u64,
-        thread: u32,
-        busy_nanos: u64,
-        outcomes: R,
-    }
-    // Same shape as `WorkerMessage::Results(BatchResults { .. })`: variant 3.
-    #[derive(Serialize)]
-    #[allow(dead_code)]
-    enum View<R> {
-        Hello,
-        Ready,
-        Rejected,
-        Results(ResultsView<R>),
-    }
-    encode_into(
-        &View::Results(ResultsView {
-            batch,
-            thread,
-            busy_nanos,
-            outcomes: Outcomes(outcomes),
-        }),
-        buf,
-    )
+    check_message(buf, start)
 }
 
 #[cfg(test)]
@@ -217,6 +260,49 @@ mod tests {
         longer.push(0);
         assert!(decode_batch_ref(&longer).is_err());
         assert!(decode_batch_ref(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn damaged_batches_decode_as_bincode_decodes_them() {
+        let batch = Batch {
+            id: 300,
+            records: [0u64, 250, 251, 70_000, 1 << 40]
+                .iter()
+                .map(|&seq| Record {
+                    seq,
+                    payload: vec![seq as u8; (seq % 300) as usize],
+                })
+                .collect(),
+        };
+        let bytes = encode(&Request::Batch(batch)).unwrap();
+        let mut cases: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+        for at in 0..bytes.len() {
+            for b in [0u8, 1, 250, 251, 252, 253, 254, 255] {
+                let mut damaged = bytes.clone();
+                damaged[at] = b;
+                cases.push(damaged);
+            }
+        }
+        for case in cases {
+            let owned = decode::<Request>(&case);
+            let view = decode_batch_ref(&case);
+            match (owned, view) {
+                (Ok(Request::Batch(b)), Ok(Some(v))) => {
+                    assert_eq!(b.id, v.id);
+                    let records: Vec<(u64, &[u8])> = b
+                        .records
+                        .iter()
+                        .map(|r| (r.seq, r.payload.as_slice()))
+                        .collect();
+                    assert_eq!(records, v.records);
+                }
+                (Ok(Request::Batch(_)), other) => panic!("{case:?}: {other:?}"),
+                (Ok(_), Ok(None)) | (Err(_), Err(_)) => {}
+                // Another request that is itself damaged.
+                (Err(_), Ok(None)) => {}
+                (owned, view) => panic!("{case:?}: {owned:?} but {view:?}"),
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
@@ -72,6 +72,56 @@ impl LineBudget {
         } else {
             self.suppressed += 1;
             false
+        }
+    }
+
+    /// When the next token comes, if no one takes one before.
+    fn next_token(&self) -> Instant {
+        let wait = ((1.0 - self.tokens) / Self::PER_SECOND).max(0.0);
+        self.last + Duration::from_secs_f64(wait)
+    }
+}
+
+/// One batch's view of the shared [`LineBudget`]: once it says no, the
+/// records until its next token are refused (and counted) without the lock.
+/// Other threads only ever take tokens, so this refuses no line the shared
+/// budget would have allowed.
+struct LocalBudget<'a> {
+    shared: &'a Mutex<LineBudget>,
+    quiet_until: Option<Instant>,
+    suppressed: u64,
+}
+
+impl<'a> LocalBudget<'a> {
+    fn new(shared: &'a Mutex<LineBudget>) -> Self {
+        LocalBudget {
+            shared,
+            quiet_until: None,
+            suppressed: 0,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.quiet_until.is_some_and(|until| now < until) {
+            self.suppressed += 1;
+            return false;
+        }
+        let Ok(mut b) = self.shared.lock() else {
+            return false;
+        };
+        b.suppressed += std::mem::take(&mut self.suppressed);
+        let allowed = b.allow(now);
+        self.quiet_until = (!allowed).then(|| b.next_token());
+        allowed
+    }
+}
+
+impl Drop for LocalBudget<'_> {
+    fn drop(&mut self) {
+        if self.suppressed > 0 {
+            if let Ok(mut b) = self.shared.lock() {
+                b.suppressed += self.suppressed;
+            }
         }
     }
 }
@@ -433,7 +483,10 @@ fn run_batch(
         .map_or(0, |d| d.as_micros() as u64);
     let batch_t0 = Instant::now();
     let mut t0 = batch_t0;
+    // `t0 - batch_t0` in nanoseconds.
+    let mut t0_ns = 0u64;
     let log_records = log::log_enabled!(log::Level::Info);
+    let mut budget = LocalBudget::new(&ctx.budget);
     // Bytes of failure messages not yet flushed (outputs are counted in `collected`).
     let mut pending_messages = 0usize;
     for &(seq, payload) in records {
@@ -446,8 +499,8 @@ fn run_batch(
         };
         // The budget is asked first, so that a record's label is built only
         // for a line that is written.
-        let log_this = log_records && ctx.budget.lock().is_ok_and(|mut b| b.allow(t0));
-        let started_us = batch_wall_us + t0.duration_since(batch_t0).as_micros() as u64;
+        let log_this = log_records && budget.allow(t0);
+        let started_us = batch_wall_us + t0_ns / 1000;
         let before = collected.outputs.len();
         let result = runner.run_record(
             payload,
@@ -459,8 +512,9 @@ fn run_batch(
             collected.outputs.truncate(before);
         }
         let t1 = Instant::now();
-        let nanos = t1.duration_since(t0).as_nanos() as u64;
-        t0 = t1;
+        let t1_ns = t1.duration_since(batch_t0).as_nanos() as u64;
+        let nanos = t1_ns - t0_ns;
+        (t0, t0_ns) = (t1, t1_ns);
         ctx.done.fetch_add(1, Ordering::Relaxed);
         if let Err(f) = &result {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
@@ -727,5 +781,29 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> u8 {
             );
             1
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_budget_refuses_what_the_shared_one_would_and_counts_it() {
+        let shared = Mutex::new(LineBudget::new());
+        let t = shared.lock().unwrap().last;
+        let mut local = LocalBudget::new(&shared);
+        let allowed = (0..30).filter(|_| local.allow(t)).count();
+        assert_eq!(allowed, LineBudget::BURST as usize);
+        // Refused without the lock until the next token, then one more line.
+        let soon = t + Duration::from_millis(50);
+        assert!(!local.allow(soon));
+        let later = t + Duration::from_millis(101);
+        assert!(local.allow(later));
+        assert!(!local.allow(later));
+        drop(local);
+        // Every refusal is counted in the shared budget.
+        assert_eq!(shared.lock().unwrap().suppressed, 12);
     }
 }
