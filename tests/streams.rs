@@ -203,3 +203,43 @@ fn has_thread(pid: u32, name: &str) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Records that cost next to nothing at the start (bad input, skipped) do
+/// not make the batch size jump: the records after them are still sent in
+/// small batches, so their results come out while a slow record at the end
+/// runs (in one large batch with it, none would until it finished).
+#[test]
+fn cheap_bad_records_first_do_not_hold_back_the_output() {
+    let dir = tempdir();
+    let mut input = String::from("not json\nnot json either\n");
+    input.push_str(&fault_input((2..102).map(|n| (n, "sleep:2"))));
+    input.push_str(&fault_input([(102, "hang")]));
+    let input = write_file(dir.path(), "in.jsonl", input);
+    let mut run = coordinator(["--task", "fault", "--input", &input, "--workers", "2"])
+        .args(["--skip-bad-input", "--grace", "1s"])
+        .deadline(Duration::from_secs(30))
+        .spawn();
+    // The batch size grows at most twofold per measurement and 2 ms records
+    // keep it near 2: the batch holding the hung record holds few others.
+    run.wait_for("90 results while the last record hangs", |r| {
+        r.stdout_lines_now() >= 90
+    });
+    run.signal(libc::SIGTERM);
+    let out = run.wait();
+    out.assert_code(143);
+    let lines = out.lines();
+    assert!((90..=100).contains(&lines.len()), "{} lines", lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(*line, ok_n(i as u64 + 2), "line {i}");
+    }
+    // The skipped records leave no line: the message counts lines and
+    // names the last input record they cover.
+    let expected = format!(
+        "interrupted by SIGTERM: output holds {} lines in order, for the input up to \
+         record #{} (2 bad input records skipped)",
+        lines.len(),
+        lines.len() + 1
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+    out.assert_no_workers_left(Duration::from_secs(2));
+}

@@ -100,11 +100,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     report(&settings, &drained, &stats, started.elapsed(), &multi)?;
     let signal = signals.signal.load(Ordering::SeqCst);
     if signal != 0 {
-        warn!(
-            "interrupted by {}: output holds the first {} records in order",
-            signal_hook::low_level::signal_name(signal).unwrap_or("signal"),
-            plan.resume_from + drained.records
-        );
+        let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
+        let lines = plan.resume_from + drained.records;
+        match drained.last_seq.filter(|_| drained.skipped > 0) {
+            // Skipped records leave no line: say what the lines cover.
+            Some(last) => warn!(
+                "interrupted by {name}: output holds {lines} lines in order, for the input up \
+                 to record #{last} ({} bad input records skipped)",
+                drained.skipped
+            ),
+            None => warn!("interrupted by {name}: output holds the first {lines} records in order"),
+        }
     }
     drained.exit_code(signal)
 }
@@ -542,6 +548,8 @@ struct Drained {
     records: u64,
     failures: Vec<(u64, RecordError)>,
     skipped: u64,
+    /// Input number of the last record written or skipped.
+    last_seq: Option<u64>,
     stopped_early: bool,
     bad_input: Option<BadRecord>,
     /// Per thread of the thread executor's worker: (pid, stats).
@@ -630,6 +638,7 @@ fn drain(
             if args.skip_bad_input {
                 warn!("skipping bad input: {bad}");
                 d.skipped += 1;
+                d.last_seq = Some(seq);
                 out.skipped(seq)?;
                 continue;
             }
@@ -648,6 +657,7 @@ fn drain(
             done.result.as_ref().map(|_| ()),
         );
         d.records += 1;
+        d.last_seq = Some(seq);
         match done.result {
             Ok(bytes) => out.ok_bytes(&bytes, entry)?,
             Err(e) => {

@@ -147,6 +147,11 @@ impl Sizer {
     }
 
     /// Fold in a measurement: `records` took `busy_nanos` in a worker.
+    ///
+    /// The size shrinks at once but at most doubles per measurement: a few
+    /// records that cost next to nothing (bad input, say) do not get the
+    /// rest of the input handed out in one or two batches before the cost
+    /// of the real ones is known.
     pub fn observe(&self, records: usize, busy_nanos: u64) {
         if records == 0 {
             return;
@@ -160,7 +165,9 @@ impl Sizer {
         };
         self.cost_bits.store(cost.to_bits(), Ordering::Relaxed);
         if self.fixed.is_none() {
-            self.suggested.store(size_for_cost(cost), Ordering::Relaxed);
+            let ramp = self.suggested.load(Ordering::Relaxed).saturating_mul(2);
+            self.suggested
+                .store(size_for_cost(cost).min(ramp), Ordering::Relaxed);
         }
     }
 }
@@ -217,6 +224,27 @@ mod tests {
         assert_eq!((c.len(), c.bytes()), (2, before));
     }
 
+    /// Two records that cost nothing (bad input) then 10 ms ones: the size
+    /// stays small, rather than jumping to thousands on the first measurement.
+    #[test]
+    fn cheap_records_first_do_not_make_huge_batches() {
+        let s = Sizer::new(None);
+        s.observe(1, 1_000);
+        s.observe(1, 1_000);
+        assert_eq!(s.batch_size(), 4);
+        s.observe(1, 10_000_000);
+        assert_eq!(s.batch_size(), 1);
+        for _ in 0..20 {
+            s.observe(1, 10_000_000);
+            assert_eq!(s.batch_size(), 1);
+        }
+        // And when records get cheaper the size ramps up again.
+        for _ in 0..40 {
+            s.observe(4, 396_000); // 99 us: 40 records
+        }
+        assert_eq!(s.batch_size(), 40);
+    }
+
     #[test]
     fn batch_size_follows_cost() {
         assert_eq!(size_for_cost(1e9), 1); // one-second records: one at a time
@@ -224,8 +252,17 @@ mod tests {
         assert_eq!(size_for_cost(100.0), MAX_BATCH_RECORDS); // tiny records
         let s = Sizer::new(None);
         assert_eq!(s.batch_size(), 1);
-        s.observe(10, 10_000); // 1 us per record: 4 ms is 4000 records
-        assert_eq!(s.batch_size(), 4000);
+        // 1 us per record: 4 ms is 4000 records, reached by doubling.
+        let sizes: Vec<usize> = (0..13)
+            .map(|_| {
+                s.observe(10, 10_000);
+                s.batch_size()
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4000, 4000]
+        );
         s.observe(10, 10); // far cheaper: capped
         assert_eq!(s.batch_size(), MAX_BATCH_RECORDS);
         let fixed = Sizer::new(Some(3));

@@ -8,6 +8,7 @@
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::borrowing::Borrowing;
 use crate::{Request, WorkerMessage};
 
 /// The largest message either side will encode or decode (64 MiB).
@@ -95,7 +96,14 @@ fn encode_limited<T: Serialize + ?Sized>(
 
 /// Decode a serde value that must span all of `bytes`.
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, CONFIG)?;
+    /// `T`, with its strings read through borrowed ones (see [`Borrowing`]).
+    struct Via<T>(T);
+    impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Via<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            T::deserialize(Borrowing(d)).map(Via)
+        }
+    }
+    let (Via(value), used) = bincode::serde::borrow_decode_from_slice(bytes, CONFIG)?;
     if used != bytes.len() {
         return Err(CodecError::Trailing {
             extra: bytes.len() - used,

@@ -17,6 +17,7 @@
 //! coord  -> Stop                     (or the channel closes)
 //! ```
 
+mod borrowing;
 mod bytes;
 mod codec;
 mod messages;
