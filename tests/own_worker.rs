@@ -188,3 +188,39 @@ fn thread_executor_statistics_have_one_row_per_thread_of_one_process() {
     assert_eq!(records, posts.len() as u64);
     assert_eq!(report["executor"], "thread");
 }
+
+#[test]
+fn a_users_worker_ignores_the_fault_injection_variable() {
+    let dir = tempdir();
+    let posts = posts();
+    let json = write_file(dir.path(), "posts.jsonl", jsonl(&posts));
+    let expected = reference(&WordStats::default(), &posts);
+    // The project's own worker obeys it (so the variable is really there)...
+    let fault = write_file(
+        dir.path(),
+        "fault.jsonl",
+        crate::util::fault_input((0..5).map(|n| (n, ""))),
+    );
+    let obeyed = coordinator(["--task", "fault", "--input", &fault, "--workers", "1"])
+        .env("PROCPOOL_WORKER_FAULT", "crash-after:1")
+        .run();
+    assert!(obeyed.stderr.contains("SIGABRT"), "{}", obeyed.stderr);
+    // ... a worker of one's own, which never opted in, does not.
+    for executor in ["process", "thread"] {
+        let out = word_stats(&["--input", &json, "--workers", "1", "--executor", executor])
+            .args(["--chunksize", "1"])
+            .env("PROCPOOL_WORKER_FAULT", "crash-after:1")
+            .run();
+        out.assert_code(1);
+        out.assert_no_panic();
+        assert_eq!(out.json(), expected, "{executor}:\n{}", out.stderr);
+        assert_eq!(out.spawned_pids().len(), 1, "{executor}:\n{}", out.stderr);
+        for word in ["SIGABRT", "crashed", "worker_died", "replac"] {
+            assert!(
+                !out.stderr.contains(word),
+                "{executor}: {word}:\n{}",
+                out.stderr
+            );
+        }
+    }
+}

@@ -1,11 +1,14 @@
 //! Faults a worker injects on purpose, so that tests can watch how a
 //! coordinator copes: chosen by the environment variable [`ENV_FAULT`].
 //!
-//! Only a worker runtime built with the cargo feature `fault-injection` reads
-//! the variable (the project's own `worker` binary enables it for its tests
-//! and demos); in any other build [`InjectedFault::from_env`] is always
-//! [`InjectedFault::None`], so a user's worker never obeys it. The serve loop
-//! calls the few hooks below at fixed points and knows nothing else of faults.
+//! The variable is read only by a worker that has opted in at run time with
+//! [`obey_fault_injection_env`] before serving (the project's own `worker`
+//! binary does, for its tests and demos). Without that call the variable is
+//! ignored, whatever cargo features are on, so a user's worker never obeys
+//! it. The serve loop calls the few hooks below at fixed points and knows
+//! nothing else of faults.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Environment variable that makes a worker misbehave on purpose. Values:
 /// `exit-before-hello`, `hang-before-hello`, `hang-after-connect`,
@@ -13,12 +16,20 @@
 /// after K records), `garbage-after:K` (send garbage after K records).
 pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
 
+static OBEY_ENV: AtomicBool = AtomicBool::new(false);
+
+/// Make this worker obey [`ENV_FAULT`]: call it before [`serve`](crate::serve)
+/// (or [`main_with`](crate::main_with)). Meant for a worker binary that tests
+/// a coordinator's failure handling; a worker that never calls it ignores the
+/// variable.
+pub fn obey_fault_injection_env() {
+    OBEY_ENV.store(true, Ordering::Relaxed);
+}
+
 /// Bytes that decode as no message at all.
 const GARBAGE: [u8; 37] = [0xFF; 37];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Without the feature, only `None` is ever built.
-#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) enum InjectedFault {
     None,
     ExitBeforeHello,
@@ -32,20 +43,21 @@ pub(crate) enum InjectedFault {
 }
 
 impl InjectedFault {
-    /// The fault this worker is to inject: none unless the runtime was built
-    /// with `fault-injection` and [`ENV_FAULT`] names one.
+    /// The fault this worker is to inject: none unless the worker opted in
+    /// with [`obey_fault_injection_env`] and [`ENV_FAULT`] names one.
     pub(crate) fn from_env() -> Self {
-        #[cfg(feature = "fault-injection")]
-        if let Ok(v) = std::env::var(ENV_FAULT) {
-            return Self::parse(&v).unwrap_or_else(|| {
+        if !OBEY_ENV.load(Ordering::Relaxed) {
+            return InjectedFault::None;
+        }
+        match std::env::var(ENV_FAULT) {
+            Ok(v) => Self::parse(&v).unwrap_or_else(|| {
                 log::warn!("ignoring unknown {ENV_FAULT}={v}");
                 InjectedFault::None
-            });
+            }),
+            Err(_) => InjectedFault::None,
         }
-        InjectedFault::None
     }
 
-    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     fn parse(v: &str) -> Option<Self> {
         let after = |prefix: &str| v.strip_prefix(prefix).and_then(|k| k.parse().ok());
         Some(match v {
@@ -143,19 +155,19 @@ mod tests {
         assert_eq!(InjectedFault::parse("explode"), None);
     }
 
-    /// The variable is obeyed only with the feature. `cargo test -p
-    /// procpool-worker` builds the runtime without it (as a user's worker
-    /// is built); the workspace's test run builds it with it.
+    /// The variable is ignored until the worker opts in, then obeyed.
     #[test]
-    fn the_variable_is_obeyed_only_with_the_feature() {
-        // No other test of this crate reads or writes the environment.
+    fn the_variable_is_obeyed_only_after_opting_in() {
+        // No other test of this crate reads or writes the environment,
+        // calls `obey_fault_injection_env` or serves.
         std::env::set_var(ENV_FAULT, "crash-after:2");
-        let fault = InjectedFault::from_env();
+        let before = InjectedFault::from_env();
+        obey_fault_injection_env();
+        let after = InjectedFault::from_env();
         std::env::remove_var(ENV_FAULT);
-        if cfg!(feature = "fault-injection") {
-            assert_eq!(fault, InjectedFault::CrashAfter(2));
-        } else {
-            assert_eq!(fault, InjectedFault::None);
-        }
+        let unset = InjectedFault::from_env();
+        assert_eq!(before, InjectedFault::None);
+        assert_eq!(after, InjectedFault::CrashAfter(2));
+        assert_eq!(unset, InjectedFault::None);
     }
 }

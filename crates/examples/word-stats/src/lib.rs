@@ -12,7 +12,7 @@
 //! (a JSON line, or a CSV row with the header) as it is, this worker decodes
 //! it into a [`Post`], and the [`PostStats`] it returns are written out as JSON.
 
-use procpool_protocol::{Task, TaskError, TaskInfo};
+use procpool::{Task, TaskError, TaskInfo};
 use serde::{Deserialize, Serialize};
 
 /// Word statistics of each post. Its fields are the task's parameters

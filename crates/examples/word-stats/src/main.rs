@@ -1,7 +1,7 @@
 //! The worker binary: register the task, serve the coordinator.
 
 fn main() -> std::process::ExitCode {
-    let mut registry = procpool_worker::Registry::new();
+    let mut registry = procpool::worker::Registry::new();
     registry.register::<word_stats::WordStats>();
-    procpool_worker::main_with(registry)
+    procpool::worker::main_with(registry)
 }
