@@ -57,3 +57,30 @@ fn sigkill_of_the_coordinator_takes_what_workers_started_down() {
     );
     let _ = run.wait();
 }
+
+#[test]
+fn sigkill_of_the_coordinator_takes_a_foreign_worker_binary_down() {
+    use std::os::unix::fs::PermissionsExt;
+    // A worker binary not built on the worker runtime: it never answers, and
+    // only the spawner's PR_SET_PDEATHSIG ties it to its coordinator.
+    let secs = 772_000 + u64::from(std::process::id() % 100_000);
+    let dir = tempdir();
+    let bin = dir.path().join("worker");
+    std::fs::write(&bin, format!("#!/bin/sh\nexec sleep {secs}\n")).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = write_file(dir.path(), "in.jsonl", fault_input([(0, "")]));
+    let mut run = coordinator(["--task", "fault", "--input", &path, "--workers", "1"])
+        .arg("--worker-bin")
+        .arg(&bin)
+        .deadline(Duration::from_secs(30))
+        .spawn();
+    run.wait_for("the foreign worker started", |_| !sleeps(secs).is_empty());
+    send_signal(run.pid, libc::SIGKILL);
+    let gone = wait_until(Duration::from_secs(2), || sleeps(secs).is_empty());
+    let left = sleeps(secs);
+    for &pid in &left {
+        send_signal(pid, libc::SIGKILL);
+    }
+    assert!(gone, "worker {left:?} outlived its coordinator by 2 s");
+    let _ = run.wait();
+}
