@@ -17,6 +17,7 @@ mod limits;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod operate;
+mod orphans;
 mod own_worker;
 mod preflight;
 mod resume;

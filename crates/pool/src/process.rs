@@ -262,6 +262,22 @@ fn spawn(
     };
     let mut command = Command::new(bin);
     command.stderr(stderr);
+    let coordinator = std::process::id();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
+    // getppid) are made, and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            // Any worker binary dies with this thread of ours (the runtime
+            // then widens that to the worker's process group).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != coordinator {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     let child = command
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)

@@ -12,7 +12,8 @@ pub struct FaultIn {
     pub n: u64,
     /// `""` or `"none"` (succeed), `"error"` (task error), `"panic"`,
     /// `"abort"` (SIGABRT), `"kill"` (SIGKILL itself), `"exit"` (exit code 3),
-    /// `"hang"` (sleep for an hour), `"sleep:MS"`.
+    /// `"hang"` (sleep for an hour), `"sleep:MS"`, `"orphan:SECS"` (start
+    /// `sleep SECS` and leave it running).
     #[serde(default)]
     pub fault: String,
 }
@@ -25,8 +26,8 @@ pub struct FaultOut {
 }
 
 /// A task that misbehaves as each record asks: the poison records, panics,
-/// crashes and hangs that the pool must survive. Only these fixed behaviours
-/// exist; nothing in the data is executed.
+/// crashes and hangs that the pool must survive, and a helper process left
+/// behind. Only these fixed behaviours exist; nothing in the data is executed.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Fault;
 
@@ -49,10 +50,22 @@ impl Task for Fault {
             }
             "exit" => std::process::exit(3),
             "hang" => std::thread::sleep(Duration::from_secs(3600)),
-            other => match other.strip_prefix("sleep:").map(str::parse::<u64>) {
-                Some(Ok(ms)) => std::thread::sleep(Duration::from_millis(ms)),
-                _ => return Err(format!("unknown fault `{other}`").into()),
-            },
+            other => {
+                if let Some(Ok(ms)) = other.strip_prefix("sleep:").map(str::parse::<u64>) {
+                    std::thread::sleep(Duration::from_millis(ms));
+                } else if let Some(Ok(secs)) = other.strip_prefix("orphan:").map(str::parse::<u64>)
+                {
+                    // Started and not waited for: it outlives this record.
+                    std::process::Command::new("sleep")
+                        .arg(secs.to_string())
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .spawn()
+                        .map_err(|e| format!("record {}: cannot start sleep: {e}", input.n))?;
+                } else {
+                    return Err(format!("unknown fault `{other}`").into());
+                }
+            }
         }
         Ok(FaultOut { n: input.n })
     }
@@ -64,7 +77,7 @@ impl Task for Fault {
     fn info() -> TaskInfo {
         TaskInfo {
             name: Self::NAME.into(),
-            description: "fault injection: echo n, or error/panic/abort/kill/exit/hang/sleep:MS as `fault` says".into(),
+            description: "fault injection: echo n, or error/panic/abort/kill/exit/hang/sleep:MS/orphan:SECS as `fault` says".into(),
             input_fields: vec!["n".into(), "fault".into()],
             output_fields: vec!["n".into()],
             ..TaskInfo::default()

@@ -129,8 +129,8 @@ impl Drop for LocalBudget<'_> {
 /// Serve a coordinator: connect, say hello, run what it sends until it says
 /// `Stop` or goes away. Returns `Ok` on an orderly end.
 pub fn serve(registry: Registry) -> Result<(), ServeError> {
-    die_with_parent();
     let server = std::env::var(ENV_SERVER).map_err(|_| ServeError::NotUnderCoordinator)?;
+    die_with_parent();
     let token = std::env::var(ENV_TOKEN).unwrap_or_default();
     // Panics inside tasks are reported as failed records, with the message; the
     // default hook's extra stderr lines would only repeat them.
@@ -254,6 +254,7 @@ fn serve_on<T: WorkerTransport>(
         let Some(bytes) = out.transport.recv()? else {
             let done = ctx.done.load(Ordering::Relaxed);
             info!("coordinator went away; exiting after {done} records");
+            abandoned();
             return Ok(());
         };
         // Batches first, decoded in place (the hot path).
@@ -714,12 +715,31 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Ask the kernel to kill this worker when its coordinator dies, and exit now
-/// if that already happened before we could ask.
+/// Take this worker down with its coordinator: the kernel sends SIGTERM when
+/// the parent dies (`PR_SET_PDEATHSIG`), and a thread of ours turns it into
+/// SIGKILL for the worker's whole process group, so that processes its tasks
+/// started go too. Exits now if the coordinator died before we could ask.
 fn die_with_parent() {
+    // The handler first, so the signal is never left to its default action;
+    // without a thread to catch it, SIGKILL for the worker alone, as before.
+    let caught = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])
+        .map_err(|e| log::debug!("no SIGTERM handler: {e}"))
+        .ok()
+        .and_then(|mut signals| {
+            std::thread::Builder::new()
+                .name("procpool-parent-death".into())
+                .spawn(move || {
+                    if signals.forever().next().is_some() {
+                        kill_own_group();
+                    }
+                })
+                .ok()
+        })
+        .is_some();
+    let signal = if caught { libc::SIGTERM } else { libc::SIGKILL };
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_PDEATHSIG, signal);
     }
     if let Some(parent) = std::env::var(ENV_PARENT)
         .ok()
@@ -729,6 +749,32 @@ fn die_with_parent() {
         if unsafe { libc::getppid() } != parent {
             std::process::exit(0);
         }
+    }
+}
+
+/// SIGKILL for this process and, when it leads its own process group (as
+/// local workers do), the whole group: whatever its tasks started. A process
+/// in someone else's group (an MPI rank in `mpirun`'s) kills itself only.
+fn kill_own_group() -> ! {
+    // SAFETY: getpgrp, getpid, killpg and kill take and return plain integers.
+    unsafe {
+        let group = libc::getpgrp();
+        if group == libc::getpid() {
+            libc::killpg(group, libc::SIGKILL);
+        }
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::exit(1)
+}
+
+/// The coordinator went away without a word: a local worker of a coordinator
+/// that leads its own process group kills the group, itself included, so
+/// that nothing its tasks started is left behind. Otherwise nothing is done.
+fn abandoned() {
+    // SAFETY: getpgrp and getpid have no preconditions.
+    let leader = unsafe { libc::getpgrp() == libc::getpid() };
+    if leader && std::env::var_os(ENV_PARENT).is_some() {
+        kill_own_group();
     }
 }
 
