@@ -990,15 +990,25 @@ fn progress_lines(out: &Output) -> Vec<(u64, u64)> {
 
 #[test]
 fn progress_lines_when_stderr_is_not_a_terminal() {
-    // 50 records of 100 ms on one worker: about 5 s each run. Run side by
-    // side (they sleep), with --progress, with --no-progress, and by default.
+    // 50 records of 20 ms on one worker: about 1 s each run, five times the
+    // 200 ms progress interval. Run side by side (they sleep), with
+    // --progress, with --no-progress, and by default.
     let dir = tempdir();
     let input = write_file(
         dir.path(),
         "in.jsonl",
-        fault_input((0..50).map(|n| (n, "sleep:100"))),
+        fault_input((0..50).map(|n| (n, "sleep:20"))),
     );
-    let base = coordinator(["--task", "fault", "--input", &input, "--workers", "1"]);
+    let base = coordinator([
+        "--task",
+        "fault",
+        "--input",
+        &input,
+        "--workers",
+        "1",
+        "--progress-interval",
+        "200ms",
+    ]);
     let runs: Vec<(&str, _)> = [
         ("--progress", Some("--progress")),
         ("--no-progress", Some("--no-progress")),
@@ -1021,7 +1031,7 @@ fn progress_lines_when_stderr_is_not_a_terminal() {
         if name == "--progress" {
             assert!(
                 !progress.is_empty(),
-                "no progress line in a ~5 s run with --progress:\n{}",
+                "no progress line in a ~1 s run with --progress:\n{}",
                 out.stderr
             );
             let mut last = 0;

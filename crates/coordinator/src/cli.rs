@@ -251,9 +251,14 @@ pub struct RunArgs {
     pub executor: Executor,
 
     /// Show a progress bar with rate and ETA on stderr (default: only when
-    /// stderr is a terminal; when it is not, --progress logs a progress line every 2 s).
+    /// stderr is a terminal; when it is not, --progress logs a progress line every
+    /// --progress-interval).
     #[arg(long)]
     pub progress: bool,
+
+    /// Time between two progress lines when stderr is not a terminal.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
 
     /// Never show a progress bar.
     #[arg(long, conflicts_with = "progress")]

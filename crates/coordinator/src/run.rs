@@ -854,7 +854,7 @@ impl Progress {
         if !terminal {
             return Progress {
                 bar: None,
-                every: Some((started, Duration::from_secs(2))),
+                every: Some((started, args.progress_interval)),
                 started,
             };
         }
