@@ -289,7 +289,7 @@ fn timeout_spares_records_that_finish_in_time() {
         n if n % 3 == 0 => (n, "sleep:50"),
         _ => (n, ""),
     }));
-    let out = run_fault(&input, &["--workers", "3", "--timeout", "2s"]);
+    let out = run_fault(&input, &["--workers", "3", "--timeout", "1s"]);
     out.assert_code(1);
     assert_all_ok_but(&out, 12, 6, "timed_out");
 }
