@@ -334,12 +334,12 @@ fn age_parameters_are_part_of_the_run() {
 #[test]
 fn resume_failed_runs_the_failed_records_again_in_place() {
     let dir = tempdir();
-    // Records 7, 23 and 41 take 1.5 s: over a 300 ms --timeout, they fail.
+    // Records 7, 23 and 41 take 600 ms: over a 300 ms --timeout, they always fail.
     let slow = |n: u64| [7, 23, 41].contains(&n);
     let input = write_file(
         dir.path(),
         "in.jsonl",
-        fault_input((0..60).map(|n| (n, if slow(n) { "sleep:1500" } else { "" }))),
+        fault_input((0..60).map(|n| (n, if slow(n) { "sleep:600" } else { "" }))),
     );
     let clean = dir.path().join("clean.jsonl");
     command(&input, &clean, false).run().assert_code(0);
@@ -653,7 +653,7 @@ fn resume_refuses_an_output_whose_skip_list_is_gone() {
 #[test]
 fn resume_failed_with_skipped_records_after_sigkill() {
     let dir = tempdir();
-    // Bad records before and among the slow ones; 7, 23 and 41 take 1.5 s
+    // Bad records before and among the slow ones; 7, 23 and 41 take 600 ms
     // and fail over a 300 ms --timeout.
     let slow = |n: u64| [7, 23, 41].contains(&n);
     let bad = |n: u64| [1, 2, 15, 30, 42].contains(&n);
@@ -662,7 +662,7 @@ fn resume_failed_with_skipped_records_after_sigkill() {
             if bad(n) {
                 format!("bad record {n}\n")
             } else {
-                fault_input([(n, if slow(n) { "sleep:1500" } else { "sleep:5" })])
+                fault_input([(n, if slow(n) { "sleep:600" } else { "sleep:5" })])
             }
         })
         .collect();
