@@ -49,10 +49,10 @@ fn survive_random_kills(workers: usize) {
     // Each kill charges at most one batch once: with fewer kills than
     // `--retries`, no record can fail.
     const MAX_KILLS: usize = 8;
-    // Enough sleeping records for about 1.8 s of work per worker, so that
+    // Enough sleeping records for about 1.2 s of work per worker, so that
     // there is time for several kills whatever the worker count.
-    let sleep_ms = (1_800 * workers as u64).div_ceil(RECORDS);
-    let sleepers = (1_800 * workers as u64 / sleep_ms).min(RECORDS);
+    let sleep_ms = (1_200 * workers as u64).div_ceil(RECORDS);
+    let sleepers = (1_200 * workers as u64 / sleep_ms).min(RECORDS);
     let sleep = format!("sleep:{sleep_ms}");
     let input = fault_input((0..RECORDS).map(|n| {
         // Spread evenly: record n sleeps when it crosses a multiple.
@@ -71,7 +71,7 @@ fn survive_random_kills(workers: usize) {
     // Start once records flow.
     run.wait_for("the first results", |r| r.stdout_lines_now() > 0);
     while killed.len() < MAX_KILLS && !run.exited() {
-        thread::sleep(Duration::from_millis(rng.range(100, 200)));
+        thread::sleep(Duration::from_millis(rng.range(60, 140)));
         // Only workers past their handshake: killing starting workers
         // repeatedly would (rightly) break the pool.
         let ready = ready_pids(&run.stderr_now());
