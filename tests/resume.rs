@@ -341,9 +341,16 @@ fn resume_failed_runs_the_failed_records_again_in_place() {
         "in.jsonl",
         fault_input((0..60).map(|n| (n, if slow(n) { "sleep:600" } else { "" }))),
     );
+    // The output of an uninterrupted run (the fast input gives the same lines).
+    let fast = write_file(
+        dir.path(),
+        "fast.jsonl",
+        fault_input((0..60).map(|n| (n, ""))),
+    );
     let clean = dir.path().join("clean.jsonl");
-    command(&input, &clean, false).run().assert_code(0);
+    command(&fast, &clean, false).run().assert_code(0);
     let expected = std::fs::read_to_string(&clean).unwrap();
+    assert_eq!(expected.lines().count(), 60);
 
     let output = dir.path().join("out.jsonl");
     let joblog = dir.path().join("jobs.tsv");
