@@ -2,7 +2,6 @@
 
 mod cli;
 mod input;
-mod logging;
 mod output;
 mod paths;
 mod report;
@@ -38,7 +37,7 @@ fn main() -> ExitCode {
     // serves the built-in tasks and exits here.
     procpool::init(builtin_tasks());
     keep_big_buffers();
-    let logger = logging::build_logger("coordinator");
+    let logger = procpool::worker::build_logger("coordinator");
     let level = logger.filter();
     let multi = MULTI.get_or_init(MultiProgress::new).clone();
     if indicatif_log_bridge::LogWrapper::new(multi, logger)

@@ -41,7 +41,7 @@ use procpool_protocol::WorkerMessage;
 
 use crate::error::{PoolError, WorkerExit};
 use crate::supervisor::Command;
-use crate::transport::{decode_from_worker, Event, Launcher, Link};
+use crate::transport::{decode_from_worker, heartbeat_period, Event, Launcher, Link};
 
 use procpool_protocol::{
     MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA, MPI_TAG_HEARTBEAT as TAG_HEARTBEAT,
@@ -92,11 +92,6 @@ pub(crate) fn liveness_from_env(default: Duration) -> Result<Duration, PoolError
                 ))
             }),
     }
-}
-
-/// How often to send heartbeats for a liveness timeout.
-pub(crate) fn heartbeat_period(liveness: Duration) -> Duration {
-    (liveness / 4).min(Duration::from_millis(500))
 }
 
 enum Cmd {
@@ -734,22 +729,5 @@ impl Drop for OwnedSend {
             r.wait();
         }
         self.free();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heartbeats_come_four_times_per_timeout_at_most_every_half_second() {
-        assert_eq!(
-            heartbeat_period(Duration::from_secs(10)),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            heartbeat_period(Duration::from_secs(1)),
-            Duration::from_millis(250)
-        );
     }
 }

@@ -284,7 +284,7 @@ impl PoolBuilder {
             token.clone(),
             Some(output),
             self.workers,
-            crate::process::heartbeat_period(self.liveness_timeout),
+            crate::transport::heartbeat_period(self.liveness_timeout),
         )?);
         self.start_with(task, bin, token, launcher)
     }

@@ -468,14 +468,6 @@ struct SpawnSpec {
     heartbeat: Duration,
 }
 
-/// How often workers send a heartbeat: 500 ms, or often enough for a short
-/// liveness timeout (four beats within it).
-pub(crate) fn heartbeat_period(liveness_timeout: Duration) -> Duration {
-    Duration::from_millis(procpool_protocol::DEFAULT_HEARTBEAT_MS)
-        .min(liveness_timeout / 4)
-        .max(Duration::from_millis(1))
-}
-
 struct SpawnJob {
     slot: usize,
     generation: u64,
@@ -699,22 +691,6 @@ mod tests {
 
     /// The rendezvous a worker connects to lives in a fresh directory that
     /// only this user can enter, and is gone once the worker has connected.
-    #[test]
-    fn heartbeats_come_often_enough_for_the_liveness_timeout() {
-        assert_eq!(
-            heartbeat_period(Duration::from_secs(10)),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            heartbeat_period(Duration::from_secs(1)),
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            heartbeat_period(Duration::from_nanos(1)),
-            Duration::from_millis(1)
-        );
-    }
-
     #[test]
     fn rendezvous_is_private_and_removed_after_accept() {
         let (server, name) = IpcOneShotServer::<Rendezvous>::new().unwrap();

@@ -204,9 +204,34 @@ pub(crate) trait Link: Send {
     fn abandon(&mut self);
 }
 
+/// How often workers send a heartbeat, on every backend: 500 ms, or often
+/// enough for a short liveness timeout (four beats within it).
+pub(crate) fn heartbeat_period(liveness_timeout: Duration) -> Duration {
+    Duration::from_millis(procpool_protocol::DEFAULT_HEARTBEAT_MS)
+        .min(liveness_timeout / 4)
+        .max(Duration::from_millis(1))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn heartbeats_come_often_enough_for_the_liveness_timeout() {
+        use super::heartbeat_period;
+        assert_eq!(
+            heartbeat_period(Duration::from_secs(10)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            heartbeat_period(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            heartbeat_period(Duration::from_nanos(1)),
+            Duration::from_millis(1)
+        );
+    }
+
     use procpool_protocol::{encode, FailureKind, Outcome, RecordOutcome};
 
     use super::*;
