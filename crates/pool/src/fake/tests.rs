@@ -350,7 +350,9 @@ fn a_silent_worker_is_declared_dead_and_its_records_run_elsewhere() {
         },
     );
     let p = pool(
-        quick().workers(2).chunk_size(1).liveness_timeout(ms(200)),
+        // Long enough that a healthy worker starved by a loaded machine is
+        // not taken for a silent one (the launch count below is exact).
+        quick().workers(2).chunk_size(1).liveness_timeout(ms(600)),
         &script,
     )
     .unwrap();
@@ -368,11 +370,13 @@ fn a_silent_worker_is_declared_dead_and_its_records_run_elsewhere() {
 /// keeps heart-beating; an idle worker that says nothing is left alone.
 #[test]
 fn heartbeats_keep_a_long_record_alive_and_idle_workers_are_left_alone() {
-    let script = Script::new().slow(3, ms(800)).all(Plan {
+    // The record lasts three liveness timeouts; the margin keeps a worker
+    // starved by a loaded machine from being taken for a silent one.
+    let script = Script::new().slow(3, ms(1500)).all(Plan {
         heartbeat: Some(ms(10)),
         ..Plan::default()
     });
-    let p = pool(quick().workers(2).liveness_timeout(ms(300)), &script).unwrap();
+    let p = pool(quick().workers(2).liveness_timeout(ms(500)), &script).unwrap();
     let out: Vec<u64> = p.map(0..10u64).map(Result::unwrap).collect();
     assert_eq!(out, (0..10).collect::<Vec<_>>());
     p.shutdown();
