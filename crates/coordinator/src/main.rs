@@ -34,8 +34,9 @@ fn keep_big_buffers() {
 
 fn main() -> ExitCode {
     // Started by a pool (no `worker` binary was next to the coordinator), it
-    // serves the built-in tasks and exits here.
-    procpool::init(builtin_tasks());
+    // serves the built-in tasks, as the `worker` binary offers them (without
+    // its fault injection), and exits here.
+    procpool::init(procpool_worker_bin::registry());
     keep_big_buffers();
     let logger = procpool::worker::build_logger("coordinator");
     let level = logger.filter();
@@ -70,17 +71,4 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// The built-in tasks, as the `worker` binary offers them (without its fault
-/// injection): what this coordinator serves when it is its own worker.
-fn builtin_tasks() -> procpool::worker::Registry {
-    use procpool_tasks::{Age, Fault, Locked, Primes};
-    let mut registry = procpool::worker::Registry::new();
-    registry
-        .register::<Age>()
-        .register::<Primes>()
-        .register::<Locked>()
-        .register::<Fault>();
-    registry
 }
