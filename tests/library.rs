@@ -1,7 +1,6 @@
 //! The `procpool` library driven directly, with the real worker binary.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -9,27 +8,7 @@ use procpool::{Pool, PoolBuilder, PoolError, RecordError, Task, TaskError};
 use procpool_tasks::{Fault, FaultIn, Primes, PrimesIn};
 use serde::{Deserialize, Serialize};
 
-use crate::util::{alive, wait_until, worker_bin};
-
-/// Run `f` on its own thread and fail the test if it takes longer than
-/// `deadline` (a hang), instead of blocking the suite.
-fn within<R: Send + 'static>(deadline: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(deadline) {
-        Ok(r) => {
-            let _ = handle.join();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: not done within {deadline:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the closure returned without sending"),
-        },
-    }
-}
+use crate::util::{alive, wait_until, within, worker_bin};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

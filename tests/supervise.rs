@@ -5,33 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use procpool::{PoolBuilder, PoolError, RecordError, WorkerEnd};
 use procpool_tasks::{Fault, FaultIn, Primes, PrimesIn};
 
-use crate::util::{alive, tempdir, wait_until, worker_bin};
-
-/// Run `f` on its own thread; fail the test if it takes longer than `deadline`.
-fn within<R: Send + 'static>(deadline: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(deadline) {
-        Ok(r) => {
-            let _ = handle.join();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: not done within {deadline:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the closure returned without sending"),
-        },
-    }
-}
+use crate::util::{alive, tempdir, wait_until, within, worker_bin};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -722,3 +722,25 @@ pub fn error_at(lines: &[serde_json::Value], line: usize) -> (String, String, u6
         _ => panic!("line {line} is not an error line: {v}"),
     }
 }
+
+/// Run `f` on its own thread and fail the test if it takes longer than
+/// `deadline` (a hang), instead of blocking the suite.
+pub fn within<R: Send + 'static>(deadline: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(r) => {
+            let _ = handle.join();
+            r
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("hung: not done within {deadline:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the closure returned without sending"),
+        },
+    }
+}
