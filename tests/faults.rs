@@ -49,10 +49,12 @@ fn survive_random_kills(workers: usize) {
     // Each kill charges at most one batch once: with fewer kills than
     // `--retries`, no record can fail.
     const MAX_KILLS: usize = 8;
-    // Enough sleeping records for about 1.2 s of work per worker, so that
-    // there is time for several kills whatever the worker count.
-    let sleep_ms = (1_200 * workers as u64).div_ceil(RECORDS);
-    let sleepers = (1_200 * workers as u64 / sleep_ms).min(RECORDS);
+    // Enough sleeping records for about 0.5 s of work per worker, so that
+    // there is time for several kills (one every 30-90 ms) whatever the
+    // worker count.
+    const WORK_MS: u64 = 500;
+    let sleep_ms = (WORK_MS * workers as u64).div_ceil(RECORDS);
+    let sleepers = (WORK_MS * workers as u64 / sleep_ms).min(RECORDS);
     let sleep = format!("sleep:{sleep_ms}");
     let input = fault_input((0..RECORDS).map(|n| {
         // Spread evenly: record n sleeps when it crosses a multiple.
@@ -71,7 +73,7 @@ fn survive_random_kills(workers: usize) {
     // Start once records flow.
     run.wait_for("the first results", |r| r.stdout_lines_now() > 0);
     while killed.len() < MAX_KILLS && !run.exited() {
-        thread::sleep(Duration::from_millis(rng.range(60, 140)));
+        thread::sleep(Duration::from_millis(rng.range(30, 90)));
         // Only workers past their handshake: killing starting workers
         // repeatedly would (rightly) break the pool.
         let ready = ready_pids(&run.stderr_now());
@@ -289,7 +291,7 @@ fn timeout_spares_records_that_finish_in_time() {
         n if n % 3 == 0 => (n, "sleep:50"),
         _ => (n, ""),
     }));
-    let out = run_fault(&input, &["--workers", "3", "--timeout", "1s"]);
+    let out = run_fault(&input, &["--workers", "3", "--timeout", "400ms"]);
     out.assert_code(1);
     assert_all_ok_but(&out, 12, 6, "timed_out");
 }
@@ -399,13 +401,22 @@ fn crash_after_k_with_retries_to_spare() {
 
 #[test]
 fn garbage_after_k_is_survived() {
-    let input = fault_input((0..60).map(|n| (n, "")));
-    for k in [0, 1, 4] {
-        let dir = tempdir();
-        let path = write_file(dir.path(), "in.jsonl", &input);
-        let out = coordinator(["--task", "fault", "--input", &path, "--workers", "2"])
-            .env("PROCPOOL_WORKER_FAULT", &format!("garbage-after:{k}"))
-            .run();
+    const RECORDS: usize = 30;
+    let input = fault_input((0..RECORDS as u64).map(|n| (n, "")));
+    let dir = tempdir();
+    let path = write_file(dir.path(), "in.jsonl", &input);
+    // Run them side by side.
+    let runs: Vec<_> = [0, 1, 4]
+        .into_iter()
+        .map(|k| {
+            let run = coordinator(["--task", "fault", "--input", &path, "--workers", "2"])
+                .env("PROCPOOL_WORKER_FAULT", &format!("garbage-after:{k}"))
+                .spawn();
+            (k, run)
+        })
+        .collect();
+    for (k, run) in runs {
+        let out = run.wait();
         out.assert_no_panic();
         assert!(
             matches!(out.code(), Some(0 | 1)),
@@ -414,7 +425,7 @@ fn garbage_after_k_is_survived() {
             out.stderr
         );
         let rows = out.json();
-        assert_eq!(rows.len(), 60, "garbage-after:{k}");
+        assert_eq!(rows.len(), RECORDS, "garbage-after:{k}");
         let mut failed = 0;
         for (n, row) in rows.iter().enumerate() {
             if row.get("error").is_some() {
@@ -429,7 +440,7 @@ fn garbage_after_k_is_survived() {
         assert_eq!(out.code(), Some(if failed > 0 { 1 } else { 0 }));
         if k == 0 {
             // Nothing can ever succeed.
-            assert_eq!(failed, 60);
+            assert_eq!(failed, RECORDS);
         }
         assert!(
             out.stderr.contains("malformed") || out.stderr.contains("broke the protocol"),
