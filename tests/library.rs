@@ -264,7 +264,7 @@ fn pending_can_be_polled_and_awaited() {
             .unwrap_or_else(|e| panic!("build: {e}"));
         let slow = |n| FaultIn {
             n,
-            fault: "sleep:300".into(),
+            fault: "sleep:150".into(),
         };
         // Not done at first; try_wait gives the handle back.
         let pending = pool.submit(slow(1));
