@@ -216,7 +216,7 @@ fn cheap_bad_records_first_do_not_hold_back_the_output() {
     input.push_str(&fault_input([(102, "hang")]));
     let input = write_file(dir.path(), "in.jsonl", input);
     let mut run = coordinator(["--task", "fault", "--input", &input, "--workers", "2"])
-        .args(["--skip-bad-input", "--grace", "1s"])
+        .args(["--skip-bad-input", "--grace", "300ms"])
         .deadline(Duration::from_secs(30))
         .spawn();
     // The batch size grows at most twofold per measurement and 2 ms records
