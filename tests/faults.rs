@@ -68,7 +68,7 @@ fn survive_random_kills(workers: usize) {
     let mut run = coordinator(["--task", "fault", "--input", &path, "--retries", "10"])
         .args(["--workers", &workers.to_string()])
         .spawn();
-    let mut rng = Rng::from_time();
+    let mut rng = Rng::from_time(&format!("{workers} workers"));
     let mut killed = Vec::new();
     // Start once records flow.
     run.wait_for("the first results", |r| r.stdout_lines_now() > 0);
@@ -114,24 +114,31 @@ fn survive_random_kills(workers: usize) {
     out.assert_no_workers_left(Duration::from_secs(2));
 }
 
+/// With 1, 2, 4 and 8 workers, side by side (the records sleep).
 #[test]
-fn random_kills_with_1_worker() {
-    survive_random_kills(1);
-}
-
-#[test]
-fn random_kills_with_2_workers() {
-    survive_random_kills(2);
-}
-
-#[test]
-fn random_kills_with_4_workers() {
-    survive_random_kills(4);
-}
-
-#[test]
-fn random_kills_with_8_workers() {
-    survive_random_kills(8);
+fn random_kills_with_1_2_4_and_8_workers() {
+    let runs: Vec<_> = [1, 2, 4, 8]
+        .into_iter()
+        .map(|workers| {
+            (
+                workers,
+                thread::spawn(move || survive_random_kills(workers)),
+            )
+        })
+        .collect();
+    let failed: Vec<String> = runs
+        .into_iter()
+        .filter_map(|(workers, run)| {
+            let panic = run.join().err()?;
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Some(format!("with {workers} workers: {message}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 // ------------------------------------------------------------ record faults
