@@ -359,22 +359,30 @@ fn crash_after_k_still_completes_with_identical_output() {
     // With K = 1 every worker dies at its second record, whatever it is. A
     // death counts against a record only on a fresh worker, so no innocent
     // record ends as worker_died, with the default retries.
-    for k in [1, 5] {
-        let retries = "2";
-        let dir = tempdir();
-        let path = write_file(dir.path(), "in.jsonl", &input);
-        let out = coordinator([
-            "--task",
-            "fault",
-            "--input",
-            &path,
-            "--workers",
-            "2",
-            "--retries",
-            retries,
-        ])
-        .env("PROCPOOL_WORKER_FAULT", &format!("crash-after:{k}"))
-        .run();
+    // Side by side.
+    let dir = tempdir();
+    let path = write_file(dir.path(), "in.jsonl", &input);
+    let runs: Vec<_> = [1, 5]
+        .into_iter()
+        .map(|k| {
+            let retries = "2";
+            let run = coordinator([
+                "--task",
+                "fault",
+                "--input",
+                &path,
+                "--workers",
+                "2",
+                "--retries",
+                retries,
+            ])
+            .env("PROCPOOL_WORKER_FAULT", &format!("crash-after:{k}"))
+            .spawn();
+            (k, run)
+        })
+        .collect();
+    for (k, run) in runs {
+        let out = run.wait();
         out.assert_no_panic();
         crate::util::assert_same_output(out.stdout_str(), &expected, &format!("crash-after:{k}"));
         out.assert_code(0);
