@@ -517,7 +517,18 @@ fn start_up_fault_in_tasks_subcommand() {
 #[test]
 fn fail_fast_stops_at_the_first_failure() {
     let input = fault_input((0..40).map(|n| (n, if n == 7 { "error" } else { "sleep:20" })));
-    let out = run_fault(&input, &["--workers", "2", "--fail-fast"]);
+    let dir = tempdir();
+    let path = write_file(dir.path(), "in.jsonl", &input);
+    let run = |args: &[&str]| {
+        coordinator(["--task", "fault", "--input", &path])
+            .args(args)
+            .spawn()
+    };
+    // Side by side: with --fail-fast, and without (the same input runs to
+    // the end).
+    let fail_fast = run(&["--workers", "2", "--fail-fast"]);
+    let to_the_end = run(&["--workers", "2"]);
+    let out = fail_fast.wait();
     out.assert_code(1);
     let rows = out.json();
     let lines = out.lines();
@@ -539,8 +550,7 @@ fn fail_fast_stops_at_the_first_failure() {
     );
     out.assert_no_workers_left(Duration::from_secs(2));
 
-    // Without --fail-fast the same input runs to the end.
-    let out = run_fault(&input, &["--workers", "2"]);
+    let out = to_the_end.wait();
     out.assert_code(1);
     assert_eq!(out.lines().len(), 40);
 }
