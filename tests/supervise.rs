@@ -43,34 +43,48 @@ fn marker(n: u32) -> String {
     format!("30.{}{n}", std::process::id())
 }
 
+/// The pids of the helpers the scripts below started (each appends `$!`
+/// to `file` once its helper is forked).
+fn helper_pids(file: &Path) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
 /// What a worker starts goes with it: killed at the handshake deadline, at
 /// a record timeout, or at an orderly exit, its process group is killed.
-/// (The two cases run side by side.)
 #[test]
 fn helpers_a_worker_starts_die_with_it() {
     within(DEADLINE, || {
         let dir = tempdir();
         // Never connects: given up at the handshake deadline, three times.
         let m = marker(1);
-        let hangs = script(dir.path(), "hangs", &format!("sleep {m} &\nsleep {m}"));
-        let never_connects = std::thread::spawn(move || {
-            PoolBuilder::new()
-                .workers(1)
-                .worker_bin(&hangs)
-                .handshake_timeout(Duration::from_millis(200))
-                .build(Primes)
-                .err()
-                .unwrap()
-        });
-        // The helpers were there to be killed.
-        let mut seen = 0;
-        while !never_connects.is_finished() {
-            seen = seen.max(sleeps(&m));
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let err = never_connects.join().unwrap();
+        let pids = dir.path().join("pids");
+        let hangs = script(
+            dir.path(),
+            "hangs",
+            &format!("sleep {m} &\necho $! >> '{}'\nsleep {m}", pids.display()),
+        );
+        let err = PoolBuilder::new()
+            .workers(1)
+            .worker_bin(&hangs)
+            .handshake_timeout(Duration::from_millis(200))
+            .build(Primes)
+            .err()
+            .unwrap();
         assert!(matches!(err, PoolError::Handshake { .. }), "{err}");
-        assert!(seen > 0, "no `sleep {m}` was ever seen running");
+        // The helpers were there to be killed (one per attempt that got as
+        // far as starting one), and are gone.
+        let helpers = helper_pids(&pids);
+        assert!(!helpers.is_empty(), "no attempt started its helper");
+        assert!(
+            wait_until(Duration::from_secs(3), || !helpers
+                .iter()
+                .any(|&p| alive(p))),
+            "helpers {helpers:?} outlived their workers"
+        );
         assert!(
             wait_until(Duration::from_secs(3), || sleeps(&m) == 0),
             "{} `sleep {m}` left",
@@ -86,11 +100,16 @@ fn helpers_of_a_timed_out_or_stopped_worker_die_with_it() {
     within(DEADLINE, || {
         let dir = tempdir();
         let m = marker(2);
+        let pids = dir.path().join("pids");
         let worker = worker_bin();
         let helper = script(
             dir.path(),
             "helper",
-            &format!("sleep {m} &\nexec '{}'", worker.display()),
+            &format!(
+                "sleep {m} &\necho $! >> '{}'\nexec '{}'",
+                pids.display(),
+                worker.display()
+            ),
         );
         let pool = PoolBuilder::new()
             .workers(1)
@@ -105,8 +124,21 @@ fn helpers_of_a_timed_out_or_stopped_worker_die_with_it() {
         let results: Vec<_> = pool.map(ins).collect();
         assert!(matches!(results[0], Err(RecordError::TimedOut { .. })));
         assert!(results[1].is_ok(), "{:?}", results[1]);
-        assert!(sleeps(&m) > 0, "the replacement's helper is not running");
+        // The timed-out worker's helper went with it; its replacement's lives.
+        let helpers = helper_pids(&pids);
+        assert_eq!(helpers.len(), 2, "{helpers:?}");
+        assert!(
+            wait_until(Duration::from_secs(3), || !alive(helpers[0])),
+            "the timed-out worker's helper {} is still there",
+            helpers[0]
+        );
+        assert!(alive(helpers[1]), "the replacement's helper is gone");
         pool.shutdown();
+        assert!(
+            wait_until(Duration::from_secs(3), || !alive(helpers[1])),
+            "the stopped worker's helper {} is still there",
+            helpers[1]
+        );
         assert!(
             wait_until(Duration::from_secs(3), || sleeps(&m) == 0),
             "{} `sleep {m}` left",
