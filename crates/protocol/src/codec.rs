@@ -155,14 +155,15 @@ pub fn append_record<E>(
         return Err(e);
     }
     let len = buf.len() - at - 1;
-    let mut prefix = Vec::with_capacity(9);
-    put_u64(&mut prefix, len as u64);
-    if prefix.len() > 1 {
-        let extra = prefix.len() - 1;
-        buf.resize(buf.len() + extra, 0);
-        buf.copy_within(at + 1..at + 1 + len, at + prefix.len());
+    if len < 251 {
+        buf[at] = len as u8;
+    } else {
+        let mut prefix = [0u8; 9];
+        let n = varint(len as u64, &mut prefix);
+        buf.resize(buf.len() + n - 1, 0);
+        buf.copy_within(at + 1..at + 1 + len, at + n);
+        buf[at..at + n].copy_from_slice(&prefix[..n]);
     }
-    buf[at..at + prefix.len()].copy_from_slice(&prefix);
     let end = buf.len();
     Ok(end - len..end)
 }
@@ -216,6 +217,26 @@ pub(crate) fn put_u64(buf: &mut Vec<u8>, v: u64) {
     } else {
         buf.push(253);
         buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// `v` as [`put_u64`] writes it, into `out`; returns how many bytes.
+fn varint(v: u64, out: &mut [u8; 9]) -> usize {
+    if v < 251 {
+        out[0] = v as u8;
+        1
+    } else if let Ok(v) = u16::try_from(v) {
+        out[0] = 251;
+        out[1..3].copy_from_slice(&v.to_le_bytes());
+        3
+    } else if let Ok(v) = u32::try_from(v) {
+        out[0] = 252;
+        out[1..5].copy_from_slice(&v.to_le_bytes());
+        5
+    } else {
+        out[0] = 253;
+        out[1..9].copy_from_slice(&v.to_le_bytes());
+        9
     }
 }
 
