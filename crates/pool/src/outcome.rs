@@ -119,6 +119,14 @@ impl Block {
         if answer.lengths.len() != seqs.len() || answer.nanos.len() != seqs.len() {
             return None;
         }
+        // Failures in order, each within the records (found by binary search).
+        let mut after = None;
+        for &(i, _) in &answer.failures {
+            if i >= seqs.len() || after.is_some_and(|a| i <= a) {
+                return None;
+            }
+            after = Some(i);
+        }
         let mut end = answer.start;
         let mut ends = Vec::with_capacity(seqs.len());
         for &len in answer.lengths {
@@ -291,5 +299,87 @@ impl Block {
                 o
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Records 10, 11, 12 answered in one message whose outputs start at
+    /// byte 3: "ab", (failed), "cde"; 100, 200 and 300 ns.
+    fn answer(failures: Vec<(usize, RecordError)>, lengths: &[u32]) -> Option<Block> {
+        let buf = Arc::new(b"xyzabcdeTAIL".to_vec());
+        Block::answered(
+            vec![10, 11, 12],
+            Some(7),
+            1,
+            Answer {
+                buf,
+                start: 3,
+                lengths,
+                failures,
+                started_us: 1_000,
+                nanos: vec![100, 200, 300],
+            },
+        )
+    }
+
+    #[test]
+    fn an_answer_reads_as_its_records() {
+        let failed = vec![(1, RecordError::Task("no".into()))];
+        let block = answer(failed, &[2, 0, 3]).unwrap();
+        assert_eq!(block.len(), 3);
+        assert_eq!(block.output(0), b"ab");
+        assert_eq!(block.output(1), b"");
+        assert_eq!(block.output(2), b"cde");
+        assert_eq!(block.outputs(0..3), b"abcde");
+        assert_eq!(block.outputs(2..3), b"cde");
+        assert!(block.failure(0).is_none() && block.failure(1).is_some());
+        assert_eq!(block.offset((0, 0), 2), 300);
+        assert_eq!(block.offset((1, 100), 3), 600);
+        let all = block.into_outcomes(|b, i| Ok(b.output(i).to_vec()));
+        let seqs: Vec<u64> = all.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, [10, 11, 12]);
+        assert_eq!(all[0].result.as_deref().unwrap(), b"ab");
+        assert!(matches!(&all[1].result, Err(RecordError::Task(m)) if m == "no"));
+        // Each record starts when the one before it ended (in whole microseconds).
+        let starts: Vec<Option<u64>> = all.iter().map(|o| o.started_us).collect();
+        assert_eq!(starts, [Some(1_000), Some(1_000), Some(1_000)]);
+        assert_eq!(all[2].duration, Duration::from_nanos(300));
+        assert!(all.iter().all(|o| o.pid == Some(7) && o.thread == 1));
+    }
+
+    #[test]
+    fn answers_that_do_not_fit_are_refused() {
+        assert!(answer(vec![], &[2, 0]).is_none(), "a length missing");
+        assert!(answer(vec![], &[2, 0, 30]).is_none(), "past the message");
+        let e = || RecordError::Task("x".into());
+        assert!(
+            answer(vec![(3, e())], &[2, 0, 3]).is_none(),
+            "no such record"
+        );
+        assert!(
+            answer(vec![(2, e()), (1, e())], &[2, 0, 0]).is_none(),
+            "out of order"
+        );
+        assert!(answer(vec![(1, e()), (2, e())], &[2, 0, 0]).is_some());
+    }
+
+    #[test]
+    fn records_that_ended_without_an_answer() {
+        let block = Block::failed_all(vec![4, 5], 9, RecordError::Cancelled);
+        assert_eq!(block.output(1), b"");
+        let all = block.into_outcomes(|_, _| Ok(()));
+        assert!(all
+            .iter()
+            .all(|o| matches!(o.result, Err(RecordError::Cancelled)) && o.pid == Some(9)));
+        let started = Instant::now() - Duration::from_millis(50);
+        let one = Block::failed_running(8, 0, RecordError::Cancelled, started);
+        assert!(one.duration(0) >= Duration::from_millis(50));
+        let o = one.outcome(0, 0, |_, _| Ok(()));
+        assert_eq!((o.seq, o.pid), (8, None));
+        assert!(o.started_us.is_some());
     }
 }

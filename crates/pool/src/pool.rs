@@ -880,6 +880,7 @@ pub struct MapIter<'p, T: Task, I> {
     rx: Receiver<Block>,
     ordered: bool,
     reorder: InOrder,
+    /// Results ready to be yielded: in order, or as they arrived.
     arrived: std::collections::VecDeque<Outcome<T::Output>>,
     /// Unordered only: records sent and not yet arrived, so that they can be
     /// reported if the supervisor goes away.
@@ -957,15 +958,19 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
     }
 
     fn take_ready(&mut self) -> Option<Outcome<T::Output>> {
-        if self.ordered {
-            let run = self.reorder.pop_run(1)?;
-            Some(
-                run.block
-                    .outcome(run.range.start, run.offset_ns, Block::decode::<T::Output>),
-            )
-        } else {
-            self.arrived.pop_front()
+        if self.arrived.is_empty() && self.ordered {
+            // A whole run at once: one step of the reorder per message.
+            let run = self.reorder.pop_run(usize::MAX)?;
+            let mut ns = run.offset_ns;
+            for i in run.range.clone() {
+                if i > run.range.start {
+                    ns = run.block.offset((i - 1, ns), i);
+                }
+                let o = run.block.outcome(i, ns, Block::decode::<T::Output>);
+                self.arrived.push_back(o);
+            }
         }
+        self.arrived.pop_front()
     }
 }
 

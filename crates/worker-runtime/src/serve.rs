@@ -481,9 +481,12 @@ fn run_batch(
     let mut budget = LocalBudget::new(&ctx.budget);
     // Bytes of failure messages not yet flushed (outputs are counted in `collected`).
     let mut pending_messages = 0usize;
+    // Counted here and added to the shared count once per batch.
+    let done_before = ctx.done.load(Ordering::Relaxed);
+    let mut done = 0u64;
     for &(seq, payload) in records {
         ctx.fault
-            .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
+            .before_record(done_before + done, |bytes| sink.raw(bytes));
         let pid = ctx.pid;
         let mut log_start = |label: Option<String>| {
             let label = label.unwrap_or_else(|| format!("#{seq}"));
@@ -508,7 +511,7 @@ fn run_batch(
         let t1_ns = t1.duration_since(batch_t0).as_nanos() as u64;
         r.nanos.push(t1_ns - t0_ns);
         (t0, t0_ns) = (t1, t1_ns);
-        ctx.done.fetch_add(1, Ordering::Relaxed);
+        done += 1;
         match result {
             // Within `MAX_RECORD_BYTES`: checked by `bounded`.
             Ok(()) => r.lengths.push((r.outputs.len() - before) as u32),
@@ -529,6 +532,7 @@ fn run_batch(
             sink.flush(&mut collected)?;
         }
     }
+    ctx.done.fetch_add(done, Ordering::Relaxed);
     if !collected.is_empty() {
         sink.flush(&mut collected)?;
     }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use procpool_protocol::{encode_batch, FailureKind};
+use procpool_protocol::{encode_batch_of, FailureKind};
 
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
@@ -71,8 +71,8 @@ impl Supervisor {
             }
             let id = self.next_batch;
             self.next_batch += 1;
-            let mut buf = Vec::with_capacity(batch.bytes() + 12 * batch.len() + 16);
-            if let Err(e) = encode_batch(id, batch.records(), &mut buf) {
+            let mut buf = Vec::new();
+            if let Err(e) = encode_batch_of(id, batch.len(), batch.wire(), &mut buf) {
                 self.fail_batch(batch, RecordError::BadInput(e.to_string()), 0);
                 continue;
             }
