@@ -844,9 +844,21 @@ pub fn list_tasks(worker: &WorkerArgs) -> anyhow::Result<ExitCode> {
         .map_err(explain)?;
     println!("Tasks offered by {}:", bin.display());
     for t in tasks {
-        println!("\n  {}  {}", t.name, t.description);
-        println!("      input:  {{{}}}", t.input_fields.join(", "));
-        println!("      output: {{{}}}", t.output_fields.join(", "));
+        let fields = |f: &[String]| {
+            if f.is_empty() {
+                "(not declared by the task)".to_owned()
+            } else {
+                format!("{{{}}}", f.join(", "))
+            }
+        };
+        let description = if t.description.is_empty() {
+            "(no description)"
+        } else {
+            &t.description
+        };
+        println!("\n  {}  {description}", t.name);
+        println!("      input:  {}", fields(&t.input_fields));
+        println!("      output: {}", fields(&t.output_fields));
     }
     Ok(ExitCode::SUCCESS)
 }
