@@ -240,6 +240,10 @@ impl<'a> Plan<'a> {
         if let Some(t) = args.timeout {
             builder = builder.record_timeout(t);
         }
+        // Each record's time goes to the job log and to the thread
+        // executor's per-thread statistics, and nowhere else.
+        builder = builder
+            .record_times(args.joblog.is_some() || matches!(self.executor, Executor::Thread));
         if let Some(n) = args.max_tasks_per_child {
             builder = builder.max_tasks_per_child(n);
         }
