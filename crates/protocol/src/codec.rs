@@ -307,6 +307,7 @@ mod tests {
                     threads: 1,
                 },
                 flush_each: true,
+                record_times: false,
             },
             Request::Configure {
                 spec: TaskSpec {
@@ -319,6 +320,7 @@ mod tests {
                     threads: 4,
                 },
                 flush_each: false,
+                record_times: true,
             },
             Request::Batch(Batch {
                 id: 7,

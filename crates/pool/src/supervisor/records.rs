@@ -113,6 +113,11 @@ impl Supervisor {
             return;
         }
         let failed = results.failures.len() as u64;
+        let bad_input = results
+            .failures
+            .iter()
+            .filter(|(_, f)| f.kind == FailureKind::BadInput)
+            .count() as u64;
         let seqs = front.batch.seqs[front.done..front.done + n].to_vec();
         // The wire's failures become the records' errors.
         let failures = results
@@ -158,6 +163,7 @@ impl Supervisor {
         if let Some(s) = w.stats.as_mut() {
             s.records += n as u64;
             s.failed += failed;
+            s.bad_input += bad_input;
             s.busy += Duration::from_nanos(results.busy_nanos);
         }
         self.settings.sizer.observe(n, results.busy_nanos);
