@@ -129,19 +129,22 @@ pub(crate) fn check_rendezvous_dir() -> Result<(), PoolError> {
 /// rather than fail every replacement worker from now on.
 pub(crate) fn ensure_rendezvous_dir() -> Result<(), PoolError> {
     let dir = rendezvous_dir();
-    if !dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        match fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-        {
-            Ok(()) => log::warn!(
-                "the rendezvous directory {} was removed during the run; created it again",
-                dir.display()
-            ),
-            Err(e) => debug!("cannot create {} again: {e}", dir.display()),
-        }
+    if dir.is_dir() {
+        // Checked in full at start-up; a probe entry per spawn would cost
+        // an inode created and removed for every worker.
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        Ok(()) => log::warn!(
+            "the rendezvous directory {} was removed during the run; created it again",
+            dir.display()
+        ),
+        Err(e) => debug!("cannot create {} again: {e}", dir.display()),
     }
     check_rendezvous_dir()
 }

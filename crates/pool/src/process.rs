@@ -265,6 +265,11 @@ fn spawn(
     let coordinator = std::process::id();
     // SAFETY: between fork and exec only async-signal-safe calls (prctl,
     // getppid) are made, and nothing is allocated.
+    //
+    // This costs a `fork` per worker where std would otherwise use
+    // `posix_spawn` (about 0.4 ms more per worker here): the price of taking
+    // down any worker binary, one not built on the runtime included, with a
+    // coordinator killed by SIGKILL.
     unsafe {
         command.pre_exec(move || {
             // Any worker binary dies with this thread of ours (the runtime
@@ -495,9 +500,22 @@ impl LocalLauncher {
         });
         let mut spawners = Vec::new();
         let mut threads = Vec::new();
-        let removed = clean_stale_rendezvous(&std::env::temp_dir(), Duration::from_secs(10));
-        if removed > 0 {
-            log::info!("removed {removed} stale rendezvous directories of this user");
+        // Leftovers of coordinators killed before their workers connected:
+        // removed beside the start-up, not before it (listing a busy $TMPDIR
+        // took milliseconds of every `build()`).
+        let cleaner = thread::Builder::new()
+            .name("procpool-clean".into())
+            .spawn(|| {
+                let removed =
+                    clean_stale_rendezvous(&std::env::temp_dir(), Duration::from_secs(10));
+                if removed > 0 {
+                    log::info!("removed {removed} stale rendezvous directories of this user");
+                }
+            });
+        match cleaner {
+            // Joined with the spawners when the pool goes.
+            Ok(handle) => threads.push(handle),
+            Err(e) => log::debug!("no thread to remove stale rendezvous directories: {e}"),
         }
         for i in 0..workers.clamp(1, Self::SPAWNERS) {
             let (tx, rx) = mpsc::channel::<SpawnJob>();
