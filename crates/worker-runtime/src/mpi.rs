@@ -9,8 +9,7 @@
 //! network) ends this rank, so nothing is left running. MPI is initialised
 //! with `MPI_THREAD_MULTIPLE` for it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -256,12 +255,13 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
         abort_job(comm, 2);
     }
     precise_timers();
-    let stop = Arc::new(AtomicBool::new(false));
+    // Dropping `stop` ends the heartbeat thread at once (not at its next
+    // tick: MPI_Finalize waits for it, and every rank's finalize for the others).
+    let (stop, stopped) = mpsc::channel::<()>();
     let heartbeat = if provided >= Threading::Multiple {
-        let stop = stop.clone();
         thread::Builder::new()
             .name("procpool-heartbeat".into())
-            .spawn(move || heartbeat(comm, &stop))
+            .spawn(move || heartbeat(comm, &stopped))
             .map_err(|e| ServeError::Ipc(e.to_string()))
             .map(Some)?
     } else {
@@ -284,7 +284,7 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
             String::new(),
         )
     }));
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     if let Some(h) = heartbeat {
         let _ = h.join();
     }
@@ -305,15 +305,15 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
     }
 }
 
-/// Beat to the coordinator and watch its beats until `stop`; end the
-/// process if the coordinator goes silent.
-fn heartbeat(comm: Comm, stop: &AtomicBool) {
+/// Beat to the coordinator and watch its beats until `stopped` disconnects;
+/// end the process if the coordinator goes silent.
+fn heartbeat(comm: Comm, stopped: &mpsc::Receiver<()>) {
     let root = comm.0.process_at_rank(0);
     let started = Instant::now();
     let mut last_heard: Option<Instant> = None;
     let mut liveness = FIRST_CONTACT;
     let mut next_beat = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    loop {
         while let Some((message, status)) = root.immediate_matched_probe_with_tag(MPI_TAG_HEARTBEAT)
         {
             let (bytes, _) = (message, status).matched_receive_vec::<u8>();
@@ -351,7 +351,10 @@ fn heartbeat(comm: Comm, stop: &AtomicBool) {
             root.send_with_tag(&[] as &[u8], MPI_TAG_HEARTBEAT);
             next_beat = now + (liveness / 4).min(Duration::from_millis(500));
         }
-        thread::sleep(Duration::from_millis(20));
+        match stopped.recv_timeout(Duration::from_millis(20)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
