@@ -293,6 +293,30 @@ impl Output {
         self.end_line(json, entry)
     }
 
+    /// Write the lines of `count` successful records at once (each ends
+    /// with its newline), when nothing needs them one by one: `None` (and
+    /// nothing written) if the run patches an output or keeps a job log.
+    /// `slow`: one of them took long enough that the lines go out now.
+    pub fn ok_lines(&mut self, lines: &[u8], count: u64, slow: bool) -> io::Result<Option<()>> {
+        let mut sinks = self
+            .shared
+            .sinks
+            .lock()
+            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        if sinks.patch.is_some() || sinks.joblog.is_some() {
+            return Ok(None);
+        }
+        sinks.check()?;
+        sinks.out.buf.extend_from_slice(lines);
+        sinks.buffered += count;
+        if slow || sinks.out.buf.len() >= WRITE_OUT_BYTES {
+            sinks.write_out(false)?;
+        } else {
+            self.shared.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(Some(()))
+    }
+
     /// Write a failed record's line, in its place.
     pub fn failed(&mut self, seq: u64, error: &RecordError, entry: JobEntry) -> io::Result<()> {
         let mut line = std::mem::take(&mut self.line);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use log::{error, info, warn};
-use procpool::raw::{Bytes, Feed, RawPool, RawSource};
+use procpool::raw::{Feed, RawPool, RawSource};
 use procpool::Outcome;
 use procpool::{
     Canceller, Encoding, ParamsEncoding, PoolBuilder, PoolError, RecordError, TaskSpec,
@@ -575,7 +575,7 @@ impl Drained {
         })
     }
 
-    fn count_thread(&mut self, done: &Outcome<Bytes>, pid: u32) {
+    fn count_thread<T>(&mut self, done: &Outcome<T>, pid: u32) {
         let i = done.thread as usize;
         if self.threads.len() <= i {
             self.threads.resize_with(i + 1, ThreadStats::default);
@@ -622,57 +622,76 @@ fn drain(
         canceller.cancel();
     };
     let mut d = Drained::default();
-    for done in pool.map(feeder) {
-        let seq = settings.selection.seq_of(done.seq);
-        let line = lines.borrow_mut().pop_front().unwrap_or(0);
-        if matches!(done.result, Err(RecordError::Cancelled)) {
-            d.stopped_early = true;
-            break;
-        }
-        if let Err(RecordError::BadInput(reason)) = &done.result {
-            let bad = BadRecord {
-                source: settings.source.clone(),
-                line,
-                reason: reason.clone(),
-            };
-            if args.skip_bad_input {
-                warn!("skipping bad input: {bad}");
-                d.skipped += 1;
-                d.last_seq = Some(seq);
-                out.skipped(seq)?;
+    let mut map = pool.map(feeder);
+    'runs: while let Some(run) = map.next_run() {
+        let n = run.len() as u64;
+        // A run of successful records with nothing to do one by one goes
+        // out as it arrived.
+        if let (Some(text), Executor::Process) = (run.lines(), settings.executor) {
+            let slow = run.longest() >= Duration::from_millis(10);
+            if out.ok_lines(text, n, slow)?.is_some() {
+                let mut lines = lines.borrow_mut();
+                let used = (n as usize).min(lines.len());
+                lines.drain(..used);
+                d.records += n;
+                d.last_seq = Some(settings.selection.seq_of(run.first_seq() + n - 1));
+                progress.tick(d.records);
                 continue;
             }
-            d.bad_input = Some(bad);
-            stop_now();
-            break;
         }
-        if let (Executor::Thread, Some(pid)) = (settings.executor, done.pid) {
-            d.count_thread(&done, pid);
-        }
-        let entry = JobEntry::new(
-            seq,
-            done.pid.unwrap_or(0),
-            done.started_us.unwrap_or(0),
-            done.duration,
-            done.result.as_ref().map(|_| ()),
-        );
-        d.records += 1;
-        d.last_seq = Some(seq);
-        match done.result {
-            Ok(bytes) => out.ok_bytes(&bytes, entry)?,
-            Err(e) => {
-                out.failed(seq, &e, entry)?;
-                error!("record #{seq} failed: {e}");
-                d.failures.push((seq, e));
-                if args.fail_fast {
-                    d.stopped_early = true;
-                    stop_now();
-                    break;
+        for done in run.outcomes() {
+            let seq = settings.selection.seq_of(done.seq);
+            let line = lines.borrow_mut().pop_front().unwrap_or(0);
+            if matches!(done.result, Err(RecordError::Cancelled)) {
+                d.stopped_early = true;
+                break 'runs;
+            }
+            if let Err(RecordError::BadInput(reason)) = &done.result {
+                let bad = BadRecord {
+                    source: settings.source.clone(),
+                    line,
+                    reason: reason.clone(),
+                };
+                if args.skip_bad_input {
+                    warn!("skipping bad input: {bad}");
+                    d.skipped += 1;
+                    d.last_seq = Some(seq);
+                    out.skipped(seq)?;
+                    continue;
+                }
+                d.bad_input = Some(bad);
+                stop_now();
+                break 'runs;
+            }
+            if let (Executor::Thread, Some(pid)) = (settings.executor, done.pid) {
+                d.count_thread(&done, pid);
+            }
+            let entry = JobEntry::new(
+                seq,
+                done.pid.unwrap_or(0),
+                done.started_us.unwrap_or(0),
+                done.duration,
+                done.result.as_ref().map(|_| ()),
+            );
+            d.records += 1;
+            d.last_seq = Some(seq);
+            match done.result {
+                Ok(bytes) => out.ok_bytes(bytes, entry)?,
+                Err(e) => {
+                    out.failed(seq, &e, entry)?;
+                    error!("record #{seq} failed: {e}");
+                    d.failures.push((seq, e));
+                    if args.fail_fast {
+                        d.stopped_early = true;
+                        stop_now();
+                        break 'runs;
+                    }
                 }
             }
+            progress.tick(d.records);
         }
-        progress.tick(d.records);
     }
+    drop(map);
     out.finish()?;
     Ok(d)
 }

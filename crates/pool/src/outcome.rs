@@ -37,22 +37,11 @@ pub(crate) struct Payload {
 }
 
 impl Payload {
-    /// Bytes of their own.
-    pub(crate) fn owned(bytes: Vec<u8>) -> Self {
-        let range = 0..bytes.len();
-        Payload {
-            buf: Arc::new(bytes),
-            range,
+    /// Leave out a final newline.
+    pub(crate) fn strip_newline(&mut self) {
+        if self.range.end > self.range.start && self.buf.get(self.range.end - 1) == Some(&b'\n') {
+            self.range.end -= 1;
         }
-    }
-
-    /// `range` of a shared message; `None` if it is not within it.
-    pub(crate) fn shared(buf: &Arc<Vec<u8>>, range: Range<usize>) -> Option<Self> {
-        buf.get(range.clone())?;
-        Some(Payload {
-            buf: Arc::clone(buf),
-            range,
-        })
     }
 
     /// The bytes as a vector of their own (without a copy when they are
@@ -81,48 +70,316 @@ impl std::fmt::Debug for Payload {
     }
 }
 
-impl<T> Outcome<T> {
-    /// A record that failed without running (or with no time to report);
-    /// `pid` 0 when no worker was involved.
-    pub(crate) fn failed(seq: u64, pid: u32, error: RecordError) -> Self {
-        Outcome {
-            seq,
+/// Records that ended together, in the order they were sent: records of one
+/// batch answered by one message (their outputs one after the other in it),
+/// or records that ended without a worker's answer (cancelled, timed out,
+/// given up). The supervisor delivers blocks, not records, so that a batch
+/// of results costs a few allocations, not a few per record.
+#[derive(Debug)]
+pub(crate) struct Block {
+    /// The records' sequence numbers, in the order they were sent (rising).
+    pub(crate) seqs: Vec<u64>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) thread: u32,
+    /// The message the outputs arrived in (empty when none did).
+    buf: Arc<Vec<u8>>,
+    /// Record `i`'s output is `buf[ends[i - 1]..ends[i]]` (record 0's starts
+    /// at `start`); a failed record's is empty. Empty when no output arrived.
+    start: usize,
+    ends: Vec<usize>,
+    /// The failed records, by index, in order.
+    failures: Vec<(usize, RecordError)>,
+    /// When the first record started, in microseconds since the Unix epoch;
+    /// each later one started when the one before it ended.
+    started_us: Option<u64>,
+    /// Each record's duration in nanoseconds; empty when none is known.
+    nanos: Vec<u64>,
+}
+
+/// What a worker's answer to some records of a batch says, for [`Block::answered`].
+pub(crate) struct Answer<'a> {
+    pub buf: Arc<Vec<u8>>,
+    /// Where the outputs begin in `buf`.
+    pub start: usize,
+    pub lengths: &'a [u32],
+    pub failures: Vec<(usize, RecordError)>,
+    pub started_us: u64,
+    pub nanos: Vec<u64>,
+}
+
+impl Block {
+    /// The records `seqs` answered by a worker. `None` if the answer does
+    /// not fit its message (one length per record, within it).
+    pub(crate) fn answered(
+        seqs: Vec<u64>,
+        pid: Option<u32>,
+        thread: u32,
+        answer: Answer<'_>,
+    ) -> Option<Block> {
+        if answer.lengths.len() != seqs.len() || answer.nanos.len() != seqs.len() {
+            return None;
+        }
+        // Failures in order, each within the records (found by binary search).
+        let mut after = None;
+        for &(i, _) in &answer.failures {
+            if i >= seqs.len() || after.is_some_and(|a| i <= a) {
+                return None;
+            }
+            after = Some(i);
+        }
+        let mut end = answer.start;
+        let mut ends = Vec::with_capacity(seqs.len());
+        for &len in answer.lengths {
+            end += len as usize;
+            ends.push(end);
+        }
+        if end > answer.buf.len() {
+            return None;
+        }
+        Some(Block {
+            seqs,
+            pid,
+            thread,
+            buf: answer.buf,
+            start: answer.start,
+            ends,
+            failures: answer.failures,
+            started_us: Some(answer.started_us).filter(|&t| t != 0),
+            nanos: answer.nanos,
+        })
+    }
+
+    /// Records that all ended with `error`, without running; `pid` 0 when
+    /// no worker was involved.
+    pub(crate) fn failed_all(seqs: Vec<u64>, pid: u32, error: RecordError) -> Block {
+        let failures = (0..seqs.len()).map(|i| (i, error.clone())).collect();
+        Block {
+            seqs,
             pid: Some(pid).filter(|&p| p != 0),
             thread: 0,
+            buf: Arc::default(),
+            start: 0,
+            ends: Vec::new(),
+            failures,
             started_us: None,
-            duration: Duration::ZERO,
-            result: Err(error),
+            nanos: Vec::new(),
         }
     }
 
-    /// A record that failed while running since `started` (timed out, or its worker died).
-    pub(crate) fn failed_running(seq: u64, pid: u32, error: RecordError, started: Instant) -> Self {
+    /// One record that failed without running (or with no time to report).
+    pub(crate) fn failed(seq: u64, pid: u32, error: RecordError) -> Block {
+        Block {
+            failures: vec![(0, error)],
+            ..Block::failed_all(vec![seq], pid, RecordError::Cancelled)
+        }
+    }
+
+    /// One record that failed while running since `started` (timed out, or
+    /// its worker died).
+    pub(crate) fn failed_running(
+        seq: u64,
+        pid: u32,
+        error: RecordError,
+        started: Instant,
+    ) -> Block {
         let ran = Instant::now().saturating_duration_since(started);
         let started_us = SystemTime::now()
             .checked_sub(ran)
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_micros() as u64);
-        Outcome {
+        Block {
             started_us,
-            duration: ran,
-            ..Outcome::failed(seq, pid, error)
+            nanos: vec![ran.as_nanos() as u64],
+            ..Block::failed(seq, pid, error)
         }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Record `i`'s failure, if it failed.
+    pub(crate) fn failure(&self, i: usize) -> Option<&RecordError> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        self.failures
+            .binary_search_by_key(&i, |f| f.0)
+            .ok()
+            .map(|at| &self.failures[at].1)
+    }
+
+    /// Where record `i`'s output is in the message.
+    fn range(&self, i: usize) -> Range<usize> {
+        let start = if i == 0 { self.start } else { self.ends[i - 1] };
+        start..self.ends[i]
+    }
+
+    /// The outputs of records `range` (none of them failed), one after the other.
+    pub(crate) fn outputs(&self, range: Range<usize>) -> &[u8] {
+        if range.is_empty() || self.ends.is_empty() {
+            return &[];
+        }
+        &self.buf[self.range(range.start).start..self.ends[range.end - 1]]
+    }
+
+    /// Record `i`'s output (empty for a failed record).
+    pub(crate) fn output(&self, i: usize) -> &[u8] {
+        if self.ends.is_empty() {
+            return &[];
+        }
+        &self.buf[self.range(i)]
+    }
+
+    /// Record `i`'s duration.
+    pub(crate) fn duration(&self, i: usize) -> Duration {
+        Duration::from_nanos(self.nanos.get(i).copied().unwrap_or(0))
+    }
+
+    /// Nanoseconds from the first record's start to record `i`'s, given
+    /// those to record `from`'s (so that reading records in order costs one
+    /// addition each).
+    pub(crate) fn offset(&self, from: (usize, u64), i: usize) -> u64 {
+        let (at, ns) = from;
+        ns + self.nanos.get(at..i).map_or(0, |d| d.iter().sum::<u64>())
+    }
+
+    /// Record `i` as an outcome, `offset_ns` after the first record's start,
+    /// with its output as `make` turns it into a result.
+    pub(crate) fn outcome<O>(
+        &self,
+        i: usize,
+        offset_ns: u64,
+        make: impl FnOnce(&Self, usize) -> Result<O, RecordError>,
+    ) -> Outcome<O> {
+        let result = match self.failure(i) {
+            Some(e) => Err(e.clone()),
+            None => make(self, i),
+        };
+        Outcome {
+            seq: self.seqs[i],
+            pid: self.pid,
+            thread: self.thread,
+            started_us: self.started_us.map(|t| t + offset_ns / 1000),
+            duration: self.duration(i),
+            result,
+        }
+    }
+
+    /// Record `i`'s output as a [`Payload`] sharing the message.
+    pub(crate) fn payload(&self, i: usize) -> Result<Payload, RecordError> {
+        Ok(Payload {
+            buf: Arc::clone(&self.buf),
+            range: if self.ends.is_empty() {
+                0..0
+            } else {
+                self.range(i)
+            },
+        })
+    }
+
+    /// Record `i`'s output decoded as `O`.
+    pub(crate) fn decode<O: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+    ) -> Result<O, RecordError> {
+        decode_value::<O>(self.output(i)).map_err(|e| RecordError::BadOutput(e.to_string()))
+    }
+
+    /// Every record, in order, made into an outcome by `make`.
+    pub(crate) fn into_outcomes<O>(
+        self,
+        make: impl Fn(&Self, usize) -> Result<O, RecordError>,
+    ) -> Vec<Outcome<O>> {
+        let mut ns = 0;
+        (0..self.len())
+            .map(|i| {
+                let o = self.outcome(i, ns, &make);
+                ns += self.nanos.get(i).copied().unwrap_or(0);
+                o
+            })
+            .collect()
     }
 }
 
-impl Outcome<Payload> {
-    /// The same outcome with its output decoded as `O`.
-    pub(crate) fn decode<O: serde::de::DeserializeOwned>(self) -> Outcome<O> {
-        let result = self.result.and_then(|bytes| {
-            decode_value::<O>(&bytes).map_err(|e| RecordError::BadOutput(e.to_string()))
-        });
-        Outcome {
-            seq: self.seq,
-            pid: self.pid,
-            thread: self.thread,
-            started_us: self.started_us,
-            duration: self.duration,
-            result,
-        }
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Records 10, 11, 12 answered in one message whose outputs start at
+    /// byte 3: "ab", (failed), "cde"; 100, 200 and 300 ns.
+    fn answer(failures: Vec<(usize, RecordError)>, lengths: &[u32]) -> Option<Block> {
+        let buf = Arc::new(b"xyzabcdeTAIL".to_vec());
+        Block::answered(
+            vec![10, 11, 12],
+            Some(7),
+            1,
+            Answer {
+                buf,
+                start: 3,
+                lengths,
+                failures,
+                started_us: 1_000,
+                nanos: vec![100, 200, 300],
+            },
+        )
+    }
+
+    #[test]
+    fn an_answer_reads_as_its_records() {
+        let failed = vec![(1, RecordError::Task("no".into()))];
+        let block = answer(failed, &[2, 0, 3]).unwrap();
+        assert_eq!(block.len(), 3);
+        assert_eq!(block.output(0), b"ab");
+        assert_eq!(block.output(1), b"");
+        assert_eq!(block.output(2), b"cde");
+        assert_eq!(block.outputs(0..3), b"abcde");
+        assert_eq!(block.outputs(2..3), b"cde");
+        assert!(block.failure(0).is_none() && block.failure(1).is_some());
+        assert_eq!(block.offset((0, 0), 2), 300);
+        assert_eq!(block.offset((1, 100), 3), 600);
+        let all = block.into_outcomes(|b, i| Ok(b.output(i).to_vec()));
+        let seqs: Vec<u64> = all.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, [10, 11, 12]);
+        assert_eq!(all[0].result.as_deref().unwrap(), b"ab");
+        assert!(matches!(&all[1].result, Err(RecordError::Task(m)) if m == "no"));
+        // Each record starts when the one before it ended (in whole microseconds).
+        let starts: Vec<Option<u64>> = all.iter().map(|o| o.started_us).collect();
+        assert_eq!(starts, [Some(1_000), Some(1_000), Some(1_000)]);
+        assert_eq!(all[2].duration, Duration::from_nanos(300));
+        assert!(all.iter().all(|o| o.pid == Some(7) && o.thread == 1));
+    }
+
+    #[test]
+    fn answers_that_do_not_fit_are_refused() {
+        assert!(answer(vec![], &[2, 0]).is_none(), "a length missing");
+        assert!(answer(vec![], &[2, 0, 30]).is_none(), "past the message");
+        let e = || RecordError::Task("x".into());
+        assert!(
+            answer(vec![(3, e())], &[2, 0, 3]).is_none(),
+            "no such record"
+        );
+        assert!(
+            answer(vec![(2, e()), (1, e())], &[2, 0, 0]).is_none(),
+            "out of order"
+        );
+        assert!(answer(vec![(1, e()), (2, e())], &[2, 0, 0]).is_some());
+    }
+
+    #[test]
+    fn records_that_ended_without_an_answer() {
+        let block = Block::failed_all(vec![4, 5], 9, RecordError::Cancelled);
+        assert_eq!(block.output(1), b"");
+        let all = block.into_outcomes(|_, _| Ok(()));
+        assert!(all
+            .iter()
+            .all(|o| matches!(o.result, Err(RecordError::Cancelled)) && o.pid == Some(9)));
+        let started = Instant::now() - Duration::from_millis(50);
+        let one = Block::failed_running(8, 0, RecordError::Cancelled, started);
+        assert!(one.duration(0) >= Duration::from_millis(50));
+        let o = one.outcome(0, 0, |_, _| Ok(()));
+        assert_eq!((o.seq, o.pid), (8, None));
+        assert!(o.started_us.is_some());
     }
 }

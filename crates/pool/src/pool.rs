@@ -18,9 +18,9 @@ use procpool_protocol::{
 
 use crate::batch::{Batch, JobId, Sizer, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
-use crate::outcome::{Outcome, Payload};
+use crate::outcome::{Block, Outcome};
 use crate::process::{LocalLauncher, OutputHandler};
-use crate::reorder::ReorderBuffer;
+use crate::reorder::InOrder;
 use crate::stats::WorkerStats;
 use crate::supervisor::{Command, Settings, Started, Supervisor};
 use crate::transport::Event;
@@ -494,14 +494,11 @@ impl Core {
         self.events.send(Event::Command(command)).is_ok()
     }
 
-    pub(crate) fn new_job(&self) -> (JobId, Receiver<Vec<Outcome<Payload>>>) {
+    pub(crate) fn new_job(&self) -> (JobId, Receiver<Block>) {
         self.new_job_signalled(None)
     }
 
-    fn new_job_signalled(
-        &self,
-        signal: Option<Arc<Signal>>,
-    ) -> (JobId, Receiver<Vec<Outcome<Payload>>>) {
+    fn new_job_signalled(&self, signal: Option<Arc<Signal>>) -> (JobId, Receiver<Block>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         self.send(Command::NewJob {
@@ -558,16 +555,14 @@ impl Drop for Core {
 /// dropping, when the job ends or the supervisor goes) wakes a task awaiting
 /// a [`Pending`].
 pub(crate) struct JobSink {
-    tx: Sender<Vec<Outcome<Payload>>>,
+    tx: Sender<Block>,
     signal: Option<Arc<Signal>>,
 }
 
 impl JobSink {
-    pub(crate) fn send(
-        &self,
-        list: Vec<Outcome<Payload>>,
-    ) -> Result<(), mpsc::SendError<Vec<Outcome<Payload>>>> {
-        let sent = self.tx.send(list);
+    /// Deliver `block`; whether the job still listens.
+    pub(crate) fn send(&self, block: Block) -> bool {
+        let sent = self.tx.send(block).is_ok();
         if let Some(signal) = &self.signal {
             signal.raise();
         }
@@ -761,7 +756,7 @@ impl Canceller {
 /// supervisor wakes it). Dropping it withdraws the record.
 #[must_use = "dropping a `Pending` withdraws its record: wait on it or await it"]
 pub struct Pending<O> {
-    rx: Receiver<Vec<Outcome<Payload>>>,
+    rx: Receiver<Block>,
     early: Option<RecordError>,
     signal: Arc<Signal>,
     events: Sender<Event>,
@@ -787,13 +782,10 @@ impl<O> Pending<O> {
 }
 
 /// What a job's channel says, for one record.
-fn single<O: serde::de::DeserializeOwned>(
-    received: Result<Vec<Outcome<Payload>>, ()>,
-) -> Result<O, RecordError> {
+fn single<O: serde::de::DeserializeOwned>(received: Result<Block, ()>) -> Result<O, RecordError> {
     match received {
-        Ok(mut list) => list
-            .pop()
-            .map_or(Err(RecordError::Cancelled), |c| c.decode().result),
+        Ok(block) if block.len() == 1 => block.outcome(0, 0, Block::decode).result,
+        Ok(_) => Err(RecordError::Cancelled),
         Err(()) => Err(RecordError::PoolBroken("the pool is shut down".into())),
     }
 }
@@ -885,10 +877,11 @@ pub struct MapIter<'p, T: Task, I> {
     pool: &'p Pool<T>,
     input: Option<I>,
     job: JobId,
-    rx: Receiver<Vec<Outcome<Payload>>>,
+    rx: Receiver<Block>,
     ordered: bool,
-    reorder: ReorderBuffer<Outcome<Payload>>,
-    arrived: std::collections::VecDeque<Outcome<Payload>>,
+    reorder: InOrder,
+    /// Results ready to be yielded: in order, or as they arrived.
+    arrived: std::collections::VecDeque<Outcome<T::Output>>,
     /// Unordered only: records sent and not yet arrived, so that they can be
     /// reported if the supervisor goes away.
     unanswered: std::collections::BTreeSet<u64>,
@@ -905,7 +898,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
             job,
             rx,
             ordered,
-            reorder: ReorderBuffer::new(0),
+            reorder: InOrder::default(),
             arrived: Default::default(),
             unanswered: Default::default(),
             next_seq: 0,
@@ -942,11 +935,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 }
                 if let Err(e) = batch.push_with(seq, |buf| encode_record_into(&item, buf)) {
                     // Never sent: fails here, in its place.
-                    self.accept(Outcome::failed(
-                        seq,
-                        0,
-                        RecordError::BadInput(e.to_string()),
-                    ));
+                    self.accept(Block::failed(seq, 0, RecordError::BadInput(e.to_string())));
                 }
             }
             if !batch.is_empty() && !self.pool.core.send(Command::Batch(batch)) {
@@ -956,21 +945,32 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         }
     }
 
-    fn accept(&mut self, c: Outcome<Payload>) {
+    fn accept(&mut self, block: Block) {
         if self.ordered {
-            self.reorder.insert(c.seq, c);
+            self.reorder.insert(block);
         } else {
-            self.unanswered.remove(&c.seq);
-            self.arrived.push_back(c);
+            for seq in &block.seqs {
+                self.unanswered.remove(seq);
+            }
+            self.arrived
+                .extend(block.into_outcomes(Block::decode::<T::Output>));
         }
     }
 
-    fn take_ready(&mut self) -> Option<Outcome<Payload>> {
-        if self.ordered {
-            self.reorder.pop().map(|(_, c)| c)
-        } else {
-            self.arrived.pop_front()
+    fn take_ready(&mut self) -> Option<Outcome<T::Output>> {
+        if self.arrived.is_empty() && self.ordered {
+            // A whole run at once: one step of the reorder per message.
+            let run = self.reorder.pop_run(usize::MAX)?;
+            let mut ns = run.offset_ns;
+            for i in run.range.clone() {
+                if i > run.range.start {
+                    ns = run.block.offset((i - 1, ns), i);
+                }
+                let o = run.block.outcome(i, ns, Block::decode::<T::Output>);
+                self.arrived.push_back(o);
+            }
         }
+        self.arrived.pop_front()
     }
 }
 
@@ -982,7 +982,7 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
             self.top_up();
             if let Some(c) = self.take_ready() {
                 self.yielded += 1;
-                return Some(c.decode());
+                return Some(c);
             }
             if self.input.is_none() && self.yielded == self.next_seq {
                 return None;
@@ -990,17 +990,13 @@ impl<T: Task, I: Iterator<Item = T::Input>> Iterator for MapIter<'_, T, I> {
             // Bounded by the supervisor, which ends every record it holds
             // (result, failure, timeout, cancel) and closes the channel if it dies.
             match self.rx.recv() {
-                Ok(list) => {
-                    for c in list {
-                        self.accept(c);
-                    }
-                }
+                Ok(block) => self.accept(block),
                 Err(_) => {
                     // Supervisor gone: what is missing ends as broken.
                     let missing = self.reorder.next_seq();
                     self.input = None;
                     let broken = |seq| {
-                        Outcome::failed(seq, 0, RecordError::PoolBroken("the pool stopped".into()))
+                        Block::failed(seq, 0, RecordError::PoolBroken("the pool stopped".into()))
                     };
                     if self.ordered && missing < self.next_seq {
                         self.accept(broken(missing));

@@ -40,16 +40,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::ops::Range;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use procpool_protocol::{TaskInfo, TaskSpec};
+use procpool_protocol::{Encoding, TaskInfo, TaskSpec};
 
 use crate::batch::{Batch, JobId, MAX_BATCH_BYTES};
 use crate::error::{PoolError, RecordError};
-use crate::outcome::{Outcome, Payload};
+use crate::outcome::{Block, Outcome, Payload};
 use crate::pool::{Canceller, Core, PoolBuilder};
-use crate::reorder::ReorderBuffer;
+use crate::reorder::InOrder;
 use crate::stats::WorkerStats;
 use crate::supervisor::Command;
 use procpool_protocol::MAX_RECORD_BYTES;
@@ -84,8 +85,10 @@ impl PoolBuilder {
     /// line). With `spec.threads` above 1 each worker runs batches on that
     /// many threads (set `in_flight` to keep them all busy).
     pub fn build_raw(self, spec: TaskSpec) -> Result<RawPool, PoolError> {
+        let lines = !matches!(spec.records, Encoding::Bincode);
         Ok(RawPool {
             core: self.start(Some(spec))?,
+            lines,
         })
     }
 }
@@ -94,6 +97,8 @@ impl PoolBuilder {
 /// Dropping it shuts it down as [`RawPool::shutdown`] does.
 pub struct RawPool {
     core: Core,
+    /// Outputs are JSON lines (each arrives with its newline).
+    lines: bool,
 }
 
 impl std::fmt::Debug for RawPool {
@@ -115,7 +120,8 @@ impl RawPool {
             source: Some(source),
             job,
             rx,
-            reorder: ReorderBuffer::new(0),
+            reorder: InOrder::default(),
+            lines: self.lines,
             next_seq: 0,
             yielded: 0,
             record_bytes: 64,
@@ -189,8 +195,9 @@ pub struct RawMap<'p, S> {
     core: &'p Core,
     source: Option<S>,
     job: JobId,
-    rx: Receiver<Vec<Outcome<Payload>>>,
-    reorder: ReorderBuffer<Outcome<Payload>>,
+    rx: Receiver<Block>,
+    reorder: InOrder,
+    lines: bool,
     next_seq: u64,
     yielded: u64,
     /// Average bytes of a record in the last batch.
@@ -249,7 +256,7 @@ impl<S: RawSource> RawMap<'_, S> {
                             bytes.len()
                         );
                         self.reorder
-                            .insert(seq, Outcome::failed(seq, 0, RecordError::BadInput(reason)));
+                            .insert(Block::failed(seq, 0, RecordError::BadInput(reason)));
                     }
                     Feed::Record(bytes) => {
                         self.next_seq += 1;
@@ -261,7 +268,7 @@ impl<S: RawSource> RawMap<'_, S> {
                     Feed::Bad(reason) => {
                         self.next_seq += 1;
                         self.reorder
-                            .insert(seq, Outcome::failed(seq, 0, RecordError::BadInput(reason)));
+                            .insert(Block::failed(seq, 0, RecordError::BadInput(reason)));
                     }
                     Feed::Pause => {
                         paused = true;
@@ -283,22 +290,21 @@ impl<S: RawSource> RawMap<'_, S> {
     }
 }
 
-impl<S: RawSource> Iterator for RawMap<'_, S> {
-    type Item = Outcome<Bytes>;
+impl<S: RawSource> RawMap<'_, S> {
+    /// The next run of results, in the source's order: consecutive records
+    /// that one worker answered in one message, all of which succeeded or
+    /// all of which failed. Reading runs rather than records costs one step
+    /// per message, and a run of JSON lines can be written out whole
+    /// ([`RawRun::lines`]). Mixing this with [`Iterator::next`] is fine.
+    pub fn next_run(&mut self) -> Option<RawRun<'_>> {
+        self.next_run_of(usize::MAX)
+    }
 
-    fn next(&mut self) -> Option<Outcome<Bytes>> {
+    fn next_run_of(&mut self, max: usize) -> Option<RawRun<'_>> {
         loop {
             let paused = self.top_up();
-            if let Some((_, c)) = self.reorder.pop() {
-                self.yielded += 1;
-                return Some(Outcome {
-                    seq: c.seq,
-                    pid: c.pid,
-                    thread: c.thread,
-                    started_us: c.started_us,
-                    duration: c.duration,
-                    result: c.result.map(Bytes),
-                });
+            if self.reorder.ready() {
+                break;
             }
             if self.source.is_none() && self.yielded == self.next_seq {
                 return None;
@@ -308,7 +314,7 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
             // at again after a linger.
             let got = if paused {
                 match self.rx.recv_timeout(LINGER) {
-                    Ok(list) => Some(list),
+                    Ok(block) => Some(block),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => None,
                 }
@@ -316,10 +322,8 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
                 self.rx.recv().ok()
             };
             match got {
-                Some(list) => {
-                    for c in list {
-                        self.reorder.insert(c.seq, c);
-                    }
+                Some(block) => {
+                    self.reorder.insert(block);
                 }
                 None => {
                     let missing = self.reorder.next_seq();
@@ -327,17 +331,115 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
                     if missing >= self.next_seq {
                         return None;
                     }
-                    self.reorder.insert(
-                        missing,
-                        Outcome::failed(
-                            missing,
-                            0,
-                            RecordError::PoolBroken("the pool stopped".into()),
-                        ),
-                    );
+                    let broken = RecordError::PoolBroken("the pool stopped".into());
+                    self.reorder.insert(Block::failed(missing, 0, broken));
                 }
             }
         }
+        let run = self.reorder.pop_run(max)?;
+        self.yielded += run.range.len() as u64;
+        Some(RawRun {
+            block: run.block,
+            range: run.range,
+            offset_ns: run.offset_ns,
+            lines: self.lines,
+        })
+    }
+}
+
+impl<S: RawSource> Iterator for RawMap<'_, S> {
+    type Item = Outcome<Bytes>;
+
+    fn next(&mut self) -> Option<Outcome<Bytes>> {
+        let run = self.next_run_of(1)?;
+        let lines = run.lines;
+        let i = run.range.start;
+        Some(run.block.outcome(i, run.offset_ns, |b, i| {
+            let mut payload = b.payload(i)?;
+            if lines {
+                payload.strip_newline();
+            }
+            Ok(Bytes(payload))
+        }))
+    }
+}
+
+/// Consecutive results from [`RawMap::next_run`]: records that one worker
+/// answered in one message, all succeeded or all failed.
+pub struct RawRun<'a> {
+    block: &'a Block,
+    range: Range<usize>,
+    offset_ns: u64,
+    lines: bool,
+}
+
+impl<'a> RawRun<'a> {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether there are none (never, for a run from [`RawMap::next_run`]).
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The first record's position in the source.
+    pub fn first_seq(&self) -> u64 {
+        self.block.seqs[self.range.start]
+    }
+
+    /// Whether the records failed (all of them) rather than succeeded.
+    pub fn failed(&self) -> bool {
+        self.block.failure(self.range.start).is_some()
+    }
+
+    /// The longest time one of the records took.
+    pub fn longest(&self) -> Duration {
+        self.range
+            .clone()
+            .map(|i| self.block.duration(i))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The outputs of a successful run of JSON outputs, one after the other,
+    /// each ending with a newline: what a JSON-lines output file gets.
+    /// `None` for failed records or bincode outputs.
+    pub fn lines(&self) -> Option<&'a [u8]> {
+        (self.lines && !self.failed()).then(|| self.block.outputs(self.range.clone()))
+    }
+
+    /// The records one by one; outputs borrow the message they arrived in
+    /// (without their newline).
+    pub fn outcomes(&self) -> impl ExactSizeIterator<Item = Outcome<&'a [u8]>> + '_ {
+        let block = self.block;
+        let start = self.range.start;
+        let lines = self.lines;
+        let mut ns = self.offset_ns;
+        self.range.clone().map(move |i| {
+            if i > start {
+                ns = block.offset((i - 1, ns), i);
+            }
+            block.outcome(i, ns, |_, i| {
+                let out = block.output(i);
+                Ok(if lines {
+                    out.strip_suffix(b"\n").unwrap_or(out)
+                } else {
+                    out
+                })
+            })
+        })
+    }
+}
+
+impl std::fmt::Debug for RawRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRun")
+            .field("first_seq", &self.first_seq())
+            .field("len", &self.len())
+            .field("failed", &self.failed())
+            .finish_non_exhaustive()
     }
 }
 

@@ -15,12 +15,11 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use procpool_protocol::{
-    decode, decode_prefix, decode_results_ref, BatchResults, OutcomeView, TaskFailure,
-    WorkerMessage, PROTOCOL_VERSION,
+    decode, decode_prefix, decode_results_ref, BatchResults, TaskFailure, WorkerMessage,
+    PROTOCOL_VERSION,
 };
 
 use crate::error::{PoolError, WorkerExit};
-use crate::outcome::Payload;
 use crate::supervisor::Command;
 
 /// Everything the supervisor reacts to: what the transport reports about
@@ -54,23 +53,26 @@ pub(crate) enum Event {
     Command(Command),
 }
 
-/// `WorkerMessage::Results` as the supervisor handles it: each output a
-/// [`Payload`], sharing the message it arrived in when decoded by [`decode_results`].
+/// `WorkerMessage::Results` as the supervisor handles it: the outputs left
+/// in the message they arrived in when decoded by [`decode_results`].
 #[derive(Debug)]
 pub(crate) struct Results {
     pub batch: u64,
     pub thread: u32,
     pub busy_nanos: u64,
-    pub outcomes: Vec<ResultOutcome>,
+    pub started_us: u64,
+    pub nanos: Vec<u64>,
+    pub lengths: Vec<u32>,
+    /// The message (or the outputs alone); they begin at `start`.
+    pub buf: Arc<Vec<u8>>,
+    pub start: usize,
+    pub failures: Vec<(u32, TaskFailure)>,
 }
 
-/// One record's outcome in [`Results`].
-#[derive(Debug)]
-pub(crate) struct ResultOutcome {
-    pub seq: u64,
-    pub started_us: u64,
-    pub nanos: u64,
-    pub outcome: Result<Payload, TaskFailure>,
+impl Results {
+    pub fn len(&self) -> usize {
+        self.nanos.len()
+    }
 }
 
 impl From<BatchResults> for Results {
@@ -79,61 +81,45 @@ impl From<BatchResults> for Results {
             batch: r.batch,
             thread: r.thread,
             busy_nanos: r.busy_nanos,
-            outcomes: r
-                .outcomes
-                .into_iter()
-                .map(|o| ResultOutcome {
-                    seq: o.seq,
-                    started_us: o.started_us,
-                    nanos: o.nanos,
-                    outcome: match o.outcome {
-                        procpool_protocol::Outcome::Ok(bytes) => Ok(Payload::owned(bytes)),
-                        procpool_protocol::Outcome::Failed(f) => Err(f),
-                    },
-                })
-                .collect(),
+            started_us: r.started_us,
+            nanos: r.nanos,
+            lengths: r.lengths,
+            buf: Arc::new(r.outputs),
+            start: 0,
+            failures: r.failures,
         }
     }
 }
 
-/// Decode `bytes` as `WorkerMessage::Results` with every output left where
-/// it is (one allocation for the whole message, not one per record);
+/// Decode `bytes` as `WorkerMessage::Results` with the outputs left where
+/// they are (one allocation for the whole message, not one per record);
 /// `Ok(None)` when it is another message. An error says why the worker is
 /// to be dropped.
 pub(crate) fn decode_results(bytes: Vec<u8>) -> Result<Result<Results, Vec<u8>>, String> {
-    let buf = Arc::new(bytes);
-    let view = match decode_results_ref(&buf) {
+    let view = match decode_results_ref(&bytes) {
         Ok(Some(view)) => view,
-        Ok(None) => {
-            // Not shared yet: the bytes come back as they were.
-            return Ok(Err(Arc::try_unwrap(buf).unwrap_or_else(|b| b.to_vec())));
-        }
+        Ok(None) => return Ok(Err(bytes)),
         Err(e) => return Err(format!("sent a malformed message ({e})")),
     };
-    let base = buf.as_ptr() as usize;
-    let mut outcomes = Vec::with_capacity(view.outcomes.len());
-    for o in view.outcomes {
-        let outcome = match o.outcome {
-            OutcomeView::Ok(out) => {
-                // `out` borrows from `buf`: its offset in the message.
-                let start = (out.as_ptr() as usize).wrapping_sub(base);
-                let payload = Payload::shared(&buf, start..start.wrapping_add(out.len()));
-                Ok(payload.ok_or("sent an output outside its message")?)
-            }
-            OutcomeView::Failed(f) => Err(f),
-        };
-        outcomes.push(ResultOutcome {
-            seq: o.seq,
-            started_us: o.started_us,
-            nanos: o.nanos,
-            outcome,
-        });
+    // `outputs` borrows from `bytes`: its offset in the message.
+    let start = (view.outputs.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+    if start.checked_add(view.outputs.len()) > Some(bytes.len()) {
+        return Err("sent outputs outside their message".into());
     }
-    Ok(Ok(Results {
+    let results = Results {
         batch: view.batch,
         thread: view.thread,
         busy_nanos: view.busy_nanos,
-        outcomes,
+        started_us: view.started_us,
+        nanos: view.nanos,
+        lengths: view.lengths,
+        start,
+        failures: view.failures,
+        buf: Arc::new(Vec::new()),
+    };
+    Ok(Ok(Results {
+        buf: Arc::new(bytes),
+        ..results
     }))
 }
 
@@ -232,73 +218,71 @@ mod tests {
         );
     }
 
-    use procpool_protocol::{encode, FailureKind, Outcome, RecordOutcome};
+    use procpool_protocol::{encode, FailureKind};
 
     use super::*;
 
-    #[test]
-    fn results_decode_in_place_like_owned_ones() {
-        let failure = TaskFailure {
-            kind: FailureKind::Panic,
-            message: "boom".into(),
-        };
-        let owned = BatchResults {
+    fn sample() -> BatchResults {
+        let mut r = BatchResults {
             batch: 4,
             thread: 1,
             busy_nanos: 777,
-            outcomes: (0..30u64)
-                .map(|i| RecordOutcome {
-                    seq: 100 + i,
-                    started_us: 1_700_000_000_000_000 + i,
-                    nanos: i * 3,
-                    outcome: if i == 7 {
-                        Outcome::Failed(failure.clone())
-                    } else {
-                        Outcome::Ok(vec![i as u8; i as usize])
-                    },
-                })
-                .collect(),
+            started_us: 1_700_000_000_000_000,
+            nanos: (0..30u64).map(|i| i * 3).collect(),
+            lengths: Vec::new(),
+            outputs: Vec::new(),
+            failures: vec![(
+                7,
+                TaskFailure {
+                    kind: FailureKind::Panic,
+                    message: "boom".into(),
+                },
+            )],
         };
+        for i in 0..30u32 {
+            let len = if i == 7 { 0 } else { i };
+            r.lengths.push(len);
+            r.outputs.extend(std::iter::repeat_n(i as u8, len as usize));
+        }
+        r
+    }
+
+    #[test]
+    fn results_decode_in_place_like_owned_ones() {
+        let owned = sample();
         let bytes = encode(&WorkerMessage::Results(owned.clone())).unwrap();
         let shared = decode_results(bytes).unwrap().unwrap();
         let expected = Results::from(owned);
         assert_eq!(
-            (shared.batch, shared.thread, shared.busy_nanos),
-            (expected.batch, expected.thread, expected.busy_nanos)
+            (
+                shared.batch,
+                shared.thread,
+                shared.busy_nanos,
+                shared.started_us
+            ),
+            (
+                expected.batch,
+                expected.thread,
+                expected.busy_nanos,
+                expected.started_us
+            )
         );
-        assert_eq!(shared.outcomes.len(), expected.outcomes.len());
-        for (a, b) in shared.outcomes.iter().zip(&expected.outcomes) {
-            assert_eq!(
-                (a.seq, a.started_us, a.nanos),
-                (b.seq, b.started_us, b.nanos)
-            );
-            match (&a.outcome, &b.outcome) {
-                (Ok(x), Ok(y)) => assert_eq!(&x[..], &y[..]),
-                (Err(x), Err(y)) => assert_eq!(x, y),
-                _ => panic!("outcomes differ at {}", a.seq),
-            }
-        }
-        // A shared output becomes a vector of its own.
-        let third = shared.outcomes.into_iter().nth(3).unwrap();
-        assert_eq!(third.outcome.unwrap().into_vec(), vec![3u8; 3]);
+        assert_eq!(shared.len(), 30);
+        assert_eq!(shared.nanos, expected.nanos);
+        assert_eq!(shared.lengths, expected.lengths);
+        assert_eq!(shared.failures, expected.failures);
+        let total = expected.buf.len();
+        assert_eq!(
+            shared.buf[shared.start..shared.start + total],
+            expected.buf[..]
+        );
     }
 
     #[test]
     fn other_messages_come_back_whole_and_garbage_is_an_error() {
         let ready = encode(&WorkerMessage::Ready).unwrap();
         assert_eq!(decode_results(ready.clone()).unwrap().unwrap_err(), ready);
-        let mut bytes = encode(&WorkerMessage::Results(BatchResults {
-            batch: 1,
-            thread: 0,
-            busy_nanos: 0,
-            outcomes: vec![RecordOutcome {
-                seq: 0,
-                started_us: 0,
-                nanos: 0,
-                outcome: Outcome::Ok(vec![1, 2, 3]),
-            }],
-        }))
-        .unwrap();
+        let mut bytes = encode(&WorkerMessage::Results(sample())).unwrap();
         bytes.pop();
         assert!(decode_results(bytes).unwrap_err().contains("malformed"));
         assert!(decode_results(vec![0xff; 3]).is_err());

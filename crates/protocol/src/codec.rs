@@ -270,23 +270,17 @@ mod tests {
                 batch: u64::MAX,
                 thread: 3,
                 busy_nanos: 12,
-                outcomes: vec![
-                    RecordOutcome {
-                        seq: 0,
-                        started_us: 1_700_000_000_000_000,
-                        nanos: 5,
-                        outcome: Outcome::Ok(vec![9; 40]),
+                started_us: 1_700_000_000_000_000,
+                nanos: vec![5, u64::MAX],
+                lengths: vec![40, 0],
+                outputs: vec![9; 40],
+                failures: vec![(
+                    1,
+                    TaskFailure {
+                        kind: FailureKind::Panic,
+                        message: "boom".into(),
                     },
-                    RecordOutcome {
-                        seq: 1,
-                        started_us: 0,
-                        nanos: u64::MAX,
-                        outcome: Outcome::Failed(TaskFailure {
-                            kind: FailureKind::Panic,
-                            message: "boom".into(),
-                        }),
-                    },
-                ],
+                )],
             }),
             WorkerMessage::Heartbeat,
         ];
@@ -393,8 +387,9 @@ mod tests {
 
     #[test]
     fn oversized_values_are_refused_and_leave_the_buffer_as_it_was() {
+        // Strings: serde writes one in one call, a `Vec<u8>` byte by byte.
         let mut buf = vec![7u8; 3];
-        let big = vec![0u8; MAX_RECORD_BYTES];
+        let big = "x".repeat(MAX_RECORD_BYTES);
         // A payload of MAX_RECORD_BYTES bytes needs a length prefix too.
         let e = encode_record_into(&big, &mut buf).unwrap_err();
         assert!(
@@ -402,7 +397,7 @@ mod tests {
             "{e}"
         );
         assert_eq!(buf, [7, 7, 7]);
-        let huge = vec![0u8; MAX_MESSAGE_BYTES];
+        let huge = "x".repeat(MAX_MESSAGE_BYTES);
         assert!(matches!(
             encode_into(&huge, &mut buf),
             Err(CodecError::TooLarge {
@@ -413,7 +408,7 @@ mod tests {
         assert_eq!(buf, [7, 7, 7]);
         assert!(encode_value(&huge).is_err());
         // Just under the record limit fits in a message with room to spare.
-        let fits = vec![0u8; MAX_RECORD_BYTES - 8];
+        let fits = "x".repeat(MAX_RECORD_BYTES - 8);
         encode_record_into(&fits, &mut buf).unwrap();
         assert!(buf.len() < MAX_MESSAGE_BYTES);
     }

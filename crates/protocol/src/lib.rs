@@ -12,7 +12,7 @@
 //! coord  -> Configure { spec: { name, params, records encoding, threads }, flush_each }
 //! worker -> Ready | Rejected { reason }
 //! coord  -> Batch { id, records }    (several in flight)
-//! worker -> Results { batch, thread, outcomes, busy_nanos }
+//! worker -> Results { batch, thread, busy_nanos, started_us, nanos, lengths, outputs, failures }
 //! worker -> Heartbeat                (from its own thread, every 500 ms)
 //! coord  -> Stop                     (or the channel closes)
 //! ```
@@ -29,14 +29,12 @@ pub use codec::{
     encode_value, CodecError, MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
 };
 pub use messages::{
-    Batch, BatchResults, Encoding, FailureKind, Hello, Outcome, ParamsEncoding, Record,
-    RecordOutcome, Request, TaskFailure, TaskInfo, TaskSpec, TaskTypes, WorkerMessage,
-    PROTOCOL_VERSION,
+    Batch, BatchResults, Encoding, FailureKind, Hello, ParamsEncoding, Record, Request,
+    TaskFailure, TaskInfo, TaskSpec, TaskTypes, WorkerMessage, PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};
 pub use views::{
-    decode_batch_ref, decode_results_ref, encode_results, is_batch, BatchRef, OutcomeRef,
-    OutcomeView, RecordOutcomeRef, RecordOutcomeView, ResultsRef,
+    decode_batch_ref, decode_results_ref, encode_results, is_batch, BatchRef, ResultsRef,
 };
 
 /// MPI backend: the tag of protocol messages, both ways.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The first two fields of every worker's first message are, in order, the
 /// variant index of [`WorkerMessage::Hello`] and this version, so that any
 /// future version can still be recognised (see [`crate::decode_prefix`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a worker binary says it can run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,39 +182,50 @@ pub struct TaskFailure {
     pub message: String,
 }
 
-/// How one record ended inside a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    /// The task's output, encoded as the run's [`Encoding`] says.
-    Ok(#[serde(with = "crate::bytes")] Vec<u8>),
-    /// The task failed on this record.
-    Failed(TaskFailure),
-}
-
-/// The outcome of one record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordOutcome {
-    /// The record's sequence number.
-    pub seq: u64,
-    /// When the worker started the record, in microseconds since the Unix epoch.
-    pub started_us: u64,
-    /// How long the record took, in nanoseconds.
-    pub nanos: u64,
-    /// What happened.
-    pub outcome: Outcome,
-}
-
-/// Results for (part of) a batch.
+/// The results of consecutive records of a batch, in the batch's order. A
+/// batch is answered by one message, or by several (records one by one with
+/// `flush_each`, or when its outputs are large): the first starts at the
+/// batch's first record, each later one where the one before it ended.
+///
+/// Outputs travel one after the other in one buffer, so that a batch of
+/// results is one allocation and one copy, not one per record, and so that a
+/// run of JSON lines can be written out as it arrived.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchResults {
-    /// The batch these outcomes belong to.
+    /// The batch these records belong to.
     pub batch: u64,
     /// The worker thread that ran them (0 in a single-threaded worker).
     pub thread: u32,
     /// Time the worker spent running these records, in nanoseconds.
     pub busy_nanos: u64,
-    /// Outcomes, in the batch's order.
-    pub outcomes: Vec<RecordOutcome>,
+    /// When the first of these records started, in microseconds since the
+    /// Unix epoch; each later one started when the one before it ended.
+    pub started_us: u64,
+    /// How long each record took, in nanoseconds: one entry per record.
+    pub nanos: Vec<u64>,
+    /// The length of each record's output in `outputs` (0 for a failed
+    /// record): one entry per record.
+    pub lengths: Vec<u32>,
+    /// The outputs of the records that succeeded, one after the other,
+    /// encoded as the run's [`Encoding`] says. In a run of JSON outputs
+    /// ([`Encoding::Json`] and [`Encoding::Csv`]) each one ends with a
+    /// newline, counted in its length.
+    #[serde(with = "crate::bytes")]
+    pub outputs: Vec<u8>,
+    /// The records that failed, by their index among these records, in order.
+    pub failures: Vec<(u32, TaskFailure)>,
+}
+
+impl BatchResults {
+    /// How many records these results cover.
+    pub fn len(&self) -> usize {
+        self.nanos.len()
+    }
+
+    /// Whether they cover none.
+    pub fn is_empty(&self) -> bool {
+        self.nanos.is_empty()
+    }
 }
 
 /// Worker to coordinator.
@@ -229,7 +240,7 @@ pub enum WorkerMessage {
         /// Why, e.g. the task is not compiled into this binary.
         reason: String,
     },
-    /// Outcomes of records.
+    /// Results of records.
     Results(BatchResults),
     /// Proof of life, sent from a thread of the worker's own every few
     /// hundred milliseconds (see [`crate::ENV_HEARTBEAT_MS`]), so that a worker

@@ -2,10 +2,8 @@
 //! format as the owned ones: a worker decodes a batch without copying each
 //! payload out, and encodes its results straight from one buffer of outputs.
 
-use serde::Deserialize;
-
-use crate::codec::{check_message, encode_into, put_bytes, put_u64, CodecError, CONFIG};
-use crate::TaskFailure;
+use crate::codec::{check_message, encode_into, put_bytes, put_u64, CodecError};
+use crate::{BatchResults, FailureKind, TaskFailure};
 
 /// `Request::Batch` decoded in place: payloads borrow the message's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +88,12 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A `u32` in bincode's varint encoding.
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        u32::try_from(self.uint()?)
+            .map_err(|_| bincode::error::DecodeError::Other("integer too large for a u32").into())
+    }
+
     fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
@@ -102,124 +106,135 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `WorkerMessage::Results` decoded in place: outputs borrow the message's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `WorkerMessage::Results` decoded in place: the outputs borrow the
+/// message's bytes. Checked as it is decoded: one length and one duration
+/// per record, lengths that add up to the outputs, failures in order, each
+/// within the records and without output.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultsRef<'a> {
-    /// The batch these outcomes belong to.
+    /// The batch these records belong to.
     pub batch: u64,
     /// The worker thread that ran them.
     pub thread: u32,
     /// Time the worker spent running these records, in nanoseconds.
     pub busy_nanos: u64,
-    /// Outcomes, in the batch's order.
-    #[serde(borrow)]
-    pub outcomes: Vec<RecordOutcomeView<'a>>,
-}
-
-/// One record's outcome as decoded by [`decode_results_ref`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RecordOutcomeView<'a> {
-    /// The record's sequence number.
-    pub seq: u64,
-    /// Start, in microseconds since the Unix epoch.
+    /// When the first record started, in microseconds since the Unix epoch.
     pub started_us: u64,
-    /// Duration in nanoseconds.
-    pub nanos: u64,
-    /// The output's bytes, or the failure.
-    #[serde(borrow)]
-    pub outcome: OutcomeView<'a>,
-}
-
-/// How one record ended, as decoded by [`decode_results_ref`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub enum OutcomeView<'a> {
-    /// The output's bytes, borrowed from the message.
-    Ok(&'a [u8]),
-    /// The failure.
-    Failed(TaskFailure),
+    /// Each record's duration in nanoseconds.
+    pub nanos: Vec<u64>,
+    /// Each record's output length.
+    pub lengths: Vec<u32>,
+    /// The outputs, one after the other.
+    pub outputs: &'a [u8],
+    /// The failed records, by index.
+    pub failures: Vec<(u32, TaskFailure)>,
 }
 
 /// The variant index of `WorkerMessage::Results`.
-const RESULTS_VARIANT: u32 = 3;
+const RESULTS_VARIANT: u64 = 3;
 
 /// Decode `bytes` as a `WorkerMessage::Results` without copying its outputs;
 /// `Ok(None)` when it is another message (decode it with [`crate::decode`]).
+/// Read field by field, as [`encode_results`] writes it.
 pub fn decode_results_ref(bytes: &[u8]) -> Result<Option<ResultsRef<'_>>, CodecError> {
-    let (variant, _) = bincode::serde::borrow_decode_from_slice::<u32, _>(bytes, CONFIG)?;
-    if variant != RESULTS_VARIANT {
+    let mut r = Reader::new(bytes);
+    if r.uint()? != RESULTS_VARIANT {
         return Ok(None);
     }
-    let ((_, results), used): ((u32, ResultsRef<'_>), usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, CONFIG)?;
-    if used != bytes.len() {
-        return Err(CodecError::Trailing {
-            extra: bytes.len() - used,
-        });
+    let batch = r.uint()?;
+    let thread = r.u32()?;
+    let busy_nanos = r.uint()?;
+    let started_us = r.uint()?;
+    let n = r.uint()?;
+    // Every entry takes at least one byte: no allocation beyond the message.
+    let mut nanos = Vec::with_capacity(n.min(r.left() as u64) as usize);
+    for _ in 0..n {
+        nanos.push(r.uint()?);
     }
-    Ok(Some(results))
+    if r.uint()? != n {
+        return Err(malformed("one output length per record"));
+    }
+    let mut lengths = Vec::with_capacity(nanos.len());
+    let mut total = 0u64;
+    for _ in 0..n {
+        let len = r.u32()?;
+        total += u64::from(len);
+        lengths.push(len);
+    }
+    let outputs = r.bytes()?;
+    if total != outputs.len() as u64 {
+        return Err(malformed("output lengths that add up to the outputs"));
+    }
+    let count = r.uint()?;
+    let mut failures = Vec::with_capacity(count.min(r.left() as u64 / 3) as usize);
+    let mut after = None;
+    for _ in 0..count {
+        let index = r.u32()?;
+        if u64::from(index) >= n || after.is_some_and(|a| index <= a) {
+            return Err(malformed("failures in order, within the records"));
+        }
+        if lengths[index as usize] != 0 {
+            return Err(malformed("no output for a failed record"));
+        }
+        after = Some(index);
+        let kind = match r.uint()? {
+            0 => FailureKind::Error,
+            1 => FailureKind::Panic,
+            2 => FailureKind::BadInput,
+            _ => return Err(malformed("a known kind of failure")),
+        };
+        let message = std::str::from_utf8(r.bytes()?)
+            .map_err(|_| malformed("UTF-8 failure messages"))?
+            .to_owned();
+        failures.push((index, TaskFailure { kind, message }));
+    }
+    if r.left() > 0 {
+        return Err(CodecError::Trailing { extra: r.left() });
+    }
+    Ok(Some(ResultsRef {
+        batch,
+        thread,
+        busy_nanos,
+        started_us,
+        nanos,
+        lengths,
+        outputs,
+        failures,
+    }))
 }
 
-/// How one record ended, borrowing its output.
-#[derive(Debug, Clone, Copy)]
-pub enum OutcomeRef<'a> {
-    /// The output's bytes.
-    Ok(&'a [u8]),
-    /// The failure.
-    Failed(&'a TaskFailure),
+fn malformed(expected: &'static str) -> CodecError {
+    CodecError::Decode(bincode::error::DecodeError::OtherString(format!(
+        "results without {expected}"
+    )))
 }
 
-/// One record's outcome, borrowing its output.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordOutcomeRef<'a> {
-    /// The record's sequence number.
-    pub seq: u64,
-    /// Start, in microseconds since the Unix epoch.
-    pub started_us: u64,
-    /// Duration in nanoseconds.
-    pub nanos: u64,
-    /// What happened.
-    pub outcome: OutcomeRef<'a>,
-}
-
-/// Encode `WorkerMessage::Results` from borrowed outcomes, appending to
-/// `buf`. Decodes as `WorkerMessage::Results(BatchResults { .. })`. Written
-/// field by field as [`crate::encode_batch`] is; a failure's
-/// [`TaskFailure`] goes through bincode.
-pub fn encode_results<'a, I>(
-    batch: u64,
-    thread: u32,
-    busy_nanos: u64,
-    outcomes: I,
-    buf: &mut Vec<u8>,
-) -> Result<(), CodecError>
-where
-    I: ExactSizeIterator<Item = RecordOutcomeRef<'a>>,
-{
+/// Encode `WorkerMessage::Results(results.clone())` into `buf` (appended)
+/// without the clone: field by field, as bincode encodes it (checked in the
+/// tests), since through serde every integer would be a `Write` call of its own.
+pub fn encode_results(results: &BatchResults, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = buf.len();
-    // `WorkerMessage::Results(BatchResults { batch, thread, busy_nanos, outcomes })`: variant 3.
-    put_u64(buf, 3);
-    put_u64(buf, batch);
-    put_u64(buf, u64::from(thread));
-    put_u64(buf, busy_nanos);
-    put_u64(buf, outcomes.len() as u64);
-    for o in outcomes {
-        put_u64(buf, o.seq);
-        put_u64(buf, o.started_us);
-        put_u64(buf, o.nanos);
-        match o.outcome {
-            // `Outcome::Ok(bytes)`: variant 0.
-            OutcomeRef::Ok(bytes) => {
-                put_u64(buf, 0);
-                put_bytes(buf, bytes);
-            }
-            // `Outcome::Failed(failure)`: variant 1.
-            OutcomeRef::Failed(f) => {
-                put_u64(buf, 1);
-                if let Err(e) = encode_into(f, buf) {
-                    buf.truncate(start);
-                    return Err(e);
-                }
-            }
+    buf.reserve(results.outputs.len() + 8 * results.nanos.len() + 32);
+    put_u64(buf, RESULTS_VARIANT);
+    put_u64(buf, results.batch);
+    put_u64(buf, u64::from(results.thread));
+    put_u64(buf, results.busy_nanos);
+    put_u64(buf, results.started_us);
+    put_u64(buf, results.nanos.len() as u64);
+    for &n in &results.nanos {
+        put_u64(buf, n);
+    }
+    put_u64(buf, results.lengths.len() as u64);
+    for &l in &results.lengths {
+        put_u64(buf, u64::from(l));
+    }
+    put_bytes(buf, &results.outputs);
+    put_u64(buf, results.failures.len() as u64);
+    for (index, failure) in &results.failures {
+        put_u64(buf, u64::from(*index));
+        if let Err(e) = encode_into(failure, buf) {
+            buf.truncate(start);
+            return Err(e);
         }
     }
     check_message(buf, start)
@@ -305,77 +320,103 @@ mod tests {
         }
     }
 
-    #[test]
-    fn borrowed_results_encode_as_worker_results() {
-        let failure = TaskFailure {
-            kind: FailureKind::BadInput,
-            message: "no".into(),
-        };
-        let outputs: Vec<Vec<u8>> = (0..20).map(|i| vec![b'x'; i]).collect();
-        let expected = WorkerMessage::Results(BatchResults {
+    fn sample_results() -> BatchResults {
+        let mut r = BatchResults {
             batch: 77,
             thread: 2,
             busy_nanos: 1234,
-            outcomes: outputs
-                .iter()
-                .enumerate()
-                .map(|(i, o)| RecordOutcome {
-                    seq: i as u64,
-                    started_us: 1_700_000_000_000_000 + i as u64,
-                    nanos: 99,
-                    outcome: if i == 5 {
-                        Outcome::Failed(failure.clone())
-                    } else {
-                        Outcome::Ok(o.clone())
+            started_us: 1_700_000_000_000_000,
+            nanos: Vec::new(),
+            lengths: Vec::new(),
+            outputs: Vec::new(),
+            failures: Vec::new(),
+        };
+        for i in 0..300u32 {
+            r.nanos.push(u64::from(i) * 997);
+            if i % 7 == 5 {
+                r.lengths.push(0);
+                r.failures.push((
+                    i,
+                    TaskFailure {
+                        kind: [
+                            FailureKind::Error,
+                            FailureKind::Panic,
+                            FailureKind::BadInput,
+                        ][i as usize % 3],
+                        message: format!("no {i}"),
                     },
-                })
-                .collect(),
-        });
-        let mut buf = Vec::new();
-        encode_results(
-            77,
-            2,
-            1234,
-            outputs.iter().enumerate().map(|(i, o)| RecordOutcomeRef {
-                seq: i as u64,
-                started_us: 1_700_000_000_000_000 + i as u64,
-                nanos: 99,
-                outcome: if i == 5 {
-                    OutcomeRef::Failed(&failure)
-                } else {
-                    OutcomeRef::Ok(o)
-                },
-            }),
-            &mut buf,
-        )
-        .unwrap();
+                ));
+            } else {
+                let out = vec![b'x'; i as usize];
+                r.lengths.push(out.len() as u32);
+                r.outputs.extend_from_slice(&out);
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn results_encode_as_bincode_encodes_them_and_decode_in_place() {
+        let owned = sample_results();
+        let expected = WorkerMessage::Results(owned.clone());
+        let mut buf = vec![1, 2, 3];
+        encode_results(&owned, &mut buf).unwrap();
+        assert_eq!(&buf[..3], &[1, 2, 3], "appended");
+        let buf = buf.split_off(3);
         assert_eq!(buf, encode(&expected).unwrap());
         assert_eq!(decode::<WorkerMessage>(&buf).unwrap(), expected);
         let view = decode_results_ref(&buf).unwrap().unwrap();
-        let WorkerMessage::Results(owned) = &expected else {
-            unreachable!()
-        };
         assert_eq!(
-            (view.batch, view.thread, view.busy_nanos),
-            (owned.batch, owned.thread, owned.busy_nanos)
+            (view.batch, view.thread, view.busy_nanos, view.started_us),
+            (77, 2, 1234, owned.started_us)
         );
-        assert_eq!(view.outcomes.len(), owned.outcomes.len());
-        for (v, o) in view.outcomes.iter().zip(&owned.outcomes) {
-            assert_eq!(
-                (v.seq, v.started_us, v.nanos),
-                (o.seq, o.started_us, o.nanos)
-            );
-            match (&v.outcome, &o.outcome) {
-                (OutcomeView::Ok(a), Outcome::Ok(b)) => assert_eq!(a, &b.as_slice()),
-                (OutcomeView::Failed(a), Outcome::Failed(b)) => assert_eq!(a, b),
-                _ => panic!("outcomes differ"),
+        assert_eq!(view.nanos, owned.nanos);
+        assert_eq!(view.lengths, owned.lengths);
+        assert_eq!(view.outputs, owned.outputs.as_slice());
+        assert_eq!(view.failures, owned.failures);
+        assert_eq!(owned.len(), 300);
+        let heartbeat = encode(&WorkerMessage::Heartbeat).unwrap();
+        assert!(decode_results_ref(&heartbeat).unwrap().is_none());
+    }
+
+    #[test]
+    fn damaged_results_are_errors_never_panics_or_inconsistent_views() {
+        let mut owned = sample_results();
+        owned.nanos.truncate(12);
+        owned.lengths.truncate(12);
+        owned.failures.retain(|f| f.0 < 12);
+        owned
+            .outputs
+            .truncate(owned.lengths.iter().sum::<u32>() as usize);
+        let mut bytes = Vec::new();
+        encode_results(&owned, &mut bytes).unwrap();
+        let mut cases: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+        for at in 0..bytes.len() {
+            for b in [0u8, 1, 2, 3, 250, 251, 252, 253, 255] {
+                let mut damaged = bytes.clone();
+                damaged[at] = b;
+                cases.push(damaged);
             }
         }
-        assert!(
-            decode_results_ref(&encode(&WorkerMessage::Heartbeat).unwrap())
-                .unwrap()
-                .is_none()
-        );
-        assert!(decode_results_ref(&buf[..buf.len() - 1]).is_err());
+        for case in cases {
+            let Ok(Some(v)) = decode_results_ref(&case) else {
+                continue;
+            };
+            // What decodes is consistent, and is what bincode decodes.
+            assert_eq!(v.nanos.len(), v.lengths.len());
+            assert_eq!(
+                v.lengths.iter().map(|&l| l as usize).sum::<usize>(),
+                v.outputs.len()
+            );
+            assert!(v.failures.windows(2).all(|w| w[0].0 < w[1].0));
+            assert!(v.failures.iter().all(|f| v.lengths[f.0 as usize] == 0));
+            let Ok(WorkerMessage::Results(o)) = decode::<WorkerMessage>(&case) else {
+                panic!("{case:?} decodes in place but not as a message");
+            };
+            assert_eq!(
+                (o.nanos, o.lengths, o.outputs.as_slice(), o.failures),
+                (v.nanos, v.lengths, v.outputs, v.failures)
+            );
+        }
     }
 }

@@ -21,7 +21,8 @@ use serde::de::DeserializeOwned;
 pub trait Runner: Send + Sync {
     /// Decode one payload, hand its label to `started` (if given) before the
     /// task runs, run the task with panics caught, and append the encoded
-    /// output to `out` (left as it was on a failure).
+    /// output to `out` (left as it was on a failure). A JSON output (a run of
+    /// JSON or CSV records) is one line: it ends with a newline.
     fn run_record(
         &self,
         payload: &[u8],
@@ -63,9 +64,10 @@ impl<T: Task> TypedRunner<T> {
         let start = out.len();
         let done = match self.codec {
             Codec::Bincode => encode_into(output, out).map_err(|e| e.to_string()),
-            Codec::Json | Codec::Csv { .. } => {
-                serde_json::to_writer(&mut *out, output).map_err(|e| e.to_string())
-            }
+            // One line each: compact JSON has no raw newline in it.
+            Codec::Json | Codec::Csv { .. } => serde_json::to_writer(&mut *out, output)
+                .map(|()| out.push(b'\n'))
+                .map_err(|e| e.to_string()),
         };
         if done.is_err() {
             out.truncate(start);
@@ -304,8 +306,15 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procpool_protocol::encode_value;
     use procpool_protocol::TaskError;
-    use procpool_protocol::{encode_value, Outcome};
+
+    /// How one record ended.
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Ok(Vec<u8>),
+        Failed(TaskFailure),
+    }
     use serde::{Deserialize, Serialize};
 
     #[derive(Serialize, Deserialize)]
@@ -445,7 +454,7 @@ mod tests {
                 Encoding::Json,
             ))
             .unwrap();
-        assert_eq!(r.run_one(b"12", None), Outcome::Ok(b"4".to_vec()));
+        assert_eq!(r.run_one(b"12", None), Outcome::Ok(b"4\n".to_vec()));
         let (kind, message) = failure(r.run_one(b"\"x\"", None));
         assert_eq!(kind, FailureKind::BadInput);
         assert!(message.starts_with("invalid type: string"), "{message}");
@@ -463,7 +472,10 @@ mod tests {
             br#"{"born":1815,"name":"Ada"}"#,
             Some(&mut |l: Option<String>| label = l),
         );
-        assert_eq!(out, Outcome::Ok(br#"{"hello":"Ada","born":1815}"#.to_vec()));
+        assert_eq!(
+            out,
+            Outcome::Ok(b"{\"hello\":\"Ada\",\"born\":1815}\n".to_vec())
+        );
         assert_eq!(label.as_deref(), Some("Ada"));
         let (_, message) = failure(g.run_one(br#"{"name":"Ada"}"#, None));
         assert_eq!(message, "missing field `born` at column 14");
@@ -483,7 +495,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             g.run_one(b"1815,\"Ada, \"\"the\"\" first\"", None),
-            Outcome::Ok(br#"{"hello":"Ada, \"the\" first","born":1815}"#.to_vec())
+            Outcome::Ok(br#"{"hello":"Ada, \"the\" first","born":1815}"#.iter().chain(b"\n").copied().collect())
         );
         let (kind, message) = failure(g.run_one(b"abc,Ada", None));
         assert_eq!(kind, FailureKind::BadInput);

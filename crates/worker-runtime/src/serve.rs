@@ -10,8 +10,8 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, decode_batch_ref, encode_into, encode_results, is_batch, CodecError, Hello, OutcomeRef,
-    RecordOutcomeRef, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+    decode, decode_batch_ref, encode_into, encode_results, is_batch, BatchResults, CodecError,
+    Hello, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
     MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
@@ -358,58 +358,49 @@ fn bounded(result: Result<(), TaskFailure>, output_len: usize) -> Result<(), Tas
     }
 }
 
-/// The outcomes of (part of) a batch: outputs in one buffer, so that no
-/// record needs an allocation of its own.
-#[derive(Default)]
-struct Collected {
-    outputs: Vec<u8>,
-    records: Vec<Finished>,
-}
+/// The results of (part of) a batch, as they go on the wire: outputs in
+/// one buffer, so that no record needs an allocation of its own.
+struct Collected(BatchResults);
 
-struct Finished {
-    seq: u64,
-    started_us: u64,
-    nanos: u64,
-    /// The output's end in `outputs` (it starts where the previous one ended).
-    result: Result<usize, TaskFailure>,
+impl Default for Collected {
+    fn default() -> Self {
+        Collected(BatchResults {
+            batch: 0,
+            thread: 0,
+            busy_nanos: 0,
+            started_us: 0,
+            nanos: Vec::new(),
+            lengths: Vec::new(),
+            outputs: Vec::new(),
+            failures: Vec::new(),
+        })
+    }
 }
 
 impl Collected {
     fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.0.is_empty()
     }
 
     fn clear(&mut self) {
-        self.outputs.clear();
-        self.records.clear();
+        self.0.nanos.clear();
+        self.0.lengths.clear();
+        self.0.outputs.clear();
+        self.0.failures.clear();
     }
 
     /// Encode as `WorkerMessage::Results`, appending to `buf`.
     fn encode(
-        &self,
+        &mut self,
         batch: u64,
         thread: u32,
         busy_nanos: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), ServeError> {
-        let mut start = 0;
-        let outcomes = self.records.iter().map(move |r| {
-            let outcome = match &r.result {
-                Ok(end) => {
-                    let bytes = &self.outputs[start..*end];
-                    start = *end;
-                    OutcomeRef::Ok(bytes)
-                }
-                Err(f) => OutcomeRef::Failed(f),
-            };
-            RecordOutcomeRef {
-                seq: r.seq,
-                started_us: r.started_us,
-                nanos: r.nanos,
-                outcome,
-            }
-        });
-        encode_results(batch, thread, busy_nanos, outcomes, buf).map_err(ServeError::Protocol)
+        self.0.batch = batch;
+        self.0.thread = thread;
+        self.0.busy_nanos = busy_nanos;
+        encode_results(&self.0, buf).map_err(ServeError::Protocol)
     }
 }
 
@@ -473,10 +464,10 @@ fn run_batch(
     flush_each: bool,
     sink: &mut dyn BatchSink,
 ) -> Result<(), ServeError> {
-    let mut collected = Collected {
-        outputs: Vec::with_capacity(records.iter().map(|r| r.1.len()).sum::<usize>()),
-        records: Vec::with_capacity(records.len()),
-    };
+    let mut collected = Collected::default();
+    collected.0.outputs = Vec::with_capacity(records.iter().map(|r| r.1.len()).sum::<usize>());
+    collected.0.nanos.reserve(records.len());
+    collected.0.lengths.reserve(records.len());
     // One wall-clock read per batch; records are timed with the monotonic
     // clock from there (one read per record).
     let batch_wall_us = std::time::SystemTime::now()
@@ -490,9 +481,12 @@ fn run_batch(
     let mut budget = LocalBudget::new(&ctx.budget);
     // Bytes of failure messages not yet flushed (outputs are counted in `collected`).
     let mut pending_messages = 0usize;
+    // Counted here and added to the shared count once per batch.
+    let done_before = ctx.done.load(Ordering::Relaxed);
+    let mut done = 0u64;
     for &(seq, payload) in records {
         ctx.fault
-            .before_record(ctx.done.load(Ordering::Relaxed), |bytes| sink.raw(bytes));
+            .before_record(done_before + done, |bytes| sink.raw(bytes));
         let pid = ctx.pid;
         let mut log_start = |label: Option<String>| {
             let label = label.unwrap_or_else(|| format!("#{seq}"));
@@ -501,41 +495,44 @@ fn run_batch(
         // The budget is asked first, so that a record's label is built only
         // for a line that is written.
         let log_this = log_records && budget.allow(t0);
-        let started_us = batch_wall_us + t0_ns / 1000;
-        let before = collected.outputs.len();
+        if collected.is_empty() {
+            // Each record starts when the one before it ended.
+            collected.0.started_us = batch_wall_us + t0_ns / 1000;
+        }
+        let r = &mut collected.0;
+        let before = r.outputs.len();
         let result = runner.run_record(
             payload,
-            &mut collected.outputs,
+            &mut r.outputs,
             if log_this { Some(&mut log_start) } else { None },
         );
-        let result = bounded(result, collected.outputs.len() - before);
-        if result.is_err() {
-            collected.outputs.truncate(before);
-        }
+        let result = bounded(result, r.outputs.len() - before);
         let t1 = Instant::now();
         let t1_ns = t1.duration_since(batch_t0).as_nanos() as u64;
-        let nanos = t1_ns - t0_ns;
+        r.nanos.push(t1_ns - t0_ns);
         (t0, t0_ns) = (t1, t1_ns);
-        ctx.done.fetch_add(1, Ordering::Relaxed);
-        if let Err(f) = &result {
-            ctx.failed.fetch_add(1, Ordering::Relaxed);
-            pending_messages += f.message.len();
-            debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
+        done += 1;
+        match result {
+            // Within `MAX_RECORD_BYTES`: checked by `bounded`.
+            Ok(()) => r.lengths.push((r.outputs.len() - before) as u32),
+            Err(f) => {
+                r.outputs.truncate(before);
+                ctx.failed.fetch_add(1, Ordering::Relaxed);
+                pending_messages += f.message.len();
+                debug!("record #{seq} failed ({:?}): {}", f.kind, f.message);
+                let index = r.lengths.len() as u32;
+                r.lengths.push(0);
+                r.failures.push((index, f));
+            }
         }
-        let end = collected.outputs.len();
-        collected.records.push(Finished {
-            seq,
-            started_us,
-            nanos,
-            result: result.map(|()| end),
-        });
         // Large outputs go in several messages, each well under what the
         // coordinator decodes.
-        if flush_each || collected.outputs.len() + pending_messages >= RESULTS_FLUSH_BYTES {
+        if flush_each || r.outputs.len() + pending_messages >= RESULTS_FLUSH_BYTES {
             pending_messages = 0;
             sink.flush(&mut collected)?;
         }
     }
+    ctx.done.fetch_add(done, Ordering::Relaxed);
     if !collected.is_empty() {
         sink.flush(&mut collected)?;
     }

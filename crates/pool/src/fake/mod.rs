@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use procpool_protocol::{
-    decode, decode_value, encode_value, BatchResults, Hello, Outcome, RecordOutcome, Request, Task,
-    TaskError, TaskInfo, WorkerMessage, PROTOCOL_VERSION,
+    decode, decode_value, encode_value, BatchResults, Hello, Request, Task, TaskError, TaskInfo,
+    WorkerMessage, PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -384,7 +384,7 @@ impl FakeWorker {
                     self.say(WorkerMessage::Ready);
                 }
                 Ok(Request::Batch(batch)) => {
-                    let mut outcomes = vec![];
+                    let mut outcomes = Answered::default();
                     for r in batch.records {
                         if self.plan.die_after.is_some_and(|k| done >= k) {
                             return Err(WorkerExit::Signal(libc::SIGABRT));
@@ -400,17 +400,18 @@ impl FakeWorker {
                             self.pause(Some(d), true)?;
                         }
                         done += 1;
-                        outcomes.push(RecordOutcome {
-                            seq: r.seq,
-                            started_us: 0,
-                            nanos: 1_000,
-                            outcome: Outcome::Ok(encode_value(&x).unwrap_or_default()),
-                        });
+                        let before = outcomes.outputs.len();
+                        outcomes
+                            .outputs
+                            .extend(encode_value(&x).unwrap_or_default());
+                        outcomes
+                            .lengths
+                            .push((outcomes.outputs.len() - before) as u32);
                         if flush_each {
                             self.results(batch.id, &mut outcomes);
                         }
                     }
-                    if !outcomes.is_empty() {
+                    if !outcomes.lengths.is_empty() {
                         self.results(batch.id, &mut outcomes);
                     }
                 }
@@ -420,14 +421,26 @@ impl FakeWorker {
         }
     }
 
-    fn results(&self, batch: u64, outcomes: &mut Vec<RecordOutcome>) {
+    fn results(&self, batch: u64, outcomes: &mut Answered) {
+        let Answered { outputs, lengths } = std::mem::take(outcomes);
         self.say(WorkerMessage::Results(BatchResults {
             batch,
             thread: 0,
-            busy_nanos: 1_000 * outcomes.len() as u64,
-            outcomes: std::mem::take(outcomes),
+            busy_nanos: 1_000 * lengths.len() as u64,
+            started_us: 0,
+            nanos: vec![1_000; lengths.len()],
+            lengths,
+            outputs,
+            failures: Vec::new(),
         }));
     }
+}
+
+/// Outputs not yet sent.
+#[derive(Default)]
+struct Answered {
+    outputs: Vec<u8>,
+    lengths: Vec<u32>,
 }
 
 /// A pool of fake workers following `script`.

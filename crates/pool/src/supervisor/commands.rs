@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::{Batch, JobId};
 use crate::error::RecordError;
-use crate::outcome::{Outcome, Payload};
+use crate::outcome::Block;
 use crate::stats::WorkerStats;
 
 /// Requests from `Pool` and its iterators.
@@ -66,19 +66,15 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn deliver(&self, job: JobId, list: Vec<Outcome<Payload>>) {
+    pub(super) fn deliver(&self, job: JobId, block: Block) {
         if let Some(tx) = self.jobs.get(&job) {
-            let _ = tx.send(list);
+            let _ = tx.send(block);
         }
     }
 
     /// Every record of `batch` ends with `error`.
     pub(super) fn fail_batch(&self, batch: Batch, error: RecordError, pid: u32) {
-        let list = batch
-            .seqs
-            .iter()
-            .map(|&s| Outcome::failed(s, pid, error.clone()))
-            .collect();
-        self.deliver(batch.job, list);
+        let job = batch.job;
+        self.deliver(job, Block::failed_all(batch.seqs, pid, error));
     }
 }

@@ -11,7 +11,7 @@ use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::Batch;
 use crate::error::{HandshakeFailure, RecordError, WorkerEnd};
-use crate::outcome::Outcome;
+use crate::outcome::{Answer, Block};
 use crate::transport::Results;
 
 impl Supervisor {
@@ -99,7 +99,7 @@ impl Supervisor {
     pub(super) fn results(&mut self, slot: usize, results: Results) {
         let w = &mut self.workers[slot];
         let pid = w.pid;
-        let n = results.outcomes.len();
+        let n = results.len();
         let Some(front) = w.in_flight.front_mut() else {
             self.protocol_error(
                 slot,
@@ -112,39 +112,39 @@ impl Supervisor {
             self.protocol_error(slot, format!("sent results for batch {batch} out of turn"));
             return;
         }
-        let mut list = Vec::with_capacity(n);
-        let mut failed = 0u64;
-        for (i, o) in results.outcomes.into_iter().enumerate() {
-            let expected = front.batch.seqs[front.done + i];
-            if o.seq != expected {
-                let got = o.seq;
-                self.protocol_error(
-                    slot,
-                    format!("answered record {got} in place of {expected}"),
-                );
-                return;
-            }
-            // The wire's outcome (ok or failed) becomes the record's result.
-            let result = match o.outcome {
-                Ok(bytes) => Ok(bytes),
-                Err(f) => {
-                    failed += 1;
-                    Err(match f.kind {
-                        FailureKind::Error => RecordError::Task(f.message),
-                        FailureKind::Panic => RecordError::Panicked(f.message),
-                        FailureKind::BadInput => RecordError::BadInput(f.message),
-                    })
-                }
-            };
-            list.push(Outcome {
-                seq: o.seq,
-                pid: Some(pid).filter(|&p| p != 0),
-                thread: results.thread,
-                started_us: Some(o.started_us).filter(|&t| t != 0),
-                duration: Duration::from_nanos(o.nanos),
-                result,
-            });
-        }
+        let failed = results.failures.len() as u64;
+        let seqs = front.batch.seqs[front.done..front.done + n].to_vec();
+        // The wire's failures become the records' errors.
+        let failures = results
+            .failures
+            .into_iter()
+            .map(|(i, f)| {
+                let error = match f.kind {
+                    FailureKind::Error => RecordError::Task(f.message),
+                    FailureKind::Panic => RecordError::Panicked(f.message),
+                    FailureKind::BadInput => RecordError::BadInput(f.message),
+                };
+                (i as usize, error)
+            })
+            .collect();
+        let answer = Answer {
+            buf: results.buf,
+            start: results.start,
+            lengths: &results.lengths,
+            failures,
+            started_us: results.started_us,
+            nanos: results.nanos,
+        };
+        let Some(block) =
+            Block::answered(seqs, Some(pid).filter(|&p| p != 0), results.thread, answer)
+        else {
+            self.protocol_error(slot, "sent results that do not fit their message".into());
+            return;
+        };
+        let w = &mut self.workers[slot];
+        let Some(front) = w.in_flight.front_mut() else {
+            return;
+        };
         front.done += n;
         w.answered += n as u64;
         w.last_answer = Some(Instant::now());
@@ -161,7 +161,7 @@ impl Supervisor {
             s.busy += Duration::from_nanos(results.busy_nanos);
         }
         self.settings.sizer.observe(n, results.busy_nanos);
-        self.deliver(job, list);
+        self.deliver(job, block);
         self.maybe_recycle(slot);
     }
 
@@ -286,8 +286,8 @@ impl Supervisor {
                         attempts: running.deaths,
                     };
                     given_up += 1;
-                    let failed = Outcome::failed_running(seq, dead.pid, error, dead.since);
-                    self.deliver(running.job, vec![failed]);
+                    let failed = Block::failed_running(seq, dead.pid, error, dead.since);
+                    self.deliver(running.job, failed);
                 } else {
                     back.push(running);
                 }
@@ -349,7 +349,7 @@ impl Supervisor {
             pid,
             after: timeout,
         };
-        self.deliver(job, vec![Outcome::failed_running(seq, pid, error, started)]);
+        self.deliver(job, Block::failed_running(seq, pid, error, started));
     }
 
     /// A worker holding records that has said nothing (not even a
