@@ -718,7 +718,11 @@ impl Backoff {
             self.idle_since = None;
             return Self::MIN;
         }
-        let idle = self.idle_since.get_or_insert_with(Instant::now).elapsed();
+        Self::after(self.idle_since.get_or_insert_with(Instant::now).elapsed())
+    }
+
+    /// The wait after `idle` without work.
+    fn after(idle: Duration) -> Duration {
         (idle / 8).clamp(Self::MIN, Self::MAX)
     }
 }
@@ -776,5 +780,28 @@ impl Drop for OwnedSend {
             r.wait();
         }
         self.free();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_wait_an_eighth_of_the_idle_time_between_10_us_and_1_ms() {
+        let us = Duration::from_micros;
+        assert_eq!(Backoff::after(Duration::ZERO), us(10));
+        assert_eq!(Backoff::after(us(80)), us(10));
+        assert_eq!(Backoff::after(us(800)), us(100));
+        assert_eq!(Backoff::after(us(8_000)), us(1_000));
+        assert_eq!(Backoff::after(Duration::from_secs(60)), us(1_000));
+        let mut b = Backoff::new();
+        thread::sleep(us(2_000));
+        assert_eq!(b.next(true), us(10), "work resets the wait");
+        // The idle spell starts at the first call without work.
+        assert!(b.next(false) < us(200));
+        thread::sleep(us(8_000));
+        assert_eq!(b.next(false), us(1_000));
+        assert_eq!(b.next(true), us(10));
     }
 }

@@ -221,7 +221,12 @@ impl Backoff {
     }
 
     fn pause(&mut self) {
-        thread::sleep((self.since.elapsed() / 8).clamp(Self::MIN, Self::MAX));
+        thread::sleep(Self::after(self.since.elapsed()));
+    }
+
+    /// The wait after waiting `waited`.
+    fn after(waited: Duration) -> Duration {
+        (waited / 8).clamp(Self::MIN, Self::MAX)
     }
 }
 
@@ -366,4 +371,19 @@ fn abort_job(comm: Comm, code: i32) -> ! {
         mpi::ffi::MPI_Abort(comm.0.as_raw(), code);
     }
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_wait_an_eighth_of_the_time_waited_between_10_us_and_1_ms() {
+        let us = Duration::from_micros;
+        assert_eq!(Backoff::after(Duration::ZERO), us(10));
+        assert_eq!(Backoff::after(us(80)), us(10));
+        assert_eq!(Backoff::after(us(800)), us(100));
+        assert_eq!(Backoff::after(us(8_000)), us(1_000));
+        assert_eq!(Backoff::after(Duration::from_secs(60)), us(1_000));
+    }
 }
