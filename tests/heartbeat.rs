@@ -86,6 +86,7 @@ impl Worker {
                 threads: 1,
             },
             flush_each: false,
+            record_times: true,
         });
         let end = Instant::now() + Duration::from_secs(30);
         loop {

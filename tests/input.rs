@@ -369,3 +369,67 @@ fn the_last_line_needs_no_newline_and_crlf_is_fine() {
         "{\"n\":10,\"primes\":4}\n{\"n\":30,\"primes\":10}\n"
     );
 }
+
+/// The statistics count a skipped bad record apart: not as a failure, so
+/// that the table, the JSON and the summary line agree.
+#[test]
+fn statistics_count_skipped_bad_input_apart_from_failures() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"n\":10}\n{\"n\":\n{\"n\":100000000000000}\n{\"n\":30}\nnot json\n",
+    );
+    let stats = dir.path().join("stats.json");
+    let out = coordinator(["--task", "primes", "--workers", "1", "--skip-bad-input"])
+        .args(["--input", &input, "--stats", "--stats-json"])
+        .arg(&stats)
+        .run();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let w = &v["workers"][0];
+    // Five records reached the worker: two did not decode, one failed
+    // (n over the task's limit), two succeeded.
+    assert_eq!(w["records"], 5, "{v}");
+    assert_eq!(
+        (w["bad_input"].as_u64(), w["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["total_bad_input"].as_u64(), v["total_failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let header = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("busy (s)"))
+        .unwrap_or_else(|| panic!("no stats table: {}", out.stderr));
+    assert!(header.contains("bad input"), "{header}");
+    let total = out
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))
+        .unwrap();
+    let cells: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(cells[1..4], ["5", "1", "2"], "{total}");
+    assert!(
+        out.stderr.contains("2 bad input records skipped"),
+        "{}",
+        out.stderr
+    );
+    // Without bad input the table keeps its columns.
+    let good = write_file(dir.path(), "good.jsonl", "{\"n\":10}\n");
+    let out = coordinator([
+        "--task",
+        "primes",
+        "--workers",
+        "1",
+        "--stats",
+        "--input",
+        &good,
+    ])
+    .run();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("bad input"), "{}", out.stderr);
+}

@@ -489,3 +489,35 @@ fn worker_lines_reach_the_host_through_the_log_facade() {
         .count();
     assert_eq!(working, 5, "{lines:?}");
 }
+
+/// Records are timed by default; `record_times(false)` leaves durations at
+/// zero and starts unknown, and changes nothing else.
+#[test]
+fn records_are_timed_unless_told_not_to() {
+    within(DEADLINE, || {
+        // Records of about 10 ms (primes below 2 million), so that a timed
+        // one cannot show zero.
+        let slow = || (0..6).map(|i| PrimesIn { n: 2_000_000 + i });
+        let timed = primes_pool(2);
+        let detailed: Vec<_> = timed.map_detailed(slow()).collect();
+        for d in &detailed {
+            assert!(d.duration > Duration::ZERO, "{d:?}");
+            assert!(d.started_us.is_some_and(|t| t > 0), "{d:?}");
+        }
+        let untimed = PoolBuilder::new()
+            .workers(2)
+            .worker_bin(worker_bin())
+            .record_times(false)
+            .build(Primes)
+            .unwrap_or_else(|e| panic!("build: {e}"));
+        let plain: Vec<_> = untimed.map_detailed(slow()).collect();
+        for (d, t) in plain.iter().zip(&detailed) {
+            assert_eq!((d.duration, d.started_us), (Duration::ZERO, None), "{d:?}");
+            assert!(d.pid.is_some());
+            assert_eq!(d.result.as_ref().unwrap(), t.result.as_ref().unwrap());
+        }
+        let stats = untimed.shutdown();
+        // The workers' busy time is measured either way.
+        assert!(stats.iter().map(|s| s.busy).sum::<Duration>() > Duration::ZERO);
+    });
+}

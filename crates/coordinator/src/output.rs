@@ -58,6 +58,10 @@ impl SkipList {
 const WRITE_OUT_BYTES: usize = 256 << 10;
 /// How often the resume sidecar is rewritten while lines are written out.
 const SIDECAR_EVERY: Duration = Duration::from_secs(1);
+/// Lines wait at most about this long in the buffers while results come
+/// (a record that took this long goes out at once); the flush thread writes
+/// out what waits when none come.
+const PROMPT: Duration = Duration::from_millis(10);
 
 /// Writes one JSON object per line (and a job-log line per record). Lines of
 /// slow records are written out at once; fast runs are buffered, and a
@@ -103,6 +107,8 @@ struct Sinks {
     /// Records written out, and records still in the buffers.
     written: u64,
     buffered: u64,
+    /// When the buffers were last written out.
+    written_at: Instant,
     /// The first write error, repeated to every later call: a run whose
     /// output cannot be written stops.
     failed: Option<(io::ErrorKind, String)>,
@@ -135,6 +141,7 @@ impl Sinks {
             return result;
         }
         self.written += std::mem::take(&mut self.buffered);
+        self.written_at = Instant::now();
         // A patched copy counts only once it replaces the output.
         let patching = self.patch.is_some();
         if let Some((sidecar, last)) = self.sidecar.as_mut().filter(|_| !patching) {
@@ -255,6 +262,7 @@ impl Output {
             joblog_patch,
             written: 0,
             buffered: 0,
+            written_at: Instant::now(),
             failed: None,
         };
         // The sidecar exists before the first line does.
@@ -296,7 +304,9 @@ impl Output {
     /// Write the lines of `count` successful records at once (each ends
     /// with its newline), when nothing needs them one by one: `None` (and
     /// nothing written) if the run patches an output or keeps a job log.
-    /// `slow`: one of them took long enough that the lines go out now.
+    /// `slow`: one of them took long enough that the lines go out now; they
+    /// also go out if the last lines did over [`PROMPT`] ago, so that a
+    /// stream's lines come out promptly whether or not records are timed.
     pub fn ok_lines(&mut self, lines: &[u8], count: u64, slow: bool) -> io::Result<Option<()>> {
         let mut sinks = self
             .shared
@@ -309,7 +319,7 @@ impl Output {
         sinks.check()?;
         sinks.out.buf.extend_from_slice(lines);
         sinks.buffered += count;
-        if slow || sinks.out.buf.len() >= WRITE_OUT_BYTES {
+        if slow || sinks.out.buf.len() >= WRITE_OUT_BYTES || sinks.written_at.elapsed() >= PROMPT {
             sinks.write_out(false)?;
         } else {
             self.shared.dirty.store(true, Ordering::Relaxed);
@@ -381,7 +391,10 @@ impl Output {
         if new_line {
             sinks.buffered += 1;
         }
-        if entry.duration >= Duration::from_millis(10) || sinks.out.buf.len() >= WRITE_OUT_BYTES {
+        if entry.duration >= PROMPT
+            || sinks.out.buf.len() >= WRITE_OUT_BYTES
+            || sinks.written_at.elapsed() >= PROMPT
+        {
             sinks.write_out(false)?;
         } else {
             self.shared.dirty.store(true, Ordering::Relaxed);

@@ -25,7 +25,10 @@ pub struct ThreadStats {
 pub struct StatsRow {
     pub pid: u32,
     pub records: u64,
+    /// Failed records, bad input not counted.
     pub failed: u64,
+    /// Records that did not decode as the task's input.
+    pub bad_input: u64,
     pub busy_s: f64,
     pub lifetime_s: f64,
     pub utilisation: f64,
@@ -37,7 +40,8 @@ impl From<&WorkerStats> for StatsRow {
         StatsRow {
             pid: s.pid,
             records: s.records,
-            failed: s.failed,
+            failed: s.failed.saturating_sub(s.bad_input),
+            bad_input: s.bad_input,
             busy_s: s.busy.as_secs_f64(),
             lifetime_s: s.lifetime.as_secs_f64(),
             utilisation: s.utilisation(),
@@ -52,6 +56,7 @@ pub struct Stats {
     pub workers: Vec<StatsRow>,
     pub total_records: u64,
     pub total_failed: u64,
+    pub total_bad_input: u64,
     /// Records that ended without a worker answering them (cancelled, or
     /// failed before dispatch).
     pub not_run: u64,
@@ -86,6 +91,7 @@ impl Stats {
                 pid,
                 records: t.records,
                 failed: t.failed,
+                bad_input: 0,
                 busy_s: t.busy.as_secs_f64(),
                 lifetime_s: life.as_secs_f64(),
                 utilisation: if life.is_zero() {
@@ -102,29 +108,51 @@ impl Stats {
     fn from_rows(workers: Vec<StatsRow>, records: u64, wall: Duration, executor: &str) -> Self {
         let total_records = workers.iter().map(|w| w.records).sum();
         let total_failed = workers.iter().map(|w| w.failed).sum();
+        let total_bad_input = workers.iter().map(|w| w.bad_input).sum();
         Stats {
             workers,
             total_records,
             total_failed,
+            total_bad_input,
             not_run: records.saturating_sub(total_records),
             wall_s: wall.as_secs_f64(),
             executor: executor.to_owned(),
         }
     }
 
-    /// The table printed by `--stats`.
+    /// The table printed by `--stats`. A `bad input` column appears when
+    /// a worker had records that did not decode (not counted as failed).
     pub fn table(&self) -> String {
+        let bad = self.total_bad_input > 0;
+        let bad_cell = |n: u64| {
+            if bad {
+                format!("{n:>9}  ")
+            } else {
+                String::new()
+            }
+        };
         let mut t = String::new();
         t.push_str(&format!(
-            "{:>8}  {:>10}  {:>8}  {:>9}  {:>6}  {}\n",
-            "pid", "records", "failed", "busy (s)", "util", "ended"
+            "{:>8}  {:>10}  {:>8}  {}{:>9}  {:>6}  {}\n",
+            "pid",
+            "records",
+            "failed",
+            if bad {
+                format!("{:>9}  ", "bad input")
+            } else {
+                String::new()
+            },
+            "busy (s)",
+            "util",
+            "ended"
         ));
         for w in &self.workers {
             t.push_str(&format!(
-                "{:>8}  {:>10}  {:>8}  {:>9.3}  {:>5.1}%  {}\n",
+                "{:>8}  {:>10}  {:>8}  {}{:>9.3}  {:>5.1}%  {}\n",
                 w.pid,
                 w.records,
                 w.failed,
+                bad_cell(w.bad_input),
                 w.busy_s,
                 w.utilisation * 100.0,
                 w.ended
@@ -132,10 +160,11 @@ impl Stats {
         }
         let busy: f64 = self.workers.iter().map(|w| w.busy_s).sum();
         t.push_str(&format!(
-            "{:>8}  {:>10}  {:>8}  {:>9.3}  {:>6}  {} {}, {:.3} s wall{}\n",
+            "{:>8}  {:>10}  {:>8}  {}{:>9.3}  {:>6}  {} {}, {:.3} s wall{}\n",
             "total",
             self.total_records,
             self.total_failed,
+            bad_cell(self.total_bad_input),
             busy,
             "",
             self.workers.len(),

@@ -240,6 +240,10 @@ impl<'a> Plan<'a> {
         if let Some(t) = args.timeout {
             builder = builder.record_timeout(t);
         }
+        // Each record's time goes to the job log and to the thread
+        // executor's per-thread statistics, and nowhere else.
+        builder = builder
+            .record_times(args.joblog.is_some() || matches!(self.executor, Executor::Thread));
         if let Some(n) = args.max_tasks_per_child {
             builder = builder.max_tasks_per_child(n);
         }
@@ -844,9 +848,21 @@ pub fn list_tasks(worker: &WorkerArgs) -> anyhow::Result<ExitCode> {
         .map_err(explain)?;
     println!("Tasks offered by {}:", bin.display());
     for t in tasks {
-        println!("\n  {}  {}", t.name, t.description);
-        println!("      input:  {{{}}}", t.input_fields.join(", "));
-        println!("      output: {{{}}}", t.output_fields.join(", "));
+        let fields = |f: &[String]| {
+            if f.is_empty() {
+                "(not declared by the task)".to_owned()
+            } else {
+                format!("{{{}}}", f.join(", "))
+            }
+        };
+        let description = if t.description.is_empty() {
+            "(no description)"
+        } else {
+            &t.description
+        };
+        println!("\n  {}  {description}", t.name);
+        println!("      input:  {}", fields(&t.input_fields));
+        println!("      output: {}", fields(&t.output_fields));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,9 @@
 //! Batches of encoded records, and the adaptive choice of their size.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use procpool_protocol::append_record;
 
 /// Identifies one `map`, `map_unordered` or `submit` call.
 pub(crate) type JobId = u64;
@@ -14,15 +17,19 @@ pub const MAX_BATCH_BYTES: usize = 128 << 10;
 /// to amortise a round trip, short enough that work spreads evenly at the end.
 const TARGET_BATCH_NANOS: f64 = 4_000_000.0;
 
-/// Encoded records of one job, kept contiguous in one buffer. The
-/// supervisor keeps a batch until every record in it has an outcome, so that
-/// the records of a worker that died can be sent again.
+/// Encoded records of one job, kept contiguous in one buffer as they go on
+/// the wire ([`append_record`]), so that sending a batch copies it once,
+/// with no work per record. The supervisor keeps a batch until every record
+/// in it has an outcome, so that the records of a worker that died can be
+/// sent again.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub job: JobId,
     pub seqs: Vec<u64>,
+    /// The records, each its sequence number then its payload.
     data: Vec<u8>,
-    ends: Vec<usize>,
+    /// Where each record's payload is in `data`.
+    payloads: Vec<Range<usize>>,
     /// How many fresh workers died running this batch's one record (the
     /// deaths charged to it).
     pub deaths: u32,
@@ -45,7 +52,7 @@ impl Batch {
             job,
             seqs: Vec::with_capacity(records),
             data: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(records),
+            payloads: Vec::with_capacity(records),
             ..Batch::default()
         }
     }
@@ -56,18 +63,10 @@ impl Batch {
         seq: u64,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let start = self.data.len();
-        match encode(&mut self.data) {
-            Ok(()) => {
-                self.seqs.push(seq);
-                self.ends.push(self.data.len());
-                Ok(())
-            }
-            Err(e) => {
-                self.data.truncate(start);
-                Err(e)
-            }
-        }
+        let at = append_record(&mut self.data, seq, encode)?;
+        self.seqs.push(seq);
+        self.payloads.push(at);
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -78,32 +77,38 @@ impl Batch {
         self.seqs.is_empty()
     }
 
+    /// Bytes on the wire, nearly all of them payload.
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
 
+    #[cfg(test)]
     pub fn payload(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.data[start..self.ends[i]]
+        &self.data[self.payloads[i].clone()]
     }
 
-    /// `(seq, payload)` of every record, for encoding a batch.
-    pub fn records(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> + Clone + '_ {
-        (0..self.len()).map(move |i| (self.seqs[i], self.payload(i)))
+    /// The records as they go on the wire, for [`encode_batch_of`](procpool_protocol::encode_batch_of).
+    pub fn wire(&self) -> &[u8] {
+        &self.data
     }
 
     /// Keep records `..at`, return records `at..` as a new batch.
     pub fn split_off(&mut self, at: usize) -> Batch {
-        let byte_at = if at == 0 { 0 } else { self.ends[at - 1] };
+        // Record `at` begins where the payload before it ends.
+        let byte_at = if at == 0 {
+            0
+        } else {
+            self.payloads[at - 1].end
+        };
         Batch {
             job: self.job,
             seqs: self.seqs.split_off(at),
             data: self.data.split_off(byte_at),
-            ends: self
-                .ends
+            payloads: self
+                .payloads
                 .split_off(at)
                 .into_iter()
-                .map(|e| e - byte_at)
+                .map(|r| r.start - byte_at..r.end - byte_at)
                 .collect(),
             deaths: self.deaths,
             suspect: self.suspect,
@@ -209,6 +214,30 @@ mod tests {
         for (i, s) in singles.iter().enumerate() {
             assert_eq!(s.seqs, vec![i as u64]);
             assert_eq!(s.payload(0).len(), i);
+        }
+    }
+
+    #[test]
+    fn a_batch_and_its_parts_are_on_the_wire_as_encode_batch_writes_them() {
+        let wire = |b: &Batch| {
+            let mut buf = vec![];
+            procpool_protocol::encode_batch_of(3, b.len(), b.wire(), &mut buf).unwrap();
+            buf
+        };
+        let expected = |b: &Batch| {
+            let mut buf = vec![];
+            let records = (0..b.len()).map(|i| (b.seqs[i], b.payload(i)));
+            procpool_protocol::encode_batch(3, records, &mut buf).unwrap();
+            buf
+        };
+        let mut c = batch(300);
+        assert_eq!(wire(&c), expected(&c));
+        let tail = c.split_off(260);
+        assert_eq!(tail.payload(0), vec![4u8; 260].as_slice()); // 260 as u8 == 4
+        assert_eq!(wire(&c), expected(&c));
+        assert_eq!(wire(&tail), expected(&tail));
+        for s in tail.into_singletons() {
+            assert_eq!(wire(&s), expected(&s));
         }
     }
 

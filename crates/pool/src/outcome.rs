@@ -19,9 +19,11 @@ pub struct Outcome<O> {
     pub pid: Option<u32>,
     /// The thread of that worker that ran it (0 in single-threaded workers).
     pub thread: u32,
-    /// When it started, in microseconds since the Unix epoch, if known.
+    /// When it started, in microseconds since the Unix epoch, if known
+    /// (not when the pool does not time records).
     pub started_us: Option<u64>,
-    /// How long it ran.
+    /// How long it ran (zero if the pool does not time records:
+    /// [`PoolBuilder::record_times`](crate::PoolBuilder::record_times)).
     pub duration: Duration,
     /// The output, or how the record failed.
     pub result: Result<O, RecordError>,

@@ -13,6 +13,9 @@ pub struct WorkerStats {
     pub records: u64,
     /// Of those, how many failed.
     pub failed: u64,
+    /// Of the failed ones, how many did not decode as the task's input
+    /// ([`RecordError::BadInput`](crate::RecordError::BadInput)).
+    pub bad_input: u64,
     /// Time it spent running records.
     pub busy: Duration,
     /// How long it lived (so far, if still running).
@@ -28,6 +31,7 @@ impl WorkerStats {
             pid,
             records: 0,
             failed: 0,
+            bad_input: 0,
             busy: Duration::ZERO,
             lifetime: Duration::ZERO,
             end: None,

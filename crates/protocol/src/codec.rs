@@ -135,6 +135,57 @@ where
     check_message(buf, start)
 }
 
+/// Append one record of a batch to `buf` as [`encode_batch`] writes it (its
+/// sequence number, then its payload as bytes), with the payload appended by
+/// `payload`. Returns where the payload is in `buf`; on an error `buf` is
+/// left as it was. Records appended so become a batch with
+/// [`encode_batch_of`], with no further work per record.
+pub fn append_record<E>(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<std::ops::Range<usize>, E> {
+    let start = buf.len();
+    put_u64(buf, seq);
+    // One byte for the length, enough below 251 bytes; more are made room for after.
+    let at = buf.len();
+    buf.push(0);
+    if let Err(e) = payload(buf) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    let len = buf.len() - at - 1;
+    if len < 251 {
+        buf[at] = len as u8;
+    } else {
+        let mut prefix = [0u8; 9];
+        let n = varint(len as u64, &mut prefix);
+        buf.resize(buf.len() + n - 1, 0);
+        buf.copy_within(at + 1..at + 1 + len, at + n);
+        buf[at..at + n].copy_from_slice(&prefix[..n]);
+    }
+    let end = buf.len();
+    Ok(end - len..end)
+}
+
+/// Encode `Request::Batch` of `count` records already appended to `records`
+/// by [`append_record`], appending to `buf`. Decodes as `Request::Batch`.
+pub fn encode_batch_of(
+    id: u64,
+    count: usize,
+    records: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let start = buf.len();
+    buf.reserve(records.len() + 20);
+    // `Request::Batch(Batch { id, records })`: variant 1.
+    put_u64(buf, 1);
+    put_u64(buf, id);
+    put_u64(buf, count as u64);
+    buf.extend_from_slice(records);
+    check_message(buf, start)
+}
+
 /// A message appended to `buf` from `start` must be within
 /// [`MAX_MESSAGE_BYTES`]; if not, it is taken off again.
 pub(crate) fn check_message(buf: &mut Vec<u8>, start: usize) -> Result<(), CodecError> {
@@ -166,6 +217,26 @@ pub(crate) fn put_u64(buf: &mut Vec<u8>, v: u64) {
     } else {
         buf.push(253);
         buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// `v` as [`put_u64`] writes it, into `out`; returns how many bytes.
+fn varint(v: u64, out: &mut [u8; 9]) -> usize {
+    if v < 251 {
+        out[0] = v as u8;
+        1
+    } else if let Ok(v) = u16::try_from(v) {
+        out[0] = 251;
+        out[1..3].copy_from_slice(&v.to_le_bytes());
+        3
+    } else if let Ok(v) = u32::try_from(v) {
+        out[0] = 252;
+        out[1..5].copy_from_slice(&v.to_le_bytes());
+        5
+    } else {
+        out[0] = 253;
+        out[1..9].copy_from_slice(&v.to_le_bytes());
+        9
     }
 }
 
@@ -236,6 +307,7 @@ mod tests {
                     threads: 1,
                 },
                 flush_each: true,
+                record_times: false,
             },
             Request::Configure {
                 spec: TaskSpec {
@@ -248,6 +320,7 @@ mod tests {
                     threads: 4,
                 },
                 flush_each: false,
+                record_times: true,
             },
             Request::Batch(Batch {
                 id: 7,
@@ -411,6 +484,41 @@ mod tests {
         let fits = "x".repeat(MAX_RECORD_BYTES - 8);
         encode_record_into(&fits, &mut buf).unwrap();
         assert!(buf.len() < MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn appended_records_encode_as_a_batch() {
+        let sizes = [0usize, 1, 250, 251, 252, 65_535, 65_536, 70_000];
+        let records: Vec<Record> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Record {
+                seq: [0u64, 250, 251, 1 << 20, 1 << 40][i % 5],
+                payload: (0..n).map(|b| b as u8).collect(),
+            })
+            .collect();
+        let mut body = vec![];
+        for r in &records {
+            let at = append_record(&mut body, r.seq, |buf| {
+                buf.extend_from_slice(&r.payload);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(&body[at], r.payload.as_slice());
+        }
+        let before = body.len();
+        assert_eq!(
+            append_record(&mut body, 5, |buf| {
+                buf.extend_from_slice(b"half");
+                Err("no")
+            }),
+            Err("no")
+        );
+        assert_eq!(body.len(), before, "a failed record leaves nothing");
+        let mut buf = vec![9];
+        encode_batch_of(77, records.len(), &body, &mut buf).unwrap();
+        let expected = encode(&Request::Batch(Batch { id: 77, records })).unwrap();
+        assert_eq!(&buf[1..], expected.as_slice());
     }
 
     #[test]

@@ -155,6 +155,10 @@ pub enum Request {
         /// Send one `Results` per record instead of one per batch, so that the
         /// coordinator can time each record (used when a timeout is set).
         flush_each: bool,
+        /// Time each record (its duration, and the start of the first of each
+        /// `Results`). Otherwise durations are 0 and starts 0 (unknown), and
+        /// the worker reads the clock once per batch, not once per record.
+        record_times: bool,
     },
     /// Records to process.
     Batch(Batch),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -249,6 +249,7 @@ fn serve_on<T: WorkerTransport>(
         budget: Mutex::new(LineBudget::new()),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        record_times: AtomicBool::new(true),
     });
     loop {
         let Some(bytes) = out.transport.recv()? else {
@@ -277,7 +278,12 @@ fn serve_on<T: WorkerTransport>(
             continue;
         }
         match decode::<Request>(&bytes).map_err(ServeError::Protocol)? {
-            Request::Configure { spec, flush_each } => {
+            Request::Configure {
+                spec,
+                flush_each,
+                record_times,
+            } => {
+                ctx.record_times.store(record_times, Ordering::Relaxed);
                 let configured = registry.runner(&spec).and_then(|runner| {
                     let runner: Arc<dyn Runner> = Arc::from(runner);
                     let threads = spec.threads.max(1);
@@ -453,6 +459,8 @@ struct RunContext {
     budget: Mutex<LineBudget>,
     done: AtomicU64,
     failed: AtomicU64,
+    /// Time each record (set by `Configure`).
+    record_times: AtomicBool,
 }
 
 /// Run one batch: `sink` gets the outcomes (after each record with
@@ -469,7 +477,8 @@ fn run_batch(
     collected.0.nanos.reserve(records.len());
     collected.0.lengths.reserve(records.len());
     // One wall-clock read per batch; records are timed with the monotonic
-    // clock from there (one read per record).
+    // clock from there (one read per record), if asked to.
+    let times = ctx.record_times.load(Ordering::Relaxed);
     let batch_wall_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
@@ -496,8 +505,12 @@ fn run_batch(
         // for a line that is written.
         let log_this = log_records && budget.allow(t0);
         if collected.is_empty() {
-            // Each record starts when the one before it ended.
-            collected.0.started_us = batch_wall_us + t0_ns / 1000;
+            // Each record starts when the one before it ended (0: unknown).
+            collected.0.started_us = if times {
+                batch_wall_us + t0_ns / 1000
+            } else {
+                0
+            };
         }
         let r = &mut collected.0;
         let before = r.outputs.len();
@@ -507,11 +520,19 @@ fn run_batch(
             if log_this { Some(&mut log_start) } else { None },
         );
         let result = bounded(result, r.outputs.len() - before);
-        let t1 = Instant::now();
-        let t1_ns = t1.duration_since(batch_t0).as_nanos() as u64;
-        r.nanos.push(t1_ns - t0_ns);
-        (t0, t0_ns) = (t1, t1_ns);
         done += 1;
+        if times {
+            let t1 = Instant::now();
+            let t1_ns = t1.duration_since(batch_t0).as_nanos() as u64;
+            r.nanos.push(t1_ns - t0_ns);
+            (t0, t0_ns) = (t1, t1_ns);
+        } else {
+            r.nanos.push(0);
+            if log_records && done.is_multiple_of(64) {
+                // The log line budget still needs the time now and then.
+                t0 = Instant::now();
+            }
+        }
         match result {
             // Within `MAX_RECORD_BYTES`: checked by `bounded`.
             Ok(()) => r.lengths.push((r.outputs.len() - before) as u32),

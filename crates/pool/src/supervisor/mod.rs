@@ -39,6 +39,8 @@ pub(crate) struct Settings {
     pub in_flight: usize,
     pub handshake_timeout: Duration,
     pub record_timeout: Option<Duration>,
+    /// Workers time each record.
+    pub record_times: bool,
     /// A worker holding records that says nothing for this long is dead.
     pub liveness_timeout: Duration,
     pub retries: u32,

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use procpool_protocol::{encode_batch, FailureKind};
+use procpool_protocol::{encode_batch_of, FailureKind};
 
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
@@ -71,8 +71,8 @@ impl Supervisor {
             }
             let id = self.next_batch;
             self.next_batch += 1;
-            let mut buf = Vec::with_capacity(batch.bytes() + 12 * batch.len() + 16);
-            if let Err(e) = encode_batch(id, batch.records(), &mut buf) {
+            let mut buf = Vec::new();
+            if let Err(e) = encode_batch_of(id, batch.len(), batch.wire(), &mut buf) {
                 self.fail_batch(batch, RecordError::BadInput(e.to_string()), 0);
                 continue;
             }
@@ -113,6 +113,11 @@ impl Supervisor {
             return;
         }
         let failed = results.failures.len() as u64;
+        let bad_input = results
+            .failures
+            .iter()
+            .filter(|(_, f)| f.kind == FailureKind::BadInput)
+            .count() as u64;
         let seqs = front.batch.seqs[front.done..front.done + n].to_vec();
         // The wire's failures become the records' errors.
         let failures = results
@@ -158,6 +163,7 @@ impl Supervisor {
         if let Some(s) = w.stats.as_mut() {
             s.records += n as u64;
             s.failed += failed;
+            s.bad_input += bad_input;
             s.busy += Duration::from_nanos(results.busy_nanos);
         }
         self.settings.sizer.observe(n, results.busy_nanos);

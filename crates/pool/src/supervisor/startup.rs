@@ -99,6 +99,7 @@ impl Supervisor {
         let request = Request::Configure {
             spec: spec.clone(),
             flush_each: self.settings.record_timeout.is_some(),
+            record_times: self.settings.record_times,
         };
         match encode(&request) {
             Ok(bytes) => {
