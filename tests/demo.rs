@@ -25,7 +25,7 @@ fn demo_expected() -> String {
 
 #[test]
 fn demo_with_four_workers() {
-    let out = coordinator(["--workers", "4", "--work-ms", "200", "--year", "2024"]).run();
+    let out = coordinator(["--workers", "4", "--work-ms", "100", "--year", "2024"]).run();
     out.assert_code(0);
     let rows = out.json();
     assert_eq!(rows.len(), 7, "{}", out.stdout_str());
@@ -67,10 +67,17 @@ fn demo_with_four_workers() {
 #[test]
 fn any_number_of_workers_gives_the_same_output() {
     let expected = demo_expected();
-    for workers in 1..=8 {
-        let out = coordinator(["--work-ms", "20", "--year", "2024", "--workers"])
-            .arg(workers.to_string())
-            .run();
+    // Run them side by side (the records sleep).
+    let runs: Vec<_> = (1..=8)
+        .map(|workers| {
+            let run = coordinator(["--work-ms", "20", "--year", "2024", "--workers"])
+                .arg(workers.to_string())
+                .spawn();
+            (workers, run)
+        })
+        .collect();
+    for (workers, run) in runs {
+        let out = run.wait();
         out.assert_code(0);
         assert_eq!(out.stdout_str(), expected, "with {workers} workers");
         assert_eq!(out.spawned_pids().len(), workers, "with {workers} workers");

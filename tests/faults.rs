@@ -49,10 +49,12 @@ fn survive_random_kills(workers: usize) {
     // Each kill charges at most one batch once: with fewer kills than
     // `--retries`, no record can fail.
     const MAX_KILLS: usize = 8;
-    // Enough sleeping records for about 1.2 s of work per worker, so that
-    // there is time for several kills whatever the worker count.
-    let sleep_ms = (1_200 * workers as u64).div_ceil(RECORDS);
-    let sleepers = (1_200 * workers as u64 / sleep_ms).min(RECORDS);
+    // Enough sleeping records for about 0.5 s of work per worker, so that
+    // there is time for several kills (one every 30-90 ms) whatever the
+    // worker count.
+    const WORK_MS: u64 = 500;
+    let sleep_ms = (WORK_MS * workers as u64).div_ceil(RECORDS);
+    let sleepers = (WORK_MS * workers as u64 / sleep_ms).min(RECORDS);
     let sleep = format!("sleep:{sleep_ms}");
     let input = fault_input((0..RECORDS).map(|n| {
         // Spread evenly: record n sleeps when it crosses a multiple.
@@ -66,12 +68,12 @@ fn survive_random_kills(workers: usize) {
     let mut run = coordinator(["--task", "fault", "--input", &path, "--retries", "10"])
         .args(["--workers", &workers.to_string()])
         .spawn();
-    let mut rng = Rng::from_time();
+    let mut rng = Rng::from_time(&format!("{workers} workers"));
     let mut killed = Vec::new();
     // Start once records flow.
     run.wait_for("the first results", |r| r.stdout_lines_now() > 0);
     while killed.len() < MAX_KILLS && !run.exited() {
-        thread::sleep(Duration::from_millis(rng.range(60, 140)));
+        thread::sleep(Duration::from_millis(rng.range(30, 90)));
         // Only workers past their handshake: killing starting workers
         // repeatedly would (rightly) break the pool.
         let ready = ready_pids(&run.stderr_now());
@@ -112,24 +114,31 @@ fn survive_random_kills(workers: usize) {
     out.assert_no_workers_left(Duration::from_secs(2));
 }
 
+/// With 1, 2, 4 and 8 workers, side by side (the records sleep).
 #[test]
-fn random_kills_with_1_worker() {
-    survive_random_kills(1);
-}
-
-#[test]
-fn random_kills_with_2_workers() {
-    survive_random_kills(2);
-}
-
-#[test]
-fn random_kills_with_4_workers() {
-    survive_random_kills(4);
-}
-
-#[test]
-fn random_kills_with_8_workers() {
-    survive_random_kills(8);
+fn random_kills_with_1_2_4_and_8_workers() {
+    let runs: Vec<_> = [1, 2, 4, 8]
+        .into_iter()
+        .map(|workers| {
+            (
+                workers,
+                thread::spawn(move || survive_random_kills(workers)),
+            )
+        })
+        .collect();
+    let failed: Vec<String> = runs
+        .into_iter()
+        .filter_map(|(workers, run)| {
+            let panic = run.join().err()?;
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Some(format!("with {workers} workers: {message}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 // ------------------------------------------------------------ record faults
@@ -241,10 +250,13 @@ fn primes_over_the_limit_is_a_task_error() {
     assert_eq!(rows[2], serde_json::json!({"n": 1000, "primes": 168}));
 }
 
+/// A record that hangs past the timeout fails alone as timed out, is not
+/// retried, and its worker is killed and replaced. One worker: the records
+/// after the hang need the replacement.
 #[test]
-fn hang_past_the_timeout_is_timed_out() {
+fn hang_past_the_timeout_is_timed_out_and_its_worker_replaced() {
     let input = one_bad(10, 4, "hang");
-    let out = run_fault(&input, &["--workers", "2", "--timeout", "300ms"]);
+    let out = run_fault(&input, &["--workers", "1", "--timeout", "300ms"]);
     out.assert_code(1);
     let message = assert_all_ok_but(&out, 10, 4, "timed_out");
     assert!(message.contains("0.300 s"), "{message}");
@@ -255,16 +267,6 @@ fn hang_past_the_timeout_is_timed_out() {
         "{}",
         out.stderr
     );
-    out.assert_no_workers_left(Duration::from_secs(2));
-}
-
-#[test]
-fn a_timed_out_worker_is_replaced() {
-    // One worker: the records after the hang need its replacement.
-    let input = one_bad(10, 4, "hang");
-    let out = run_fault(&input, &["--workers", "1", "--timeout", "300ms"]);
-    out.assert_code(1);
-    assert_all_ok_but(&out, 10, 4, "timed_out");
     let spawned = out.spawned_pids();
     assert_eq!(spawned.len(), 2, "{}", out.stderr);
     let killed = crate::util::find_pids(&out.stderr, "killing worker pid=", "\n");
@@ -289,7 +291,7 @@ fn timeout_spares_records_that_finish_in_time() {
         n if n % 3 == 0 => (n, "sleep:50"),
         _ => (n, ""),
     }));
-    let out = run_fault(&input, &["--workers", "3", "--timeout", "1s"]);
+    let out = run_fault(&input, &["--workers", "3", "--timeout", "400ms"]);
     out.assert_code(1);
     assert_all_ok_but(&out, 12, 6, "timed_out");
 }
@@ -350,22 +352,30 @@ fn crash_after_k_still_completes_with_identical_output() {
     // With K = 1 every worker dies at its second record, whatever it is. A
     // death counts against a record only on a fresh worker, so no innocent
     // record ends as worker_died, with the default retries.
-    for k in [1, 5] {
-        let retries = "2";
-        let dir = tempdir();
-        let path = write_file(dir.path(), "in.jsonl", &input);
-        let out = coordinator([
-            "--task",
-            "fault",
-            "--input",
-            &path,
-            "--workers",
-            "2",
-            "--retries",
-            retries,
-        ])
-        .env("PROCPOOL_WORKER_FAULT", &format!("crash-after:{k}"))
-        .run();
+    // Side by side.
+    let dir = tempdir();
+    let path = write_file(dir.path(), "in.jsonl", &input);
+    let runs: Vec<_> = [1, 5]
+        .into_iter()
+        .map(|k| {
+            let retries = "2";
+            let run = coordinator([
+                "--task",
+                "fault",
+                "--input",
+                &path,
+                "--workers",
+                "2",
+                "--retries",
+                retries,
+            ])
+            .env("PROCPOOL_WORKER_FAULT", &format!("crash-after:{k}"))
+            .spawn();
+            (k, run)
+        })
+        .collect();
+    for (k, run) in runs {
+        let out = run.wait();
         out.assert_no_panic();
         crate::util::assert_same_output(out.stdout_str(), &expected, &format!("crash-after:{k}"));
         out.assert_code(0);
@@ -399,13 +409,22 @@ fn crash_after_k_with_retries_to_spare() {
 
 #[test]
 fn garbage_after_k_is_survived() {
-    let input = fault_input((0..60).map(|n| (n, "")));
-    for k in [0, 1, 4] {
-        let dir = tempdir();
-        let path = write_file(dir.path(), "in.jsonl", &input);
-        let out = coordinator(["--task", "fault", "--input", &path, "--workers", "2"])
-            .env("PROCPOOL_WORKER_FAULT", &format!("garbage-after:{k}"))
-            .run();
+    const RECORDS: usize = 30;
+    let input = fault_input((0..RECORDS as u64).map(|n| (n, "")));
+    let dir = tempdir();
+    let path = write_file(dir.path(), "in.jsonl", &input);
+    // Run them side by side.
+    let runs: Vec<_> = [0, 1, 4]
+        .into_iter()
+        .map(|k| {
+            let run = coordinator(["--task", "fault", "--input", &path, "--workers", "2"])
+                .env("PROCPOOL_WORKER_FAULT", &format!("garbage-after:{k}"))
+                .spawn();
+            (k, run)
+        })
+        .collect();
+    for (k, run) in runs {
+        let out = run.wait();
         out.assert_no_panic();
         assert!(
             matches!(out.code(), Some(0 | 1)),
@@ -414,7 +433,7 @@ fn garbage_after_k_is_survived() {
             out.stderr
         );
         let rows = out.json();
-        assert_eq!(rows.len(), 60, "garbage-after:{k}");
+        assert_eq!(rows.len(), RECORDS, "garbage-after:{k}");
         let mut failed = 0;
         for (n, row) in rows.iter().enumerate() {
             if row.get("error").is_some() {
@@ -429,7 +448,7 @@ fn garbage_after_k_is_survived() {
         assert_eq!(out.code(), Some(if failed > 0 { 1 } else { 0 }));
         if k == 0 {
             // Nothing can ever succeed.
-            assert_eq!(failed, 60);
+            assert_eq!(failed, RECORDS);
         }
         assert!(
             out.stderr.contains("malformed") || out.stderr.contains("broke the protocol"),
@@ -491,7 +510,18 @@ fn start_up_fault_in_tasks_subcommand() {
 #[test]
 fn fail_fast_stops_at_the_first_failure() {
     let input = fault_input((0..40).map(|n| (n, if n == 7 { "error" } else { "sleep:20" })));
-    let out = run_fault(&input, &["--workers", "2", "--fail-fast"]);
+    let dir = tempdir();
+    let path = write_file(dir.path(), "in.jsonl", &input);
+    let run = |args: &[&str]| {
+        coordinator(["--task", "fault", "--input", &path])
+            .args(args)
+            .spawn()
+    };
+    // Side by side: with --fail-fast, and without (the same input runs to
+    // the end).
+    let fail_fast = run(&["--workers", "2", "--fail-fast"]);
+    let to_the_end = run(&["--workers", "2"]);
+    let out = fail_fast.wait();
     out.assert_code(1);
     let rows = out.json();
     let lines = out.lines();
@@ -513,8 +543,7 @@ fn fail_fast_stops_at_the_first_failure() {
     );
     out.assert_no_workers_left(Duration::from_secs(2));
 
-    // Without --fail-fast the same input runs to the end.
-    let out = run_fault(&input, &["--workers", "2"]);
+    let out = to_the_end.wait();
     out.assert_code(1);
     assert_eq!(out.lines().len(), 40);
 }

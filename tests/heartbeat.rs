@@ -112,36 +112,45 @@ impl Worker {
     }
 }
 
+/// Heartbeats come while a long record runs, stop while the worker is
+/// stopped (SIGSTOP), and come again once it is resumed; a second worker,
+/// started with heartbeats off beside it, sends none all the while.
 #[test]
-fn a_long_record_keeps_heartbeating_and_a_stopped_worker_goes_silent() {
-    let w = Worker::start("50");
+fn heartbeats_during_a_long_record_none_when_stopped_or_turned_off() {
+    let w = Worker::start("25");
     w.configure();
+    let off = Worker::start("0");
+    off.configure();
+    let off_since = Instant::now();
+    // Longer than both spans below (the beats, the silence) and the pause
+    // between them.
     let payload = encode_value(&FaultIn {
         n: 7,
-        fault: "sleep:1500".into(),
+        fault: "sleep:1000".into(),
     })
     .unwrap();
     w.send(&Request::Batch(Batch {
         id: 1,
         records: vec![Record { seq: 0, payload }],
     }));
-    // The record runs for 1.5 s on the main thread: heartbeats keep coming.
-    let (beats, others) = w.heartbeats_during(Duration::from_millis(600));
+    // The record runs for 1 s on the main thread: heartbeats keep coming.
+    let (beats, others) = w.heartbeats_during(Duration::from_millis(300));
     assert!(
         others.is_empty(),
         "a result before the record ended: {others:?}"
     );
-    // 12 periods in 600 ms; a loaded machine may delay some of them.
+    // 12 periods in 300 ms; a loaded machine may delay some of them.
     assert!(
         beats >= 5,
-        "only {beats} heartbeats in 600 ms at a 50 ms period"
+        "only {beats} heartbeats in 300 ms at a 25 ms period"
     );
 
     // A stopped process sends nothing, the heartbeat thread included.
     send_signal(w.child.id(), libc::SIGSTOP);
-    std::thread::sleep(Duration::from_millis(150)); // let beats in flight arrive
-    let (_, mut others) = w.heartbeats_during(Duration::from_millis(100));
-    let (beats, late) = w.heartbeats_during(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(100)); // let beats in flight arrive
+    let (_, mut others) = w.heartbeats_during(Duration::from_millis(50));
+    // 12 periods of silence.
+    let (beats, late) = w.heartbeats_during(Duration::from_millis(300));
     send_signal(w.child.id(), libc::SIGCONT);
     assert_eq!(beats, 0, "heartbeats from a stopped worker");
     assert!(late.is_empty(), "messages from a stopped worker: {late:?}");
@@ -172,20 +181,22 @@ fn a_long_record_keeps_heartbeating_and_a_stopped_worker_goes_silent() {
         ),
         "no heartbeat from an idle worker within 500 ms"
     );
-}
 
-#[test]
-fn heartbeats_can_be_turned_off() {
-    let w = Worker::start("0");
-    w.configure();
-    let (beats, others) = w.heartbeats_during(Duration::from_millis(700));
-    assert_eq!((beats, others.len()), (0, 0));
+    // Heartbeats off: nothing over at least 700 ms (already over, as a rule:
+    // the record above took 1 s), longer than the default period.
+    let (beats, others) =
+        off.heartbeats_during(Duration::from_millis(700).saturating_sub(off_since.elapsed()));
+    assert_eq!(
+        (beats, others.len()),
+        (0, 0),
+        "from a worker with heartbeats off, over {:?}",
+        off_since.elapsed()
+    );
 }
 
 /// Through the pool: with a liveness timeout below the default heartbeat
 /// period (500 ms), the pool asks its workers for faster heartbeats, so a
-/// record of several timeouts' length (almost four) still succeeds on its
-/// first worker.
+/// record of three timeouts' length still succeeds on its first worker.
 #[test]
 fn a_short_liveness_timeout_spares_a_long_record() {
     let (tx, rx) = mpsc::channel();
@@ -196,11 +207,12 @@ fn a_short_liveness_timeout_spares_a_long_record() {
             .liveness_timeout(Duration::from_millis(400))
             .build(Fault)
             .unwrap();
+        let pid = pool.pids()[0];
         let results: Vec<_> = pool
             .map([
                 FaultIn {
                     n: 1,
-                    fault: "sleep:1500".into(),
+                    fault: "sleep:1200".into(),
                 },
                 FaultIn {
                     n: 2,
@@ -209,13 +221,14 @@ fn a_short_liveness_timeout_spares_a_long_record() {
             ])
             .collect();
         let stats = pool.shutdown();
-        let _ = tx.send((results, stats));
+        let _ = tx.send((pid, results, stats));
     });
-    let (results, stats) = rx
+    let (pid, results, stats) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("hung: the pool did not finish within 60 s");
     let ns: Vec<u64> = results.into_iter().map(|r| r.unwrap().n).collect();
     assert_eq!(ns, [1, 2]);
     // One worker did it all: nobody was declared silent and replaced.
     assert_eq!(stats.len(), 1, "{stats:?}");
+    assert_eq!(stats[0].pid, pid);
 }

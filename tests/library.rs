@@ -264,7 +264,7 @@ fn pending_can_be_polled_and_awaited() {
             .unwrap_or_else(|e| panic!("build: {e}"));
         let slow = |n| FaultIn {
             n,
-            fault: "sleep:300".into(),
+            fault: "sleep:150".into(),
         };
         // Not done at first; try_wait gives the handle back.
         let pending = pool.submit(slow(1));
@@ -351,7 +351,7 @@ fn record_failures_through_the_library() {
         let pool = PoolBuilder::new()
             .workers(2)
             .worker_bin(worker_bin())
-            .record_timeout(Duration::from_millis(500))
+            .record_timeout(Duration::from_millis(300))
             .build(Fault)
             .unwrap_or_else(|e| panic!("build: {e}"));
         let faults = ["", "error", "panic", "abort", "hang", "", "sleep:10", ""];
@@ -376,7 +376,7 @@ fn record_failures_through_the_library() {
                     assert_eq!(*attempts, 3)
                 }
                 ("hang", Err(RecordError::TimedOut { after, .. })) => {
-                    assert_eq!(*after, Duration::from_millis(500))
+                    assert_eq!(*after, Duration::from_millis(300))
                 }
                 _ => panic!("record {n} ({fault:?}): unexpected {r:?}"),
             }

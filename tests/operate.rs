@@ -608,7 +608,7 @@ fn joblog_start_of_timed_out_and_dead_records() {
 #[test]
 fn joblog_is_appended_on_resume() {
     const RECORDS: u64 = 400;
-    let fault = |n: u64| if n % 37 == 36 { "error" } else { "sleep:5" };
+    let fault = |n: u64| if n % 37 == 36 { "error" } else { "sleep:2" };
     let dir = tempdir();
     let input = write_file(
         dir.path(),
@@ -990,14 +990,14 @@ fn progress_lines(out: &Output) -> Vec<(u64, u64)> {
 
 #[test]
 fn progress_lines_when_stderr_is_not_a_terminal() {
-    // 50 records of 20 ms on one worker: about 1 s each run, five times the
-    // 200 ms progress interval. Run side by side (they sleep), with
+    // 25 records of 20 ms on one worker: about 0.5 s each run, five times the
+    // 100 ms progress interval. Run side by side (they sleep), with
     // --progress, with --no-progress, and by default.
     let dir = tempdir();
     let input = write_file(
         dir.path(),
         "in.jsonl",
-        fault_input((0..50).map(|n| (n, "sleep:20"))),
+        fault_input((0..25).map(|n| (n, "sleep:20"))),
     );
     let base = coordinator([
         "--task",
@@ -1007,7 +1007,7 @@ fn progress_lines_when_stderr_is_not_a_terminal() {
         "--workers",
         "1",
         "--progress-interval",
-        "200ms",
+        "100ms",
     ]);
     let runs: Vec<(&str, _)> = [
         ("--progress", Some("--progress")),
@@ -1026,17 +1026,17 @@ fn progress_lines_when_stderr_is_not_a_terminal() {
     for (name, run) in runs {
         let out = run.wait();
         out.assert_code(0);
-        assert_eq!(out.json().len(), 50, "{name}");
+        assert_eq!(out.json().len(), 25, "{name}");
         let progress = progress_lines(&out);
         if name == "--progress" {
             assert!(
                 !progress.is_empty(),
-                "no progress line in a ~1 s run with --progress:\n{}",
+                "no progress line in a ~0.5 s run with --progress:\n{}",
                 out.stderr
             );
             let mut last = 0;
             for &(n, _) in &progress {
-                assert!(n >= last && n <= 50, "{progress:?}");
+                assert!(n >= last && n <= 25, "{progress:?}");
                 last = n;
             }
         } else {

@@ -106,7 +106,7 @@ fn tmpdir_removed_mid_run_does_not_break_the_pool() {
                 if n >= 40 && n % 5 == 0 {
                     "kill"
                 } else {
-                    "sleep:40"
+                    "sleep:15"
                 },
             )
         })

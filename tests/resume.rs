@@ -14,23 +14,22 @@ fn fails(n: u64) -> bool {
     n % 37 == 36
 }
 
-/// 400 records; with `slow`, each sleeps 5 ms (about 1 s on 2 workers).
+/// 400 records; with `slow`, each sleeps 2 ms (about 0.4 s on 2 workers,
+/// batches of a few records: lines come out steadily to be interrupted).
 fn input(slow: bool) -> String {
-    let sleep = if slow { "sleep:5" } else { "" };
+    let sleep = if slow { "sleep:2" } else { "" };
     fault_input((0..RECORDS).map(|n| (n, if fails(n) { "error" } else { sleep })))
 }
 
 fn command(input: &str, output: &Path, resume: bool) -> Cmd {
-    let cmd = coordinator([
-        "--task",
-        "fault",
-        "--input",
-        input,
-        "--workers",
-        "2",
-        "--output",
-    ])
-    .arg(output);
+    command_on(2, input, output, resume)
+}
+
+fn command_on(workers: usize, input: &str, output: &Path, resume: bool) -> Cmd {
+    let cmd = coordinator(["--task", "fault", "--input", input, "--workers"])
+        .arg(workers.to_string())
+        .arg("--output")
+        .arg(output);
     if resume {
         cmd.arg("--resume")
     } else {
@@ -334,12 +333,14 @@ fn age_parameters_are_part_of_the_run() {
 #[test]
 fn resume_failed_runs_the_failed_records_again_in_place() {
     let dir = tempdir();
-    // Records 7, 23 and 41 take 600 ms: over a 300 ms --timeout, they always fail.
+    // Records 7, 23 and 41 take 400 ms: over a 300 ms --timeout, they always
+    // fail. Three workers, so that the three run side by side.
+    let command = |input: &str, output: &Path, resume: bool| command_on(3, input, output, resume);
     let slow = |n: u64| [7, 23, 41].contains(&n);
     let input = write_file(
         dir.path(),
         "in.jsonl",
-        fault_input((0..60).map(|n| (n, if slow(n) { "sleep:600" } else { "" }))),
+        fault_input((0..60).map(|n| (n, if slow(n) { "sleep:400" } else { "" }))),
     );
     // The output of an uninterrupted run (the fast input gives the same lines).
     let fast = write_file(
@@ -442,8 +443,8 @@ fn bad(n: u64) -> Option<&'static str> {
     }
 }
 
-/// 300 records, bad ones among them; with `slow`, the others sleep 10 ms
-/// (about 1.5 s on 2 workers).
+/// 300 records, bad ones among them; with `slow`, the others sleep 4 ms
+/// (about 0.6 s on 2 workers).
 fn mixed_input(slow: bool) -> String {
     let mut s = String::new();
     for n in 0..MIXED {
@@ -458,7 +459,7 @@ fn mixed_input(slow: bool) -> String {
                 let fault = if fails(n) {
                     "error"
                 } else if slow {
-                    "sleep:10"
+                    "sleep:4"
                 } else {
                     ""
                 };
@@ -473,7 +474,11 @@ fn mixed_input(slow: bool) -> String {
 /// out steadily to be interrupted (the batch size a batch of bad records,
 /// which cost nothing, would suggest is the rest of the input).
 fn skipping(input: &str, output: &Path, joblog: &Path, resume: &str) -> Cmd {
-    let cmd = command(input, output, false)
+    skipping_on(2, input, output, joblog, resume)
+}
+
+fn skipping_on(workers: usize, input: &str, output: &Path, joblog: &Path, resume: &str) -> Cmd {
+    let cmd = command_on(workers, input, output, false)
         .args([
             "--skip-bad-input",
             "--max-record-bytes",
@@ -660,25 +665,31 @@ fn resume_refuses_an_output_whose_skip_list_is_gone() {
 #[test]
 fn resume_failed_with_skipped_records_after_sigkill() {
     let dir = tempdir();
-    // Bad records before and among the slow ones; 7, 23 and 41 take 600 ms
-    // and fail over a 300 ms --timeout.
+    // Bad records before and among the slow ones; 7, 23 and 41 take 400 ms
+    // and fail over a 300 ms --timeout. Three workers, so that they run side
+    // by side.
+    let skipping = |input: &str, output: &Path, joblog: &Path, resume: &str| {
+        skipping_on(3, input, output, joblog, resume)
+    };
     let slow = |n: u64| [7, 23, 41].contains(&n);
     let bad = |n: u64| [1, 2, 15, 30, 42].contains(&n);
-    let text: String = (0..80)
-        .map(|n| {
-            if bad(n) {
-                format!("bad record {n}\n")
-            } else {
-                fault_input([(n, if slow(n) { "sleep:600" } else { "sleep:5" })])
-            }
-        })
-        .collect();
-    let input = write_file(dir.path(), "in.jsonl", text);
+    let text = |fast: bool| -> String {
+        (0..80)
+            .map(|n| match (bad(n), fast, slow(n)) {
+                (true, _, _) => format!("bad record {n}\n"),
+                (false, true, _) => fault_input([(n, "")]),
+                (false, false, true) => fault_input([(n, "sleep:400")]),
+                (false, false, false) => fault_input([(n, "sleep:5")]),
+            })
+            .collect()
+    };
+    let input = write_file(dir.path(), "in.jsonl", text(false));
+    // The output of an uninterrupted run (the fast input gives the same
+    // lines, with the same records skipped).
+    let fast = write_file(dir.path(), "fast.jsonl", text(true));
     let clean = dir.path().join("clean.jsonl");
     let clean_log = dir.path().join("clean.tsv");
-    skipping(&input, &clean, &clean_log, "")
-        .run()
-        .assert_code(0);
+    skipping(&fast, &clean, &clean_log, "").run().assert_code(0);
     let expected = std::fs::read_to_string(&clean).unwrap();
     let good: Vec<u64> = (0..80).filter(|&n| !bad(n)).collect();
     let want: String = good.iter().map(|&n| crate::util::ok_n(n) + "\n").collect();

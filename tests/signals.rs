@@ -7,9 +7,9 @@ use crate::util::{
     write_file, Running,
 };
 
-/// 40 records of 100 ms each on 2 workers: about 2 s of work.
+/// 40 records of 50 ms each on 2 workers: about 1 s of work.
 fn slow_run(dir: &std::path::Path) -> Running {
-    let input = fault_input((0..40).map(|n| (n, "sleep:100")));
+    let input = fault_input((0..40).map(|n| (n, "sleep:50")));
     let path = write_file(dir, "in.jsonl", input);
     coordinator(["--task", "fault", "--input", &path, "--workers", "2"]).spawn()
 }

@@ -173,7 +173,7 @@ fn thread_executor_stops_hung_tasks_after_the_grace_period() {
     let input = fault_input((0..6).map(|n| (n, if n < 2 { "" } else { "hang" })));
     let input = write_file(dir.path(), "in.jsonl", input);
     let mut run = coordinator(["--task", "fault", "--input", &input, "--workers", "2"])
-        .args(["--executor", "thread", "--grace", "1s"])
+        .args(["--executor", "thread", "--grace", "300ms"])
         .deadline(Duration::from_secs(20))
         .spawn();
     run.wait_for("a hang to start", |r| {
@@ -186,7 +186,7 @@ fn thread_executor_stops_hung_tasks_after_the_grace_period() {
     out.assert_code(143);
     assert!(
         sent.elapsed() < Duration::from_secs(8),
-        "took {:?} with --grace 1s",
+        "took {:?} with --grace 300ms",
         sent.elapsed()
     );
     assert_eq!(out.lines(), [ok_n(0), ok_n(1)]);
@@ -216,7 +216,7 @@ fn cheap_bad_records_first_do_not_hold_back_the_output() {
     input.push_str(&fault_input([(102, "hang")]));
     let input = write_file(dir.path(), "in.jsonl", input);
     let mut run = coordinator(["--task", "fault", "--input", &input, "--workers", "2"])
-        .args(["--skip-bad-input", "--grace", "1s"])
+        .args(["--skip-bad-input", "--grace", "300ms"])
         .deadline(Duration::from_secs(30))
         .spawn();
     // The batch size grows at most twofold per measurement and 2 ms records

@@ -647,12 +647,13 @@ pub fn send_signal(pid: u32, sig: i32) {
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn from_time() -> Rng {
+    /// Seeded from the clock; the seed is printed with `what` it is for.
+    pub fn from_time(what: &str) -> Rng {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = (nanos ^ (u64::from(std::process::id()) << 32)) | 1;
-        eprintln!("random seed: {seed:#x}");
+        eprintln!("random seed for {what}: {seed:#x}");
         Rng(seed)
     }
 

@@ -202,6 +202,10 @@ impl Supervisor {
     pub(super) fn closed(&mut self, slot: usize, reason: Option<String>) {
         let w = &mut self.workers[slot];
         if w.is_starting() {
+            if let Some(reason) = &reason {
+                // Garbage instead of a handshake: killed now, not waited for.
+                w.end(WorkerEnd::ProtocolError(reason.clone()));
+            }
             let exit = w.gone().exit;
             let reason = reason.map_or(HandshakeFailure::Exited(exit), HandshakeFailure::Protocol);
             // Already gone: `start_failed` only counts it and replaces it.
