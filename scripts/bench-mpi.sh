@@ -15,7 +15,8 @@
 #   - the steady state: the time the big input takes beyond the small one
 #     (both whole jobs, so launch and teardown cancel out), MPI against local.
 # The MPI rows use the single-node launch the README documents (`--mca pml
-# ob1 --mca btl self,vader --bind-to none`); one row shows Open MPI's defaults.
+# ob1 --mca btl self,vader --bind-to none`; over TCP, eager limits that let a
+# batch go whole); one row shows Open MPI's defaults.
 #
 # Needs Open MPI and libclang (see the README's MPI section); builds the MPI
 # feature into target/release. On a busy machine the figures are noise: the
@@ -51,7 +52,11 @@ for i in range(2400): print('{\"n\": 1000000}')" > "$TMP/primes.jsonl"
 # ranks Open MPI binds each to a core, pinning the coordinator's threads to
 # one), more ranks than cores allowed.
 ONE_NODE=(--oversubscribe --bind-to none --mca pml ob1 --mca btl self,vader)
-TCP=(--oversubscribe --bind-to none --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo)
+# TCP as the README documents it: batches sent whole, without a rendezvous.
+TCP_EAGER=(--mca btl_tcp_eager_limit 262144 --mca btl_tcp_rndv_eager_limit 262144
+    --mca btl_tcp_max_send_size 262144)
+TCP=(--oversubscribe --bind-to none --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo
+    "${TCP_EAGER[@]}")
 DEFAULTS=(--oversubscribe --bind-to none)
 mpmd() { # ranks, mpirun options (one word, an array's name), coordinator args...
     local ranks=$1 opts="$2[@]"; shift 2
@@ -60,6 +65,8 @@ mpmd() { # ranks, mpirun options (one word, an array's name), coordinator args..
 spawned() { # ranks, coordinator args... (an MPI singleton spawning its workers)
     local ranks=$1; shift
     OMPI_MCA_pml=ob1 OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_odls_base_sigkill_timeout=0 \
+        OMPI_MCA_btl_tcp_eager_limit=262144 OMPI_MCA_btl_tcp_rndv_eager_limit=262144 \
+        OMPI_MCA_btl_tcp_max_send_size=262144 \
         $B/coordinator --backend mpi --workers "$ranks" "$@"
 }
 local_() { $B/coordinator "$@"; }
