@@ -88,9 +88,10 @@ JOBS=(
 )
 if [ "$PRIMES" = 1 ]; then
     for w in 1 2; do
-        JOBS+=("pl$w|local, $w workers|local_ --workers $w $P"
-            "ps$w|MPI shared memory, $w worker ranks|mpmd $w ONE_NODE $P"
-            "pt$w|MPI TCP, $w worker ranks|mpmd $w TCP $P")
+        n=s; [ "$w" = 1 ] && n=
+        JOBS+=("pl$w|local, $w worker$n|local_ --workers $w $P"
+            "ps$w|MPI shared memory, $w worker rank$n|mpmd $w ONE_NODE $P"
+            "pt$w|MPI TCP, $w worker rank$n|mpmd $w TCP $P")
     done
 fi
 
