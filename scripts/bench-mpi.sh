@@ -1,76 +1,136 @@
 #!/usr/bin/env bash
-# The MPI backend against the local backend on one machine: the 1M tiny
-# records file-to-file job (`age`), and `primes` scaling, over Open MPI's
+# The MPI backend against the local backend on one machine: the tiny-records
+# file-to-file job (`age`) at two sizes, and `primes` scaling, over Open MPI's
 # shared memory and over TCP, with worker ranks started beside the
-# coordinator (MPMD) or spawned by it (`--workers N`). Medians of --runs
-# (default 3) whole-job wall times, side by side in one run, with each MPI
-# row's ratio to the local one.
+# coordinator (MPMD) or spawned by it (`--workers N`). Every job is timed
+# whole (launch to exit), the jobs alternating run after run; the table gives
+# medians and each row's ratio to its local row.
 #
-#   scripts/bench-mpi.sh [--runs N] [--workers N]
+#   scripts/bench-mpi.sh [--runs N] [--workers N] [--records N] [--big N] [--no-primes]
+#
+# Defaults: 5 runs, a worker per core, 1M and 4M records. Besides the jobs:
+#   - the fixed cost of an MPI job: the same command on an empty input
+#     (mpirun, MPI_Init in every rank, the handshake, MPI_Finalize), and
+#     `mpirun ... true` (the launcher alone), beside the local backend's;
+#   - the steady state: the time the big input takes beyond the small one
+#     (both whole jobs, so launch and teardown cancel out), MPI against local.
+# The MPI rows use the single-node launch the README documents (`--mca pml
+# ob1 --mca btl self,vader --bind-to none`; over TCP, eager limits that let a
+# batch go whole); one row shows Open MPI's defaults.
 #
 # Needs Open MPI and libclang (see the README's MPI section); builds the MPI
-# feature into target/release. On a busy machine the figures are noise:
-# measure on a quiet one.
+# feature into target/release. On a busy machine the figures are noise: the
+# load is printed before and after; measure on a quiet one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=3 W=4
+RUNS=5 W=$(nproc) SMALL=1000000 BIG=4000000 PRIMES=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --workers) W=$2; shift 2 ;;
-        *) echo "usage: $0 [--runs N] [--workers N]" >&2; exit 2 ;;
+        --records) SMALL=$2; shift 2 ;;
+        --big) BIG=$2; shift 2 ;;
+        --no-primes) PRIMES=0; shift ;;
+        *) echo "usage: $0 [--runs N] [--workers N] [--records N] [--big N] [--no-primes]" >&2; exit 2 ;;
     esac
 done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 RUST_LOG=warn
-# More ranks than cores is the point of the comparison: allow it.
-export OMPI_MCA_rmaps_base_oversubscribe=1
 cargo build --release -q -p procpool-coordinator -p procpool-worker-bin \
     --features procpool-coordinator/mpi,procpool-worker-bin/mpi
 B=target/release
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-python3 scripts/gen_data.py 1000000 "$TMP/age.jsonl"
+python3 scripts/gen_data.py "$SMALL" "$TMP/small.jsonl"
+python3 scripts/gen_data.py "$BIG" "$TMP/big.jsonl"
+: > "$TMP/empty.jsonl"
 python3 -c "
 for i in range(2400): print('{\"n\": 1000000}')" > "$TMP/primes.jsonl"
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-BASE=0
-time_runs() { # label, command...
-    local label=$1; shift
-    local t
-    t=$(for _ in $(seq "$RUNS"); do
-        local s=$EPOCHREALTIME
-        "$@" >/dev/null 2>"$TMP/err" || { echo "failed: $*" >&2; tail -5 "$TMP/err" >&2; exit 1; }
-        awk -v s="$s" -v e="$EPOCHREALTIME" 'BEGIN { print e - s }'
-    done | median)
-    case "$label" in
-        *local*) BASE=$t; printf '| %s | %.3f s | 1.00 |\n' "$label" "$t" ;;
-        *) printf '| %s | %.3f s | %.2f |\n' "$label" "$t" "$(awk -v a="$t" -v b="$BASE" 'BEGIN { print a / b }')" ;;
-    esac
-}
-mpmd() { # ranks, btl, coordinator args...
-    local ranks=$1 btl=$2; shift 2
-    # Unbound, like local workers: Open MPI binds each rank to one core when
-    # there are at most two, which pins the coordinator's threads to one core.
-    local opts=(--bind-to none)
-    [[ $btl == tcp ]] && opts+=(--mca btl tcp,self)
-    mpirun "${opts[@]}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
+# The documented single-node launch: the ob1 messaging layer (Open MPI's
+# default probes for InfiniBand/OmniPath libraries first, about 0.2 s of
+# MPI_Init per rank here), shared memory, unbound ranks (with at most two
+# ranks Open MPI binds each to a core, pinning the coordinator's threads to
+# one), more ranks than cores allowed.
+ONE_NODE=(--oversubscribe --bind-to none --mca pml ob1 --mca btl self,vader)
+# TCP as the README documents it: batches sent whole, without a rendezvous.
+TCP_EAGER=(--mca btl_tcp_eager_limit 262144 --mca btl_tcp_rndv_eager_limit 262144
+    --mca btl_tcp_max_send_size 262144)
+TCP=(--oversubscribe --bind-to none --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include lo
+    "${TCP_EAGER[@]}")
+DEFAULTS=(--oversubscribe --bind-to none)
+mpmd() { # ranks, mpirun options (one word, an array's name), coordinator args...
+    local ranks=$1 opts="$2[@]"; shift 2
+    mpirun "${!opts}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
 }
 spawned() { # ranks, coordinator args... (an MPI singleton spawning its workers)
     local ranks=$1; shift
-    $B/coordinator --backend mpi --workers "$ranks" "$@"
+    OMPI_MCA_pml=ob1 OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_odls_base_sigkill_timeout=0 \
+        OMPI_MCA_btl_tcp_eager_limit=262144 OMPI_MCA_btl_tcp_rndv_eager_limit=262144 \
+        OMPI_MCA_btl_tcp_max_send_size=262144 \
+        $B/coordinator --backend mpi --workers "$ranks" "$@"
 }
+local_() { $B/coordinator "$@"; }
 
+# The jobs: "key|label|command..." (the key names the row in the table).
+AGE="--task age --year 2024 --output $TMP/out.jsonl"
+P="--task primes --input $TMP/primes.jsonl --output $TMP/p.jsonl"
+JOBS=(
+    "l0|local, empty input (spawn and stop $W workers)|local_ --workers $W $AGE --input $TMP/empty.jsonl"
+    "m0|MPI shared memory, empty input (mpirun, MPI_Init, handshake, MPI_Finalize)|mpmd $W ONE_NODE $AGE --input $TMP/empty.jsonl"
+    "true|mpirun alone: \`mpirun -n $((W + 1)) true\`|mpirun ${ONE_NODE[*]} -n $((W + 1)) true"
+    "ls|local, $W workers|local_ --workers $W $AGE --input $TMP/small.jsonl"
+    "ms|MPI shared memory, $W worker ranks|mpmd $W ONE_NODE $AGE --input $TMP/small.jsonl"
+    "md|MPI shared memory, Open MPI's defaults (no \`--mca pml ob1\`)|mpmd $W DEFAULTS $AGE --input $TMP/small.jsonl"
+    "mt|MPI TCP (loopback), $W worker ranks|mpmd $W TCP $AGE --input $TMP/small.jsonl"
+    "mp|MPI, $W ranks spawned by a lone coordinator (TCP between jobs)|spawned $W $AGE --input $TMP/small.jsonl"
+    "lb|local, $W workers|local_ --workers $W $AGE --input $TMP/big.jsonl"
+    "mb|MPI shared memory, $W worker ranks|mpmd $W ONE_NODE $AGE --input $TMP/big.jsonl"
+)
+if [ "$PRIMES" = 1 ]; then
+    for w in 1 2; do
+        n=s; [ "$w" = 1 ] && n=
+        JOBS+=("pl$w|local, $w worker$n|local_ --workers $w $P"
+            "ps$w|MPI shared memory, $w worker rank$n|mpmd $w ONE_NODE $P"
+            "pt$w|MPI TCP, $w worker rank$n|mpmd $w TCP $P")
+    done
+fi
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for run in $(seq "$RUNS"); do
+    for job in "${JOBS[@]}"; do
+        IFS='|' read -r key _ cmd <<<"$job"
+        s=$EPOCHREALTIME
+        # shellcheck disable=SC2086 # the command is words on purpose
+        $cmd >/dev/null 2>"$TMP/err" || { echo "failed: $cmd" >&2; tail -5 "$TMP/err" >&2; exit 1; }
+        awk -v s="$s" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.4f\n", e - s }' >>"$TMP/t.$key"
+    done
+    echo "run $run of $RUNS done" >&2
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+med() { sort -n "$TMP/t.$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+row() { # key, label, base key
+    local t; t=$(med "$1")
+    printf '| %s | %.3f s | %s |\n' "$2" "$t" "$(ratio "$t" "$(med "$3")")"
+}
+label() { for job in "${JOBS[@]}"; do IFS='|' read -r key l _ <<<"$job"; [ "$key" = "$1" ] && echo "$l"; done; }
+
+echo
+echo "$(nproc) cores, load average before $LOAD_BEFORE, after $LOAD_AFTER; medians of $RUNS alternating runs, each job timed whole"
+echo
 echo "| job | wall (median of $RUNS) | vs local |"
 echo "|---|---|---|"
-AGE=(--task age --year 2024 --input "$TMP/age.jsonl" --output "$TMP/out.jsonl")
-time_runs "1M age records, file to file, local, $W workers" $B/coordinator --workers "$W" "${AGE[@]}"
-time_runs "1M age records, MPI shared memory, $W worker ranks" mpmd "$W" shm "${AGE[@]}"
-time_runs "1M age records, MPI, $W ranks spawned by the coordinator (TCP between jobs)" spawned "$W" "${AGE[@]}"
-time_runs "1M age records, MPI TCP, $W worker ranks" mpmd "$W" tcp "${AGE[@]}"
-P=(--task primes --input "$TMP/primes.jsonl" --output "$TMP/p.jsonl")
-for w in 1 2; do
-    time_runs "primes 2400 x n=1M, local, $w workers" $B/coordinator --workers $w "${P[@]}"
-    time_runs "primes 2400 x n=1M, MPI shared memory, $w worker ranks" mpmd $w shm "${P[@]}"
-    time_runs "primes 2400 x n=1M, MPI TCP, $w worker ranks" mpmd $w tcp "${P[@]}"
-done
+for k in ls ms md mt mp; do row "$k" "$SMALL \`age\` records, $(label $k)" ls; done
+for k in lb mb; do row "$k" "$BIG \`age\` records, $(label $k)" lb; done
+l=$(awk -v a="$(med lb)" -v b="$(med ls)" 'BEGIN { print a - b }')
+m=$(awk -v a="$(med mb)" -v b="$(med ms)" 'BEGIN { print a - b }')
+printf '| steady state: the %s records beyond the first %s (%s-record job minus %s-record job), local | %.3f s | 1.00 |\n' \
+    "$((BIG - SMALL))" "$SMALL" "$BIG" "$SMALL" "$l"
+printf '| the same, MPI shared memory | %.3f s | %s |\n' "$m" "$(ratio "$m" "$l")"
+for k in l0 m0 true; do row "$k" "fixed cost: $(label $k)" l0; done
+if [ "$PRIMES" = 1 ]; then
+    for w in 1 2; do
+        for k in pl$w ps$w pt$w; do row "$k" "\`primes\` 2400 × n = 1,000,000, $(label $k)" pl$w; done
+    done
+fi

@@ -91,9 +91,19 @@ fn hundred_thousand_records_equal_local_over_shared_memory() {
     );
     let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
     want.assert_code(0);
-    // Shared memory (TCP: see the namespace tests, which need no network
-    // interface of the machine's own).
-    let got = mpirun(3, &[], &["--task", "fault", "--input", &input]).run();
+    // Shared memory, launched as the README says to on one node (TCP: see
+    // the namespace tests, which need no network interface of the machine's own).
+    let one_node = [
+        "--bind-to",
+        "none",
+        "--mca",
+        "pml",
+        "ob1",
+        "--mca",
+        "btl",
+        "self,vader",
+    ];
+    let got = mpirun(3, &one_node, &["--task", "fault", "--input", &input]).run();
     got.assert_code(0);
     assert!(
         got.stdout_str() == want.stdout_str(),
@@ -274,8 +284,20 @@ fn a_lone_coordinator_spawns_its_worker_ranks() {
             // Three ranks on a machine with fewer cores.
             .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
             .deadline(Duration::from_secs(120));
+        // With the settings the README gives for one node.
+        let one_node = coordinator(mpi_args.iter().copied())
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .env("OMPI_MCA_pml", "ob1")
+            .env("OMPI_MCA_odls_base_sigkill_timeout", "0")
+            .deadline(Duration::from_secs(120));
         let under_mpirun = mpirun_args(&[&["-n", "1", c.as_str()][..], &mpi_args[..]].concat());
-        for (how, cmd) in [("singleton", singleton), ("mpirun -n 1", under_mpirun)] {
+        for (how, cmd) in [
+            ("singleton", singleton),
+            ("singleton, one-node settings", one_node),
+            ("mpirun -n 1", under_mpirun),
+        ] {
             let got = cmd.run();
             assert_eq!(got.code(), want.code(), "{how}: {}", got.stderr);
             assert!(

@@ -10,7 +10,12 @@
 //! which initialises MPI with `Threading::Funneled`): it sends with
 //! non-blocking `MPI_Isend` (so it never blocks on a worker busy computing),
 //! probes for messages from any rank, and turns them into the supervisor's
-//! events. A worker answers `Stop` with an empty `TAG_BYE` message, which
+//! events (results decoded in place, as on the local backend). Between
+//! rounds it waits on its command channel, which also carries every message
+//! for a rank (a small thread per rank forwards its worker's sender), so a
+//! batch goes out the moment the supervisor hands it over; only the probes
+//! of the ranks are timed ([`Backoff`]), because MPI has no wait that does
+//! not spin. A worker answers `Stop` with an empty `TAG_BYE` message, which
 //! stands for the closed channel of the local backend.
 //!
 //! Liveness: both sides send a heartbeat every `liveness / 4` (at most every
@@ -27,7 +32,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,7 +46,9 @@ use procpool_protocol::WorkerMessage;
 
 use crate::error::{PoolError, WorkerExit};
 use crate::supervisor::Command;
-use crate::transport::{decode_from_worker, heartbeat_period, Event, Launcher, Link};
+use crate::transport::{
+    decode_from_worker, decode_results, heartbeat_period, Event, Launcher, Link,
+};
 
 use procpool_protocol::{
     MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA, MPI_TAG_HEARTBEAT as TAG_HEARTBEAT,
@@ -99,8 +106,11 @@ enum Cmd {
         rank: Rank,
         slot: usize,
         generation: u64,
-        requests: Receiver<Vec<u8>>,
     },
+    /// A message for a rank from its worker's sender (forwarded, in order,
+    /// by a thread per rank: so the MPI thread can wait on this one channel
+    /// and send a batch the moment the supervisor hands it over).
+    Send { rank: Rank, message: Vec<u8> },
     /// Give up on a rank (the supervisor "killed" it): report it closed.
     Abandon { rank: Rank },
     /// The pool is done with MPI: finalise (or abort) and end the thread.
@@ -170,25 +180,42 @@ impl Launcher for MpiLauncher {
         generation: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
         let rank = Rank::try_from(slot + 1)
             .map_err(|_| PoolError::Config(format!("no MPI rank for worker {slot}")))?;
         let cmds = self
             .cmds
             .clone()
             .ok_or_else(|| PoolError::Config("the MPI thread is gone".into()))?;
-        cmds.send(Cmd::Attach {
-            rank,
-            slot,
-            generation,
-            requests: rx,
-        })
-        .map_err(|_| PoolError::Config("the MPI thread is gone".into()))?;
+        // Ends when the supervisor drops the sender (or the MPI thread is gone).
+        let forward = cmds.clone();
+        thread::Builder::new()
+            .name(format!("procpool-mpi-{rank}"))
+            // It only moves messages: a small stack, for jobs of many ranks.
+            .stack_size(64 << 10)
+            .spawn(move || {
+                for message in rx {
+                    if forward.send(Cmd::Send { rank, message }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(PoolError::Ipc)?;
+        // Accepted before the attach: once attached, the rank's Hello (which
+        // may be waiting already) goes to the supervisor, which must know the
+        // worker by then. (A message for the rank may reach the MPI thread
+        // before the attach: it is sent all the same.)
         let _ = events.send(Event::Accepted {
             slot,
             generation,
             result: Ok(tx),
         });
+        cmds.send(Cmd::Attach {
+            rank,
+            slot,
+            generation,
+        })
+        .map_err(|_| PoolError::Config("the MPI thread is gone".into()))?;
         Ok(Box::new(MpiLink { rank, cmds }))
     }
 
@@ -230,7 +257,6 @@ struct Peer {
     rank: Rank,
     slot: usize,
     generation: u64,
-    requests: Receiver<Vec<u8>>,
     first: bool,
     /// Reported closed to the supervisor.
     closed: bool,
@@ -413,31 +439,34 @@ impl MpiThread {
             .to_vec();
         let mut next_beat = Instant::now();
         let mut idle = Backoff::new();
+        let mut waited = None;
         loop {
+            // What the supervisor asked for: the command that ended the
+            // wait below, then any others.
             let mut busy = false;
+            let mut next = waited.take().map(Ok);
             loop {
-                match cmds.try_recv() {
-                    Ok(Cmd::Attach {
+                let cmd = match next.take().unwrap_or_else(|| cmds.try_recv()) {
+                    Ok(cmd) => cmd,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.finished(),
+                };
+                match cmd {
+                    Cmd::Attach {
                         rank,
                         slot,
                         generation,
-                        requests,
-                    }) => self.attach(rank, slot, generation, requests),
-                    Ok(Cmd::Abandon { rank }) => self.abandon(rank),
-                    Err(TryRecvError::Empty) => break,
-                    Ok(Cmd::Finish) | Err(TryRecvError::Disconnected) => {
-                        return self.failed_at.is_none() && self.peers.iter().all(|p| p.clean)
+                    } => self.attach(rank, slot, generation),
+                    Cmd::Send { rank, message } => {
+                        busy = true;
+                        self.sends.push(OwnedSend::start(
+                            &self.comm.process_at_rank(rank),
+                            message,
+                            TAG_DATA,
+                        ));
                     }
-                }
-            }
-            for peer in &self.peers {
-                while let Ok(message) = peer.requests.try_recv() {
-                    busy = true;
-                    self.sends.push(OwnedSend::start(
-                        &self.comm.process_at_rank(peer.rank),
-                        message,
-                        TAG_DATA,
-                    ));
+                    Cmd::Abandon { rank } => self.abandon(rank),
+                    Cmd::Finish => return self.finished(),
                 }
             }
             while let Some((msg, status)) = self.comm.any_process().immediate_matched_probe() {
@@ -482,16 +511,26 @@ impl MpiThread {
                     abort(self.comm.as_raw(), EXIT_RELAUNCH);
                 }
             }
-            idle.pause(busy);
+            // Wait for the supervisor (which wakes this thread at once) or
+            // until it is time to probe the ranks again.
+            match cmds.recv_timeout(idle.next(busy)) {
+                Ok(cmd) => waited = Some(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.finished(),
+            }
         }
     }
 
-    fn attach(&mut self, rank: Rank, slot: usize, generation: u64, requests: Receiver<Vec<u8>>) {
+    /// Whether every rank stopped in order (so MPI can be finalised).
+    fn finished(&self) -> bool {
+        self.failed_at.is_none() && self.peers.iter().all(|p| p.clean)
+    }
+
+    fn attach(&mut self, rank: Rank, slot: usize, generation: u64) {
         self.peers.push(Peer {
             rank,
             slot,
             generation,
-            requests,
             first: true,
             closed: false,
             clean: false,
@@ -499,7 +538,7 @@ impl MpiThread {
         let (now, later): (Vec<_>, Vec<_>) = self.early.drain(..).partition(|(r, _, _)| *r == rank);
         self.early = later;
         for (rank, tag, data) in now {
-            self.route(rank, tag, &data);
+            self.route(rank, tag, data);
         }
         if self.all_abandoned {
             self.abandon(rank);
@@ -535,14 +574,14 @@ impl MpiThread {
             state.bye = true;
         }
         if self.peers.iter().any(|p| p.rank == rank) {
-            self.route(rank, tag, &data);
+            self.route(rank, tag, data);
         } else {
             self.early.push((rank, tag, data));
         }
     }
 
     /// Hand a message from `rank` to the supervisor as its worker's event.
-    fn route(&mut self, rank: Rank, tag: Tag, data: &[u8]) {
+    fn route(&mut self, rank: Rank, tag: Tag, data: Vec<u8>) {
         let Some(peer) = self.peers.iter_mut().find(|p| p.rank == rank && !p.closed) else {
             return;
         };
@@ -557,7 +596,26 @@ impl MpiThread {
             });
             return;
         }
-        match decode_from_worker(&mut peer.first, data) {
+        // Results (all but the first message, whose version is checked
+        // first) are decoded in place, as on the local backend; anything
+        // else as a message.
+        let message = if peer.first {
+            decode_from_worker(&mut peer.first, &data)
+        } else {
+            match decode_results(data) {
+                Ok(Ok(results)) => {
+                    let _ = self.events.send(Event::Results {
+                        slot,
+                        generation,
+                        results,
+                    });
+                    return;
+                }
+                Ok(Err(data)) => decode_from_worker(&mut peer.first, &data),
+                Err(reason) => Err(reason),
+            }
+        };
+        match message {
             Ok(message) => {
                 if let WorkerMessage::Hello(hello) = &message {
                     if let Some(state) = self.ranks.get_mut(rank as usize) {
@@ -632,19 +690,20 @@ impl MpiThread {
     }
 }
 
-/// Spin briefly when idle (50 µs), then sleep longer and longer (up to
-/// 500 µs): latency stays low under load without taking, while idle,
-/// the cores workers need. Sleeps are precise (a timer slack of 1 µs
-/// instead of Linux's default 50 µs, set for this thread by `new`).
+/// How long to wait between probes of the ranks: a sixteenth of the time
+/// spent idle so far, from 5 µs up to 1 ms. A message that arrives after
+/// a quiet spell of T waits at most T/16 to be seen, and an idle thread wakes
+/// at most a thousand times a second, taking next to nothing from the cores
+/// that compute (MPI has no blocking wait that does not spin). Timers are
+/// precise: a slack of 1 µs instead of Linux's default 50 µs, set for the
+/// calling thread by `new`.
 pub(crate) struct Backoff {
     idle_since: Option<Instant>,
-    sleep: Duration,
-    spin: Duration,
-    max: Duration,
 }
 
 impl Backoff {
-    const MIN_SLEEP: Duration = Duration::from_micros(10);
+    const MIN: Duration = Duration::from_micros(5);
+    const MAX: Duration = Duration::from_millis(1);
 
     pub fn new() -> Self {
         // SAFETY: PR_SET_TIMERSLACK takes an integer and only affects the
@@ -652,27 +711,21 @@ impl Backoff {
         unsafe {
             libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
         }
-        Backoff {
-            idle_since: None,
-            sleep: Self::MIN_SLEEP,
-            spin: Duration::from_micros(50),
-            max: Duration::from_micros(500),
-        }
+        Backoff { idle_since: None }
     }
 
-    pub fn pause(&mut self, busy: bool) {
+    /// The next wait: the shortest after work (`busy`), longer as idleness lasts.
+    pub fn next(&mut self, busy: bool) -> Duration {
         if busy {
             self.idle_since = None;
-            self.sleep = Self::MIN_SLEEP;
-            return;
+            return Self::MIN;
         }
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.spin {
-            std::hint::spin_loop();
-        } else {
-            thread::sleep(self.sleep);
-            self.sleep = (self.sleep * 2).min(self.max);
-        }
+        Self::after(self.idle_since.get_or_insert_with(Instant::now).elapsed())
+    }
+
+    /// The wait after `idle` without work.
+    fn after(idle: Duration) -> Duration {
+        (idle / 16).clamp(Self::MIN, Self::MAX)
     }
 }
 
@@ -729,5 +782,28 @@ impl Drop for OwnedSend {
             r.wait();
         }
         self.free();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_wait_a_sixteenth_of_the_idle_time_between_5_us_and_1_ms() {
+        let us = Duration::from_micros;
+        assert_eq!(Backoff::after(Duration::ZERO), us(5));
+        assert_eq!(Backoff::after(us(80)), us(5));
+        assert_eq!(Backoff::after(us(800)), us(50));
+        assert_eq!(Backoff::after(us(16_000)), us(1_000));
+        assert_eq!(Backoff::after(Duration::from_secs(60)), us(1_000));
+        let mut b = Backoff::new();
+        thread::sleep(us(2_000));
+        assert_eq!(b.next(true), us(5), "work resets the wait");
+        // The idle spell starts at the first call without work.
+        assert!(b.next(false) < us(200));
+        thread::sleep(us(16_000));
+        assert_eq!(b.next(false), us(1_000));
+        assert_eq!(b.next(true), us(5));
     }
 }

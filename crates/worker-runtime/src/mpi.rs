@@ -9,15 +9,16 @@
 //! network) ends this rank, so nothing is left running. MPI is initialised
 //! with `MPI_THREAD_MULTIPLE` for it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mpi::point_to_point::Destination;
 use mpi::raw::AsRaw;
+use mpi::request::{Request, StaticScope};
 use mpi::topology::{MergeOrder, SimpleCommunicator};
 use mpi::traits::*;
-use mpi::Threading;
+use mpi::{Tag, Threading};
 use procpool_protocol::{MPI_TAG_BYE, MPI_TAG_DATA, MPI_TAG_HEARTBEAT};
 
 use crate::{serve_over, Registry, ServeError, WorkerTransport};
@@ -48,33 +49,96 @@ unsafe impl Sync for Comm {}
 
 struct MpiTransport {
     comm: Comm,
+    /// Results on their way (`MPI_Isend`): the next batch runs while the
+    /// coordinator takes them, instead of waiting in a blocking send for it
+    /// to come round (a message over the eager limit is sent only once the
+    /// receiver has matched it).
+    sending: Vec<OwnedSend>,
+    /// Buffers of completed sends, for the next ones: a fresh allocation of
+    /// this size per message would cost page faults every time.
+    spare: Vec<Vec<u8>>,
+    /// Messages received; how many of them were waited for, and how long.
+    received: u64,
+    waits: u64,
+    waited: Duration,
+}
+
+/// Sends in flight beyond which `send` waits for the oldest.
+const MAX_SENDING: usize = 4;
+
+impl MpiTransport {
+    /// Complete whatever sends have completed.
+    fn progress(&mut self) {
+        let spare = &mut self.spare;
+        self.sending.retain_mut(|s| match s.test() {
+            Some(buffer) => {
+                spare.push(buffer);
+                false
+            }
+            None => true,
+        });
+    }
+
+    /// Wait until at most `n` sends are in flight, without spinning.
+    fn drain_to(&mut self, n: usize) {
+        let mut idle = Backoff::new();
+        loop {
+            self.progress();
+            if self.sending.len() <= n {
+                return;
+            }
+            idle.pause();
+        }
+    }
 }
 
 impl WorkerTransport for MpiTransport {
     fn recv(&mut self) -> Result<Option<Vec<u8>>, ServeError> {
         // Open MPI's blocking receive spins at full speed while it waits,
-        // taking a core from the ranks that compute: probe, spin briefly,
-        // then sleep longer and longer between probes.
+        // taking a core from the ranks that compute: probe, then sleep
+        // longer and longer between probes (and complete finished sends).
         let root = self.comm.0.process_at_rank(0);
         let mut idle = Backoff::new();
+        let started = Instant::now();
+        let mut waited = false;
         loop {
             if let Some((message, status)) = root.immediate_matched_probe_with_tag(MPI_TAG_DATA) {
                 let (bytes, _) = (message, status).matched_receive_vec::<u8>();
+                self.received += 1;
+                if waited {
+                    self.waits += 1;
+                    self.waited += started.elapsed();
+                }
                 return Ok(Some(bytes));
             }
+            waited = true;
+            self.progress();
             idle.pause();
         }
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), ServeError> {
-        self.comm
-            .0
-            .process_at_rank(0)
-            .send_with_tag(bytes, MPI_TAG_DATA);
+        self.drain_to(MAX_SENDING - 1);
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        let root = self.comm.0.process_at_rank(0);
+        self.sending
+            .push(OwnedSend::start(&root, buffer, MPI_TAG_DATA));
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), ServeError> {
+        // Whether the coordinator kept this rank fed (for tuning).
+        log::debug!(
+            "waited for {} of {} messages from the coordinator, {:.1} ms in all",
+            self.waits,
+            self.received,
+            self.waited.as_secs_f64() * 1e3
+        );
+        // Every result first (the goodbye is on a tag of its own, which
+        // could overtake them).
+        self.drain_to(0);
         self.comm
             .0
             .process_at_rank(0)
@@ -83,39 +147,96 @@ impl WorkerTransport for MpiTransport {
     }
 }
 
-/// Spin briefly while waiting (50 µs), then sleep longer and longer (up to
-/// 500 µs): latency stays low under load without taking, while idle, the
-/// cores other ranks need. Sleeps are precise (a timer slack of 1 µs instead
-/// of Linux's default 50 µs, set for this thread by `new`).
+/// A non-blocking send (`MPI_Isend`) that owns its buffer until MPI reports
+/// completion. An unfinished one dropped (the serve loop failed, and the
+/// job is about to be aborted) leaks its buffer rather than wait for a
+/// coordinator that may be gone.
+struct OwnedSend {
+    request: Option<Request<'static, [u8], StaticScope>>,
+    /// The buffer's parts (`Vec::into_raw_parts`), owned here while MPI reads it.
+    buffer: (*mut u8, usize, usize),
+}
+
+impl OwnedSend {
+    fn start<D: Destination>(dest: &D, data: Vec<u8>, tag: Tag) -> Self {
+        let mut data = std::mem::ManuallyDrop::new(data);
+        let buffer = (data.as_mut_ptr(), data.len(), data.capacity());
+        // SAFETY: the vector's memory stays allocated and unwritten until
+        // the request has completed (it is rebuilt only then, in `test`).
+        let shared: &'static [u8] = unsafe { std::slice::from_raw_parts(buffer.0, buffer.1) };
+        let request = dest.immediate_send_with_tag(StaticScope, shared, tag);
+        OwnedSend {
+            request: Some(request),
+            buffer,
+        }
+    }
+
+    /// `MPI_Test`: the buffer, once the send has completed.
+    fn test(&mut self) -> Option<Vec<u8>> {
+        let r = self.request.take()?;
+        match r.test() {
+            Ok(_) => {
+                let (ptr, len, cap) = self.buffer;
+                // SAFETY: the request completed, so MPI no longer reads the
+                // buffer; these are the parts of the vector given to `start`,
+                // rebuilt once (the request is gone now).
+                Some(unsafe { Vec::from_raw_parts(ptr, len, cap) })
+            }
+            Err(r) => {
+                self.request = Some(r);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for OwnedSend {
+    fn drop(&mut self) {
+        // Unfinished: MPI may still read the buffer, so leave it (and the
+        // request) be.
+        if let Some(r) = self.request.take() {
+            std::mem::forget(r);
+        }
+    }
+}
+
+/// Waits between probes while nothing comes: a sixteenth of the time waited
+/// so far, from 5 µs up to 1 ms. A message that arrives after a wait of T
+/// is seen within T/16, and a waiting rank wakes at most a thousand times a
+/// second, taking next to nothing from the ranks that compute (Open MPI's
+/// blocking calls spin at full speed instead). Sleeps are precise once
+/// [`precise_timers`] has run on the thread.
 struct Backoff {
-    idle_since: Instant,
-    sleep: Duration,
-    spin: Duration,
-    max: Duration,
+    since: Instant,
 }
 
 impl Backoff {
+    const MIN: Duration = Duration::from_micros(5);
+    const MAX: Duration = Duration::from_millis(1);
+
     fn new() -> Self {
-        // SAFETY: PR_SET_TIMERSLACK takes an integer and only affects the
-        // calling thread's timers.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
-        }
         Backoff {
-            idle_since: Instant::now(),
-            sleep: Duration::from_micros(10),
-            spin: Duration::from_micros(50),
-            max: Duration::from_micros(500),
+            since: Instant::now(),
         }
     }
 
     fn pause(&mut self) {
-        if self.idle_since.elapsed() < self.spin {
-            std::hint::spin_loop();
-        } else {
-            thread::sleep(self.sleep);
-            self.sleep = (self.sleep * 2).min(self.max);
-        }
+        thread::sleep(Self::after(self.since.elapsed()));
+    }
+
+    /// The wait after waiting `waited`.
+    fn after(waited: Duration) -> Duration {
+        (waited / 16).clamp(Self::MIN, Self::MAX)
+    }
+}
+
+/// A timer slack of 1 µs for the calling thread, instead of Linux's default
+/// 50 µs, so that short sleeps are as short as asked.
+fn precise_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and only affects the
+    // calling thread's timers.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
     }
 }
 
@@ -138,12 +259,14 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
         );
         abort_job(comm, 2);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    precise_timers();
+    // Dropping `stop` ends the heartbeat thread at once (not at its next
+    // tick: MPI_Finalize waits for it, and every rank's finalize for the others).
+    let (stop, stopped) = mpsc::channel::<()>();
     let heartbeat = if provided >= Threading::Multiple {
-        let stop = stop.clone();
         thread::Builder::new()
             .name("procpool-heartbeat".into())
-            .spawn(move || heartbeat(comm, &stop))
+            .spawn(move || heartbeat(comm, &stopped))
             .map_err(|e| ServeError::Ipc(e.to_string()))
             .map(Some)?
     } else {
@@ -153,9 +276,20 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
         None
     };
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        serve_over(MpiTransport { comm }, registry, String::new())
+        serve_over(
+            MpiTransport {
+                comm,
+                sending: Vec::new(),
+                spare: Vec::new(),
+                received: 0,
+                waits: 0,
+                waited: Duration::ZERO,
+            },
+            registry,
+            String::new(),
+        )
     }));
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     if let Some(h) = heartbeat {
         let _ = h.join();
     }
@@ -176,15 +310,15 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
     }
 }
 
-/// Beat to the coordinator and watch its beats until `stop`; end the
-/// process if the coordinator goes silent.
-fn heartbeat(comm: Comm, stop: &AtomicBool) {
+/// Beat to the coordinator and watch its beats until `stopped` disconnects;
+/// end the process if the coordinator goes silent.
+fn heartbeat(comm: Comm, stopped: &mpsc::Receiver<()>) {
     let root = comm.0.process_at_rank(0);
     let started = Instant::now();
     let mut last_heard: Option<Instant> = None;
     let mut liveness = FIRST_CONTACT;
     let mut next_beat = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    loop {
         while let Some((message, status)) = root.immediate_matched_probe_with_tag(MPI_TAG_HEARTBEAT)
         {
             let (bytes, _) = (message, status).matched_receive_vec::<u8>();
@@ -222,7 +356,10 @@ fn heartbeat(comm: Comm, stop: &AtomicBool) {
             root.send_with_tag(&[] as &[u8], MPI_TAG_HEARTBEAT);
             next_beat = now + (liveness / 4).min(Duration::from_millis(500));
         }
-        thread::sleep(Duration::from_millis(20));
+        match stopped.recv_timeout(Duration::from_millis(20)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
@@ -234,4 +371,19 @@ fn abort_job(comm: Comm, code: i32) -> ! {
         mpi::ffi::MPI_Abort(comm.0.as_raw(), code);
     }
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_wait_a_sixteenth_of_the_time_waited_between_5_us_and_1_ms() {
+        let us = Duration::from_micros;
+        assert_eq!(Backoff::after(Duration::ZERO), us(5));
+        assert_eq!(Backoff::after(us(80)), us(5));
+        assert_eq!(Backoff::after(us(800)), us(50));
+        assert_eq!(Backoff::after(us(16_000)), us(1_000));
+        assert_eq!(Backoff::after(Duration::from_secs(60)), us(1_000));
+    }
 }
