@@ -114,7 +114,31 @@ struct Sinks {
     failed: Option<(io::ErrorKind, String)>,
 }
 
+impl Shared {
+    /// The sinks, locked, once no earlier write has failed.
+    fn sinks(&self) -> io::Result<std::sync::MutexGuard<'_, Sinks>> {
+        let sinks = self
+            .sinks
+            .lock()
+            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        sinks.check()?;
+        Ok(sinks)
+    }
+}
+
 impl Sinks {
+    /// Lines were added to the buffers: write them out now if `slow` (one
+    /// of them took [`PROMPT`] or more), the buffer is full or the last
+    /// lines went out [`PROMPT`] ago; else leave them to the flush thread.
+    fn added(&mut self, slow: bool, dirty: &AtomicBool) -> io::Result<()> {
+        if slow || self.out.buf.len() >= WRITE_OUT_BYTES || self.written_at.elapsed() >= PROMPT {
+            self.write_out(false)
+        } else {
+            dirty.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
     fn check(&self) -> io::Result<()> {
         match &self.failed {
             Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
@@ -302,29 +326,21 @@ impl Output {
     }
 
     /// Write the lines of `count` successful records at once (each ends
-    /// with its newline), when nothing needs them one by one: `None` (and
+    /// with its newline), when nothing needs them one by one: not (and
     /// nothing written) if the run patches an output or keeps a job log.
+    /// Returns whether it wrote them.
     /// `slow`: one of them took long enough that the lines go out now; they
     /// also go out if the last lines did over [`PROMPT`] ago, so that a
     /// stream's lines come out promptly whether or not records are timed.
-    pub fn ok_lines(&mut self, lines: &[u8], count: u64, slow: bool) -> io::Result<Option<()>> {
-        let mut sinks = self
-            .shared
-            .sinks
-            .lock()
-            .map_err(|_| io::Error::other("output lock poisoned"))?;
+    pub fn ok_lines(&mut self, lines: &[u8], count: u64, slow: bool) -> io::Result<bool> {
+        let mut sinks = self.shared.sinks()?;
         if sinks.patch.is_some() || sinks.joblog.is_some() {
-            return Ok(None);
+            return Ok(false);
         }
-        sinks.check()?;
         sinks.out.buf.extend_from_slice(lines);
         sinks.buffered += count;
-        if slow || sinks.out.buf.len() >= WRITE_OUT_BYTES || sinks.written_at.elapsed() >= PROMPT {
-            sinks.write_out(false)?;
-        } else {
-            self.shared.dirty.store(true, Ordering::Relaxed);
-        }
-        Ok(Some(()))
+        sinks.added(slow, &self.shared.dirty)?;
+        Ok(true)
     }
 
     /// Write a failed record's line, in its place.
@@ -342,12 +358,7 @@ impl Output {
     /// listed (beside a file output), so that resuming knows which input
     /// record each line is.
     pub fn skipped(&mut self, seq: u64) -> io::Result<()> {
-        let mut sinks = self
-            .shared
-            .sinks
-            .lock()
-            .map_err(|_| io::Error::other("output lock poisoned"))?;
-        sinks.check()?;
+        let mut sinks = self.shared.sinks()?;
         if sinks.patch.as_ref().is_some_and(|p| p.replaces(seq)) {
             // Run again by --resume-failed: its earlier line stays.
             return Ok(());
@@ -363,12 +374,7 @@ impl Output {
     /// Write `line` (and its line end) in its place, straight into the
     /// output's buffer.
     fn end_line(&mut self, line: &[u8], entry: JobEntry) -> io::Result<()> {
-        let mut sinks = self
-            .shared
-            .sinks
-            .lock()
-            .map_err(|_| io::Error::other("output lock poisoned"))?;
-        sinks.check()?;
+        let mut sinks = self.shared.sinks()?;
         let sinks = &mut *sinks;
         let mut new_line = true;
         if let Some(patch) = sinks.patch.as_mut() {
@@ -391,28 +397,15 @@ impl Output {
         if new_line {
             sinks.buffered += 1;
         }
-        if entry.duration >= PROMPT
-            || sinks.out.buf.len() >= WRITE_OUT_BYTES
-            || sinks.written_at.elapsed() >= PROMPT
-        {
-            sinks.write_out(false)?;
-        } else {
-            self.shared.dirty.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        sinks.added(entry.duration >= PROMPT, &self.shared.dirty)
     }
 
     /// The end of the run: write out everything buffered and the sidecar;
     /// with `--resume-failed`, copy the rest of the output and put the copy
     /// in its place.
     pub fn finish(&mut self) -> io::Result<()> {
-        let mut sinks = self
-            .shared
-            .sinks
-            .lock()
-            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        let mut sinks = self.shared.sinks()?;
         let sinks = &mut *sinks;
-        sinks.check()?;
         if let Some(patch) = sinks.patch.as_mut() {
             patch
                 .rest(&mut sinks.out.buf)

@@ -633,7 +633,7 @@ fn drain(
         // out as it arrived.
         if let (Some(text), Executor::Process) = (run.lines(), settings.executor) {
             let slow = run.longest() >= Duration::from_millis(10);
-            if out.ok_lines(text, n, slow)?.is_some() {
+            if out.ok_lines(text, n, slow)? {
                 let mut lines = lines.borrow_mut();
                 let used = (n as usize).min(lines.len());
                 lines.drain(..used);
