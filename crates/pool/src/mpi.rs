@@ -51,7 +51,8 @@ use crate::transport::{
 };
 
 use procpool_protocol::{
-    MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA, MPI_TAG_HEARTBEAT as TAG_HEARTBEAT,
+    mpi_probe_wait, MPI_TAG_BYE as TAG_BYE, MPI_TAG_DATA as TAG_DATA,
+    MPI_TAG_HEARTBEAT as TAG_HEARTBEAT,
 };
 
 /// Environment variable: seconds a rank may stay silent before the job is
@@ -690,20 +691,16 @@ impl MpiThread {
     }
 }
 
-/// How long to wait between probes of the ranks: a sixteenth of the time
-/// spent idle so far, from 5 µs up to 1 ms. A message that arrives after
-/// a quiet spell of T waits at most T/16 to be seen, and an idle thread wakes
-/// at most a thousand times a second, taking next to nothing from the cores
-/// that compute (MPI has no blocking wait that does not spin). Timers are
-/// precise: a slack of 1 µs instead of Linux's default 50 µs, set for the
-/// calling thread by `new`.
+/// How long to wait between probes of the ranks: the schedule of
+/// [`mpi_probe_wait`] over the time spent idle so far, taking next to
+/// nothing from the cores that compute. Timers are precise: a slack of 1 µs
+/// instead of Linux's default 50 µs, set for the calling thread by `new`.
 pub(crate) struct Backoff {
     idle_since: Option<Instant>,
 }
 
 impl Backoff {
     const MIN: Duration = Duration::from_micros(5);
-    const MAX: Duration = Duration::from_millis(1);
 
     pub fn new() -> Self {
         // SAFETY: PR_SET_TIMERSLACK takes an integer and only affects the
@@ -720,12 +717,7 @@ impl Backoff {
             self.idle_since = None;
             return Self::MIN;
         }
-        Self::after(self.idle_since.get_or_insert_with(Instant::now).elapsed())
-    }
-
-    /// The wait after `idle` without work.
-    fn after(idle: Duration) -> Duration {
-        (idle / 16).clamp(Self::MIN, Self::MAX)
+        mpi_probe_wait(self.idle_since.get_or_insert_with(Instant::now).elapsed())
     }
 }
 
@@ -790,13 +782,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn probes_wait_a_sixteenth_of_the_idle_time_between_5_us_and_1_ms() {
+    fn probes_wait_longer_as_idleness_lasts_and_shortest_after_work() {
+        // The schedule itself: `procpool_protocol::mpi_probe_wait`'s test.
         let us = Duration::from_micros;
-        assert_eq!(Backoff::after(Duration::ZERO), us(5));
-        assert_eq!(Backoff::after(us(80)), us(5));
-        assert_eq!(Backoff::after(us(800)), us(50));
-        assert_eq!(Backoff::after(us(16_000)), us(1_000));
-        assert_eq!(Backoff::after(Duration::from_secs(60)), us(1_000));
+        assert_eq!(Backoff::MIN, mpi_probe_wait(Duration::ZERO));
         let mut b = Backoff::new();
         thread::sleep(us(2_000));
         assert_eq!(b.next(true), us(5), "work resets the wait");

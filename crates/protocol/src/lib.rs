@@ -45,6 +45,16 @@ pub const MPI_TAG_BYE: i32 = 2;
 /// liveness timeout in milliseconds (`u64`, little endian); a worker's are empty.
 pub const MPI_TAG_HEARTBEAT: i32 = 3;
 
+/// MPI backend: how long the coordinator's MPI thread and a waiting rank
+/// sleep between probes after `idle` without a message: a sixteenth of it,
+/// from 5 µs up to 1 ms. A message that arrives after a quiet spell of T is
+/// seen within T/16, and an idle thread wakes at most a thousand times a
+/// second (MPI has no blocking wait that does not spin).
+pub fn mpi_probe_wait(idle: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    (idle / 16).clamp(Duration::from_micros(5), Duration::from_millis(1))
+}
+
 /// Environment variable carrying the one-shot server name a worker connects to.
 pub const ENV_SERVER: &str = "PROCPOOL_SERVER";
 /// Environment variable carrying the per-run secret a worker must echo in its `Hello`.
@@ -58,3 +68,18 @@ pub const ENV_PARENT: &str = "PROCPOOL_PARENT";
 pub const ENV_HEARTBEAT_MS: &str = "PROCPOOL_HEARTBEAT_MS";
 /// A worker's heartbeat period when [`ENV_HEARTBEAT_MS`] is not set.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mpi_probes_wait_a_sixteenth_of_the_idle_time_between_5_us_and_1_ms() {
+        use super::mpi_probe_wait;
+        use std::time::Duration;
+        let us = Duration::from_micros;
+        assert_eq!(mpi_probe_wait(Duration::ZERO), us(5));
+        assert_eq!(mpi_probe_wait(us(80)), us(5));
+        assert_eq!(mpi_probe_wait(us(800)), us(50));
+        assert_eq!(mpi_probe_wait(us(16_000)), us(1_000));
+        assert_eq!(mpi_probe_wait(Duration::from_secs(60)), us(1_000));
+    }
+}

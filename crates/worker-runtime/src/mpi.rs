@@ -19,7 +19,7 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::{MergeOrder, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::{Tag, Threading};
-use procpool_protocol::{MPI_TAG_BYE, MPI_TAG_DATA, MPI_TAG_HEARTBEAT};
+use procpool_protocol::{mpi_probe_wait, MPI_TAG_BYE, MPI_TAG_DATA, MPI_TAG_HEARTBEAT};
 
 use crate::{serve_over, Registry, ServeError, WorkerTransport};
 
@@ -200,20 +200,15 @@ impl Drop for OwnedSend {
     }
 }
 
-/// Waits between probes while nothing comes: a sixteenth of the time waited
-/// so far, from 5 µs up to 1 ms. A message that arrives after a wait of T
-/// is seen within T/16, and a waiting rank wakes at most a thousand times a
-/// second, taking next to nothing from the ranks that compute (Open MPI's
-/// blocking calls spin at full speed instead). Sleeps are precise once
-/// [`precise_timers`] has run on the thread.
+/// Waits between probes while nothing comes: the schedule of
+/// [`mpi_probe_wait`] over the time waited so far, taking next to nothing
+/// from the ranks that compute (Open MPI's blocking calls spin at full speed
+/// instead). Sleeps are precise once [`precise_timers`] has run on the thread.
 struct Backoff {
     since: Instant,
 }
 
 impl Backoff {
-    const MIN: Duration = Duration::from_micros(5);
-    const MAX: Duration = Duration::from_millis(1);
-
     fn new() -> Self {
         Backoff {
             since: Instant::now(),
@@ -221,12 +216,7 @@ impl Backoff {
     }
 
     fn pause(&mut self) {
-        thread::sleep(Self::after(self.since.elapsed()));
-    }
-
-    /// The wait after waiting `waited`.
-    fn after(waited: Duration) -> Duration {
-        (waited / 16).clamp(Self::MIN, Self::MAX)
+        thread::sleep(mpi_probe_wait(self.since.elapsed()));
     }
 }
 
@@ -371,19 +361,4 @@ fn abort_job(comm: Comm, code: i32) -> ! {
         mpi::ffi::MPI_Abort(comm.0.as_raw(), code);
     }
     std::process::exit(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probes_wait_a_sixteenth_of_the_time_waited_between_5_us_and_1_ms() {
-        let us = Duration::from_micros;
-        assert_eq!(Backoff::after(Duration::ZERO), us(5));
-        assert_eq!(Backoff::after(us(80)), us(5));
-        assert_eq!(Backoff::after(us(800)), us(50));
-        assert_eq!(Backoff::after(us(16_000)), us(1_000));
-        assert_eq!(Backoff::after(Duration::from_secs(60)), us(1_000));
-    }
 }
