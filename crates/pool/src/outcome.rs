@@ -6,9 +6,10 @@ use std::ops::{Deref, Range};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use procpool_protocol::decode_value;
+use procpool_protocol::{decode_value, FailureKind};
 
 use crate::error::RecordError;
+use crate::transport::Results;
 
 /// One finished record, with where and when it ran.
 #[derive(Debug)]
@@ -98,56 +99,55 @@ pub(crate) struct Block {
     nanos: Vec<u64>,
 }
 
-/// What a worker's answer to some records of a batch says, for [`Block::answered`].
-pub(crate) struct Answer<'a> {
-    pub buf: Arc<Vec<u8>>,
-    /// Where the outputs begin in `buf`.
-    pub start: usize,
-    pub lengths: &'a [u32],
-    pub failures: Vec<(usize, RecordError)>,
-    pub started_us: u64,
-    pub nanos: Vec<u64>,
-}
-
 impl Block {
-    /// The records `seqs` answered by a worker. `None` if the answer does
-    /// not fit its message (one length per record, within it).
-    pub(crate) fn answered(
-        seqs: Vec<u64>,
-        pid: Option<u32>,
-        thread: u32,
-        answer: Answer<'_>,
-    ) -> Option<Block> {
-        if answer.lengths.len() != seqs.len() || answer.nanos.len() != seqs.len() {
+    /// The records `seqs` answered by a worker in `results`. `None` if the
+    /// answer does not fit them or its message (one length and one duration
+    /// per record, outputs within the message, failures in order and each
+    /// within the records).
+    pub(crate) fn answered(seqs: Vec<u64>, pid: Option<u32>, results: Results) -> Option<Block> {
+        let Results { head, buf, start } = results;
+        if head.lengths.len() != seqs.len() || head.nanos.len() != seqs.len() {
             return None;
         }
-        // Failures in order, each within the records (found by binary search).
         let mut after = None;
-        for &(i, _) in &answer.failures {
-            if i >= seqs.len() || after.is_some_and(|a| i <= a) {
+        for &(i, _) in &head.failures {
+            if i as usize >= seqs.len() || after.is_some_and(|a| i <= a) {
                 return None;
             }
             after = Some(i);
         }
-        let mut end = answer.start;
+        let mut end = start;
         let mut ends = Vec::with_capacity(seqs.len());
-        for &len in answer.lengths {
+        for &len in &head.lengths {
             end += len as usize;
             ends.push(end);
         }
-        if end > answer.buf.len() {
+        if end > buf.len() {
             return None;
         }
+        // The wire's failures become the records' errors.
+        let failures = head
+            .failures
+            .into_iter()
+            .map(|(i, f)| {
+                let error = match f.kind {
+                    FailureKind::Error => RecordError::Task(f.message),
+                    FailureKind::Panic => RecordError::Panicked(f.message),
+                    FailureKind::BadInput => RecordError::BadInput(f.message),
+                };
+                (i as usize, error)
+            })
+            .collect();
         Some(Block {
             seqs,
             pid,
-            thread,
-            buf: answer.buf,
-            start: answer.start,
+            thread: head.thread,
+            buf,
+            start,
             ends,
-            failures: answer.failures,
-            started_us: Some(answer.started_us).filter(|&t| t != 0),
-            nanos: answer.nanos,
+            failures,
+            started_us: Some(head.started_us).filter(|&t| t != 0),
+            nanos: head.nanos,
         })
     }
 
@@ -252,11 +252,11 @@ impl Block {
         &self,
         i: usize,
         offset_ns: u64,
-        make: impl FnOnce(&Self, usize) -> Result<O, RecordError>,
+        make: impl FnOnce(usize) -> Result<O, RecordError>,
     ) -> Outcome<O> {
         let result = match self.failure(i) {
             Some(e) => Err(e.clone()),
-            None => make(self, i),
+            None => make(i),
         };
         Outcome {
             seq: self.seqs[i],
@@ -269,15 +269,15 @@ impl Block {
     }
 
     /// Record `i`'s output as a [`Payload`] sharing the message.
-    pub(crate) fn payload(&self, i: usize) -> Result<Payload, RecordError> {
-        Ok(Payload {
+    pub(crate) fn payload(&self, i: usize) -> Payload {
+        Payload {
             buf: Arc::clone(&self.buf),
             range: if self.ends.is_empty() {
                 0..0
             } else {
                 self.range(i)
             },
-        })
+        }
     }
 
     /// Record `i`'s output decoded as `O`.
@@ -288,19 +288,20 @@ impl Block {
         decode_value::<O>(self.output(i)).map_err(|e| RecordError::BadOutput(e.to_string()))
     }
 
-    /// Every record, in order, made into an outcome by `make`.
-    pub(crate) fn into_outcomes<O>(
-        self,
-        make: impl Fn(&Self, usize) -> Result<O, RecordError>,
-    ) -> Vec<Outcome<O>> {
-        let mut ns = 0;
-        (0..self.len())
-            .map(|i| {
-                let o = self.outcome(i, ns, &make);
-                ns += self.nanos.get(i).copied().unwrap_or(0);
-                o
-            })
-            .collect()
+    /// Records `range` in order as outcomes, the first `offset_ns` after the
+    /// block's first record started, each output made into a result by `make`.
+    pub(crate) fn outcomes<'b, O>(
+        &'b self,
+        range: Range<usize>,
+        offset_ns: u64,
+        mut make: impl FnMut(usize) -> Result<O, RecordError> + 'b,
+    ) -> impl ExactSizeIterator<Item = Outcome<O>> + 'b {
+        let mut ns = offset_ns;
+        range.map(move |i| {
+            let o = self.outcome(i, ns, &mut make);
+            ns += self.nanos.get(i).copied().unwrap_or(0);
+            o
+        })
     }
 }
 
@@ -308,29 +309,43 @@ impl Block {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use procpool_protocol::{BatchResults, TaskFailure};
 
     /// Records 10, 11, 12 answered in one message whose outputs start at
     /// byte 3: "ab", (failed), "cde"; 100, 200 and 300 ns.
-    fn answer(failures: Vec<(usize, RecordError)>, lengths: &[u32]) -> Option<Block> {
+    fn answer(failures: Vec<(u32, TaskFailure)>, lengths: &[u32]) -> Option<Block> {
+        let head = BatchResults {
+            batch: 0,
+            thread: 1,
+            busy_nanos: 600,
+            started_us: 1_000,
+            nanos: vec![100, 200, 300],
+            lengths: lengths.to_vec(),
+            outputs: Vec::new(),
+            failures,
+        };
         let buf = Arc::new(b"xyzabcdeTAIL".to_vec());
         Block::answered(
             vec![10, 11, 12],
             Some(7),
-            1,
-            Answer {
+            Results {
+                head,
                 buf,
                 start: 3,
-                lengths,
-                failures,
-                started_us: 1_000,
-                nanos: vec![100, 200, 300],
             },
         )
     }
 
+    fn error(message: &str) -> TaskFailure {
+        TaskFailure {
+            kind: FailureKind::Error,
+            message: message.into(),
+        }
+    }
+
     #[test]
     fn an_answer_reads_as_its_records() {
-        let failed = vec![(1, RecordError::Task("no".into()))];
+        let failed = vec![(1, error("no"))];
         let block = answer(failed, &[2, 0, 3]).unwrap();
         assert_eq!(block.len(), 3);
         assert_eq!(block.output(0), b"ab");
@@ -341,7 +356,9 @@ mod tests {
         assert!(block.failure(0).is_none() && block.failure(1).is_some());
         assert_eq!(block.offset((0, 0), 2), 300);
         assert_eq!(block.offset((1, 100), 3), 600);
-        let all = block.into_outcomes(|b, i| Ok(b.output(i).to_vec()));
+        let all: Vec<_> = block
+            .outcomes(0..3, 0, |i| Ok(block.output(i).to_vec()))
+            .collect();
         let seqs: Vec<u64> = all.iter().map(|o| o.seq).collect();
         assert_eq!(seqs, [10, 11, 12]);
         assert_eq!(all[0].result.as_deref().unwrap(), b"ab");
@@ -357,7 +374,7 @@ mod tests {
     fn answers_that_do_not_fit_are_refused() {
         assert!(answer(vec![], &[2, 0]).is_none(), "a length missing");
         assert!(answer(vec![], &[2, 0, 30]).is_none(), "past the message");
-        let e = || RecordError::Task("x".into());
+        let e = || error("x");
         assert!(
             answer(vec![(3, e())], &[2, 0, 3]).is_none(),
             "no such record"
@@ -373,14 +390,14 @@ mod tests {
     fn records_that_ended_without_an_answer() {
         let block = Block::failed_all(vec![4, 5], 9, RecordError::Cancelled);
         assert_eq!(block.output(1), b"");
-        let all = block.into_outcomes(|_, _| Ok(()));
+        let all: Vec<_> = block.outcomes(0..2, 0, |_| Ok(())).collect();
         assert!(all
             .iter()
             .all(|o| matches!(o.result, Err(RecordError::Cancelled)) && o.pid == Some(9)));
         let started = Instant::now() - Duration::from_millis(50);
         let one = Block::failed_running(8, 0, RecordError::Cancelled, started);
         assert!(one.duration(0) >= Duration::from_millis(50));
-        let o = one.outcome(0, 0, |_, _| Ok(()));
+        let o = one.outcome(0, 0, |_| Ok(()));
         assert_eq!((o.seq, o.pid), (8, None));
         assert!(o.started_us.is_some());
     }

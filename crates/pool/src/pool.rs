@@ -797,7 +797,7 @@ impl<O> Pending<O> {
 /// What a job's channel says, for one record.
 fn single<O: serde::de::DeserializeOwned>(received: Result<Block, ()>) -> Result<O, RecordError> {
     match received {
-        Ok(block) if block.len() == 1 => block.outcome(0, 0, Block::decode).result,
+        Ok(block) if block.len() == 1 => block.outcome(0, 0, |i| block.decode(i)).result,
         Ok(_) => Err(RecordError::Cancelled),
         Err(()) => Err(RecordError::PoolBroken("the pool is shut down".into())),
     }
@@ -965,8 +965,8 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
             for seq in &block.seqs {
                 self.unanswered.remove(seq);
             }
-            self.arrived
-                .extend(block.into_outcomes(Block::decode::<T::Output>));
+            let all = block.outcomes(0..block.len(), 0, |i| block.decode::<T::Output>(i));
+            self.arrived.extend(all);
         }
     }
 
@@ -974,14 +974,9 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
         if self.arrived.is_empty() && self.ordered {
             // A whole run at once: one step of the reorder per message.
             let run = self.reorder.pop_run(usize::MAX)?;
-            let mut ns = run.offset_ns;
-            for i in run.range.clone() {
-                if i > run.range.start {
-                    ns = run.block.offset((i - 1, ns), i);
-                }
-                let o = run.block.outcome(i, ns, Block::decode::<T::Output>);
-                self.arrived.push_back(o);
-            }
+            let block = run.block;
+            let all = block.outcomes(run.range, run.offset_ns, |i| block.decode::<T::Output>(i));
+            self.arrived.extend(all);
         }
         self.arrived.pop_front()
     }

@@ -354,8 +354,9 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
         let run = self.next_run_of(1)?;
         let lines = run.lines;
         let i = run.range.start;
-        Some(run.block.outcome(i, run.offset_ns, |b, i| {
-            let mut payload = b.payload(i)?;
+        let block = run.block;
+        Some(block.outcome(i, run.offset_ns, |i| {
+            let mut payload = block.payload(i);
             if lines {
                 payload.strip_newline();
             }
@@ -414,20 +415,13 @@ impl<'a> RawRun<'a> {
     /// (without their newline).
     pub fn outcomes(&self) -> impl ExactSizeIterator<Item = Outcome<&'a [u8]>> + '_ {
         let block = self.block;
-        let start = self.range.start;
         let lines = self.lines;
-        let mut ns = self.offset_ns;
-        self.range.clone().map(move |i| {
-            if i > start {
-                ns = block.offset((i - 1, ns), i);
-            }
-            block.outcome(i, ns, |_, i| {
-                let out = block.output(i);
-                Ok(if lines {
-                    out.strip_suffix(b"\n").unwrap_or(out)
-                } else {
-                    out
-                })
+        block.outcomes(self.range.clone(), self.offset_ns, move |i| {
+            let out = block.output(i);
+            Ok(if lines {
+                out.strip_suffix(b"\n").unwrap_or(out)
+            } else {
+                out
             })
         })
     }

@@ -15,8 +15,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use procpool_protocol::{
-    decode, decode_prefix, decode_results_ref, BatchResults, TaskFailure, WorkerMessage,
-    PROTOCOL_VERSION,
+    decode, decode_prefix, decode_results_ref, BatchResults, WorkerMessage, PROTOCOL_VERSION,
 };
 
 use crate::error::{PoolError, WorkerExit};
@@ -57,36 +56,20 @@ pub(crate) enum Event {
 /// in the message they arrived in when decoded by [`decode_results`].
 #[derive(Debug)]
 pub(crate) struct Results {
-    pub batch: u64,
-    pub thread: u32,
-    pub busy_nanos: u64,
-    pub started_us: u64,
-    pub nanos: Vec<u64>,
-    pub lengths: Vec<u32>,
-    /// The message (or the outputs alone); they begin at `start`.
+    /// Everything but the outputs: its `outputs` is left empty.
+    pub head: BatchResults,
+    /// The message (or the outputs alone); the outputs begin at `start`.
     pub buf: Arc<Vec<u8>>,
     pub start: usize,
-    pub failures: Vec<(u32, TaskFailure)>,
-}
-
-impl Results {
-    pub fn len(&self) -> usize {
-        self.nanos.len()
-    }
 }
 
 impl From<BatchResults> for Results {
-    fn from(r: BatchResults) -> Self {
+    fn from(mut head: BatchResults) -> Self {
+        let outputs = std::mem::take(&mut head.outputs);
         Results {
-            batch: r.batch,
-            thread: r.thread,
-            busy_nanos: r.busy_nanos,
-            started_us: r.started_us,
-            nanos: r.nanos,
-            lengths: r.lengths,
-            buf: Arc::new(r.outputs),
+            head,
+            buf: Arc::new(outputs),
             start: 0,
-            failures: r.failures,
         }
     }
 }
@@ -96,30 +79,22 @@ impl From<BatchResults> for Results {
 /// `Ok(None)` when it is another message. An error says why the worker is
 /// to be dropped.
 pub(crate) fn decode_results(bytes: Vec<u8>) -> Result<Result<Results, Vec<u8>>, String> {
-    let view = match decode_results_ref(&bytes) {
-        Ok(Some(view)) => view,
+    let (head, start) = match decode_results_ref(&bytes) {
+        Ok(Some(view)) => {
+            // `outputs` borrows from `bytes`: its offset in the message.
+            let start = (view.outputs.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+            if start.checked_add(view.outputs.len()) > Some(bytes.len()) {
+                return Err("sent outputs outside their message".into());
+            }
+            (view.results, start)
+        }
         Ok(None) => return Ok(Err(bytes)),
         Err(e) => return Err(format!("sent a malformed message ({e})")),
     };
-    // `outputs` borrows from `bytes`: its offset in the message.
-    let start = (view.outputs.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
-    if start.checked_add(view.outputs.len()) > Some(bytes.len()) {
-        return Err("sent outputs outside their message".into());
-    }
-    let results = Results {
-        batch: view.batch,
-        thread: view.thread,
-        busy_nanos: view.busy_nanos,
-        started_us: view.started_us,
-        nanos: view.nanos,
-        lengths: view.lengths,
-        start,
-        failures: view.failures,
-        buf: Arc::new(Vec::new()),
-    };
     Ok(Ok(Results {
+        head,
         buf: Arc::new(bytes),
-        ..results
+        start,
     }))
 }
 
@@ -218,7 +193,7 @@ mod tests {
         );
     }
 
-    use procpool_protocol::{encode, FailureKind};
+    use procpool_protocol::{encode, FailureKind, TaskFailure};
 
     use super::*;
 
@@ -253,24 +228,9 @@ mod tests {
         let bytes = encode(&WorkerMessage::Results(owned.clone())).unwrap();
         let shared = decode_results(bytes).unwrap().unwrap();
         let expected = Results::from(owned);
-        assert_eq!(
-            (
-                shared.batch,
-                shared.thread,
-                shared.busy_nanos,
-                shared.started_us
-            ),
-            (
-                expected.batch,
-                expected.thread,
-                expected.busy_nanos,
-                expected.started_us
-            )
-        );
-        assert_eq!(shared.len(), 30);
-        assert_eq!(shared.nanos, expected.nanos);
-        assert_eq!(shared.lengths, expected.lengths);
-        assert_eq!(shared.failures, expected.failures);
+        assert_eq!(shared.head, expected.head);
+        assert_eq!(shared.head.len(), 30);
+        assert!(shared.head.outputs.is_empty());
         let total = expected.buf.len();
         assert_eq!(
             shared.buf[shared.start..shared.start + total],

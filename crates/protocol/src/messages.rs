@@ -194,7 +194,7 @@ pub struct TaskFailure {
 /// Outputs travel one after the other in one buffer, so that a batch of
 /// results is one allocation and one copy, not one per record, and so that a
 /// run of JSON lines can be written out as it arrived.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchResults {
     /// The batch these records belong to.
     pub batch: u64,

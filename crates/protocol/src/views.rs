@@ -112,22 +112,10 @@ impl<'a> Reader<'a> {
 /// within the records and without output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultsRef<'a> {
-    /// The batch these records belong to.
-    pub batch: u64,
-    /// The worker thread that ran them.
-    pub thread: u32,
-    /// Time the worker spent running these records, in nanoseconds.
-    pub busy_nanos: u64,
-    /// When the first record started, in microseconds since the Unix epoch.
-    pub started_us: u64,
-    /// Each record's duration in nanoseconds.
-    pub nanos: Vec<u64>,
-    /// Each record's output length.
-    pub lengths: Vec<u32>,
-    /// The outputs, one after the other.
+    /// Everything but the outputs: its `outputs` is left empty.
+    pub results: BatchResults,
+    /// The outputs, one after the other, borrowed from the message.
     pub outputs: &'a [u8],
-    /// The failed records, by index.
-    pub failures: Vec<(u32, TaskFailure)>,
 }
 
 /// The variant index of `WorkerMessage::Results`.
@@ -192,14 +180,17 @@ pub fn decode_results_ref(bytes: &[u8]) -> Result<Option<ResultsRef<'_>>, CodecE
         return Err(CodecError::Trailing { extra: r.left() });
     }
     Ok(Some(ResultsRef {
-        batch,
-        thread,
-        busy_nanos,
-        started_us,
-        nanos,
-        lengths,
+        results: BatchResults {
+            batch,
+            thread,
+            busy_nanos,
+            started_us,
+            nanos,
+            lengths,
+            outputs: Vec::new(),
+            failures,
+        },
         outputs,
-        failures,
     }))
 }
 
@@ -366,14 +357,11 @@ mod tests {
         assert_eq!(buf, encode(&expected).unwrap());
         assert_eq!(decode::<WorkerMessage>(&buf).unwrap(), expected);
         let view = decode_results_ref(&buf).unwrap().unwrap();
-        assert_eq!(
-            (view.batch, view.thread, view.busy_nanos, view.started_us),
-            (77, 2, 1234, owned.started_us)
-        );
-        assert_eq!(view.nanos, owned.nanos);
-        assert_eq!(view.lengths, owned.lengths);
         assert_eq!(view.outputs, owned.outputs.as_slice());
-        assert_eq!(view.failures, owned.failures);
+        let mut head = owned.clone();
+        head.outputs.clear();
+        assert_eq!(view.results, head);
+        assert_eq!((head.batch, head.thread, head.busy_nanos), (77, 2, 1234));
         assert_eq!(owned.len(), 300);
         let heartbeat = encode(&WorkerMessage::Heartbeat).unwrap();
         assert!(decode_results_ref(&heartbeat).unwrap().is_none());
@@ -399,24 +387,27 @@ mod tests {
             }
         }
         for case in cases {
-            let Ok(Some(v)) = decode_results_ref(&case) else {
+            let Ok(Some(ResultsRef {
+                results: v,
+                outputs,
+            })) = decode_results_ref(&case)
+            else {
                 continue;
             };
             // What decodes is consistent, and is what bincode decodes.
             assert_eq!(v.nanos.len(), v.lengths.len());
             assert_eq!(
                 v.lengths.iter().map(|&l| l as usize).sum::<usize>(),
-                v.outputs.len()
+                outputs.len()
             );
             assert!(v.failures.windows(2).all(|w| w[0].0 < w[1].0));
             assert!(v.failures.iter().all(|f| v.lengths[f.0 as usize] == 0));
-            let Ok(WorkerMessage::Results(o)) = decode::<WorkerMessage>(&case) else {
+            let Ok(WorkerMessage::Results(mut o)) = decode::<WorkerMessage>(&case) else {
                 panic!("{case:?} decodes in place but not as a message");
             };
-            assert_eq!(
-                (o.nanos, o.lengths, o.outputs.as_slice(), o.failures),
-                (v.nanos, v.lengths, v.outputs, v.failures)
-            );
+            assert_eq!(o.outputs, outputs);
+            o.outputs.clear();
+            assert_eq!(o, v);
         }
     }
 }

@@ -366,22 +366,8 @@ fn bounded(result: Result<(), TaskFailure>, output_len: usize) -> Result<(), Tas
 
 /// The results of (part of) a batch, as they go on the wire: outputs in
 /// one buffer, so that no record needs an allocation of its own.
+#[derive(Default)]
 struct Collected(BatchResults);
-
-impl Default for Collected {
-    fn default() -> Self {
-        Collected(BatchResults {
-            batch: 0,
-            thread: 0,
-            busy_nanos: 0,
-            started_us: 0,
-            nanos: Vec::new(),
-            lengths: Vec::new(),
-            outputs: Vec::new(),
-            failures: Vec::new(),
-        })
-    }
-}
 
 impl Collected {
     fn is_empty(&self) -> bool {

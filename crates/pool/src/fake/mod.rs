@@ -384,7 +384,7 @@ impl FakeWorker {
                     self.say(WorkerMessage::Ready);
                 }
                 Ok(Request::Batch(batch)) => {
-                    let mut outcomes = Answered::default();
+                    let mut outcomes = BatchResults::default();
                     for r in batch.records {
                         if self.plan.die_after.is_some_and(|k| done >= k) {
                             return Err(WorkerExit::Signal(libc::SIGABRT));
@@ -407,11 +407,12 @@ impl FakeWorker {
                         outcomes
                             .lengths
                             .push((outcomes.outputs.len() - before) as u32);
+                        outcomes.nanos.push(1_000);
                         if flush_each {
                             self.results(batch.id, &mut outcomes);
                         }
                     }
-                    if !outcomes.lengths.is_empty() {
+                    if !outcomes.is_empty() {
                         self.results(batch.id, &mut outcomes);
                     }
                 }
@@ -421,26 +422,14 @@ impl FakeWorker {
         }
     }
 
-    fn results(&self, batch: u64, outcomes: &mut Answered) {
-        let Answered { outputs, lengths } = std::mem::take(outcomes);
+    fn results(&self, batch: u64, outcomes: &mut BatchResults) {
+        let results = std::mem::take(outcomes);
         self.say(WorkerMessage::Results(BatchResults {
             batch,
-            thread: 0,
-            busy_nanos: 1_000 * lengths.len() as u64,
-            started_us: 0,
-            nanos: vec![1_000; lengths.len()],
-            lengths,
-            outputs,
-            failures: Vec::new(),
+            busy_nanos: 1_000 * results.len() as u64,
+            ..results
         }));
     }
-}
-
-/// Outputs not yet sent.
-#[derive(Default)]
-struct Answered {
-    outputs: Vec<u8>,
-    lengths: Vec<u32>,
 }
 
 /// A pool of fake workers following `script`.

@@ -11,7 +11,7 @@ use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
 use crate::batch::Batch;
 use crate::error::{HandshakeFailure, RecordError, WorkerEnd};
-use crate::outcome::{Answer, Block};
+use crate::outcome::Block;
 use crate::transport::Results;
 
 impl Supervisor {
@@ -99,50 +99,32 @@ impl Supervisor {
     pub(super) fn results(&mut self, slot: usize, results: Results) {
         let w = &mut self.workers[slot];
         let pid = w.pid;
-        let n = results.len();
+        let n = results.head.len();
         let Some(front) = w.in_flight.front_mut() else {
             self.protocol_error(
                 slot,
-                format!("sent results for batch {} it does not hold", results.batch),
+                format!(
+                    "sent results for batch {} it does not hold",
+                    results.head.batch
+                ),
             );
             return;
         };
-        if front.id != results.batch || front.done + n > front.batch.len() {
-            let batch = results.batch;
+        if front.id != results.head.batch || front.done + n > front.batch.len() {
+            let batch = results.head.batch;
             self.protocol_error(slot, format!("sent results for batch {batch} out of turn"));
             return;
         }
-        let failed = results.failures.len() as u64;
+        let failed = results.head.failures.len() as u64;
         let bad_input = results
+            .head
             .failures
             .iter()
             .filter(|(_, f)| f.kind == FailureKind::BadInput)
             .count() as u64;
+        let busy_nanos = results.head.busy_nanos;
         let seqs = front.batch.seqs[front.done..front.done + n].to_vec();
-        // The wire's failures become the records' errors.
-        let failures = results
-            .failures
-            .into_iter()
-            .map(|(i, f)| {
-                let error = match f.kind {
-                    FailureKind::Error => RecordError::Task(f.message),
-                    FailureKind::Panic => RecordError::Panicked(f.message),
-                    FailureKind::BadInput => RecordError::BadInput(f.message),
-                };
-                (i as usize, error)
-            })
-            .collect();
-        let answer = Answer {
-            buf: results.buf,
-            start: results.start,
-            lengths: &results.lengths,
-            failures,
-            started_us: results.started_us,
-            nanos: results.nanos,
-        };
-        let Some(block) =
-            Block::answered(seqs, Some(pid).filter(|&p| p != 0), results.thread, answer)
-        else {
+        let Some(block) = Block::answered(seqs, Some(pid).filter(|&p| p != 0), results) else {
             self.protocol_error(slot, "sent results that do not fit their message".into());
             return;
         };
@@ -164,9 +146,9 @@ impl Supervisor {
             s.records += n as u64;
             s.failed += failed;
             s.bad_input += bad_input;
-            s.busy += Duration::from_nanos(results.busy_nanos);
+            s.busy += Duration::from_nanos(busy_nanos);
         }
-        self.settings.sizer.observe(n, results.busy_nanos);
+        self.settings.sizer.observe(n, busy_nanos);
         self.deliver(job, block);
         self.maybe_recycle(slot);
     }
