@@ -243,3 +243,38 @@ fn cheap_bad_records_first_do_not_hold_back_the_output() {
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
     out.assert_no_workers_left(Duration::from_secs(2));
 }
+
+/// `coordinator ... | head -1`: once the reader has gone, writing fails
+/// with a broken pipe. Every command ends quietly with 0 then, and never
+/// panics (a panic exits 101, which a `set -o pipefail` script reports).
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let commands: [&[&str]; 3] = [
+        &["tasks"],
+        &["--workers", "2", "--work-ms", "0"],
+        &[
+            "scale",
+            "--workers",
+            "1",
+            "--executor",
+            "process",
+            "--task",
+            "primes",
+            "--records",
+            "2",
+            "--n",
+            "1000",
+            "--repeat",
+            "1",
+        ],
+    ];
+    for args in commands {
+        let out = coordinator(args).stdout_closed().run();
+        let stderr = &out.stderr;
+        assert_eq!(out.code(), Some(0), "{args:?}: stderr:\n{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?}: stderr:\n{stderr}"
+        );
+    }
+}

@@ -94,6 +94,7 @@ pub struct Cmd {
     stdin_pipe: bool,
     stdin_from: Option<PathBuf>,
     stdout_to: Option<PathBuf>,
+    stdout_closed: bool,
     env: Vec<(String, String)>,
     deadline: Duration,
 }
@@ -120,6 +121,7 @@ impl Cmd {
             stdin_pipe: false,
             stdin_from: None,
             stdout_to: None,
+            stdout_closed: false,
             env: Vec::new(),
             deadline: DEADLINE,
         }
@@ -171,6 +173,13 @@ impl Cmd {
         self
     }
 
+    /// Stdout is a pipe whose reading end is already closed, as when
+    /// `coordinator ... | head -1` has read its line and gone.
+    pub fn stdout_closed(mut self) -> Cmd {
+        self.stdout_closed = true;
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Cmd {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -202,6 +211,11 @@ impl Cmd {
                 (None, None) => Stdio::null(),
             })
             .stdout(match &self.stdout_to {
+                None if self.stdout_closed => {
+                    let (reader, writer) = std::io::pipe().expect("a pipe for stdout");
+                    drop(reader);
+                    writer.into()
+                }
                 None => Stdio::piped(),
                 Some(p) => std::fs::OpenOptions::new()
                     .append(true)

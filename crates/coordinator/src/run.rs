@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -846,7 +846,10 @@ pub fn list_tasks(worker: &WorkerArgs) -> anyhow::Result<ExitCode> {
         .worker_bin(&bin)
         .probe()
         .map_err(explain)?;
-    println!("Tasks offered by {}:", bin.display());
+    // Written, not printed: `coordinator tasks | head -1` closing the pipe
+    // early is an error that main() takes as success, not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Tasks offered by {}:", bin.display())?;
     for t in tasks {
         let fields = |f: &[String]| {
             if f.is_empty() {
@@ -860,10 +863,11 @@ pub fn list_tasks(worker: &WorkerArgs) -> anyhow::Result<ExitCode> {
         } else {
             &t.description
         };
-        println!("\n  {}  {description}", t.name);
-        println!("      input:  {}", fields(&t.input_fields));
-        println!("      output: {}", fields(&t.output_fields));
+        writeln!(out, "\n  {}  {description}", t.name)?;
+        writeln!(out, "      input:  {}", fields(&t.input_fields))?;
+        writeln!(out, "      output: {}", fields(&t.output_fields))?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

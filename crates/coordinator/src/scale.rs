@@ -1,6 +1,7 @@
 //! `coordinator scale`: the same workload at several worker counts and
 //! executors, as a table and a chart.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -50,7 +51,11 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<ExitCode> {
         }
         other => bail!("scale runs age, primes or locked, not `{other}`"),
     };
-    println!("{}", table(&points));
+    // Written, not printed: a closed stdout is an error for main(), not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", table(&points))?;
+    out.flush()?;
+    drop(out);
     if let Some(path) = &args.chart {
         chart(&points, path, &args.task)
             .with_context(|| format!("cannot write chart {}", path.display()))?;
