@@ -366,6 +366,8 @@ fn mpi_thread(
         )));
         return;
     };
+    let nodelay = procpool_worker::mpi::tcp_no_delay();
+    log::debug!("TCP_NODELAY set on {nodelay} sockets of the MPI library");
     let comm = match open(&universe, start.spawn) {
         Ok((comm, workers)) => {
             let _ = ready.send(Ok(workers));

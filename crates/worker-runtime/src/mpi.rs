@@ -56,6 +56,65 @@ pub fn launched_by_mpi() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
+/// Turn Nagle's algorithm off on every TCP socket of this process; returns
+/// how many. Call it right after `MPI_Init`: the sockets are then the MPI
+/// library's own, above all its connection to the launcher's PMIx server,
+/// which Open MPI 4.1 (PMIx 4.2) leaves with Nagle on. `MPI_Finalize` writes
+/// two small messages on it in a row, and the second waited for the
+/// server's delayed acknowledgement, 40 ms on Linux: measured here,
+/// `MPI_Finalize` took 50 ms in every rank, 5-10 ms with this. Only the
+/// timing of the sockets' writes changes, never what they carry.
+pub fn tcp_no_delay() -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut done = 0;
+    for fd in fds.flatten() {
+        let Some(fd) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let mut kind: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: sockaddr_storage is plain data, valid as all zeros.
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let one: libc::c_int = 1;
+        // SAFETY: getsockopt, getsockname and setsockopt are given buffers
+        // of the sizes passed with them; on a descriptor that is not a
+        // socket (or has been closed since the listing) they fail with an
+        // error and write nothing. TCP_NODELAY changes no data, only when
+        // it is sent.
+        let set = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut kind as *mut libc::c_int).cast(),
+                &mut len,
+            ) == 0
+                && kind == libc::SOCK_STREAM
+                && libc::getsockname(
+                    fd,
+                    (&mut addr as *mut libc::sockaddr_storage).cast(),
+                    &mut addr_len,
+                ) == 0
+                && matches!(
+                    libc::c_int::from(addr.ss_family),
+                    libc::AF_INET | libc::AF_INET6
+                )
+                && libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                ) == 0
+        };
+        done += usize::from(set);
+    }
+    done
+}
+
 /// The communicator, shared by the serving and the heartbeat threads.
 #[derive(Clone, Copy)]
 struct Comm(&'static SimpleCommunicator);
@@ -256,6 +315,8 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
     let Some((universe, provided)) = mpi::initialize_with_threading(Threading::Multiple) else {
         return Err(ServeError::Ipc("MPI is already initialised".into()));
     };
+    let nodelay = tcp_no_delay();
+    log::debug!("TCP_NODELAY set on {nodelay} sockets of the MPI library");
     let world = universe.world();
     // Spawned by a coordinator: it is the low group of the merge, rank 0.
     let comm = match world.parent() {
@@ -434,4 +495,21 @@ fn abort_job(comm: Comm, code: i32) -> ! {
         mpi::ffi::MPI_Abort(comm.0.as_raw(), code);
     }
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_no_delay;
+
+    #[test]
+    fn tcp_no_delay_turns_nagle_off_on_every_tcp_socket() -> std::io::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        assert!(!client.nodelay()? && !server.nodelay()?);
+        // The listener and both ends, at least (other tests may hold more).
+        assert!(tcp_no_delay() >= 3);
+        assert!(client.nodelay()? && server.nodelay()?);
+        Ok(())
+    }
 }
