@@ -241,9 +241,12 @@ impl Spawned {
 
 /// Start a worker process and a thread that waits for it to connect.
 ///
-/// Called on a spawner thread, which lives as long as the pool:
-/// `PR_SET_PDEATHSIG` in the worker fires when the *thread* that forked it
-/// exits. `own_umask`: the thread has its own umask (see [`private_umask`]).
+/// Called on a spawner thread, which lives as long as the pool: a runtime
+/// worker's `PR_SET_PDEATHSIG` fires when the *thread* that spawned it
+/// exits. std starts it with `posix_spawn` (no `pre_exec` step, which would
+/// make it `fork` the coordinator); the guard lists it at once, so that it
+/// dies with a coordinator killed by SIGKILL whatever binary it is.
+/// `own_umask`: the thread has its own umask (see [`private_umask`]).
 fn spawn(
     spec: &SpawnSpec,
     guard: &Arc<Guard>,
@@ -447,7 +450,7 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, generation: u64, events: Sender<
 /// Spawns worker processes of a binary and connects them over ipc-channel.
 ///
 /// Spawning happens on a few long-lived spawner threads: `PR_SET_PDEATHSIG`
-/// in a worker fires when the *thread* that forked it exits, so they live as
+/// in a worker fires when the *thread* that spawned it exits, so they live as
 /// long as the pool; and with several of them, starting many workers
 /// overlaps (each spawn waits for its child's `exec`).
 pub(crate) struct LocalLauncher {
