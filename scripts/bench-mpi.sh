@@ -12,6 +12,9 @@
 #   - the fixed cost of an MPI job: the same command on an empty input
 #     (mpirun, MPI_Init in every rank, the handshake, MPI_Finalize), and
 #     `mpirun ... true` (the launcher alone), beside the local backend's;
+#     and, when `mpicc` is there, Open MPI's floor: a C program of as many
+#     ranks that calls MPI_Init and MPI_Finalize only (with Nagle off on its
+#     sockets after MPI_Init, as procpool's ranks do), same launch;
 #   - the steady state: the time the big input takes beyond the small one
 #     (both whole jobs, so launch and teardown cancel out), MPI against local.
 # The MPI rows use the single-node launch the README documents (`--mca pml
@@ -45,6 +48,27 @@ python3 scripts/gen_data.py "$BIG" "$TMP/big.jsonl"
 : > "$TMP/empty.jsonl"
 python3 -c "
 for i in range(2400): print('{\"n\": 1000000}')" > "$TMP/primes.jsonl"
+FLOOR=""
+if command -v mpicc >/dev/null 2>&1; then
+    cat >"$TMP/floor.c" <<'C'
+#include <mpi.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    for (int fd = 0; fd < 1024; fd++) { /* as procpool's tcp_no_delay */
+        int type, one = 1;
+        socklen_t len = sizeof type;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM)
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    MPI_Finalize();
+    return 0;
+}
+C
+    mpicc -O2 -o "$TMP/floor" "$TMP/floor.c" && FLOOR="$TMP/floor"
+fi
 
 # The documented single-node launch: the ob1 messaging layer (Open MPI's
 # default probes for InfiniBand/OmniPath libraries first, about 0.2 s of
@@ -78,6 +102,7 @@ JOBS=(
     "l0|local, empty input (spawn and stop $W workers)|local_ --workers $W $AGE --input $TMP/empty.jsonl"
     "m0|MPI shared memory, empty input (mpirun, MPI_Init, handshake, MPI_Finalize)|mpmd $W ONE_NODE $AGE --input $TMP/empty.jsonl"
     "true|mpirun alone: \`mpirun -n $((W + 1)) true\`|mpirun ${ONE_NODE[*]} -n $((W + 1)) true"
+    ${FLOOR:+"floor|Open MPI's floor: $((W + 1)) ranks of a C program that only calls MPI_Init and MPI_Finalize|mpirun ${ONE_NODE[*]} -n $((W + 1)) $FLOOR"}
     "ls|local, $W workers|local_ --workers $W $AGE --input $TMP/small.jsonl"
     "ms|MPI shared memory, $W worker ranks|mpmd $W ONE_NODE $AGE --input $TMP/small.jsonl"
     "md|MPI shared memory, Open MPI's defaults (no \`--mca pml ob1\`)|mpmd $W DEFAULTS $AGE --input $TMP/small.jsonl"
@@ -128,7 +153,7 @@ m=$(awk -v a="$(med mb)" -v b="$(med ms)" 'BEGIN { print a - b }')
 printf '| steady state: the %s records beyond the first %s (%s-record job minus %s-record job), local | %.3f s | 1.00 |\n' \
     "$((BIG - SMALL))" "$SMALL" "$BIG" "$SMALL" "$l"
 printf '| the same, MPI shared memory | %.3f s | %s |\n' "$m" "$(ratio "$m" "$l")"
-for k in l0 m0 true; do row "$k" "fixed cost: $(label $k)" l0; done
+for k in l0 m0 true ${FLOOR:+floor}; do row "$k" "fixed cost: $(label $k)" l0; done
 if [ "$PRIMES" = 1 ]; then
     for w in 1 2; do
         for k in pl$w ps$w pt$w; do row "$k" "\`primes\` 2400 × n = 1,000,000, $(label $k)" pl$w; done
