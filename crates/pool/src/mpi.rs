@@ -19,15 +19,16 @@
 //! stands for the closed channel of the local backend, and waits; once every
 //! worker has, the coordinator answers each with a `TAG_BYE` of its own,
 //! and only then do they all enter `MPI_Finalize` (see
-//! [`MpiThread::release`]).
+//! `MpiThread::release`).
 //!
 //! Liveness: both sides send a heartbeat every `liveness / 4` (at most every
 //! 500 ms), from a thread of their own on the worker, so a rank busy in a
 //! long task still beats. A rank that sends nothing for the liveness timeout
 //! (stopped, hung, or cut off by the network) ends the job: the supervisor
 //! is told to stop at once (so the output is an ordered prefix that
-//! `--resume` completes), and the job is aborted with `MPI_Abort`. Workers
-//! end themselves the same way when the coordinator goes silent.
+//! `--resume` completes), and the job is aborted with `MPI_Abort` (only
+//! this coordinator, rank 0, ever aborts: see `abort`). Workers end
+//! themselves, exiting with an error, when the coordinator goes silent.
 //!
 //! What MPI cannot do: replace a worker (a rank that dies aborts the whole
 //! job; `--resume` continues it), kill one worker (so no record timeout),
@@ -444,7 +445,7 @@ fn abort(comm: mpi::ffi::MPI_Comm, code: i32) -> ! {
 }
 
 /// End this process at once, without `MPI_Finalize` (which would wait for
-/// ranks that will not finalise) or `MPI_Abort` (see [`abort`]): the
+/// ranks that will not finalise) or `MPI_Abort` (see `abort`): the
 /// launcher sees a rank exit with `code` before finalising and ends the job.
 fn exit_now(code: i32) -> ! {
     // SAFETY: _exit ends the process at once; it touches no memory of ours.

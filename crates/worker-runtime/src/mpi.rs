@@ -11,7 +11,7 @@
 //!
 //! After its goodbye (`MPI_TAG_BYE`, once `Stop` came and every result is
 //! out) a worker waits for the coordinator's before it enters `MPI_Finalize`
-//! ([`await_release`]): a job that is aborted instead then has no rank
+//! (`await_release`): a job that is aborted instead then has no rank
 //! waiting in finalisation's collective, which Open MPI 4.1.4's `mpirun`
 //! (with PMIx 4.2) does not always survive tearing down.
 //!
