@@ -556,6 +556,40 @@ fn the_relaunch_loop_survives_a_rank_killed_and_finishes_identical() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
 
+/// The relaunch loop's watchdog: a launcher still running after everything
+/// it started has exited (here a stand-in whose child is an unreaped
+/// zombie, as Open MPI 4.1's mpirun stuck in its teardown) is killed, and
+/// the attempt counts as failed instead of the loop waiting forever.
+#[test]
+fn the_relaunch_loop_kills_a_launcher_stuck_after_its_processes_exited() {
+    let started = Instant::now();
+    let got = Cmd::new([
+        script("mpi-relaunch.sh"),
+        "--attempts".into(),
+        "1".into(),
+        "--stuck".into(),
+        "1".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        "sleep 0 & exec sleep 60".into(),
+        "stand-in".into(),
+        "--resume".into(),
+    ])
+    .program("bash")
+    .deadline(Duration::from_secs(30))
+    .run();
+    assert_eq!(got.code(), Some(124), "{}", got.stderr);
+    assert!(
+        got.stderr
+            .contains("still running 1 s after every process it started exited"),
+        "{}",
+        got.stderr
+    );
+    assert!(got.stderr.contains("giving up"), "{}", got.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
 /// Two namespace hosts of this test run alone (`scripts/mpi-netns.sh`):
 /// unique names and subnet, removed even if the test fails.
 struct NetnsHosts {
