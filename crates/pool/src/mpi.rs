@@ -30,6 +30,11 @@
 //! this coordinator, rank 0, ever aborts: see `abort`). Workers end
 //! themselves, exiting with an error, when the coordinator goes silent.
 //!
+//! Right after `MPI_Init`, Nagle's algorithm is turned off on every TCP
+//! socket of the process (`procpool_worker::mpi::tcp_no_delay`: the MPI
+//! library's connection to its launcher, on which `MPI_Finalize` otherwise
+//! waits 40 ms for a delayed acknowledgement).
+//!
 //! What MPI cannot do: replace a worker (a rank that dies aborts the whole
 //! job; `--resume` continues it), kill one worker (so no record timeout),
 //! or recycle workers.
