@@ -14,7 +14,7 @@
 //! rounds it waits on its command channel, which also carries every message
 //! for a rank (a small thread per rank forwards its worker's sender), so a
 //! batch goes out the moment the supervisor hands it over; only the probes
-//! of the ranks are timed ([`Backoff`]), because MPI has no wait that does
+//! of the ranks are timed (`Backoff`), because MPI has no wait that does
 //! not spin. A worker answers `Stop` with an empty `TAG_BYE` message, which
 //! stands for the closed channel of the local backend, and waits; once every
 //! worker has, the coordinator answers each with a `TAG_BYE` of its own,
