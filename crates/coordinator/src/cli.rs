@@ -195,9 +195,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub chunksize: Option<usize>,
 
-    /// Batches in flight per worker.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub in_flight: usize,
+    /// Batches in flight per worker [default: 2; 8 with --backend mpi].
+    #[arg(long, value_name = "N")]
+    pub in_flight: Option<usize>,
 
     #[command(flatten)]
     pub worker: WorkerArgs,

@@ -222,8 +222,12 @@ impl<'a> Plan<'a> {
         bar: bool,
     ) -> anyhow::Result<RawPool> {
         let args = self.args;
+        let in_flight = args.in_flight.unwrap_or(match args.backend {
+            Backend::Local => 2,
+            Backend::Mpi => MPI_IN_FLIGHT,
+        });
         let mut builder = PoolBuilder::new()
-            .in_flight(args.in_flight)
+            .in_flight(in_flight)
             .retries(args.retries)
             .shutdown_grace(args.grace);
         builder = match self.executor {
@@ -783,6 +787,15 @@ fn report(
 
 /// Workers as MPI ranks: the other ranks of this MPI job, or, with
 /// `--workers N` and no other ranks, N ranks spawned with `MPI_Comm_spawn`.
+/// Batches in flight per worker rank by default: a message between the
+/// coordinator and a rank takes longer to go and come back than over the
+/// local backend's channels (a thread hop each way, and probes between
+/// sleeps), so a deeper queue keeps the ranks fed. Measured on 1M `age`
+/// records, 2 ranks on 2 cores (medians of 5, 11 and 7 alternating runs,
+/// load 3): 0.580 / 0.494 / 0.552 s with 2 in flight, 0.472 / 0.409 /
+/// 0.460 s with 8 (4 and 16: 0.492 and 0.496 s).
+const MPI_IN_FLIGHT: usize = 8;
+
 #[cfg(feature = "mpi")]
 fn use_mpi(builder: PoolBuilder, args: &RunArgs) -> anyhow::Result<PoolBuilder> {
     match args.workers {
