@@ -397,11 +397,7 @@ impl<'a> RawRun<'a> {
 
     /// The longest time one of the records took.
     pub fn longest(&self) -> Duration {
-        self.range
-            .clone()
-            .map(|i| self.block.duration(i))
-            .max()
-            .unwrap_or_default()
+        self.block.longest(self.range.clone())
     }
 
     /// The outputs of a successful run of JSON outputs, one after the other,
