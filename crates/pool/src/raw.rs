@@ -280,7 +280,7 @@ impl<S: RawSource> RawMap<'_, S> {
             if !batch.is_empty() {
                 self.record_bytes = batch.bytes().div_ceil(batch.len()).max(16);
             }
-            if !batch.is_empty() && !self.core.send(Command::Batch(batch)) {
+            if !batch.is_empty() && !self.core.send_batch(batch) {
                 self.source = None; // the supervisor is gone
             }
             if paused || self.source.is_none() {
