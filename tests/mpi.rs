@@ -364,13 +364,32 @@ fn a_stopped_rank_ends_the_job_and_resume_completes_it() {
     let pids = ready_pids(&run.stderr_now());
     let victim = *pids.iter().next().unwrap();
     send_signal(victim, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    // A hang (mpirun not ending) fails at the run's deadline with a report
+    // of the processes left (see `util`).
     let stopped = run.wait();
-    assert_ne!(stopped.code(), Some(0), "{}", stopped.stderr);
+    let ended_in = stopped_at.elapsed();
+    assert_eq!(stopped.code(), Some(75), "{}", stopped.stderr);
     assert!(
         stopped.stderr.contains(&format!("(pid {victim} on"))
-            && stopped.stderr.contains("sent nothing for 2.0 s"),
+            && stopped.stderr.contains("sent nothing for 2.0 s")
+            && stopped.stderr.contains("aborting the MPI job"),
         "{}",
         stopped.stderr
+    );
+    // The stopped rank, woken by the launcher's SIGCONT, knows the silence
+    // was its own (it does not blame the coordinator, nor abort a second time).
+    assert!(
+        !stopped
+            .stderr
+            .contains("the coordinator (rank 0) sent nothing"),
+        "{}",
+        stopped.stderr
+    );
+    // Liveness (2 s) and the launcher's teardown: seconds, not a deadline.
+    assert!(
+        ended_in < Duration::from_secs(30),
+        "the job took {ended_in:?} to end after the SIGSTOP"
     );
     // Nothing left running (the launcher kills the stopped rank too).
     for pid in pids {
@@ -396,6 +415,32 @@ fn a_stopped_rank_ends_the_job_and_resume_completes_it() {
         resumed.stderr
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+}
+
+/// Should a launcher hang again (every rank gone, `mpirun` stuck in its
+/// teardown), the harness says so plainly: here a stand-in launcher whose
+/// child has exited and is never reaped.
+#[test]
+fn a_stuck_launcher_is_reported_with_its_unreaped_children() {
+    let hung = std::panic::catch_unwind(|| {
+        Cmd::new(["-c", "sleep 0 & exec sleep 30"])
+            .program("sh")
+            .deadline(Duration::from_secs(2))
+            .run()
+    });
+    let message = match hung {
+        Ok(out) => panic!("the stand-in launcher ended: {out:?}"),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    assert!(message.starts_with("hung:"), "{message}");
+    assert!(message.contains(" Z sleep "), "{message}");
+    assert!(
+        message.contains("has exited but was not reaped: sleep itself is stuck"),
+        "{message}"
+    );
 }
 
 #[test]

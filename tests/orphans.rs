@@ -62,7 +62,7 @@ fn sigkill_of_the_coordinator_takes_what_workers_started_down() {
 fn sigkill_of_the_coordinator_takes_a_foreign_worker_binary_down() {
     use std::os::unix::fs::PermissionsExt;
     // A worker binary not built on the worker runtime: it never answers, and
-    // only the spawner's PR_SET_PDEATHSIG ties it to its coordinator.
+    // only the coordinator's guard process ties it to its coordinator.
     let secs = 772_000 + u64::from(std::process::id() % 100_000);
     let dir = tempdir();
     let bin = dir.path().join("worker");
@@ -74,7 +74,12 @@ fn sigkill_of_the_coordinator_takes_a_foreign_worker_binary_down() {
         .arg(&bin)
         .deadline(Duration::from_secs(30))
         .spawn();
-    run.wait_for("the foreign worker started", |_| !sleeps(secs).is_empty());
+    // Started, and its start complete on the coordinator's side (the guard
+    // lists a worker once its spawn has returned, microseconds after the
+    // process exists).
+    run.wait_for("the foreign worker started", |r| {
+        !sleeps(secs).is_empty() && r.stderr_now().contains("spawned worker pid=")
+    });
     send_signal(run.pid, libc::SIGKILL);
     let gone = wait_until(Duration::from_secs(2), || sleeps(secs).is_empty());
     let left = sleeps(secs);

@@ -350,9 +350,9 @@ impl Running {
                 );
             }
             if self.started.elapsed() > self.deadline {
-                self.kill_all();
+                let processes = self.kill_all();
                 panic!(
-                    "hung: still waiting for {what} after {:?}:\n{}",
+                    "hung: still waiting for {what} after {:?}; processes:\n{processes}stderr:\n{}",
                     self.deadline,
                     tail(&self.stderr_now(), 60)
                 );
@@ -366,9 +366,9 @@ impl Running {
     pub fn wait(mut self) -> Output {
         while !self.exited() {
             if self.started.elapsed() > self.deadline {
-                self.kill_all();
+                let processes = self.kill_all();
                 panic!(
-                    "hung: coordinator {:?} still running after {:?}; stderr:\n{}",
+                    "hung: coordinator {:?} still running after {:?}; processes:\n{processes}stderr:\n{}",
                     self.args,
                     self.deadline,
                     tail(&self.stderr_now(), 60)
@@ -396,14 +396,83 @@ impl Running {
         }
     }
 
-    /// Kill the coordinator and every child it has (used on a hang).
-    fn kill_all(&mut self) {
-        for pid in children(self.pid) {
-            send_signal(pid, libc::SIGKILL);
+    /// Kill the coordinator and every process below it (used on a hang);
+    /// returns what they were doing, for the report.
+    fn kill_all(&mut self) -> String {
+        let tree = process_tree(self.pid);
+        let report = describe_tree(&tree);
+        for (pid, _, _) in tree.iter().skip(1) {
+            send_signal(*pid, libc::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        report
     }
+}
+
+/// `root` and every process below it (zombies too), each after its parent:
+/// (pid, depth, state letter).
+fn process_tree(root: u32) -> Vec<(u32, usize, String)> {
+    let mut all: Vec<(u32, u32, String)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Some(f) = stat_fields(pid) {
+                if let Some(ppid) = f.get(1).and_then(|p| p.parse().ok()) {
+                    all.push((pid, ppid, f[0].clone()));
+                }
+            }
+        }
+    }
+    let mut tree = vec![(
+        root,
+        0,
+        stat_fields(root).map_or_else(|| "?".into(), |f| f[0].clone()),
+    )];
+    let mut i = 0;
+    while i < tree.len() {
+        let (parent, depth) = (tree[i].0, tree[i].1);
+        let below: Vec<_> = all
+            .iter()
+            .filter(|(_, ppid, _)| *ppid == parent)
+            .map(|(pid, _, state)| (*pid, depth + 1, state.clone()))
+            .collect();
+        tree.splice(i + 1..i + 1, below);
+        i += 1;
+    }
+    tree
+}
+
+/// One line per process of a [`process_tree`]: pid, state, name, and the
+/// kernel function it waits in; and a plain statement when every process
+/// below the first has exited but is not reaped (a launcher such as
+/// `mpirun` stuck in its own teardown).
+fn describe_tree(tree: &[(u32, usize, String)]) -> String {
+    let read = |pid: u32, what: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{what}"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    for (pid, depth, state) in tree {
+        out.push_str(&format!(
+            "{:indent$}{pid} {state} {} (waiting in {})\n",
+            "",
+            read(*pid, "comm"),
+            read(*pid, "wchan"),
+            indent = 2 * depth
+        ));
+    }
+    if tree.len() > 1 && tree[1..].iter().all(|(_, _, state)| state == "Z") {
+        out.push_str(&format!(
+            "every process below {} has exited but was not reaped: {} itself is stuck\n",
+            tree[0].0,
+            read(tree[0].0, "comm")
+        ));
+    }
+    out
 }
 
 impl Drop for Running {

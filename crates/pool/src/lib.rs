@@ -93,6 +93,7 @@ mod error;
 struct ReadmeExamples;
 #[cfg(test)]
 mod fake;
+mod guard;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod outcome;
@@ -104,6 +105,7 @@ mod reorder;
 mod stats;
 mod supervisor;
 mod transport;
+mod worker_output;
 
 pub use error::{HandshakeFailure, PoolError, RecordError, WorkerEnd, WorkerExit};
 pub use outcome::Outcome;

@@ -16,7 +16,10 @@
 //! batch goes out the moment the supervisor hands it over; only the probes
 //! of the ranks are timed ([`Backoff`]), because MPI has no wait that does
 //! not spin. A worker answers `Stop` with an empty `TAG_BYE` message, which
-//! stands for the closed channel of the local backend.
+//! stands for the closed channel of the local backend, and waits; once every
+//! worker has, the coordinator answers each with a `TAG_BYE` of its own,
+//! and only then do they all enter `MPI_Finalize` (see
+//! [`MpiThread::release`]).
 //!
 //! Liveness: both sides send a heartbeat every `liveness / 4` (at most every
 //! 500 ms), from a thread of their own on the worker, so a rank busy in a
@@ -63,6 +66,11 @@ pub const ENV_LIVENESS: &str = "PROCPOOL_MPI_LIVENESS";
 /// before it, in order, and the same command with `--resume` continues it.
 /// (`EX_TEMPFAIL`: a relaunch loop can tell it from bad input or options.)
 pub const EXIT_RELAUNCH: i32 = 75;
+
+/// A turn of the MPI thread (a wait of at most a millisecond) that took
+/// longer than this (or half the liveness timeout) means the process was
+/// not running.
+const SUSPENDED: Duration = Duration::from_millis(500);
 
 /// How to launch correctly, for the error messages of wrong launches.
 const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its workers beside it (`mpirun -n 1 coordinator --backend mpi ... : -n 4 worker`), or let a lone coordinator spawn them (`coordinator --backend mpi --workers 4`, alone or under `mpirun -n 1`)";
@@ -364,12 +372,17 @@ fn mpi_thread(
             comm
         }
         Err(e) => {
-            let several = universe.world().size() > 1;
+            let world = universe.world();
             let _ = ready.send(Err(e));
-            if several {
-                // The other ranks wait for a coordinator: end them too.
+            if world.size() > 1 {
+                // The other ranks wait for a coordinator (and MPI_Finalize
+                // for them): end the job. Rank 0 aborts it; any other rank
+                // exits, and the launcher ends the job (only rank 0 aborts).
                 thread::sleep(Duration::from_millis(200)); // let the error be logged
-                abort(universe.world().as_raw(), 2);
+                if world.rank() == 0 {
+                    abort(world.as_raw(), 2);
+                }
+                exit_now(2);
             }
             return;
         }
@@ -389,13 +402,20 @@ fn mpi_thread(
         sends: Vec::new(),
         liveness: start.liveness,
         failed_at: None,
+        launcher_ending: false,
         all_abandoned: false,
     };
     let clean = thread.run(&cmds);
     let raw = thread.comm.as_raw();
     if clean {
+        thread.release();
         drop(thread); // waits for unfinished sends
         drop(universe); // MPI_Finalize, on the thread that initialised MPI
+    } else if thread.launcher_ending && launched_by_mpi() {
+        // The launcher is ending the job already (its SIGTERM): it needs
+        // no abort request mid-teardown (see `abort`). Exit; it ends the rest.
+        log::error!("ending: the MPI launcher is ending the job");
+        exit_now(EXIT_RELAUNCH);
     } else {
         // A rank that did not say goodbye (dead, silent, stuck in a task past
         // the grace period) would make MPI_Finalize wait forever: end the job.
@@ -404,7 +424,14 @@ fn mpi_thread(
     }
 }
 
-/// `MPI_Abort` on `comm`: the launcher ends every rank of the job.
+/// `MPI_Abort` on `comm` (this coordinator is its rank 0): the launcher ends
+/// every rank of the job.
+///
+/// Rank 0 is the only rank that ever aborts, once, and not after the
+/// launcher began ending the job (a second abort request only adds to
+/// `mpirun`'s teardown, which Open MPI 4.1.4 with PMIx 4.2 gets wrong
+/// enough already: see [`MpiThread::release`]). Other ranks exit with a
+/// non-zero code instead, which ends the job as well.
 fn abort(comm: mpi::ffi::MPI_Comm, code: i32) -> ! {
     // SAFETY: MPI is initialised on this thread and `comm` is a live
     // communicator of it; MPI_Abort does not return (exit is the backstop).
@@ -412,6 +439,14 @@ fn abort(comm: mpi::ffi::MPI_Comm, code: i32) -> ! {
         mpi::ffi::MPI_Abort(comm, code);
     }
     std::process::exit(code)
+}
+
+/// End this process at once, without `MPI_Finalize` (which would wait for
+/// ranks that will not finalise) or `MPI_Abort` (see [`abort`]): the
+/// launcher sees a rank exit with `code` before finalising and ends the job.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once; it touches no memory of ours.
+    unsafe { libc::_exit(code) }
 }
 
 struct MpiThread {
@@ -425,6 +460,8 @@ struct MpiThread {
     liveness: Duration,
     /// When the job was declared failed (then it is aborted, not finalised).
     failed_at: Option<Instant>,
+    /// The launcher is ending the job (so it needs no abort from here).
+    launcher_ending: bool,
     /// Every worker has been reported closed after the failure.
     all_abandoned: bool,
 }
@@ -441,7 +478,23 @@ impl MpiThread {
         let mut next_beat = Instant::now();
         let mut idle = Backoff::new();
         let mut waited = None;
+        let mut last_turn = Instant::now();
         loop {
+            let now = Instant::now();
+            if now.duration_since(last_turn) > SUSPENDED.min(self.liveness / 2) {
+                // A turn takes a millisecond at most: this process was not
+                // running (stopped, as Open MPI's kill sequence ends with
+                // SIGCONT, or starved), so the silence was its own, not the
+                // ranks'. Give them a fresh period.
+                log::warn!(
+                    "the coordinator did not run for {:.1} s (stopped or starved)",
+                    now.duration_since(last_turn).as_secs_f64()
+                );
+                for state in &mut self.ranks {
+                    state.last_heard = now;
+                }
+            }
+            last_turn = now;
             // What the supervisor asked for: the command that ended the
             // wait below, then any others.
             let mut busy = false;
@@ -480,18 +533,19 @@ impl MpiThread {
             let now = Instant::now();
             if now >= next_beat {
                 next_beat = now + beat_every;
+                // To ranks that said goodbye too: they wait for the
+                // release (`release`), watching this coordinator's beats.
                 for rank in 1..self.comm.size() {
-                    if !self.ranks[rank as usize].bye {
-                        self.sends.push(OwnedSend::start(
-                            &self.comm.process_at_rank(rank),
-                            beat.clone(),
-                            TAG_HEARTBEAT,
-                        ));
-                    }
+                    self.sends.push(OwnedSend::start(
+                        &self.comm.process_at_rank(rank),
+                        beat.clone(),
+                        TAG_HEARTBEAT,
+                    ));
                 }
                 self.check_liveness(now);
             }
             if JOB_ENDING.swap(false, Ordering::SeqCst) {
+                self.launcher_ending = true;
                 self.fail("the MPI launcher is ending the job".into());
             }
             if let Some(at) = self.failed_at {
@@ -509,6 +563,9 @@ impl MpiThread {
                 // the pool, end the job anyway.
                 if at.elapsed() > Duration::from_secs(10) {
                     log::error!("the pool did not stop within 10 s of the failure");
+                    if self.launcher_ending && launched_by_mpi() {
+                        exit_now(EXIT_RELAUNCH);
+                    }
                     abort(self.comm.as_raw(), EXIT_RELAUNCH);
                 }
             }
@@ -519,6 +576,24 @@ impl MpiThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.finished(),
             }
+        }
+    }
+
+    /// Every rank said goodbye and this coordinator is about to finalise:
+    /// let them finalise too. A worker enters `MPI_Finalize` only then, so
+    /// that a job that is aborted instead (or torn down by its launcher)
+    /// has no rank waiting in finalisation's collective: Open MPI 4.1.4's
+    /// `mpirun` (with PMIx 4.2) tearing down a job while one is pending can
+    /// deadlock in `PMIx_server_finalize` or crash (measured here with a
+    /// stopped rank under load: `mpirun` hung in 6 and crashed in 6 of 47
+    /// runs, with one abort or none; none of either in 60 runs since).
+    fn release(&mut self) {
+        for rank in 1..self.comm.size() {
+            self.sends.push(OwnedSend::start(
+                &self.comm.process_at_rank(rank),
+                Vec::new(),
+                TAG_BYE,
+            ));
         }
     }
 

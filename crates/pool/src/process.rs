@@ -22,6 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
@@ -32,7 +33,9 @@ use ipc_channel::IpcError;
 use procpool_protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN};
 
 use crate::error::{PoolError, WorkerExit};
+use crate::guard::Guard;
 use crate::transport::{decode_from_worker, decode_results, Event, Launcher, Link};
+use crate::worker_output::OutputHub;
 
 type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
 
@@ -197,9 +200,12 @@ fn has_exited(pid: u32) -> bool {
 struct Spawned {
     child: Child,
     pid: u32,
+    /// Lists the worker while it is ours to wait for.
+    guard: Arc<Guard>,
     server_name: String,
-    /// The thread passing the worker's output lines on, if any.
-    output: Option<thread::JoinHandle<()>>,
+    /// Set once the worker's output lines have all gone out, if they go
+    /// to a handler.
+    output: Option<Arc<AtomicBool>>,
 }
 
 impl Spawned {
@@ -208,7 +214,18 @@ impl Spawned {
     fn discard(mut self) {
         kill_group(self.pid);
         self.unblock_accept();
-        let _ = self.child.wait();
+        self.wait();
+    }
+
+    /// Reap it (it has exited, or is killed): its pid is then free for
+    /// reuse, so the guard forgets it.
+    fn wait(&mut self) -> WorkerExit {
+        let exit = self
+            .child
+            .wait()
+            .map_or(WorkerExit::Unknown, WorkerExit::from);
+        self.guard.forget(self.pid);
+        exit
     }
 
     /// Unblock the accept thread when the worker will never connect: connect
@@ -224,11 +241,16 @@ impl Spawned {
 
 /// Start a worker process and a thread that waits for it to connect.
 ///
-/// Called on a spawner thread, which lives as long as the pool:
-/// `PR_SET_PDEATHSIG` in the worker fires when the *thread* that forked it
-/// exits. `own_umask`: the thread has its own umask (see [`private_umask`]).
+/// Called on a spawner thread, which lives as long as the pool: a runtime
+/// worker's `PR_SET_PDEATHSIG` fires when the *thread* that spawned it
+/// exits. std starts it with `posix_spawn` (no `pre_exec` step, which would
+/// make it `fork` the coordinator); the guard lists it at once, so that it
+/// dies with a coordinator killed by SIGKILL whatever binary it is.
+/// `own_umask`: the thread has its own umask (see [`private_umask`]).
 fn spawn(
     spec: &SpawnSpec,
+    guard: &Arc<Guard>,
+    hub: Option<&OutputHub>,
     own_umask: bool,
     slot: usize,
     generation: u64,
@@ -262,27 +284,6 @@ fn spawn(
     };
     let mut command = Command::new(bin);
     command.stderr(stderr);
-    let coordinator = std::process::id();
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
-    // getppid) are made, and nothing is allocated.
-    //
-    // This costs a `fork` per worker where std would otherwise use
-    // `posix_spawn` (about 0.4 ms more per worker here): the price of taking
-    // down any worker binary, one not built on the runtime included, with a
-    // coordinator killed by SIGKILL.
-    unsafe {
-        command.pre_exec(move || {
-            // Any worker binary dies with this thread of ours (the runtime
-            // then widens that to the worker's process group).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != coordinator {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
     let child = command
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)
@@ -310,22 +311,11 @@ fn spawn(
             }
         })?;
     let pid = child.id();
-    let mut output_thread = None;
-    if let (Some(reader), Some(handler)) = (pipe, output) {
-        let handler = handler.clone();
-        output_thread = thread::Builder::new()
-            .name(format!("procpool-output-{pid}"))
-            .spawn(move || {
-                use std::io::BufRead;
-                for line in io::BufReader::new(reader).lines() {
-                    match line {
-                        Ok(line) => handler(pid, &line),
-                        Err(_) => break,
-                    }
-                }
-            })
-            .ok();
-    }
+    guard.watch(pid);
+    let output = match (pipe, hub) {
+        (Some(reader), Some(hub)) => Some(hub.add(pid, reader)),
+        _ => None,
+    };
     let events = events.clone();
     let spawned = thread::Builder::new()
         .name(format!("procpool-accept-{pid}"))
@@ -369,13 +359,15 @@ fn spawn(
         let mut child = child;
         kill_group(pid);
         let _ = child.wait();
+        guard.forget(pid);
         return Err(PoolError::Ipc(e));
     }
     Ok(Spawned {
         child,
         pid,
+        guard: guard.clone(),
         server_name,
-        output: output_thread,
+        output,
     })
 }
 
@@ -458,7 +450,7 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, generation: u64, events: Sender<
 /// Spawns worker processes of a binary and connects them over ipc-channel.
 ///
 /// Spawning happens on a few long-lived spawner threads: `PR_SET_PDEATHSIG`
-/// in a worker fires when the *thread* that forked it exits, so they live as
+/// in a worker fires when the *thread* that spawned it exits, so they live as
 /// long as the pool; and with several of them, starting many workers
 /// overlaps (each spawn waits for its child's `exec`).
 pub(crate) struct LocalLauncher {
@@ -498,34 +490,55 @@ impl LocalLauncher {
             output,
             heartbeat,
         });
+        let guard = Guard::shared().map_err(PoolError::Ipc)?;
+        let hub = match &spec.output {
+            Some(handler) => Some(Arc::new(
+                OutputHub::start(handler.clone()).map_err(PoolError::Ipc)?,
+            )),
+            None => None,
+        };
         let mut spawners = Vec::new();
         let mut threads = Vec::new();
         // Leftovers of coordinators killed before their workers connected:
         // removed beside the start-up, not before it (listing a busy $TMPDIR
-        // took milliseconds of every `build()`).
-        let cleaner = thread::Builder::new()
-            .name("procpool-clean".into())
-            .spawn(|| {
-                let removed =
-                    clean_stale_rendezvous(&std::env::temp_dir(), Duration::from_secs(10));
-                if removed > 0 {
-                    log::info!("removed {removed} stale rendezvous directories of this user");
-                }
-            });
-        match cleaner {
-            // Joined with the spawners when the pool goes.
-            Ok(handle) => threads.push(handle),
-            Err(e) => log::debug!("no thread to remove stale rendezvous directories: {e}"),
+        // took milliseconds of every `build()`), and once per process: a
+        // program that builds many pools lists it once.
+        static CLEANED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !CLEANED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let cleaner = thread::Builder::new()
+                .name("procpool-clean".into())
+                .spawn(|| {
+                    let removed =
+                        clean_stale_rendezvous(&std::env::temp_dir(), Duration::from_secs(10));
+                    if removed > 0 {
+                        log::info!("removed {removed} stale rendezvous directories of this user");
+                    }
+                });
+            match cleaner {
+                // Joined with the spawners when the pool goes.
+                Ok(handle) => threads.push(handle),
+                Err(e) => log::debug!("no thread to remove stale rendezvous directories: {e}"),
+            }
         }
         for i in 0..workers.clamp(1, Self::SPAWNERS) {
             let (tx, rx) = mpsc::channel::<SpawnJob>();
             let spec = spec.clone();
+            let guard = guard.clone();
+            let hub = hub.clone();
             let handle = thread::Builder::new()
                 .name(format!("procpool-spawn-{i}"))
                 .spawn(move || {
                     let own_umask = private_umask();
                     for job in rx {
-                        let result = spawn(&spec, own_umask, job.slot, job.generation, &job.events);
+                        let result = spawn(
+                            &spec,
+                            &guard,
+                            hub.as_deref(),
+                            own_umask,
+                            job.slot,
+                            job.generation,
+                            &job.events,
+                        );
                         if let Err(mpsc::SendError(Ok(spawned))) = job.reply.send(result) {
                             // Its launch timed out: the supervisor moved on.
                             spawned.discard();
@@ -649,12 +662,7 @@ impl Link for LocalLink {
         if self.reaped.is_none() && has_exited(self.spawned.pid) {
             // What it started goes with it, while its group id is still ours.
             kill_group(self.spawned.pid);
-            self.reaped = Some(
-                self.spawned
-                    .child
-                    .wait()
-                    .map_or(WorkerExit::Unknown, WorkerExit::from),
-            );
+            self.reaped = Some(self.spawned.wait());
         }
         self.reaped
     }
@@ -663,18 +671,15 @@ impl Link for LocalLink {
         if let Some(exit) = self.reaped {
             return exit;
         }
-        let exit = reap(&mut self.spawned.child, patience);
+        let exit = reap(&mut self.spawned, patience);
         self.reaped = Some(exit);
         // Its last lines (e.g. "stopping after N records") are still in the
         // pipe: let them through before the pool reports the worker gone.
         // Bounded: a child of the worker may hold the pipe open.
         if let Some(output) = self.spawned.output.take() {
             let deadline = Instant::now() + OUTPUT_DRAIN;
-            while !output.is_finished() && Instant::now() < deadline {
+            while !output.load(Ordering::Acquire) && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(1));
-            }
-            if output.is_finished() {
-                let _ = output.join();
             }
         }
         exit
@@ -692,14 +697,14 @@ impl Link for LocalLink {
 /// Reap a worker whose channel closed (it is exiting, or we killed it): wait
 /// briefly, then kill its group. Never blocks longer than `patience` plus a
 /// kill. What is left of its group is killed before the worker is reaped.
-fn reap(child: &mut Child, patience: Duration) -> WorkerExit {
-    let pid = child.id();
+fn reap(spawned: &mut Spawned, patience: Duration) -> WorkerExit {
+    let pid = spawned.pid;
     let deadline = Instant::now() + patience;
     while !has_exited(pid) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(1));
     }
     kill_group(pid);
-    child.wait().map_or(WorkerExit::Unknown, WorkerExit::from)
+    spawned.wait()
 }
 
 #[cfg(test)]

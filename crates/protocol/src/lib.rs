@@ -39,7 +39,9 @@ pub use views::{
 
 /// MPI backend: the tag of protocol messages, both ways.
 pub const MPI_TAG_DATA: i32 = 1;
-/// MPI backend: the tag of a worker's empty goodbye after `Stop` (its channel closes).
+/// MPI backend: the tag of a worker's empty goodbye after `Stop` (its channel
+/// closes), and of the coordinator's empty answer once every worker has said
+/// it (all may then finalise MPI).
 pub const MPI_TAG_BYE: i32 = 2;
 /// MPI backend: the tag of heartbeats, both ways. The coordinator's carry its
 /// liveness timeout in milliseconds (`u64`, little endian); a worker's are empty.

@@ -8,6 +8,19 @@
 //! for the liveness timeout it announced (stopped, or cut off by the
 //! network) ends this rank, so nothing is left running. MPI is initialised
 //! with `MPI_THREAD_MULTIPLE` for it.
+//!
+//! After its goodbye (`MPI_TAG_BYE`, once `Stop` came and every result is
+//! out) a worker waits for the coordinator's before it enters `MPI_Finalize`
+//! ([`await_release`]): a job that is aborted instead then has no rank
+//! waiting in finalisation's collective, which Open MPI 4.1.4's `mpirun`
+//! (with PMIx 4.2) does not always survive tearing down.
+//!
+//! Only rank 0 ever calls `MPI_Abort`. A worker that must end (its
+//! coordinator silent, its serve loop failed) exits with a non-zero code
+//! instead, which makes the launcher end the job (`mpirun`, and `srun
+//! --kill-on-bad-exit`) and needs no network, which may be cut. A rank that
+//! was itself stopped (SIGSTOP; Open MPI's kill sequence wakes it with
+//! SIGCONT) does not mistake its own silence for the coordinator's.
 
 use std::sync::mpsc;
 use std::thread;
@@ -25,6 +38,14 @@ use crate::{serve_over, Registry, ServeError, WorkerTransport};
 
 /// How long to wait for the coordinator's first heartbeat.
 const FIRST_CONTACT: Duration = Duration::from_secs(10);
+
+/// How long a rank without a heartbeat thread waits, after its goodbye, for
+/// the coordinator's.
+const RELEASE_WITHOUT_HEARTBEATS: Duration = Duration::from_secs(60);
+
+/// A turn of the heartbeat thread (a 20 ms wait) that took longer than this
+/// (or half the liveness timeout) means the rank itself was not running.
+const SUSPENDED: Duration = Duration::from_millis(500);
 
 const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its workers beside it (`mpirun -n 1 coordinator --backend mpi ... : -n 4 worker`), or let a lone coordinator spawn them (`coordinator --backend mpi --workers 4`, alone or under `mpirun -n 1`)";
 
@@ -279,6 +300,9 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
             String::new(),
         )
     }));
+    if matches!(served, Ok(Ok(()))) {
+        await_release(comm, heartbeat.is_some());
+    }
     drop(stop);
     if let Some(h) = heartbeat {
         let _ = h.join();
@@ -288,15 +312,43 @@ pub fn serve_mpi(registry: Registry) -> Result<(), ServeError> {
             drop(universe); // MPI_Finalize
             Ok(())
         }
-        // Finalising would wait for the other ranks forever: end the job instead.
+        // Finalising would wait for the other ranks forever: end this rank,
+        // and the launcher ends the job.
         Ok(Err(e)) => {
-            log::error!("{e}; aborting the MPI job");
-            abort_job(comm, 1)
+            log::error!("{e}; this rank ends");
+            exit_now(1)
         }
         Err(_) => {
-            log::error!("worker panicked outside a task; aborting the MPI job");
-            abort_job(comm, 101)
+            log::error!("worker panicked outside a task; this rank ends");
+            exit_now(101)
         }
+    }
+}
+
+/// After this rank's goodbye, wait for the coordinator's (`MPI_TAG_BYE`
+/// from rank 0), which says that it finalises MPI too. Were this rank to
+/// enter `MPI_Finalize` (a collective of all ranks) at once, and the job
+/// then be aborted, `mpirun` would tear the job down with that collective
+/// pending, which can leave Open MPI 4.1's `mpirun` deadlocked or crashed.
+/// The wait is bounded by the heartbeat thread (a silent coordinator ends
+/// this rank), or, without one, by [`RELEASE_WITHOUT_HEARTBEATS`].
+fn await_release(comm: Comm, watched: bool) {
+    let root = comm.0.process_at_rank(0);
+    let started = Instant::now();
+    let mut idle = Backoff::new();
+    loop {
+        if let Some((message, status)) = root.immediate_matched_probe_with_tag(MPI_TAG_BYE) {
+            let _ = (message, status).matched_receive_vec::<u8>();
+            return;
+        }
+        if !watched && started.elapsed() > RELEASE_WITHOUT_HEARTBEATS {
+            log::error!(
+                "the coordinator did not let this rank finalise within {:.0} s; this rank ends",
+                RELEASE_WITHOUT_HEARTBEATS.as_secs_f64()
+            );
+            exit_now(1);
+        }
+        idle.pause();
     }
 }
 
@@ -308,6 +360,7 @@ fn heartbeat(comm: Comm, stopped: &mpsc::Receiver<()>) {
     let mut last_heard: Option<Instant> = None;
     let mut liveness = FIRST_CONTACT;
     let mut next_beat = Instant::now();
+    let mut last_turn = Instant::now();
     loop {
         while let Some((message, status)) = root.immediate_matched_probe_with_tag(MPI_TAG_HEARTBEAT)
         {
@@ -318,6 +371,20 @@ fn heartbeat(comm: Comm, stopped: &mpsc::Receiver<()>) {
             last_heard = Some(Instant::now());
         }
         let now = Instant::now();
+        if now.duration_since(last_turn) > SUSPENDED.min(liveness / 2) {
+            // This thread did not run for far longer than its 20 ms wait:
+            // the rank was stopped (SIGSTOP, as Open MPI's kill sequence
+            // ends with SIGCONT) or starved, so the silence was its own, not
+            // the coordinator's. Give the coordinator a fresh period.
+            log::warn!(
+                "this rank did not run for {:.1} s (stopped or starved)",
+                now.duration_since(last_turn).as_secs_f64()
+            );
+            if let Some(t) = last_heard.as_mut() {
+                *t = now;
+            }
+        }
+        last_turn = now;
         let silent = match last_heard {
             Some(t) => now.duration_since(t) > liveness,
             None => now.duration_since(started) > FIRST_CONTACT,
@@ -334,13 +401,10 @@ fn heartbeat(comm: Comm, stopped: &mpsc::Receiver<()>) {
                 ),
             };
             log::error!("{what}; this rank ends");
-            // MPI_Abort may not come back if the network is cut: a bounded
-            // fallback ends this process all the same.
-            let _ = thread::Builder::new().spawn(|| {
-                thread::sleep(Duration::from_secs(3));
-                std::process::exit(1);
-            });
-            abort_job(comm, 1);
+            // Not MPI_Abort (only rank 0 aborts; see the module's doc): the
+            // launcher ends the job on this exit code, and an exit needs no
+            // network, which may be cut.
+            exit_now(1);
         }
         if now >= next_beat {
             root.send_with_tag(&[] as &[u8], MPI_TAG_HEARTBEAT);
@@ -353,7 +417,16 @@ fn heartbeat(comm: Comm, stopped: &mpsc::Receiver<()>) {
     }
 }
 
-/// `MPI_Abort` on the communicator: the launcher ends every rank.
+/// End this rank at once, without `MPI_Finalize` (which would wait for the
+/// other ranks) or `MPI_Abort` (which only rank 0 calls): the launcher sees
+/// a rank exit with `code` before finalising, and ends the job.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once; it touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
+
+/// `MPI_Abort` on the communicator (this rank is its rank 0): the launcher
+/// ends every rank.
 fn abort_job(comm: Comm, code: i32) -> ! {
     // SAFETY: MPI is initialised and `comm` is a live communicator;
     // MPI_Abort takes it and an error code, and does not return.

@@ -753,26 +753,23 @@ pub fn host_name() -> String {
 }
 
 /// Take this worker down with its coordinator: the kernel sends SIGTERM when
-/// the parent dies (`PR_SET_PDEATHSIG`), and a thread of ours turns it into
+/// the parent dies (`PR_SET_PDEATHSIG`), and our handler turns it into
 /// SIGKILL for the worker's whole process group, so that processes its tasks
 /// started go too. Exits now if the coordinator died before we could ask.
+///
+/// A plain signal handler, not a signal-handling thread: a thread more in
+/// every worker is a measurable part of starting many of them.
 fn die_with_parent() {
     // The handler first, so the signal is never left to its default action;
-    // without a thread to catch it, SIGKILL for the worker alone, as before.
-    let caught = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])
-        .map_err(|e| log::debug!("no SIGTERM handler: {e}"))
-        .ok()
-        .and_then(|mut signals| {
-            std::thread::Builder::new()
-                .name("procpool-parent-death".into())
-                .spawn(move || {
-                    if signals.forever().next().is_some() {
-                        kill_own_group();
-                    }
-                })
-                .ok()
-        })
-        .is_some();
+    // without it, SIGKILL for the worker alone.
+    // SAFETY: `on_parent_death` makes only async-signal-safe calls; the
+    // sigaction struct is fully initialised before use.
+    let caught = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) == 0
+    };
     let signal = if caught { libc::SIGTERM } else { libc::SIGKILL };
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
     unsafe {
@@ -789,6 +786,11 @@ fn die_with_parent() {
     }
 }
 
+/// SIGTERM: the coordinator died (or someone asked this worker to go).
+extern "C" fn on_parent_death(_: libc::c_int) {
+    kill_own_group()
+}
+
 /// SIGKILL for this process and, when it leads its own process group (as
 /// local workers do), the whole group: whatever its tasks started. A process
 /// in someone else's group (an MPI rank in `mpirun`'s) kills itself only.
@@ -800,8 +802,9 @@ fn kill_own_group() -> ! {
             libc::killpg(group, libc::SIGKILL);
         }
         libc::kill(libc::getpid(), libc::SIGKILL);
+        // Not reached; `_exit`, unlike `exit`, is safe in a signal handler.
+        libc::_exit(1)
     }
-    std::process::exit(1)
 }
 
 /// The coordinator went away without a word: a local worker of a coordinator
