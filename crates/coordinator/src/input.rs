@@ -192,6 +192,88 @@ struct Discard {
     last: Option<u8>,
 }
 
+/// The splitter's read buffer: `bytes[..end]` is the input read and not yet
+/// handed off; the bytes after it are initialized but stale. Reads go into
+/// them as they are: memory is zeroed once, when the buffer first grows,
+/// not before every read.
+#[derive(Debug, Default)]
+struct ReadBuf {
+    bytes: Vec<u8>,
+    end: usize,
+}
+
+impl std::ops::Deref for ReadBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.end]
+    }
+}
+
+impl ReadBuf {
+    /// A buffer holding `bytes`.
+    fn holding(bytes: Vec<u8>) -> Self {
+        let end = bytes.len();
+        ReadBuf { bytes, end }
+    }
+
+    /// An empty buffer in the memory of `bytes` (a block's, given back):
+    /// what it held is overwritten by later reads.
+    fn reusing(bytes: Vec<u8>) -> Self {
+        ReadBuf { bytes, end: 0 }
+    }
+
+    /// The input it holds, as a vector of its own.
+    fn into_vec(mut self) -> Vec<u8> {
+        self.bytes.truncate(self.end);
+        self.bytes
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.end = self.end.min(len);
+    }
+
+    /// Drop the first `n` bytes.
+    fn consume(&mut self, n: usize) {
+        self.bytes.copy_within(n..self.end, 0);
+        self.end -= n;
+    }
+
+    /// Room for `more` bytes after the end.
+    fn make_room(&mut self, more: usize) {
+        let want = self.end + more;
+        if self.bytes.len() < want {
+            // Use what the allocation has anyway, zeroed this once.
+            let len = want.max(self.bytes.capacity());
+            self.bytes.resize(len, 0);
+        }
+    }
+
+    fn extend_from_slice(&mut self, data: &[u8]) {
+        self.make_room(data.len());
+        self.bytes[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+
+    /// One read from `reader` after the end (retried when interrupted),
+    /// with room for at least a quarter of [`READ_SIZE`]. Returns the bytes read.
+    fn read_from(&mut self, reader: &mut (dyn Read + Send)) -> io::Result<usize> {
+        if self.bytes.len() - self.end < READ_SIZE / 4 {
+            self.make_room(READ_SIZE);
+        }
+        loop {
+            match reader.read(&mut self.bytes[self.end..]) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
 /// Cuts an input into [`Block`]s of records; see the module documentation.
 pub struct Splitter {
     reader: Box<dyn Read + Send>,
@@ -199,7 +281,7 @@ pub struct Splitter {
     format: Format,
     limit: usize,
     /// Bytes read and not yet handed off; the current record starts at `rec_start`.
-    buf: Vec<u8>,
+    buf: ReadBuf,
     rec_start: usize,
     /// Bytes of the current CSV record already scanned (whole lines inside a quoted field).
     scan: usize,
@@ -319,7 +401,7 @@ impl Splitter {
             source,
             format,
             limit: max_record_bytes,
-            buf: prefix,
+            buf: ReadBuf::holding(prefix),
             rec_start: 0,
             scan: 0,
             rec_line: 1,
@@ -420,19 +502,17 @@ impl Splitter {
         let tail = &self.buf[self.rec_start..];
         let reused = self.recycled.as_ref().and_then(|r| r.try_recv().ok());
         let (mut next, spare_items) = match reused {
-            Some(Block {
-                mut data,
-                mut items,
-            }) => {
-                data.clear();
-                data.reserve(tail.len() + READ_SIZE);
+            Some(Block { data, mut items }) => {
                 items.clear();
-                (data, items)
+                (ReadBuf::reusing(data), items)
             }
-            None => (Vec::with_capacity(tail.len() + READ_SIZE), Vec::new()),
+            None => (
+                ReadBuf::reusing(Vec::with_capacity(tail.len() + READ_SIZE)),
+                Vec::new(),
+            ),
         };
         next.extend_from_slice(tail);
-        let data = std::mem::replace(&mut self.buf, next);
+        let data = std::mem::replace(&mut self.buf, next).into_vec();
         self.rec_start = 0;
         self.spare_items = spare_items;
         Block { data, items }
@@ -442,26 +522,13 @@ impl Splitter {
     fn fill(&mut self, items: &mut Vec<Item>) {
         // Nothing before the current record is needed any more.
         if self.rec_start > 0 {
-            self.buf.drain(..self.rec_start);
+            self.buf.consume(self.rec_start);
             self.rec_start = 0;
         }
         let len = self.buf.len();
-        if self.buf.capacity() - len < READ_SIZE / 4 {
-            self.buf.reserve(READ_SIZE);
-        }
-        let room = self.buf.capacity();
-        self.buf.resize(room, 0);
-        let got = loop {
-            match self.reader.read(&mut self.buf[len..]) {
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
+        let got = self.buf.read_from(&mut *self.reader);
         match got {
-            Ok(n) => {
-                self.buf.truncate(len + n);
-                self.eof = n == 0;
-            }
+            Ok(n) => self.eof = n == 0,
             Err(err) => {
                 self.buf.truncate(len);
                 items.push(Item::Bad {

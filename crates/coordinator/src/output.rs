@@ -56,6 +56,9 @@ impl SkipList {
 
 /// Buffered bytes beyond which lines are written out at once.
 const WRITE_OUT_BYTES: usize = 256 << 10;
+/// A run of lines this large, coming when nothing waits in the buffer, is
+/// written out from where it is rather than copied into the buffer first.
+const DIRECT_BYTES: usize = 64 << 10;
 /// How often the resume sidecar is rewritten while lines are written out.
 const SIDECAR_EVERY: Duration = Duration::from_secs(1);
 /// Lines wait at most about this long in the buffers while results come
@@ -86,10 +89,14 @@ struct Sink {
 }
 
 impl Sink {
-    fn write_out(&mut self) -> io::Result<()> {
+    /// The buffer, then `more`.
+    fn write_out(&mut self, more: &[u8]) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.file.write_all(&self.buf)?;
             self.buf.clear();
+        }
+        if !more.is_empty() {
+            self.file.write_all(more)?;
         }
         self.file.flush()
     }
@@ -132,7 +139,7 @@ impl Sinks {
     /// lines went out [`PROMPT`] ago; else leave them to the flush thread.
     fn added(&mut self, slow: bool, dirty: &AtomicBool) -> io::Result<()> {
         if slow || self.out.buf.len() >= WRITE_OUT_BYTES || self.written_at.elapsed() >= PROMPT {
-            self.write_out(false)
+            self.write_out(false, &[])
         } else {
             dirty.store(true, Ordering::Relaxed);
             Ok(())
@@ -146,19 +153,22 @@ impl Sinks {
         }
     }
 
-    /// The skipped records, the job log, then the output, then (now and
-    /// then) the sidecar.
-    fn write_out(&mut self, final_: bool) -> io::Result<()> {
+    /// The skipped records, the job log, then the output (its buffer, then
+    /// `more`), then (now and then) the sidecar.
+    fn write_out(&mut self, final_: bool, more: &[u8]) -> io::Result<()> {
         self.check()?;
         let mut result = Ok(());
         if let Some(s) = self.skips.as_mut() {
             result = s.write_out();
         }
         if let (Ok(()), Some(j)) = (&result, self.joblog.as_mut()) {
-            result = j.write_out().map_err(|e| named(&j.name, e));
+            result = j.write_out(&[]).map_err(|e| named(&j.name, e));
         }
         if result.is_ok() {
-            result = self.out.write_out().map_err(|e| named(&self.out.name, e));
+            result = self
+                .out
+                .write_out(more)
+                .map_err(|e| named(&self.out.name, e));
         }
         if let Err(e) = &result {
             self.failed = Some((e.kind(), e.to_string()));
@@ -291,7 +301,7 @@ impl Output {
         };
         // The sidecar exists before the first line does.
         sinks.written = sinks.sidecar.as_ref().map_or(0, |(s, _)| s.records);
-        sinks.write_out(true)?;
+        sinks.write_out(true, &[])?;
         let shared = Arc::new(Shared {
             sinks: Mutex::new(sinks),
             dirty: AtomicBool::new(false),
@@ -309,7 +319,7 @@ impl Output {
                 if shared.dirty.swap(false, Ordering::Relaxed) {
                     if let Ok(mut sinks) = shared.sinks.lock() {
                         // An error is kept and returned to the writer's next call.
-                        let _ = sinks.write_out(false);
+                        let _ = sinks.write_out(false, &[]);
                     }
                 }
             })
@@ -337,9 +347,14 @@ impl Output {
         if sinks.patch.is_some() || sinks.joblog.is_some() {
             return Ok(false);
         }
-        sinks.out.buf.extend_from_slice(lines);
         sinks.buffered += count;
-        sinks.added(slow, &self.shared.dirty)?;
+        if sinks.out.buf.is_empty() && lines.len() >= DIRECT_BYTES {
+            // One copy fewer for the bulk of a large output.
+            sinks.write_out(false, lines)?;
+        } else {
+            sinks.out.buf.extend_from_slice(lines);
+            sinks.added(slow, &self.shared.dirty)?;
+        }
         Ok(true)
     }
 
@@ -415,7 +430,7 @@ impl Output {
             }
             // The copies complete (no sidecar yet), then in place (the job
             // log first, like every write), then the sidecar.
-            sinks.write_out(true)?;
+            sinks.write_out(true, &[])?;
             if let Some(jp) = sinks.joblog_patch.take() {
                 jp.commit()?;
             }
@@ -423,7 +438,7 @@ impl Output {
                 patch.commit()?;
             }
         }
-        sinks.write_out(true)
+        sinks.write_out(true, &[])
     }
 }
 
@@ -512,6 +527,39 @@ mod tests {
         assert_eq!(prepare_resume(&p).unwrap(), 2);
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(prepare_resume(&p).unwrap(), 2);
+    }
+
+    /// Small runs are buffered, a large one coming when nothing waits is
+    /// written from where it is: the file gets every line, in order.
+    #[test]
+    fn runs_written_directly_or_through_the_buffer_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        let mut out = Output::open(OutputSpec {
+            path: Some(&p),
+            append: false,
+            joblog: None,
+            sidecar: None,
+            patch: None,
+        })
+        .unwrap();
+        let run = |from: u64, n: u64| -> Vec<u8> {
+            (from..from + n)
+                .flat_map(|i| format!("{{\"i\":{i}}}\n").into_bytes())
+                .collect()
+        };
+        let big = 10_000; // ~100 KB: over DIRECT_BYTES
+        let mut expected = Vec::new();
+        let mut next = 0;
+        for n in [3, big, big, 5, big, 1] {
+            let lines = run(next, n);
+            assert!(out.ok_lines(&lines, n, false).unwrap());
+            expected.extend_from_slice(&lines);
+            next += n;
+        }
+        assert!(run(0, big).len() >= DIRECT_BYTES);
+        out.finish().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), expected);
     }
 
     #[test]

@@ -42,13 +42,18 @@ pub(crate) struct Guard {
 impl Guard {
     /// This process's guard, forked the first time it is wanted.
     pub fn shared() -> io::Result<Arc<Guard>> {
-        static SHARED: Mutex<Option<Arc<Guard>>> = Mutex::new(None);
+        // With the pid of the process that forked it: a child of a `fork`
+        // of ours (a daemon, say) gets a guard of its own.
+        static SHARED: Mutex<Option<(u32, Arc<Guard>)>> = Mutex::new(None);
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(guard) = shared.as_ref() {
-            return Ok(guard.clone());
+        let me = std::process::id();
+        if let Some((owner, guard)) = shared.as_ref() {
+            if *owner == me {
+                return Ok(guard.clone());
+            }
         }
         let guard = Arc::new(Guard::start()?);
-        *shared = Some(guard.clone());
+        *shared = Some((me, guard.clone()));
         Ok(guard)
     }
 

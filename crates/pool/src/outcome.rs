@@ -238,6 +238,12 @@ impl Block {
         Duration::from_nanos(self.nanos.get(i).copied().unwrap_or(0))
     }
 
+    /// The longest duration of records `range` (zero when none is known).
+    pub(crate) fn longest(&self, range: Range<usize>) -> Duration {
+        let nanos = self.nanos.get(range).unwrap_or_default();
+        Duration::from_nanos(nanos.iter().copied().max().unwrap_or(0))
+    }
+
     /// Nanoseconds from the first record's start to record `i`'s, given
     /// those to record `from`'s (so that reading records in order costs one
     /// addition each).

@@ -22,7 +22,7 @@ use crate::outcome::{Block, Outcome};
 use crate::process::{LocalLauncher, OutputHandler};
 use crate::reorder::InOrder;
 use crate::stats::WorkerStats;
-use crate::supervisor::{Command, Settings, Started, Supervisor};
+use crate::supervisor::{batch_queue, BatchSender, Command, Settings, Started, Supervisor};
 use crate::transport::Event;
 
 /// Configures and starts a [`Pool`].
@@ -109,7 +109,7 @@ impl PoolBuilder {
 
     /// Fix the number of records per batch. Default: adapted to the measured
     /// cost per record (about 4 ms of work per batch, at most 4096 records
-    /// or 128 KiB).
+    /// or 192 KiB).
     pub fn chunk_size(mut self, records: usize) -> Self {
         self.chunk_size = Some(records);
         self
@@ -399,7 +399,8 @@ impl PoolBuilder {
             launcher,
         };
         let (started_tx, started_rx) = mpsc::channel::<Result<Started, PoolError>>();
-        let supervisor = Supervisor::new(settings, events_tx.clone(), started_tx);
+        let (batches, queue) = batch_queue(events_tx.clone());
+        let supervisor = Supervisor::new(settings, events_tx.clone(), queue, started_tx);
         let thread = thread::Builder::new()
             .name("procpool-supervisor".into())
             .spawn(move || supervisor.run(events_rx))
@@ -412,6 +413,7 @@ impl PoolBuilder {
             .map_err(|_| PoolError::SupervisorGone)??;
         Ok(Core {
             events: events_tx,
+            batches,
             thread: Some(thread),
             sizer,
             pids: started.pids,
@@ -492,6 +494,7 @@ pub(crate) fn check_offer(
 
 pub(crate) struct Core {
     pub(crate) events: Sender<Event>,
+    batches: BatchSender,
     thread: Option<thread::JoinHandle<()>>,
     pub(crate) sizer: Arc<Sizer>,
     pub(crate) pids: Vec<u32>,
@@ -507,6 +510,11 @@ impl Core {
         self.events.send(Event::Command(command)).is_ok()
     }
 
+    /// Queue a batch for the supervisor; `false` once it is gone.
+    pub(crate) fn send_batch(&self, batch: Batch) -> bool {
+        self.batches.send(batch)
+    }
+
     pub(crate) fn new_job(&self) -> (JobId, Receiver<Block>) {
         self.new_job_signalled(None)
     }
@@ -514,10 +522,8 @@ impl Core {
     fn new_job_signalled(&self, signal: Option<Arc<Signal>>) -> (JobId, Receiver<Block>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        self.send(Command::NewJob {
-            id,
-            results: JobSink { tx, signal },
-        });
+        // On the batch queue, ahead of the job's batches.
+        self.batches.new_job(id, JobSink { tx, signal });
         (id, rx)
     }
 
@@ -687,7 +693,7 @@ impl<T: Task> Pool<T> {
         let mut batch = Batch::new(job);
         let early = match batch.push_with(0, |buf| encode_record_into(&input, buf)) {
             Ok(()) => {
-                if !self.core.send(Command::Batch(batch)) {
+                if !self.core.send_batch(batch) {
                     Some(RecordError::PoolBroken("the pool is shut down".into()))
                 } else {
                     None
@@ -951,7 +957,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                     self.accept(Block::failed(seq, 0, RecordError::BadInput(e.to_string())));
                 }
             }
-            if !batch.is_empty() && !self.pool.core.send(Command::Batch(batch)) {
+            if !batch.is_empty() && !self.pool.core.send_batch(batch) {
                 // The supervisor is gone: nothing more will arrive.
                 self.input = None;
             }

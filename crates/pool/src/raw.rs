@@ -280,7 +280,7 @@ impl<S: RawSource> RawMap<'_, S> {
             if !batch.is_empty() {
                 self.record_bytes = batch.bytes().div_ceil(batch.len()).max(16);
             }
-            if !batch.is_empty() && !self.core.send(Command::Batch(batch)) {
+            if !batch.is_empty() && !self.core.send_batch(batch) {
                 self.source = None; // the supervisor is gone
             }
             if paused || self.source.is_none() {
@@ -397,11 +397,7 @@ impl<'a> RawRun<'a> {
 
     /// The longest time one of the records took.
     pub fn longest(&self) -> Duration {
-        self.range
-            .clone()
-            .map(|i| self.block.duration(i))
-            .max()
-            .unwrap_or_default()
+        self.block.longest(self.range.clone())
     }
 
     /// The outputs of a successful run of JSON outputs, one after the other,

@@ -16,7 +16,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The largest encoded record payload or task output (63 MiB): what is left
 /// of a message for one record once room is kept for the rest of its batch
-/// (batches are cut at 128 KiB of other records) or of its results message.
+/// (batches are cut at 192 KiB of other records) or of its results message.
 pub const MAX_RECORD_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;

@@ -261,7 +261,11 @@ fn serve_on<T: WorkerTransport>(
         // Batches first, decoded in place (the hot path).
         if is_batch(&bytes) {
             match state.as_mut().ok_or(ServeError::NotConfigured)? {
-                Configured::Inline { runner, flush_each } => {
+                Configured::Inline {
+                    runner,
+                    flush_each,
+                    collected,
+                } => {
                     let batch = decode_batch_ref(&bytes)
                         .map_err(ServeError::Protocol)?
                         .ok_or(ServeError::NotConfigured)?;
@@ -270,7 +274,14 @@ fn serve_on<T: WorkerTransport>(
                         batch: batch.id,
                         started: Instant::now(),
                     };
-                    run_batch(&**runner, &ctx, &batch.records, *flush_each, &mut sink)?;
+                    run_batch(
+                        &**runner,
+                        &ctx,
+                        &batch.records,
+                        *flush_each,
+                        collected,
+                        &mut sink,
+                    )?;
                 }
                 // The task thread decodes it.
                 Configured::Threads(threads) => threads.submit(bytes)?,
@@ -288,7 +299,11 @@ fn serve_on<T: WorkerTransport>(
                     let runner: Arc<dyn Runner> = Arc::from(runner);
                     let threads = spec.threads.max(1);
                     if threads == 1 {
-                        return Ok(Configured::Inline { runner, flush_each });
+                        return Ok(Configured::Inline {
+                            runner,
+                            flush_each,
+                            collected: Collected::default(),
+                        });
                     }
                     let send = out.transport.side_sender().ok_or_else(|| {
                         "this transport cannot run batches on several threads".to_owned()
@@ -433,6 +448,9 @@ enum Configured {
     Inline {
         runner: Arc<dyn Runner>,
         flush_each: bool,
+        /// Kept from batch to batch: its buffers are not allocated again
+        /// (and their pages not faulted in again) for every batch.
+        collected: Collected,
     },
     /// Batches run on N threads of this process (the thread executor).
     Threads(ThreadedBatches),
@@ -450,16 +468,21 @@ struct RunContext {
 }
 
 /// Run one batch: `sink` gets the outcomes (after each record with
-/// `flush_each`, else once at the end).
+/// `flush_each`, else once at the end). `collected` is empty, and left so;
+/// its buffers are reused.
 fn run_batch(
     runner: &dyn Runner,
     ctx: &RunContext,
     records: &[(u64, &[u8])],
     flush_each: bool,
+    collected: &mut Collected,
     sink: &mut dyn BatchSink,
 ) -> Result<(), ServeError> {
-    let mut collected = Collected::default();
-    collected.0.outputs = Vec::with_capacity(records.iter().map(|r| r.1.len()).sum::<usize>());
+    collected.clear();
+    collected
+        .0
+        .outputs
+        .reserve(records.iter().map(|r| r.1.len()).sum::<usize>());
     collected.0.nanos.reserve(records.len());
     collected.0.lengths.reserve(records.len());
     // One wall-clock read per batch; records are timed with the monotonic
@@ -536,13 +559,15 @@ fn run_batch(
         // coordinator decodes.
         if flush_each || r.outputs.len() + pending_messages >= RESULTS_FLUSH_BYTES {
             pending_messages = 0;
-            sink.flush(&mut collected)?;
+            sink.flush(collected)?;
         }
     }
     ctx.done.fetch_add(done, Ordering::Relaxed);
     if !collected.is_empty() {
-        sink.flush(&mut collected)?;
+        sink.flush(collected)?;
     }
+    // One huge output is not held on to for the rest of the run.
+    collected.0.outputs.shrink_to(2 * RESULTS_FLUSH_BYTES);
     Ok(())
 }
 
@@ -622,6 +647,7 @@ impl ThreadedBatches {
                     let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
                     let Some((index, message)) = next else { return };
                     let started = Instant::now();
+                    let mut collected = Collected::default();
                     let mut sink = ThreadSink {
                         batch: 0,
                         thread,
@@ -634,9 +660,16 @@ impl ThreadedBatches {
                         .and_then(|batch| batch.ok_or(ServeError::NotConfigured))
                         .and_then(|batch| {
                             sink.batch = batch.id;
-                            run_batch(&*runner, &ctx, &batch.records, false, &mut sink)?;
+                            run_batch(
+                                &*runner,
+                                &ctx,
+                                &batch.records,
+                                false,
+                                &mut collected,
+                                &mut sink,
+                            )?;
                             if sink.messages.is_empty() {
-                                sink.flush(&mut Collected::default())?;
+                                sink.flush(&mut collected)?;
                             }
                             Ok(std::mem::take(&mut sink.messages))
                         })

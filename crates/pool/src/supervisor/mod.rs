@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use procpool_protocol::{TaskInfo, TaskSpec, WorkerMessage};
 
-pub(crate) use commands::Command;
+pub(crate) use commands::{batch_queue, BatchQueue, BatchSender, Command};
 
 use crate::batch::{Batch, JobId, Sizer};
 use crate::error::{HandshakeFailure, PoolError};
@@ -98,6 +98,8 @@ pub(crate) struct Supervisor {
     settings: Settings,
     events: Sender<Event>,
     workers: Vec<Worker>,
+    /// Batches queued by the pool's users, not yet taken.
+    batches: BatchQueue,
     pending: VecDeque<Batch>,
     jobs: HashMap<JobId, JobSink>,
     /// Statistics of the workers that are gone.
@@ -114,6 +116,7 @@ impl Supervisor {
     pub fn new(
         settings: Settings,
         events: Sender<Event>,
+        batches: BatchQueue,
         starting: Sender<Result<Started, PoolError>>,
     ) -> Self {
         let workers = (0..settings.workers).map(|_| Worker::empty()).collect();
@@ -121,6 +124,7 @@ impl Supervisor {
             settings,
             events,
             workers,
+            batches,
             pending: VecDeque::new(),
             jobs: HashMap::new(),
             past: Vec::new(),
@@ -145,9 +149,10 @@ impl Supervisor {
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
             }
+            self.take_batches();
             self.check_deadlines();
             self.check_started();
-            self.dispatch();
+            self.feed();
             if self.advance_shutdown() {
                 break;
             }
