@@ -594,7 +594,7 @@ impl MpiThread {
     /// `mpirun` (with PMIx 4.2) tearing down a job while one is pending can
     /// deadlock in `PMIx_server_finalize` or crash (measured here with a
     /// stopped rank under load: `mpirun` hung in 6 and crashed in 6 of 47
-    /// runs, with one abort or none; none of either in 110 runs since).
+    /// runs, with two `MPI_Abort`s, one or none; none of either in 110 runs since).
     fn release(&mut self) {
         for rank in 1..self.comm.size() {
             self.sends.push(OwnedSend::start(
