@@ -278,3 +278,23 @@ fn a_closed_stdout_ends_every_command_quietly() {
         );
     }
 }
+
+/// Without a progress bar, workers write their lines straight to the
+/// coordinator's stderr (no pipe and no reader of their own): a worker's
+/// stdout and stderr are the coordinator's stderr.
+#[test]
+fn workers_write_straight_to_the_coordinators_stderr() {
+    let mut run = coordinator(["--workers", "2", "--work-ms", "100"]).spawn();
+    run.wait_for("both workers ready", |r| {
+        crate::util::ready_pids(&r.stderr_now()).len() == 2
+    });
+    let link = |pid: u32, fd: u32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    let ours = link(run.pid, 2).expect("the coordinator's stderr");
+    for pid in crate::util::ready_pids(&run.stderr_now()) {
+        assert_eq!(link(pid, 2).as_ref(), Some(&ours), "stderr of worker {pid}");
+        assert_eq!(link(pid, 1).as_ref(), Some(&ours), "stdout of worker {pid}");
+    }
+    let out = run.wait();
+    out.assert_code(0);
+    assert!(out.stderr.contains("working record"), "{}", out.stderr);
+}

@@ -257,6 +257,10 @@ impl<'a> Plan<'a> {
             builder = builder.worker_output(move |_pid, line| {
                 multi.suspend(|| eprintln!("{line}"));
             });
+        } else {
+            // Our stderr is the user's: workers write their lines there
+            // themselves (their logger's format is ours).
+            builder = builder.inherit_worker_output();
         }
         builder
             .build_raw(TaskSpec {

@@ -40,6 +40,8 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<u64>,
     shutdown_grace: Duration,
     output: Option<OutputHandler>,
+    /// Workers write straight to our stderr ([`PoolBuilder::inherit_worker_output`]).
+    inherit_output: bool,
     threads: usize,
     /// The task's Rust types, for the typed handshake (set by `build`).
     types: Option<TaskTypes>,
@@ -75,6 +77,7 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             shutdown_grace: Duration::from_secs(5),
             output: None,
+            inherit_output: false,
             threads: 1,
             types: None,
             #[cfg(feature = "mpi")]
@@ -192,6 +195,18 @@ impl PoolBuilder {
     /// dropped, so a library user's stderr stays quiet.
     pub fn worker_output(mut self, handler: impl Fn(u32, &str) + Send + Sync + 'static) -> Self {
         self.output = Some(Arc::new(handler));
+        self.inherit_output = false;
+        self
+    }
+
+    /// Let local workers write straight to this process's stderr (their
+    /// stdout goes there too, never to ours): what a command-line program
+    /// whose stderr is its user's wants. The cheapest way, with no pipe and
+    /// no reading per worker; the lines are as the workers wrote them, and
+    /// the `log` facade never sees them. Undone by a later
+    /// [`worker_output`](Self::worker_output).
+    pub fn inherit_worker_output(mut self) -> Self {
+        self.inherit_output = true;
         self
     }
 
@@ -287,14 +302,19 @@ impl PoolBuilder {
         getrandom::fill(&mut token)
             .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-        let output = self
-            .output
-            .clone()
-            .unwrap_or_else(|| Arc::new(forward_worker_line));
+        let output: Option<OutputHandler> = if self.inherit_output {
+            None
+        } else {
+            Some(
+                self.output
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(forward_worker_line)),
+            )
+        };
         let launcher = Box::new(LocalLauncher::new(
             bin.clone(),
             token.clone(),
-            Some(output),
+            output,
             self.workers,
             crate::transport::heartbeat_period(self.liveness_timeout),
         )?);
