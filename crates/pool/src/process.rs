@@ -490,10 +490,15 @@ impl LocalLauncher {
             output,
             heartbeat,
         });
-        let guard = Guard::shared().map_err(PoolError::Ipc)?;
+        let context = |what: &str| {
+            let what = what.to_owned();
+            move |e: io::Error| PoolError::Ipc(io::Error::new(e.kind(), format!("{what}: {e}")))
+        };
+        let guard = Guard::shared().map_err(context("cannot start the guard process"))?;
         let hub = match &spec.output {
             Some(handler) => Some(Arc::new(
-                OutputHub::start(handler.clone()).map_err(PoolError::Ipc)?,
+                OutputHub::start(handler.clone())
+                    .map_err(context("cannot start the thread for worker output"))?,
             )),
             None => None,
         };
