@@ -256,7 +256,8 @@ impl ReadBuf {
     }
 
     /// One read from `reader` after the end (retried when interrupted),
-    /// with room for at least a quarter of [`READ_SIZE`]. Returns the bytes read.
+    /// with room for at least a quarter of [`READ_SIZE`]. Returns the bytes
+    /// read; on an error, what the buffer holds is unchanged.
     fn read_from(&mut self, reader: &mut (dyn Read + Send)) -> io::Result<usize> {
         if self.bytes.len() - self.end < READ_SIZE / 4 {
             self.make_room(READ_SIZE);
@@ -525,12 +526,10 @@ impl Splitter {
             self.buf.consume(self.rec_start);
             self.rec_start = 0;
         }
-        let len = self.buf.len();
-        let got = self.buf.read_from(&mut *self.reader);
-        match got {
+        match self.buf.read_from(&mut *self.reader) {
             Ok(n) => self.eof = n == 0,
+            // The buffer is as it was.
             Err(err) => {
-                self.buf.truncate(len);
                 items.push(Item::Bad {
                     line: self.line + 1,
                     reason: format!("read error: {err}"),

@@ -316,8 +316,15 @@ fn spawn(
         (Some(reader), Some(hub)) => Some(hub.add(pid, reader)),
         _ => None,
     };
+    let mut spawned = Spawned {
+        child,
+        pid,
+        guard: guard.clone(),
+        server_name,
+        output,
+    };
     let events = events.clone();
-    let spawned = thread::Builder::new()
+    let accepting = thread::Builder::new()
         .name(format!("procpool-accept-{pid}"))
         .spawn(move || {
             // ipc-channel panics on a message that arrives without its
@@ -355,20 +362,12 @@ fn spawn(
                 }
             }
         });
-    if let Err(e) = spawned {
-        let mut child = child;
+    if let Err(e) = accepting {
         kill_group(pid);
-        let _ = child.wait();
-        guard.forget(pid);
+        spawned.wait();
         return Err(PoolError::Ipc(e));
     }
-    Ok(Spawned {
-        child,
-        pid,
-        guard: guard.clone(),
-        server_name,
-        output,
-    })
+    Ok(spawned)
 }
 
 /// The coordinator's ends of a connected worker: a writer thread fed by a
@@ -508,8 +507,8 @@ impl LocalLauncher {
         // removed beside the start-up, not before it (listing a busy $TMPDIR
         // took milliseconds of every `build()`), and once per process: a
         // program that builds many pools lists it once.
-        static CLEANED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if !CLEANED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        static CLEANED: AtomicBool = AtomicBool::new(false);
+        if !CLEANED.swap(true, Ordering::Relaxed) {
             let cleaner = thread::Builder::new()
                 .name("procpool-clean".into())
                 .spawn(|| {

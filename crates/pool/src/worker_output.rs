@@ -86,12 +86,13 @@ fn run(handler: OutputHandler, mut wake: File, added: Receiver<Entry>) {
     let mut entries: Vec<Entry> = Vec::new();
     let mut buf = vec![0u8; MAX_LINE];
     let mut closing = false;
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         entries.extend(added.try_iter());
         if closing && entries.is_empty() {
             return;
         }
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(entries.len() + 1);
+        fds.clear();
         fds.push(libc::pollfd {
             fd: if closing { -1 } else { wake.as_raw_fd() },
             events: libc::POLLIN,
