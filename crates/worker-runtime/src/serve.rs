@@ -390,6 +390,7 @@ impl Collected {
     }
 
     fn clear(&mut self) {
+        self.0.started_us = 0;
         self.0.nanos.clear();
         self.0.lengths.clear();
         self.0.outputs.clear();
@@ -643,61 +644,64 @@ impl ThreadedBatches {
             );
             let handle = std::thread::Builder::new()
                 .name(format!("task-{thread}"))
-                .spawn(move || loop {
-                    let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((index, message)) = next else { return };
-                    let started = Instant::now();
+                .spawn(move || {
+                    // Kept from batch to batch, as on the inline path.
                     let mut collected = Collected::default();
-                    let mut sink = ThreadSink {
-                        batch: 0,
-                        thread,
-                        started,
-                        messages: Vec::new(),
-                        emitter: &emitter,
-                    };
-                    let sent = decode_batch_ref(&message)
-                        .map_err(ServeError::Protocol)
-                        .and_then(|batch| batch.ok_or(ServeError::NotConfigured))
-                        .and_then(|batch| {
-                            sink.batch = batch.id;
-                            run_batch(
-                                &*runner,
-                                &ctx,
-                                &batch.records,
-                                false,
-                                &mut collected,
-                                &mut sink,
-                            )?;
-                            if sink.messages.is_empty() {
-                                sink.flush(&mut collected)?;
-                            }
-                            Ok(std::mem::take(&mut sink.messages))
-                        })
-                        .and_then(|messages| {
-                            let mut e = emitter
-                                .lock()
-                                .map_err(|_| ServeError::Ipc("result sender poisoned".into()))?;
-                            e.waiting.insert(index, messages);
-                            while let Some(messages) = {
-                                let next = e.next;
-                                e.waiting.remove(&next)
-                            } {
-                                for bytes in messages {
-                                    if !(e.send)(&bytes) {
-                                        return Err(ServeError::Ipc(
-                                            "the coordinator closed the result channel".into(),
-                                        ));
-                                    }
+                    loop {
+                        let next = rx.lock().ok().and_then(|rx| rx.recv().ok());
+                        let Some((index, message)) = next else { return };
+                        let started = Instant::now();
+                        let mut sink = ThreadSink {
+                            batch: 0,
+                            thread,
+                            started,
+                            messages: Vec::new(),
+                            emitter: &emitter,
+                        };
+                        let sent = decode_batch_ref(&message)
+                            .map_err(ServeError::Protocol)
+                            .and_then(|batch| batch.ok_or(ServeError::NotConfigured))
+                            .and_then(|batch| {
+                                sink.batch = batch.id;
+                                run_batch(
+                                    &*runner,
+                                    &ctx,
+                                    &batch.records,
+                                    false,
+                                    &mut collected,
+                                    &mut sink,
+                                )?;
+                                if sink.messages.is_empty() {
+                                    sink.flush(&mut collected)?;
                                 }
-                                e.next += 1;
+                                Ok(std::mem::take(&mut sink.messages))
+                            })
+                            .and_then(|messages| {
+                                let mut e = emitter.lock().map_err(|_| {
+                                    ServeError::Ipc("result sender poisoned".into())
+                                })?;
+                                e.waiting.insert(index, messages);
+                                while let Some(messages) = {
+                                    let next = e.next;
+                                    e.waiting.remove(&next)
+                                } {
+                                    for bytes in messages {
+                                        if !(e.send)(&bytes) {
+                                            return Err(ServeError::Ipc(
+                                                "the coordinator closed the result channel".into(),
+                                            ));
+                                        }
+                                    }
+                                    e.next += 1;
+                                }
+                                Ok(())
+                            });
+                        if let Err(err) = sent {
+                            if let Ok(mut slot) = error.lock() {
+                                slot.get_or_insert(err.to_string());
                             }
-                            Ok(())
-                        });
-                    if let Err(err) = sent {
-                        if let Ok(mut slot) = error.lock() {
-                            slot.get_or_insert(err.to_string());
+                            return;
                         }
-                        return;
                     }
                 })?;
             handles.push(handle);
