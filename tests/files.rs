@@ -3,8 +3,11 @@
 //! errors name the file they are about.
 
 use std::fs;
+use std::time::Duration;
 
-use crate::util::{coordinator, fault_input, tempdir, write_file};
+use crate::util::{
+    assert_same_output, coordinator, fault_input, ok_n, tempdir, within, write_file,
+};
 
 fn input3(dir: &std::path::Path) -> String {
     write_file(dir, "in.jsonl", fault_input([(1, ""), (2, ""), (3, "")]))
@@ -204,4 +207,72 @@ fn scale_checks_its_chart_before_measuring() {
     .run();
     run.assert_code(2);
     assert!(run.the_error().contains("same file"), "{}", run.the_error());
+}
+
+/// The output file is created beside the first records rather than before
+/// them (truncating a large output of an earlier run takes milliseconds):
+/// here it is a FIFO that nobody reads yet, so creating it waits, and the
+/// records still run; their lines come out, in order, once it can be written.
+#[test]
+fn records_run_while_the_output_is_still_being_created() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..16).map(|n| (n, ""))),
+    );
+    let fifo = dir.path().join("out.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut run = coordinator(["--task", "fault", "--workers", "2", "--input", &input])
+        .arg("--output")
+        .arg(&fifo)
+        .spawn();
+    // (Each worker logs its first 20 records.)
+    run.wait_for("every record to run with the output not yet open", |r| {
+        r.stderr_now().matches(" working record ").count() >= 16
+    });
+    let reader = fifo.clone();
+    let text = within(Duration::from_secs(30), move || {
+        fs::read_to_string(reader).unwrap()
+    });
+    let run = run.wait();
+    run.assert_code(0);
+    run.assert_no_panic();
+    let expected: String = (0..16).map(|n| ok_n(n) + "\n").collect();
+    assert_same_output(&text, &expected, "the FIFO's lines");
+}
+
+/// An earlier, longer output is replaced whole; an output that cannot be
+/// created is named, as before.
+#[test]
+fn an_earlier_longer_output_is_replaced_and_an_uncreatable_one_named() {
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let out = dir.path().join("out.jsonl");
+    fs::write(&out, "{\"stale\":true}\n".repeat(200_000)).unwrap();
+    let fault = [
+        "--task",
+        "fault",
+        "--workers",
+        "2",
+        "--input",
+        input.as_str(),
+    ];
+    let run = coordinator(fault).arg("--output").arg(&out).run();
+    run.assert_code(0);
+    let expected: String = (1..=3).map(|n| ok_n(n) + "\n").collect();
+    assert_same_output(&fs::read_to_string(&out).unwrap(), &expected, "output");
+
+    let missing = dir.path().join("no/such/out.jsonl");
+    let run = coordinator(fault).arg("--output").arg(&missing).run();
+    run.assert_code(2);
+    run.assert_no_panic();
+    let e = run.the_error();
+    assert!(
+        e.contains(&format!("cannot open output {}", missing.display()))
+            && e.contains("No such file"),
+        "{e}"
+    );
 }

@@ -12,6 +12,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -56,6 +57,9 @@ impl SkipList {
 
 /// Buffered bytes beyond which lines are written out at once.
 const WRITE_OUT_BYTES: usize = 256 << 10;
+/// Bytes of lines held while the output is still being created, beyond
+/// which the writer waits for it.
+const HOLD_BYTES: usize = 8 << 20;
 /// A run of lines this large, coming when nothing waits in the buffer, is
 /// written out from where it is rather than copied into the buffer first.
 const DIRECT_BYTES: usize = 64 << 10;
@@ -86,6 +90,10 @@ struct Sink {
     name: String,
     file: Box<dyn Write + Send>,
     buf: Vec<u8>,
+    /// The file being created on a thread of its own (truncating a large
+    /// output of an earlier run takes milliseconds, which the first
+    /// batches need not wait for); lines are held in `buf` meanwhile.
+    opening: Option<JoinHandle<io::Result<File>>>,
 }
 
 impl Sink {
@@ -165,10 +173,19 @@ impl Sinks {
             result = j.write_out(&[]).map_err(|e| named(&j.name, e));
         }
         if result.is_ok() {
-            result = self
-                .out
-                .write_out(more)
-                .map_err(|e| named(&self.out.name, e));
+            let wait = final_ || self.out.buf.len() + more.len() >= HOLD_BYTES;
+            result = match self.open_out(wait) {
+                Ok(true) => self
+                    .out
+                    .write_out(more)
+                    .map_err(|e| named(&self.out.name, e)),
+                // Held (and not counted as written) until the file exists.
+                Ok(false) => {
+                    self.out.buf.extend_from_slice(more);
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            };
         }
         if let Err(e) = &result {
             self.failed = Some((e.kind(), e.to_string()));
@@ -194,6 +211,32 @@ impl Sinks {
     }
 }
 
+impl Sinks {
+    /// Whether the output file exists (waiting for it if `wait`). Once it
+    /// does, and before its first line, the sidecar says that this run
+    /// writes it.
+    fn open_out(&mut self, wait: bool) -> io::Result<bool> {
+        match &self.out.opening {
+            None => return Ok(true),
+            Some(t) if !wait && !t.is_finished() => return Ok(false),
+            Some(_) => {}
+        }
+        if let Some(t) = self.out.opening.take() {
+            let file = t
+                .join()
+                .map_err(|_| io::Error::other("the thread creating the output panicked"))??;
+            self.out.file = Box::new(file);
+        }
+        if let Some((sidecar, last)) = self.sidecar.as_mut().filter(|_| self.patch.is_none()) {
+            *last = Instant::now();
+            sidecar.records = self.written;
+            sidecar.skipped = self.skips.as_ref().map_or(0, |s| s.written);
+            sidecar.save()?;
+        }
+        Ok(true)
+    }
+}
+
 /// An I/O error that says which file it is about.
 fn named(name: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot write {name}: {e}"))
@@ -216,6 +259,7 @@ pub struct OutputSpec<'a> {
 impl Output {
     /// Stdout, or a file created (or appended to).
     pub fn open(spec: OutputSpec<'_>) -> anyhow::Result<Output> {
+        let mut opening = None;
         let (name, file): (String, Box<dyn Write + Send>) = match spec.path {
             None => ("stdout".into(), Box::new(io::stdout())),
             Some(p) if spec.patch.is_some() => {
@@ -224,14 +268,26 @@ impl Output {
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
                 (format!("output {}", tmp.display()), Box::new(file))
             }
-            Some(p) => {
-                let file = if spec.append {
-                    OpenOptions::new().append(true).create(true).open(p)
-                } else {
-                    File::create(p)
-                };
+            Some(p) if spec.append => {
+                let file = OpenOptions::new().append(true).create(true).open(p);
                 let file = file.with_context(|| format!("cannot open output {}", p.display()))?;
                 (format!("output {}", p.display()), Box::new(file))
+            }
+            Some(p) => {
+                let path = p.to_owned();
+                let created = std::thread::Builder::new()
+                    .name("output-create".into())
+                    .spawn(move || {
+                        File::create(&path).map_err(|e| {
+                            io::Error::new(
+                                e.kind(),
+                                format!("cannot open output {}: {e}", path.display()),
+                            )
+                        })
+                    })
+                    .context("cannot start the thread that creates the output")?;
+                opening = Some(created);
+                (format!("output {}", p.display()), Box::new(io::sink()))
             }
         };
         let mut joblog_patch = None;
@@ -255,6 +311,7 @@ impl Output {
                     name: format!("job log {}", name.display()),
                     file,
                     buf: Vec::with_capacity(64 << 10),
+                    opening: None,
                 })
             }
         };
@@ -288,6 +345,7 @@ impl Output {
                 name,
                 file,
                 buf: Vec::with_capacity(WRITE_OUT_BYTES + (64 << 10)),
+                opening,
             },
             joblog,
             sidecar: spec.sidecar.map(|s| (s, Instant::now())),
@@ -299,9 +357,10 @@ impl Output {
             written_at: Instant::now(),
             failed: None,
         };
-        // The sidecar exists before the first line does.
+        // The sidecar exists before the first line does (once the output
+        // does, if it is still being created).
         sinks.written = sinks.sidecar.as_ref().map_or(0, |(s, _)| s.records);
-        sinks.write_out(true, &[])?;
+        sinks.write_out(sinks.out.opening.is_none(), &[])?;
         let shared = Arc::new(Shared {
             sinks: Mutex::new(sinks),
             dirty: AtomicBool::new(false),

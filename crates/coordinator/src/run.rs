@@ -87,7 +87,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     );
     signals.arm(pool.canceller());
     let feeder = Feeder::new(blocks_rx, recycle_tx, plan.selection.clone(), &signals);
-    let drained = drain(
+    let (drained, out) = drain(
         &settings,
         &pool,
         feeder,
@@ -95,7 +95,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         &mut progress,
     )?;
     progress.finish();
+    // Everything is written out. Closing a large file can take milliseconds
+    // (the file system may start writing it to disk): beside the workers'
+    // ending rather than before it.
+    let closing = thread::Builder::new()
+        .name("output-close".into())
+        .spawn(move || drop(out));
     let stats = pool.shutdown();
+    if let Ok(closing) = closing {
+        let _ = closing.join();
+    }
     signals.handle.close();
     report(&settings, &drained, &stats, started.elapsed(), &multi)?;
     let signal = signals.signal.load(Ordering::SeqCst);
@@ -608,7 +617,7 @@ fn drain(
     feeder: Feeder,
     (sidecar, patch): (Option<Sidecar>, Option<Patch>),
     progress: &mut Progress,
-) -> anyhow::Result<Drained> {
+) -> anyhow::Result<(Drained, Output)> {
     let args = settings.args;
     let resuming = args.resume || args.resume_failed;
     let joblog = match &args.joblog {
@@ -705,7 +714,7 @@ fn drain(
     }
     drop(map);
     out.finish()?;
-    Ok(d)
+    Ok((d, out))
 }
 
 /// Statistics, the summary line and the failures, on stderr (and as JSON).
