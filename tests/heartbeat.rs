@@ -194,9 +194,8 @@ fn heartbeats_during_a_long_record_none_when_stopped_or_turned_off() {
     );
 }
 
-/// Through the pool: with a liveness timeout below the default heartbeat
-/// period (500 ms), the pool asks its workers for faster heartbeats, so a
-/// record of three timeouts' length still succeeds on its first worker.
+/// Through the pool: a record of three liveness timeouts' length still
+/// succeeds on its first worker, which the kernel shows running all along.
 #[test]
 fn a_short_liveness_timeout_spares_a_long_record() {
     let (tx, rx) = mpsc::channel();

@@ -147,12 +147,14 @@ impl PoolBuilder {
         self
     }
 
-    /// Liveness: a worker that holds records and sends nothing, not even a
-    /// heartbeat (workers send one every 500 ms from a thread of their own,
-    /// more often when this timeout is under 2 s),
-    /// for this long is declared dead: killed, replaced, and its records sent
-    /// again as after a crash. Default 10 s. Long records are not affected
-    /// while their worker keeps heart-beating.
+    /// Liveness: a worker that holds records and sends nothing for this
+    /// long, and that is stopped (SIGSTOP, a debugger), is declared dead:
+    /// killed, replaced, and its records sent again as after a crash.
+    /// Default 10 s. Long records are not affected: a local worker's state
+    /// is the kernel's word on it (`/proc`); where that cannot be read, and
+    /// for MPI ranks, workers send a heartbeat every 500 ms from a thread of
+    /// their own (more often when this timeout is under 2 s), and a worker
+    /// silent for the timeout is declared dead.
     pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
         self.liveness_timeout = timeout;
         self

@@ -196,6 +196,16 @@ fn has_exited(pid: u32) -> bool {
     r == 0 && unsafe { info.si_pid() } != 0
 }
 
+/// Whether a process is stopped (SIGSTOP, a debugger's stop), from
+/// `/proc/PID/stat`; `None` where that cannot be read.
+fn stopped(pid: u32) -> Option<bool> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE ...": COMM may hold any byte, `)` included.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let state = *stat.get(close + 2)?;
+    Some(matches!(state, b'T' | b't'))
+}
+
 /// A started worker process whose rendezvous is not yet accepted.
 struct Spawned {
     child: Child,
@@ -206,6 +216,8 @@ struct Spawned {
     /// Set once the worker's output lines have all gone out, if they go
     /// to a handler.
     output: Option<Arc<AtomicBool>>,
+    /// It sends no heartbeats: the kernel says whether it runs.
+    kernel_says: bool,
 }
 
 impl Spawned {
@@ -290,7 +302,10 @@ fn spawn(
         .env(ENV_PARENT, std::process::id().to_string())
         .env(
             procpool_protocol::ENV_HEARTBEAT_MS,
-            spec.heartbeat.as_millis().max(1).to_string(),
+            // 0: none; the liveness check asks the kernel instead.
+            spec.heartbeat
+                .map_or(0, |h| h.as_millis().max(1))
+                .to_string(),
         )
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -322,6 +337,7 @@ fn spawn(
         guard: guard.clone(),
         server_name,
         output,
+        kernel_says: spec.heartbeat.is_none(),
     };
     let events = events.clone();
     let accepting = thread::Builder::new()
@@ -461,7 +477,9 @@ struct SpawnSpec {
     bin: std::path::PathBuf,
     token: String,
     output: Option<OutputHandler>,
-    heartbeat: Duration,
+    /// `None`: workers send no heartbeats, and a silent worker's liveness
+    /// is the kernel's word on it (a thread fewer in every worker).
+    heartbeat: Option<Duration>,
 }
 
 struct SpawnJob {
@@ -483,11 +501,14 @@ impl LocalLauncher {
         workers: usize,
         heartbeat: Duration,
     ) -> Result<Self, PoolError> {
+        // Where /proc says how a process is, it tells a stopped worker from
+        // a busy one, with no heartbeat thread in every worker.
+        let kernel_says = stopped(std::process::id()) == Some(false);
         let spec = Arc::new(SpawnSpec {
             bin,
             token,
             output,
-            heartbeat,
+            heartbeat: (!kernel_says).then_some(heartbeat),
         });
         let context = |what: &str| {
             let what = what.to_owned();
@@ -662,6 +683,13 @@ impl Link for LocalLink {
         }
     }
 
+    fn runs(&self) -> Option<bool> {
+        if !self.spawned.kernel_says {
+            return None;
+        }
+        stopped(self.spawned.pid).map(|stopped| !stopped)
+    }
+
     fn exited(&mut self) -> Option<WorkerExit> {
         if self.reaped.is_none() && has_exited(self.spawned.pid) {
             // What it started goes with it, while its group id is still ours.
@@ -715,6 +743,50 @@ fn reap(spawned: &mut Spawned, patience: Duration) -> WorkerExit {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A stopped process is told from a running or sleeping one, whatever
+    /// its name (here one that looks like the end of a name and a state).
+    #[test]
+    fn a_stopped_process_is_told_from_a_busy_one() {
+        assert_eq!(stopped(std::process::id()), Some(false));
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "printf 'x) T (' > /proc/self/comm; while :; do :; done",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let named = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("x) T"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !named(pid) {
+            assert!(Instant::now() < deadline, "the child did not rename itself");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stopped(pid), Some(false));
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stopped(pid) != Some(true) {
+            assert!(
+                Instant::now() < deadline,
+                "the child never showed as stopped"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stopped(pid) != Some(false) {
+            assert!(Instant::now() < deadline, "the child never ran again");
+            thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     /// The rendezvous a worker connects to lives in a fresh directory that
     /// only this user can enter, and is gone once the worker has connected.

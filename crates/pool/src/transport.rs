@@ -159,6 +159,14 @@ pub(crate) trait Link: Send {
     fn kill(&mut self);
     /// Has it exited (without blocking)?
     fn exited(&mut self) -> Option<WorkerExit>;
+    /// It holds records and has sent nothing for the liveness timeout: does
+    /// the system say that it still runs (a long record, say)? `Some(true)`:
+    /// it runs or sleeps, and gets another timeout; `Some(false)`: it is
+    /// stopped; `None` (the default): the transport cannot tell, and only
+    /// its messages (heartbeats among them) count.
+    fn runs(&self) -> Option<bool> {
+        None
+    }
     /// Wait for it to exit, killing it after `patience`.
     fn reap(&mut self, patience: Duration) -> WorkerExit;
     /// Give up on it: kill, release whatever waits for it, reap.

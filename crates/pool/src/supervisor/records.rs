@@ -345,12 +345,19 @@ impl Supervisor {
     }
 
     /// A worker holding records that has said nothing (not even a
-    /// heartbeat) for the liveness timeout is declared dead: killed, its
-    /// records requeued as after a crash.
+    /// heartbeat) for the liveness timeout, and that the system does not
+    /// say runs, is declared dead: killed, its records requeued as after a
+    /// crash.
     pub(super) fn check_liveness(&mut self, slot: usize, now: Instant) {
         let limit = self.settings.liveness_timeout;
         let w = &mut self.workers[slot];
         if w.in_flight.is_empty() || now.duration_since(w.last_heard) < limit {
+            return;
+        }
+        if w.runs() == Some(true) {
+            // Busy, not stopped (a local process in a long record): asked
+            // again after another timeout.
+            w.last_heard = now;
             return;
         }
         warn!(

@@ -159,6 +159,11 @@ impl Worker {
         self.link.as_mut().and_then(|l| l.exited())
     }
 
+    /// Whether the system says that it runs, where the transport can tell.
+    pub fn runs(&self) -> Option<bool> {
+        self.link.as_ref().and_then(|l| l.runs())
+    }
+
     /// Handshake done: it takes records from now on.
     pub fn ready(&mut self) {
         self.phase = Phase::Ready;
