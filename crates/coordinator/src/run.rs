@@ -45,6 +45,10 @@ const BLOCKS_AHEAD: usize = 4;
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut plan = Plan::new(args)?;
+    if !plan.mpi() {
+        // Forked while this process is small: before the input is read.
+        procpool::prepare().map_err(explain)?;
+    }
     let (blocks_tx, blocks_rx) = sync_channel::<Feeding>(BLOCKS_AHEAD);
     let signals = SignalWatch::start(blocks_tx.clone(), plan.mpi())?;
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Block>();

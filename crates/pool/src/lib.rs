@@ -80,8 +80,9 @@
 //! Task errors and panics fail one record ([`RecordError`]); the worker lives
 //! on. A worker that dies is replaced and its records are sent again (a
 //! record that kills `retries + 1` fresh workers, running alone as their
-//! first record, fails). A worker that holds records and sends nothing, not
-//! even a heartbeat, for [`PoolBuilder::liveness_timeout`] is declared dead.
+//! first record, fails). A worker that holds records, sends nothing for
+//! [`PoolBuilder::liveness_timeout`] and is stopped (or, for MPI ranks,
+//! sends not even a heartbeat) is declared dead.
 //! See the supervisor's README for the worker lifecycle.
 
 mod batch;
@@ -115,6 +116,22 @@ pub use procpool_protocol::{
 };
 pub use procpool_worker::init;
 pub use stats::WorkerStats;
+
+/// Start now what every local pool of this process shares: the guard, a
+/// small process that kills the process groups of the workers still running
+/// when this process dies, even by SIGKILL (the OOM killer, say). It is a
+/// `fork` of this process, which costs more the larger the process, and
+/// makes each page written after it cost a copy: a program that knows it
+/// will start pools can call this early, while it is small. Optional: the
+/// first pool starts the guard otherwise.
+pub fn prepare() -> Result<(), PoolError> {
+    guard::Guard::shared().map(drop).map_err(|e| {
+        PoolError::Ipc(std::io::Error::new(
+            e.kind(),
+            format!("cannot start the guard process: {e}"),
+        ))
+    })
+}
 
 /// The worker side: what a worker binary of its own needs ([`Registry`](worker::Registry),
 /// [`main_with`](worker::main_with)). A program that is its own worker only needs [`init`].

@@ -115,13 +115,22 @@ pub(crate) fn rendezvous_dir() -> PathBuf {
 /// The rendezvous directory exists, is a directory this user can create
 /// entries in, and is short enough for a socket path.
 pub(crate) fn check_rendezvous_dir() -> Result<(), PoolError> {
+    // Probed in full once per process and directory: the probe creates and
+    // removes an inode, which took a millisecond of every `build()`.
+    static PROBED: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
     let dir = rendezvous_dir();
+    let mut probed = PROBED.lock().unwrap_or_else(|e| e.into_inner());
+    if probed.as_ref() == Some(&dir) && dir.is_dir() {
+        return Ok(());
+    }
     check_dir(&dir).map_err(|why| {
         PoolError::Ipc(io::Error::other(format!(
             "the rendezvous directory {} (from $TMPDIR, else /tmp) {why}; set TMPDIR to a short, writable directory",
             dir.display()
         )))
-    })
+    })?;
+    *probed = Some(dir);
+    Ok(())
 }
 
 /// Before each spawn: the directory checked at start-up may have been
