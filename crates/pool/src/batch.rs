@@ -2,8 +2,14 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use procpool_protocol::append_record;
+use procpool_protocol::{
+    append_record, encode_batch_head, encode_batch_of, CodecError, BATCH_HEAD_BYTES,
+    MAX_MESSAGE_BYTES,
+};
+
+use crate::transport::Outgoing;
 
 /// Identifies one `map`, `map_unordered` or `submit` call.
 pub(crate) type JobId = u64;
@@ -22,16 +28,18 @@ pub const MAX_BATCH_BYTES: usize = 192 << 10;
 const TARGET_BATCH_NANOS: f64 = 4_000_000.0;
 
 /// Encoded records of one job, kept contiguous in one buffer as they go on
-/// the wire ([`append_record`]), so that sending a batch copies it once,
-/// with no work per record. The supervisor keeps a batch until every record
-/// in it has an outcome, so that the records of a worker that died can be
-/// sent again.
+/// the wire ([`append_record`]), after room for the message's head: the
+/// message is the buffer itself, shared with the thread that sends it, with
+/// no copy and no work per record. The supervisor keeps a batch until every
+/// record in it has an outcome, so that the records of a worker that died
+/// can be sent again.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub job: JobId,
     pub seqs: Vec<u64>,
-    /// The records, each its sequence number then its payload.
-    data: Vec<u8>,
+    /// [`BATCH_HEAD_BYTES`] of room (once a record is in), then the records,
+    /// each its sequence number then its payload.
+    data: Arc<Vec<u8>>,
     /// Where each record's payload is in `data`.
     payloads: Vec<Range<usize>>,
     /// How many fresh workers died running this batch's one record (the
@@ -55,7 +63,7 @@ impl Batch {
         Batch {
             job,
             seqs: Vec::with_capacity(records),
-            data: Vec::with_capacity(bytes),
+            data: Arc::new(Vec::with_capacity(BATCH_HEAD_BYTES + bytes)),
             payloads: Vec::with_capacity(records),
             ..Batch::default()
         }
@@ -67,7 +75,11 @@ impl Batch {
         seq: u64,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let at = append_record(&mut self.data, seq, encode)?;
+        let data = Arc::make_mut(&mut self.data);
+        if data.is_empty() {
+            data.resize(BATCH_HEAD_BYTES, 0);
+        }
+        let at = append_record(data, seq, encode)?;
         self.seqs.push(seq);
         self.payloads.push(at);
         Ok(())
@@ -83,7 +95,7 @@ impl Batch {
 
     /// Bytes on the wire, nearly all of them payload.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.data.len().saturating_sub(BATCH_HEAD_BYTES)
     }
 
     #[cfg(test)]
@@ -91,28 +103,64 @@ impl Batch {
         &self.data[self.payloads[i].clone()]
     }
 
-    /// The records as they go on the wire, for [`encode_batch_of`](procpool_protocol::encode_batch_of).
+    /// The records as they go on the wire, for [`encode_batch_of`].
     pub fn wire(&self) -> &[u8] {
-        &self.data
+        self.data.get(BATCH_HEAD_BYTES..).unwrap_or_default()
+    }
+
+    /// The batch as message `id`: its head written in the room before the
+    /// records, and the buffer shared. Copied only if a send of it is still
+    /// in progress (sent again at once, after a death).
+    pub fn message(&mut self, id: u64) -> Result<Outgoing, CodecError> {
+        let mut head = Vec::with_capacity(BATCH_HEAD_BYTES);
+        encode_batch_head(id, self.len(), &mut head);
+        let len = head.len() + self.bytes();
+        if len > MAX_MESSAGE_BYTES {
+            return Err(CodecError::TooLarge {
+                what: "message",
+                len,
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        if self.data.len() < BATCH_HEAD_BYTES {
+            return Ok(Outgoing::Bytes(head)); // no records
+        }
+        let start = BATCH_HEAD_BYTES - head.len();
+        match Arc::get_mut(&mut self.data) {
+            Some(data) => {
+                data[start..BATCH_HEAD_BYTES].copy_from_slice(&head);
+                Ok(Outgoing::Shared(self.data.clone(), start))
+            }
+            None => {
+                let mut buf = Vec::new();
+                encode_batch_of(id, self.len(), self.wire(), &mut buf)?;
+                Ok(Outgoing::Bytes(buf))
+            }
+        }
     }
 
     /// Keep records `..at`, return records `at..` as a new batch.
     pub fn split_off(&mut self, at: usize) -> Batch {
         // Record `at` begins where the payload before it ends.
         let byte_at = if at == 0 {
-            0
+            BATCH_HEAD_BYTES.min(self.data.len())
         } else {
             self.payloads[at - 1].end
         };
+        let data = Arc::make_mut(&mut self.data);
+        let mut tail = Vec::with_capacity(BATCH_HEAD_BYTES + data.len() - byte_at);
+        tail.resize(BATCH_HEAD_BYTES, 0);
+        tail.extend_from_slice(&data[byte_at..]);
+        data.truncate(byte_at);
         Batch {
             job: self.job,
             seqs: self.seqs.split_off(at),
-            data: self.data.split_off(byte_at),
+            data: Arc::new(tail),
             payloads: self
                 .payloads
                 .split_off(at)
                 .into_iter()
-                .map(|r| r.start - byte_at..r.end - byte_at)
+                .map(|r| r.start - byte_at + BATCH_HEAD_BYTES..r.end - byte_at + BATCH_HEAD_BYTES)
                 .collect(),
             deaths: self.deaths,
             suspect: self.suspect,
@@ -234,15 +282,48 @@ mod tests {
             procpool_protocol::encode_batch(3, records, &mut buf).unwrap();
             buf
         };
+        // The message made in place, without a copy, is the same.
+        let message = |b: &mut Batch| {
+            let m = b.message(3).unwrap();
+            assert!(matches!(m, Outgoing::Shared(..)), "copied: {m:?}");
+            m.bytes().to_vec()
+        };
         let mut c = batch(300);
         assert_eq!(wire(&c), expected(&c));
-        let tail = c.split_off(260);
+        assert_eq!(message(&mut c), expected(&c));
+        let mut tail = c.split_off(260);
         assert_eq!(tail.payload(0), vec![4u8; 260].as_slice()); // 260 as u8 == 4
         assert_eq!(wire(&c), expected(&c));
+        assert_eq!(message(&mut c), expected(&c));
         assert_eq!(wire(&tail), expected(&tail));
-        for s in tail.into_singletons() {
+        assert_eq!(message(&mut tail), expected(&tail));
+        for mut s in tail.into_singletons() {
             assert_eq!(wire(&s), expected(&s));
+            assert_eq!(message(&mut s), expected(&s));
         }
+    }
+
+    /// A batch sent again while its last message is still held (its
+    /// writer not done with it) goes as a copy, with the new id; the held
+    /// message keeps its own.
+    #[test]
+    fn a_batch_sent_again_while_its_message_is_held_is_copied() {
+        let mut c = batch(20);
+        let first = c.message(300).unwrap();
+        let held = first.bytes().to_vec();
+        let again = c.message(301).unwrap();
+        assert!(matches!(again, Outgoing::Bytes(_)), "{again:?}");
+        let mut expected = vec![];
+        procpool_protocol::encode_batch_of(301, c.len(), c.wire(), &mut expected).unwrap();
+        assert_eq!(again.bytes(), expected.as_slice());
+        assert_eq!(first.bytes(), held.as_slice());
+        drop(first);
+        assert!(matches!(c.message(302).unwrap(), Outgoing::Shared(..)));
+        // No records: the head alone.
+        let mut empty = Batch::new(1);
+        let mut head = vec![];
+        procpool_protocol::encode_batch_of(5, 0, &[], &mut head).unwrap();
+        assert_eq!(empty.message(5).unwrap().bytes(), head.as_slice());
     }
 
     #[test]

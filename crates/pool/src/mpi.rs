@@ -56,7 +56,7 @@ use procpool_protocol::WorkerMessage;
 use crate::error::{PoolError, WorkerExit};
 use crate::supervisor::Command;
 use crate::transport::{
-    decode_from_worker, decode_results, heartbeat_period, Event, Launcher, Link,
+    decode_from_worker, decode_results, heartbeat_period, Event, Launcher, Link, Outgoing,
 };
 
 use procpool_protocol::{
@@ -195,7 +195,7 @@ impl Launcher for MpiLauncher {
         generation: u64,
         events: &Sender<Event>,
     ) -> Result<Box<dyn Link>, PoolError> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::channel::<Outgoing>();
         let rank = Rank::try_from(slot + 1)
             .map_err(|_| PoolError::Config(format!("no MPI rank for worker {slot}")))?;
         let cmds = self
@@ -210,6 +210,8 @@ impl Launcher for MpiLauncher {
             .stack_size(64 << 10)
             .spawn(move || {
                 for message in rx {
+                    // MPI keeps the bytes until the send completes.
+                    let message = message.into_vec();
                     if forward.send(Cmd::Send { rank, message }).is_err() {
                         break;
                     }

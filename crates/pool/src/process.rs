@@ -34,7 +34,7 @@ use procpool_protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN};
 
 use crate::error::{PoolError, WorkerExit};
 use crate::guard::Guard;
-use crate::transport::{decode_from_worker, decode_results, Event, Launcher, Link};
+use crate::transport::{decode_from_worker, decode_results, Event, Launcher, Link, Outgoing};
 use crate::worker_output::OutputHub;
 
 type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
@@ -393,15 +393,15 @@ struct Connection;
 impl Connection {
     fn start(
         (to_worker, from_worker): Rendezvous,
-    ) -> io::Result<(Sender<Vec<u8>>, IpcBytesReceiver)> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    ) -> io::Result<(Sender<Outgoing>, IpcBytesReceiver)> {
+        let (tx, rx) = mpsc::channel::<Outgoing>();
         thread::Builder::new()
             .name("procpool-writer".into())
             .spawn(move || {
                 // Ends when the supervisor drops its sender (the worker then
                 // sees its request channel close) or the worker is gone.
                 for message in rx {
-                    if to_worker.send(&message).is_err() {
+                    if to_worker.send(message.bytes()).is_err() {
                         break;
                     }
                 }

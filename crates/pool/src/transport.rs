@@ -21,6 +21,39 @@ use procpool_protocol::{
 use crate::error::{PoolError, WorkerExit};
 use crate::supervisor::Command;
 
+/// A request on its way to a worker: bytes of its own, or a batch's buffer
+/// from an offset, shared with the supervisor, which keeps the batch until
+/// its records are done.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Bytes(Vec<u8>),
+    Shared(Arc<Vec<u8>>, usize),
+}
+
+impl Outgoing {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Bytes(b) => b,
+            Outgoing::Shared(b, start) => b.get(*start..).unwrap_or_default(),
+        }
+    }
+
+    /// The bytes as a buffer of their own (copied if shared).
+    #[cfg(any(test, feature = "mpi"))]
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Outgoing::Bytes(b) => b,
+            Outgoing::Shared(..) => self.bytes().to_vec(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Outgoing {
+    fn from(bytes: Vec<u8>) -> Self {
+        Outgoing::Bytes(bytes)
+    }
+}
+
 /// Everything the supervisor reacts to: what the transport reports about
 /// each worker (tagged with its slot and generation), and the pool's commands.
 pub(crate) enum Event {
@@ -28,7 +61,7 @@ pub(crate) enum Event {
     Accepted {
         slot: usize,
         generation: u64,
-        result: Result<Sender<Vec<u8>>, String>,
+        result: Result<Sender<Outgoing>, String>,
     },
     /// A decoded message from a worker.
     Message {

@@ -177,14 +177,24 @@ pub fn encode_batch_of(
     buf: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
     let start = buf.len();
-    buf.reserve(records.len() + 20);
+    buf.reserve(records.len() + BATCH_HEAD_BYTES);
+    encode_batch_head(id, count, buf);
+    buf.extend_from_slice(records);
+    check_message(buf, start)
+}
+
+/// The head of a batch message, as [`encode_batch_of`] writes it before the
+/// records: written in front of records already in place, it makes the
+/// message without copying them.
+pub fn encode_batch_head(id: u64, count: usize, buf: &mut Vec<u8>) {
     // `Request::Batch(Batch { id, records })`: variant 1.
     put_u64(buf, 1);
     put_u64(buf, id);
     put_u64(buf, count as u64);
-    buf.extend_from_slice(records);
-    check_message(buf, start)
 }
+
+/// Most bytes [`encode_batch_head`] writes: three varints.
+pub const BATCH_HEAD_BYTES: usize = 27;
 
 /// A message appended to `buf` from `start` must be within
 /// [`MAX_MESSAGE_BYTES`]; if not, it is taken off again.

@@ -25,8 +25,9 @@ mod task;
 mod views;
 
 pub use codec::{
-    append_record, decode, decode_prefix, decode_value, encode, encode_batch, encode_batch_of,
-    encode_into, encode_record_into, encode_value, CodecError, MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
+    append_record, decode, decode_prefix, decode_value, encode, encode_batch, encode_batch_head,
+    encode_batch_of, encode_into, encode_record_into, encode_value, CodecError, BATCH_HEAD_BYTES,
+    MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
 };
 pub use messages::{
     Batch, BatchResults, Encoding, FailureKind, Hello, ParamsEncoding, Record, Request,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PoolError, WorkerExit};
 use crate::pool::{Pool, PoolBuilder};
-use crate::transport::{Event, Launcher, Link};
+use crate::transport::{Event, Launcher, Link, Outgoing};
 
 /// Echoes its input.
 #[derive(Serialize, Deserialize)]
@@ -320,7 +320,7 @@ impl FakeWorker {
             }
             _ => {}
         }
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::channel::<Outgoing>();
         let _ = self.events.send(Event::Accepted {
             slot: self.slot,
             generation: self.generation,
@@ -354,7 +354,7 @@ impl FakeWorker {
     }
 
     /// The serve loop: until the writer is dropped, `Stop`, a death or a kill.
-    fn requests(&self, rx: &Receiver<Vec<u8>>) -> Result<(), WorkerExit> {
+    fn requests(&self, rx: &Receiver<Outgoing>) -> Result<(), WorkerExit> {
         let mut done = 0u64;
         let mut flush_each = false;
         let mut stopped = false;
@@ -370,7 +370,7 @@ impl FakeWorker {
                 }
             }
             let bytes = match rx.recv_timeout(TICK) {
-                Ok(bytes) => bytes,
+                Ok(message) => message.into_vec(),
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) if stopped && self.plan.ignores_stop => {
                     self.pause(None, true)?;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use procpool_protocol::{encode_batch_of, FailureKind};
+use procpool_protocol::FailureKind;
 
 use super::worker::{InFlight, Phase, Remains, Worker};
 use super::{Admission, PoolPhase, Supervisor};
@@ -71,12 +71,14 @@ impl Supervisor {
             }
             let id = self.next_batch;
             self.next_batch += 1;
-            let mut buf = Vec::new();
-            if let Err(e) = encode_batch_of(id, batch.len(), batch.wire(), &mut buf) {
-                self.fail_batch(batch, RecordError::BadInput(e.to_string()), 0);
-                continue;
-            }
-            w.send(buf);
+            let message = match batch.message(id) {
+                Ok(message) => message,
+                Err(e) => {
+                    self.fail_batch(batch, RecordError::BadInput(e.to_string()), 0);
+                    continue;
+                }
+            };
+            w.send(message);
             let now = Instant::now();
             if w.in_flight.is_empty() {
                 // An idle worker has had nothing to say: its liveness clock

@@ -10,7 +10,7 @@ use procpool_protocol::{encode, Request};
 use crate::batch::Batch;
 use crate::error::{WorkerEnd, WorkerExit};
 use crate::stats::WorkerStats;
-use crate::transport::Link;
+use crate::transport::{Link, Outgoing};
 
 /// How long a worker that is gone may take to exit before it is killed.
 const REAP_PATIENCE: Duration = Duration::from_millis(500);
@@ -50,7 +50,7 @@ pub(super) struct Worker {
     pub pid: u32,
     link: Option<Box<dyn Link>>,
     /// Requests to the worker, once it has connected.
-    writer: Option<Sender<Vec<u8>>>,
+    writer: Option<Sender<Outgoing>>,
     pub in_flight: VecDeque<InFlight>,
     /// Records sent to this worker in its life (for recycling).
     pub assigned: u64,
@@ -147,7 +147,7 @@ impl Worker {
     }
 
     /// The worker connected: requests go to `writer` from now on.
-    pub fn connected(&mut self, writer: Sender<Vec<u8>>) {
+    pub fn connected(&mut self, writer: Sender<Outgoing>) {
         self.writer = Some(writer);
         if let Some(link) = self.link.as_mut() {
             link.connected();
@@ -173,9 +173,9 @@ impl Worker {
 
     /// Queue an encoded request (dropped if the worker is gone: its reader
     /// reports that).
-    pub fn send(&self, message: Vec<u8>) {
+    pub fn send(&self, message: impl Into<Outgoing>) {
         if let Some(w) = &self.writer {
-            let _ = w.send(message);
+            let _ = w.send(message.into());
         }
     }
 
