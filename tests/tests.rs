@@ -21,6 +21,7 @@ mod orphans;
 mod own_worker;
 mod preflight;
 mod resume;
+mod shared_memory;
 mod signals;
 mod streams;
 mod supervise;

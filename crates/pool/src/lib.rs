@@ -85,6 +85,7 @@
 //! sends not even a heartbeat) is declared dead.
 //! See the supervisor's README for the worker lifecycle.
 
+mod arena;
 mod batch;
 mod error;
 

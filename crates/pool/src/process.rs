@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipc_channel::IpcError;
-use procpool_protocol::{ENV_PARENT, ENV_SERVER, ENV_TOKEN};
+use procpool_protocol::{
+    encode, Request, WorkerMessage, ENV_ARENA, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+};
 
+use crate::arena::{Arena, SLOTS, SLOT_BYTES};
 use crate::error::{PoolError, WorkerExit};
 use crate::guard::Guard;
 use crate::transport::{decode_from_worker, decode_results, Event, Launcher, Link, Outgoing};
@@ -296,6 +299,17 @@ fn spawn(
     };
     let mut command = Command::new(bin);
     command.stderr(stderr);
+    // Batches go through shared memory if the worker can map it.
+    let arena = match Arena::new(SLOTS, SLOT_BYTES) {
+        Ok(arena) => {
+            command.env(ENV_ARENA, arena.env_value());
+            Some(Arc::new(arena))
+        }
+        Err(e) => {
+            log::debug!("batches over the socket: no shared memory: {e}");
+            None
+        }
+    };
     let child = command
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)
@@ -356,7 +370,10 @@ fn spawn(
                 });
             // `Accepted` goes out before the reader starts, so that the
             // supervisor holds the writer before the worker's `Hello` arrives.
-            match pair.and_then(|pair| Connection::start(pair).map_err(|e| e.to_string())) {
+            // On once the worker's `Hello` says it mapped the shared memory.
+            let arena = arena.map(|a| (a, Arc::new(AtomicBool::new(false))));
+            let mapped = arena.as_ref().map(|(_, on)| on.clone());
+            match pair.and_then(|pair| Connection::start(pair, arena).map_err(|e| e.to_string())) {
                 Ok((writer, reader)) => {
                     let ok = events
                         .send(Event::Accepted {
@@ -366,7 +383,7 @@ fn spawn(
                         })
                         .is_ok();
                     if ok {
-                        read_loop(reader, slot, generation, events);
+                        read_loop(reader, slot, generation, events, mapped);
                     }
                 }
                 Err(e) => {
@@ -391,8 +408,10 @@ fn spawn(
 struct Connection;
 
 impl Connection {
+    /// `arena`: the worker's shared memory, used once the flag is on.
     fn start(
         (to_worker, from_worker): Rendezvous,
+        arena: Option<(Arc<Arena>, Arc<AtomicBool>)>,
     ) -> io::Result<(Sender<Outgoing>, IpcBytesReceiver)> {
         let (tx, rx) = mpsc::channel::<Outgoing>();
         thread::Builder::new()
@@ -401,7 +420,21 @@ impl Connection {
                 // Ends when the supervisor drops its sender (the worker then
                 // sees its request channel close) or the worker is gone.
                 for message in rx {
-                    if to_worker.send(message.bytes()).is_err() {
+                    let bytes = message.bytes();
+                    // Only batches are shared buffers; one that fits a free
+                    // slot goes there, and a few bytes name it.
+                    let slot = match (&message, &arena) {
+                        (Outgoing::Shared(..), Some((arena, on))) if on.load(Ordering::Acquire) => {
+                            arena.put(bytes)
+                        }
+                        _ => None,
+                    };
+                    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                    let sent = match slot.map(|slot| encode(&Request::BatchIn { slot, len })) {
+                        Some(Ok(named)) => to_worker.send(&named),
+                        _ => to_worker.send(bytes),
+                    };
+                    if sent.is_err() {
                         break;
                     }
                 }
@@ -410,7 +443,14 @@ impl Connection {
     }
 }
 
-fn read_loop(rx: IpcBytesReceiver, slot: usize, generation: u64, events: Sender<Event>) {
+/// `arena`: turned on if the worker's `Hello` says it mapped the shared memory.
+fn read_loop(
+    rx: IpcBytesReceiver,
+    slot: usize,
+    generation: u64,
+    events: Sender<Event>,
+    arena: Option<Arc<AtomicBool>>,
+) {
     let mut first = true;
     let reason = loop {
         let bytes = match rx.recv() {
@@ -441,6 +481,9 @@ fn read_loop(rx: IpcBytesReceiver, slot: usize, generation: u64, events: Sender<
         };
         match decode_from_worker(&mut first, &bytes) {
             Ok(message) => {
+                if let (WorkerMessage::Hello(hello), Some(on)) = (&message, &arena) {
+                    on.store(hello.arena, Ordering::Release);
+                }
                 if events
                     .send(Event::Message {
                         slot,

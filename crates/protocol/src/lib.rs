@@ -71,6 +71,13 @@ pub const ENV_PARENT: &str = "PROCPOOL_PARENT";
 pub const ENV_HEARTBEAT_MS: &str = "PROCPOOL_HEARTBEAT_MS";
 /// A worker's heartbeat period when [`ENV_HEARTBEAT_MS`] is not set.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+/// Environment variable naming shared memory for batches, as
+/// `PATH:SLOTS:SLOT_BYTES` (a memfd of the coordinator's, under
+/// `/proc/PID/fd/`): [`ARENA_HEAD_BYTES`] of one `u32` flag per slot (1:
+/// the coordinator filled it, 0: free), then the slots.
+pub const ENV_ARENA: &str = "PROCPOOL_ARENA";
+/// Bytes before the first slot of the shared memory of [`ENV_ARENA`].
+pub const ARENA_HEAD_BYTES: usize = 4096;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The first two fields of every worker's first message are, in order, the
 /// variant index of [`WorkerMessage::Hello`] and this version, so that any
 /// future version can still be recognised (see [`crate::decode_prefix`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What a worker binary says it can run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +81,9 @@ pub struct Hello {
     pub token: String,
     /// The tasks compiled into this worker binary.
     pub tasks: Vec<TaskInfo>,
+    /// It mapped the shared memory named in [`crate::ENV_ARENA`]: batches
+    /// may come as [`Request::BatchIn`].
+    pub arena: bool,
 }
 
 /// One input record: a sequence number and its bincode-encoded payload.
@@ -164,6 +167,16 @@ pub enum Request {
     Batch(Batch),
     /// Finish what was sent and exit.
     Stop,
+    /// A batch, encoded as [`Request::Batch`], in slot `slot` of the shared
+    /// memory the worker mapped ([`crate::ENV_ARENA`]): its first `len`
+    /// bytes. The worker hands the slot back (its flag to 0) once done with
+    /// the records.
+    BatchIn {
+        /// The slot's index.
+        slot: u32,
+        /// Bytes of the message in it.
+        len: u32,
+    },
 }
 
 /// Why a record failed inside a worker that survived it.

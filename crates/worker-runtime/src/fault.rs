@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Environment variable that makes a worker misbehave on purpose. Values:
 /// `exit-before-hello`, `hang-before-hello`, `hang-after-connect`,
 /// `garbage-hello`, `wrong-version`, `wrong-token`, `crash-after:K` (abort
-/// after K records), `garbage-after:K` (send garbage after K records).
+/// after K records), `garbage-after:K` (send garbage after K records),
+/// `no-arena` (take batches over the socket only, as a worker that cannot
+/// map its coordinator's shared memory).
 pub const ENV_FAULT: &str = "PROCPOOL_WORKER_FAULT";
 
 static OBEY_ENV: AtomicBool = AtomicBool::new(false);
@@ -40,6 +42,7 @@ pub(crate) enum InjectedFault {
     WrongToken,
     CrashAfter(u64),
     GarbageAfter(u64),
+    NoArena,
 }
 
 impl InjectedFault {
@@ -67,6 +70,7 @@ impl InjectedFault {
             "garbage-hello" => InjectedFault::GarbageHello,
             "wrong-version" => InjectedFault::WrongVersion,
             "wrong-token" => InjectedFault::WrongToken,
+            "no-arena" => InjectedFault::NoArena,
             _ => {
                 if let Some(k) = after("crash-after:") {
                     InjectedFault::CrashAfter(k)

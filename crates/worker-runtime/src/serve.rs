@@ -15,6 +15,7 @@ use procpool_protocol::{
     MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
+use crate::arena::Arena;
 use crate::fault::InjectedFault;
 use crate::heartbeat::{self, Heartbeat, SideSender};
 use crate::registry::{panic_message, Registry, Runner};
@@ -150,7 +151,11 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
         tx: to_coordinator,
         rx: requests,
     };
-    serve_on(transport, registry, token, fault)
+    let arena = match fault {
+        InjectedFault::NoArena => None,
+        _ => Arena::from_env(),
+    };
+    serve_on(transport, registry, token, fault, arena)
 }
 
 /// How a worker reaches its coordinator: ipc-channel locally, or another
@@ -213,7 +218,7 @@ pub fn serve_over<T: WorkerTransport>(
     token: String,
 ) -> Result<(), ServeError> {
     std::panic::set_hook(Box::new(|_| {}));
-    serve_on(transport, registry, token, InjectedFault::from_env())
+    serve_on(transport, registry, token, InjectedFault::from_env(), None)
 }
 
 fn serve_on<T: WorkerTransport>(
@@ -221,6 +226,7 @@ fn serve_on<T: WorkerTransport>(
     registry: Registry,
     token: String,
     fault: InjectedFault,
+    arena: Option<Arena>,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
     let mut out = Outbox {
@@ -236,6 +242,7 @@ fn serve_on<T: WorkerTransport>(
         host: host_name(),
         token: fault.token(token),
         tasks: registry.infos(),
+        arena: arena.is_some(),
     }))?;
     // After the Hello, which must come first; stopped when this returns.
     let _heartbeat = heartbeat::period_from_env()
@@ -243,6 +250,8 @@ fn serve_on<T: WorkerTransport>(
         .and_then(|(period, send)| Heartbeat::start(period, send));
 
     let mut state: Option<Configured> = None;
+    // Batches that came through the shared memory.
+    let mut from_arena = 0u64;
     let ctx = Arc::new(RunContext {
         pid,
         fault,
@@ -324,6 +333,56 @@ fn serve_on<T: WorkerTransport>(
                     }
                 }
             }
+            // A batch in the shared memory, decoded where it lies.
+            Request::BatchIn { slot, len } => {
+                let bytes = arena
+                    .as_ref()
+                    .and_then(|a| a.slot(slot, len))
+                    .ok_or_else(|| {
+                        ServeError::Ipc(format!(
+                            "a batch in shared-memory slot {slot} ({len} bytes), which this worker does not have"
+                        ))
+                    })?;
+                match state.as_mut().ok_or(ServeError::NotConfigured)? {
+                    Configured::Inline {
+                        runner,
+                        flush_each,
+                        collected,
+                    } => {
+                        let batch = decode_batch_ref(bytes)
+                            .map_err(ServeError::Protocol)?
+                            .ok_or(ServeError::NotConfigured)?;
+                        let mut sink = InlineSink {
+                            out: &mut out,
+                            batch: batch.id,
+                            started: Instant::now(),
+                        };
+                        run_batch(
+                            &**runner,
+                            &ctx,
+                            &batch.records,
+                            *flush_each,
+                            collected,
+                            &mut sink,
+                        )?;
+                    }
+                    // The task thread decodes a copy of its own.
+                    Configured::Threads(threads) => {
+                        let copy = bytes.to_vec();
+                        if let Some(a) = arena.as_ref() {
+                            a.release(slot);
+                        }
+                        threads.submit(copy)?;
+                        from_arena += 1;
+                        continue;
+                    }
+                }
+                // Every record is answered: nothing reads the slot any more.
+                if let Some(a) = arena.as_ref() {
+                    a.release(slot);
+                }
+                from_arena += 1;
+            }
             // `is_batch` above takes every batch; a decoder that disagrees is a bug
             // in this process, reported rather than panicked on.
             Request::Batch(_) => {
@@ -344,6 +403,7 @@ fn serve_on<T: WorkerTransport>(
                 let done = ctx.done.load(Ordering::Relaxed);
                 let failed = ctx.failed.load(Ordering::Relaxed);
                 info!("stopping after {done} records, {failed} failed{quiet}");
+                debug!("{from_arena} batches came through shared memory");
                 return out.transport.finish();
             }
         }

@@ -330,6 +330,7 @@ impl FakeWorker {
             protocol_version: PROTOCOL_VERSION,
             pid: self.pid,
             host: "fake".into(),
+            arena: false,
             token: if self.plan.start == Start::WrongToken {
                 "forged".into()
             } else {
@@ -417,7 +418,7 @@ impl FakeWorker {
                     }
                 }
                 Ok(Request::Stop) if self.plan.ignores_stop => stopped = true,
-                Ok(Request::Stop) | Err(_) => return Ok(()),
+                Ok(Request::Stop | Request::BatchIn { .. }) | Err(_) => return Ok(()),
             }
         }
     }

@@ -1,0 +1,65 @@
+//! Batches reach local workers through shared memory (a memfd per worker,
+//! mapped by both) rather than over the socket; a worker that cannot map it
+//! gets them over the socket. Both give the same output, on processes and
+//! on the thread executor.
+
+use crate::util::{assert_same_output, coordinator, fault_input, ok_n, tempdir, write_file};
+
+/// Batches each worker said came through shared memory (its debug line at
+/// exit).
+fn through_shared_memory(stderr: &str) -> Vec<u64> {
+    const SAID: &str = " batches came through shared memory";
+    stderr
+        .lines()
+        .filter_map(|l| l.find(SAID).map(|at| &l[..at]))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
+    let dir = tempdir();
+    let n = 5000u64;
+    let input = write_file(dir.path(), "in.jsonl", fault_input((0..n).map(|i| (i, ""))));
+    let expected: String = (0..n).map(|i| ok_n(i) + "\n").collect();
+    for executor in ["process", "thread"] {
+        let run = |fault: Option<&str>| {
+            let mut cmd = coordinator([
+                "--task",
+                "fault",
+                "--workers",
+                "2",
+                "--executor",
+                executor,
+                "--input",
+                &input,
+            ])
+            .env("RUST_LOG", "debug");
+            if let Some(f) = fault {
+                cmd = cmd.env("PROCPOOL_WORKER_FAULT", f);
+            }
+            let run = cmd.run();
+            run.assert_code(0);
+            run.assert_no_panic();
+            run
+        };
+        let shared = run(None);
+        assert_same_output(shared.stdout_str(), &expected, executor);
+        let counts = through_shared_memory(&shared.stderr);
+        assert!(
+            !counts.is_empty(),
+            "{executor}: no worker counted its batches"
+        );
+        assert!(
+            counts.iter().sum::<u64>() > 0,
+            "{executor}: no batch came through shared memory: {counts:?}"
+        );
+        let socket = run(Some("no-arena"));
+        assert_same_output(socket.stdout_str(), &expected, executor);
+        let counts = through_shared_memory(&socket.stderr);
+        assert!(
+            !counts.is_empty() && counts.iter().all(|&c| c == 0),
+            "{executor}: a worker without shared memory counted {counts:?}"
+        );
+    }
+}
