@@ -5,14 +5,19 @@
 
 use crate::util::{assert_same_output, coordinator, fault_input, ok_n, tempdir, write_file};
 
-/// Batches each worker said came through shared memory (its debug line at
-/// exit).
-fn through_shared_memory(stderr: &str) -> Vec<u64> {
-    const SAID: &str = " batches came through shared memory";
+/// Per worker, the batches that came to it and the results that went back
+/// through shared memory (its debug line at exit).
+fn through_shared_memory(stderr: &str) -> Vec<(u64, u64)> {
+    const BATCHES: &str = " batches came through shared memory, ";
+    const RESULTS: &str = " results went back through it";
+    let count = |s: &str| s.rsplit(' ').next()?.parse::<u64>().ok();
     stderr
         .lines()
-        .filter_map(|l| l.find(SAID).map(|at| &l[..at]))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .filter_map(|l| {
+            let (before, rest) = l.split_once(BATCHES)?;
+            let results = rest.strip_suffix(RESULTS)?;
+            Some((count(before)?, count(results)?))
+        })
         .collect()
 }
 
@@ -51,14 +56,14 @@ fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
             "{executor}: no worker counted its batches"
         );
         assert!(
-            counts.iter().sum::<u64>() > 0,
-            "{executor}: no batch came through shared memory: {counts:?}"
+            counts.iter().all(|&(batches, results)| batches > 0 && results > 0),
+            "{executor}: a worker took no batch or sent no results through shared memory: {counts:?}"
         );
         let socket = run(Some("no-arena"));
         assert_same_output(socket.stdout_str(), &expected, executor);
         let counts = through_shared_memory(&socket.stderr);
         assert!(
-            !counts.is_empty() && counts.iter().all(|&c| c == 0),
+            !counts.is_empty() && counts.iter().all(|&c| c == (0, 0)),
             "{executor}: a worker without shared memory counted {counts:?}"
         );
     }

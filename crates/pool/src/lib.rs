@@ -85,7 +85,6 @@
 //! sends not even a heartbeat) is declared dead.
 //! See the supervisor's README for the worker lifecycle.
 
-mod arena;
 mod batch;
 mod error;
 

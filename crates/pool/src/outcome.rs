@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use procpool_protocol::{decode_value, FailureKind};
 
 use crate::error::RecordError;
-use crate::transport::Results;
+use crate::transport::{Buf, Results};
 
 /// One finished record, with where and when it ran.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ pub struct Outcome<O> {
 /// batch of results costs one allocation rather than one per record.
 #[derive(Clone)]
 pub(crate) struct Payload {
-    buf: Arc<Vec<u8>>,
+    buf: Arc<Buf>,
     range: Range<usize>,
 }
 
@@ -51,7 +51,11 @@ impl Payload {
     /// the whole of an unshared buffer).
     pub(crate) fn into_vec(self) -> Vec<u8> {
         if self.range == (0..self.buf.len()) {
-            Arc::try_unwrap(self.buf).unwrap_or_else(|b| b.to_vec())
+            match Arc::try_unwrap(self.buf) {
+                Ok(Buf::Heap(v)) => v,
+                Ok(other) => other.to_vec(),
+                Err(b) => b.to_vec(),
+            }
         } else {
             self.to_vec()
         }
@@ -85,7 +89,7 @@ pub(crate) struct Block {
     pub(crate) pid: Option<u32>,
     pub(crate) thread: u32,
     /// The message the outputs arrived in (empty when none did).
-    buf: Arc<Vec<u8>>,
+    buf: Arc<Buf>,
     /// Record `i`'s output is `buf[ends[i - 1]..ends[i]]` (record 0's starts
     /// at `start`); a failed record's is empty. Empty when no output arrived.
     start: usize,
@@ -330,7 +334,7 @@ mod tests {
             outputs: Vec::new(),
             failures,
         };
-        let buf = Arc::new(b"xyzabcdeTAIL".to_vec());
+        let buf = Arc::new(Buf::Heap(b"xyzabcdeTAIL".to_vec()));
         Block::answered(
             vec![10, 11, 12],
             Some(7),

@@ -31,13 +31,15 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipc_channel::IpcError;
 use procpool_protocol::{
-    encode, Request, WorkerMessage, ENV_ARENA, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
+    encode, Request, WorkerMessage, ENV_ARENA, ENV_PARENT, ENV_RESULTS_ARENA, ENV_SERVER, ENV_TOKEN,
 };
+use procpool_worker::arena::Arena;
 
-use crate::arena::{Arena, SLOTS, SLOT_BYTES};
 use crate::error::{PoolError, WorkerExit};
 use crate::guard::Guard;
-use crate::transport::{decode_from_worker, decode_results, Event, Launcher, Link, Outgoing};
+use crate::transport::{
+    decode_from_worker, decode_results, decode_results_in, Event, Launcher, Lease, Link, Outgoing,
+};
 use crate::worker_output::OutputHub;
 
 type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
@@ -199,6 +201,17 @@ fn has_exited(pid: u32) -> bool {
     r == 0 && unsafe { info.si_pid() } != 0
 }
 
+/// Slots of a worker's shared memory for batches: enough for the batches it
+/// holds at once with the default window (two in flight, one being
+/// answered), and a few more.
+const SLOTS: usize = 6;
+/// Slots for its results: they are held until written out in order, which
+/// may take longer.
+const RESULT_SLOTS: usize = 8;
+/// Bytes per slot: the largest batch message (192 KiB of records, one
+/// record over, the head) or results message of a batch.
+const SLOT_BYTES: usize = 320 << 10;
+
 /// Whether a process is stopped (SIGSTOP, a debugger's stop), from
 /// `/proc/PID/stat`; `None` where that cannot be read.
 fn stopped(pid: u32) -> Option<bool> {
@@ -299,17 +312,23 @@ fn spawn(
     };
     let mut command = Command::new(bin);
     command.stderr(stderr);
-    // Batches go through shared memory if the worker can map it.
-    let arena = match Arena::new(SLOTS, SLOT_BYTES) {
+    // Batches and results go through shared memory if the worker maps it.
+    let mut arena = |var: &str, slots: usize| match Arena::create(slots, SLOT_BYTES) {
         Ok(arena) => {
-            command.env(ENV_ARENA, arena.env_value());
+            if let Some(value) = arena.env_value() {
+                command.env(var, value);
+            }
             Some(Arc::new(arena))
         }
         Err(e) => {
-            log::debug!("batches over the socket: no shared memory: {e}");
+            log::debug!("no shared memory for {var}: {e}");
             None
         }
     };
+    let (arena, results) = (
+        arena(ENV_ARENA, SLOTS),
+        arena(ENV_RESULTS_ARENA, RESULT_SLOTS),
+    );
     let child = command
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)
@@ -383,7 +402,7 @@ fn spawn(
                         })
                         .is_ok();
                     if ok {
-                        read_loop(reader, slot, generation, events, mapped);
+                        read_loop(reader, slot, generation, events, mapped, results);
                     }
                 }
                 Err(e) => {
@@ -430,8 +449,9 @@ impl Connection {
                         _ => None,
                     };
                     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                    let sent = match slot.map(|slot| encode(&Request::BatchIn { slot, len })) {
-                        Some(Ok(named)) => to_worker.send(&named),
+                    let named = slot.map(|slot| encode(&Request::BatchIn { slot, len }));
+                    let sent = match &named {
+                        Some(Ok(named)) => to_worker.send(named),
                         _ => to_worker.send(bytes),
                     };
                     if sent.is_err() {
@@ -443,13 +463,15 @@ impl Connection {
     }
 }
 
-/// `arena`: turned on if the worker's `Hello` says it mapped the shared memory.
+/// `arena`: turned on if the worker's `Hello` says it mapped the shared
+/// memory for batches; `results`: where it may put its results.
 fn read_loop(
     rx: IpcBytesReceiver,
     slot: usize,
     generation: u64,
     events: Sender<Event>,
     arena: Option<Arc<AtomicBool>>,
+    results: Option<Arc<Arena>>,
 ) {
     let mut first = true;
     let reason = loop {
@@ -480,6 +502,30 @@ fn read_loop(
             }
         };
         match decode_from_worker(&mut first, &bytes) {
+            // Results in the shared memory, decoded where they lie and held
+            // there until their outputs are written.
+            Ok(WorkerMessage::ResultsIn { slot: at, len }) => {
+                let results = results
+                    .as_ref()
+                    .and_then(|arena| Lease::take(arena, at, len))
+                    .ok_or_else(|| {
+                        format!("named results in shared-memory slot {at}, which holds none")
+                    })
+                    .and_then(decode_results_in);
+                match results {
+                    Ok(results) => {
+                        let event = Event::Results {
+                            slot,
+                            generation,
+                            results,
+                        };
+                        if events.send(event).is_err() {
+                            return;
+                        }
+                    }
+                    Err(reason) => break Some(reason),
+                }
+            }
             Ok(message) => {
                 if let (WorkerMessage::Hello(hello), Some(on)) = (&message, &arena) {
                     on.store(hello.arena, Ordering::Release);

@@ -18,6 +18,8 @@ use procpool_protocol::{
     decode, decode_prefix, decode_results_ref, BatchResults, WorkerMessage, PROTOCOL_VERSION,
 };
 
+use procpool_worker::arena::Arena;
+
 use crate::error::{PoolError, WorkerExit};
 use crate::supervisor::Command;
 
@@ -85,6 +87,79 @@ pub(crate) enum Event {
     Command(Command),
 }
 
+/// The bytes a message of results arrived in: a buffer of its own, or the
+/// slot of the worker's shared memory it was put in, handed back to the
+/// worker when the last output in it is dropped.
+#[derive(Debug, Default)]
+pub(crate) enum Buf {
+    #[default]
+    Empty,
+    Heap(Vec<u8>),
+    Lease(Lease),
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Empty => &[],
+            Buf::Heap(v) => v,
+            Buf::Lease(l) => l.bytes(),
+        }
+    }
+}
+
+/// A filled slot of a worker's results arena, held until dropped.
+pub(crate) struct Lease {
+    arena: Arc<Arena>,
+    slot: u32,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the slot's bytes do not change while the lease holds it (the
+// worker fills a slot again only once handed back, on drop); `Arena` is
+// Send + Sync.
+unsafe impl Send for Lease {}
+// SAFETY: as above; only read.
+unsafe impl Sync for Lease {}
+
+impl Lease {
+    /// Hold slot `slot` (`len` bytes filled) of `arena`; `None` if it holds
+    /// nothing.
+    pub fn take(arena: &Arc<Arena>, slot: u32, len: u32) -> Option<Lease> {
+        let bytes = arena.slot(slot, len)?;
+        Some(Lease {
+            arena: arena.clone(),
+            slot,
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the slot's bytes, checked when taken and unchanged until
+        // the release in drop.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.arena.release(self.slot);
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("slot", &self.slot)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
 /// `WorkerMessage::Results` as the supervisor handles it: the outputs left
 /// in the message they arrived in when decoded by [`decode_results`].
 #[derive(Debug)]
@@ -92,7 +167,7 @@ pub(crate) struct Results {
     /// Everything but the outputs: its `outputs` is left empty.
     pub head: BatchResults,
     /// The message (or the outputs alone); the outputs begin at `start`.
-    pub buf: Arc<Vec<u8>>,
+    pub buf: Arc<Buf>,
     pub start: usize,
 }
 
@@ -101,7 +176,7 @@ impl From<BatchResults> for Results {
         let outputs = std::mem::take(&mut head.outputs);
         Results {
             head,
-            buf: Arc::new(outputs),
+            buf: Arc::new(Buf::Heap(outputs)),
             start: 0,
         }
     }
@@ -112,23 +187,43 @@ impl From<BatchResults> for Results {
 /// `Ok(None)` when it is another message. An error says why the worker is
 /// to be dropped.
 pub(crate) fn decode_results(bytes: Vec<u8>) -> Result<Result<Results, Vec<u8>>, String> {
-    let (head, start) = match decode_results_ref(&bytes) {
+    match results_in(&bytes)? {
+        Some((head, start)) => Ok(Ok(Results {
+            head,
+            buf: Arc::new(Buf::Heap(bytes)),
+            start,
+        })),
+        None => Ok(Err(bytes)),
+    }
+}
+
+/// As [`decode_results`], for a message in a slot of the worker's results
+/// arena (`WorkerMessage::ResultsIn`): held until its outputs are dropped.
+pub(crate) fn decode_results_in(lease: Lease) -> Result<Results, String> {
+    match results_in(lease.bytes())? {
+        Some((head, start)) => Ok(Results {
+            head,
+            buf: Arc::new(Buf::Lease(lease)),
+            start,
+        }),
+        None => Err("put something other than results in shared memory".into()),
+    }
+}
+
+/// The head of a `Results` message and where its outputs start in it.
+fn results_in(bytes: &[u8]) -> Result<Option<(BatchResults, usize)>, String> {
+    match decode_results_ref(bytes) {
         Ok(Some(view)) => {
             // `outputs` borrows from `bytes`: its offset in the message.
             let start = (view.outputs.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
             if start.checked_add(view.outputs.len()) > Some(bytes.len()) {
                 return Err("sent outputs outside their message".into());
             }
-            (view.results, start)
+            Ok(Some((view.results, start)))
         }
-        Ok(None) => return Ok(Err(bytes)),
-        Err(e) => return Err(format!("sent a malformed message ({e})")),
-    };
-    Ok(Ok(Results {
-        head,
-        buf: Arc::new(bytes),
-        start,
-    }))
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("sent a malformed message ({e})")),
+    }
 }
 
 /// Decode a message from a worker; `first` marks its first message, whose
@@ -277,6 +372,45 @@ mod tests {
             shared.buf[shared.start..shared.start + total],
             expected.buf[..]
         );
+    }
+
+    /// Results a worker put in its arena decode where they lie, as from a
+    /// message of their own; the slot is the worker's again once the last
+    /// output is dropped, not before.
+    #[test]
+    fn results_in_shared_memory_decode_in_place_and_hand_the_slot_back_when_dropped() {
+        let owned = sample();
+        let bytes = encode(&WorkerMessage::Results(owned.clone())).unwrap();
+        let coordinator = Arc::new(Arena::create(1, 64 << 10).unwrap());
+        let worker = Arena::open(&coordinator.env_value().unwrap()).unwrap();
+        let slot = worker.put(&bytes).unwrap();
+        let len = bytes.len() as u32;
+        let lease = Lease::take(&coordinator, slot, len).unwrap();
+        let shared = decode_results_in(lease).unwrap();
+        let expected = Results::from(owned);
+        assert_eq!(shared.head, expected.head);
+        let total = expected.buf.len();
+        assert_eq!(
+            shared.buf[shared.start..shared.start + total],
+            expected.buf[..]
+        );
+        let kept = shared.buf.clone();
+        drop(shared);
+        assert_eq!(
+            worker.put(b"x"),
+            None,
+            "handed back while an output is held"
+        );
+        drop(kept);
+        assert_eq!(worker.put(b"x"), Some(slot));
+        // A slot that holds nothing, or something else than results.
+        assert!(Lease::take(&coordinator, 0, 1).is_some());
+        coordinator.release(0);
+        assert!(Lease::take(&coordinator, 0, 1).is_none());
+        let ready = encode(&WorkerMessage::Ready).unwrap();
+        let slot = worker.put(&ready).unwrap();
+        let lease = Lease::take(&coordinator, slot, ready.len() as u32).unwrap();
+        assert!(decode_results_in(lease).is_err());
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub use messages::{
 };
 pub use task::{Task, TaskError};
 pub use views::{
-    decode_batch_ref, decode_results_ref, encode_results, is_batch, BatchRef, ResultsRef,
+    decode_batch_ref, decode_results_ref, encode_results, is_batch, is_results, BatchRef,
+    ResultsRef,
 };
 
 /// MPI backend: the tag of protocol messages, both ways.
@@ -74,8 +75,11 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
 /// Environment variable naming shared memory for batches, as
 /// `PATH:SLOTS:SLOT_BYTES` (a memfd of the coordinator's, under
 /// `/proc/PID/fd/`): [`ARENA_HEAD_BYTES`] of one `u32` flag per slot (1:
-/// the coordinator filled it, 0: free), then the slots.
+/// filled by the sender and not yet handed back, 0: free), then the slots.
 pub const ENV_ARENA: &str = "PROCPOOL_ARENA";
+/// Environment variable naming shared memory for results
+/// ([`WorkerMessage::ResultsIn`]), laid out as for [`ENV_ARENA`].
+pub const ENV_RESULTS_ARENA: &str = "PROCPOOL_RESULTS_ARENA";
 /// Bytes before the first slot of the shared memory of [`ENV_ARENA`].
 pub const ARENA_HEAD_BYTES: usize = 4096;
 

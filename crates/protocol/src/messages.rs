@@ -259,6 +259,15 @@ pub enum WorkerMessage {
     },
     /// Results of records.
     Results(BatchResults),
+    /// A `Results` message, encoded, in slot `slot` of the shared memory
+    /// named in [`crate::ENV_RESULTS_ARENA`]: its first `len` bytes. The
+    /// coordinator hands the slot back once done with the outputs.
+    ResultsIn {
+        /// The slot's index.
+        slot: u32,
+        /// Bytes of the message in it.
+        len: u32,
+    },
     /// Proof of life, sent from a thread of the worker's own every few
     /// hundred milliseconds (see [`crate::ENV_HEARTBEAT_MS`]), so that a worker
     /// busy with a long record can be told from one that is stopped or stuck.

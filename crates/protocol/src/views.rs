@@ -24,6 +24,13 @@ pub fn is_batch(bytes: &[u8]) -> bool {
         .is_ok_and(|variant| variant == u64::from(BATCH_VARIANT))
 }
 
+/// Whether `bytes` hold a `WorkerMessage::Results` (by its variant index alone).
+pub fn is_results(bytes: &[u8]) -> bool {
+    Reader::new(bytes)
+        .uint()
+        .is_ok_and(|variant| variant == RESULTS_VARIANT)
+}
+
 /// Decode `bytes` as a `Request::Batch` without copying its payloads;
 /// `Ok(None)` when it is another request (decode it with [`crate::decode`]).
 /// Read field by field, as [`crate::encode_batch`] writes it.

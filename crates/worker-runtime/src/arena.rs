@@ -1,80 +1,73 @@
-//! The worker's side of the shared memory its coordinator puts batches in
-//! ([`procpool_protocol::ENV_ARENA`]; the coordinator's side is the pool's
-//! `arena.rs`): mapped once at start, read in place for each
-//! `Request::BatchIn`, each slot handed back (its flag to 0) once its
-//! records are done with.
+//! Shared memory between a coordinator and one local worker: the batches on
+//! their way to it, and its results on their way back.
+//!
+//! A message over the worker's socket is copied twice (into the kernel, and
+//! out again into a fresh buffer on the other side). Instead the sender
+//! copies it into a free slot of a memfd that both processes map and sends
+//! a few bytes naming the slot (`Request::BatchIn`, `WorkerMessage::ResultsIn`);
+//! the receiver decodes the message where it lies and hands the slot back
+//! once done with it. A message larger than a slot, or one sent while every
+//! slot is taken, goes over the socket as before, and so does everything for
+//! a worker that could not map the memory.
+//!
+//! The coordinator creates one arena per direction ([`Arena::create`]) and
+//! names each to the worker in its environment ([`ENV_ARENA`] for batches,
+//! [`ENV_RESULTS_ARENA`] for results, both `PATH:SLOTS:SLOT_BYTES` with
+//! `PATH` under `/proc/PID/fd/`), which maps them ([`Arena::open`]).
+//! Layout: [`ARENA_HEAD_BYTES`] holding one `u32` flag per slot (1: filled by
+//! the sender and not yet handed back, 0: free), then the slots. The flag is
+//! the one word both sides write: the sender claims a slot (0 to 1) before
+//! filling it, the receiver clears it (release) after its last read, and the
+//! sender reuses it only once it reads 0 (acquire). The socket message that
+//! names the slot orders the filling before the receiver's reads.
+#![doc(hidden)]
 
 use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use log::debug;
-use procpool_protocol::{ARENA_HEAD_BYTES, ENV_ARENA};
+use procpool_protocol::ARENA_HEAD_BYTES;
+pub use procpool_protocol::{ENV_ARENA, ENV_RESULTS_ARENA};
 
-pub(crate) struct Arena {
+/// One direction's shared memory, mapped.
+pub struct Arena {
+    /// The memfd, kept open by its creator so that the worker can open it.
+    fd: Option<OwnedFd>,
     base: NonNull<u8>,
     len: usize,
     slots: usize,
     slot_bytes: usize,
 }
 
-impl Arena {
-    /// The shared memory named in the environment, mapped; `None` if there
-    /// is none or it cannot be mapped (batches then come over the socket).
-    pub fn from_env() -> Option<Arena> {
-        let value = std::env::var(ENV_ARENA).ok()?;
-        match Arena::map(&value) {
-            Ok(arena) => Some(arena),
-            Err(e) => {
-                debug!("batches over the socket: cannot map {ENV_ARENA}={value}: {e}");
-                None
-            }
-        }
-    }
+// SAFETY: the mapping is owned by the Arena and reached only through its
+// methods: flags atomically, a slot's bytes by the one side that holds it
+// (the sender from its claim to its message, the receiver from the message
+// to its release).
+unsafe impl Send for Arena {}
+// SAFETY: as above.
+unsafe impl Sync for Arena {}
 
-    fn map(value: &str) -> Result<Arena, String> {
-        let mut parts = value.rsplitn(3, ':');
-        let (Some(slot_bytes), Some(slots), Some(path)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err("not PATH:SLOTS:SLOT_BYTES".into());
-        };
-        let slot_bytes: usize = slot_bytes.parse().map_err(|_| "bad slot size")?;
-        let slots: usize = slots.parse().map_err(|_| "bad slot count")?;
-        if slots == 0 || slots * 4 > ARENA_HEAD_BYTES {
-            return Err(format!("{slots} slots"));
+impl Arena {
+    /// A fresh arena of `slots` slots of `slot_bytes`, to name to a worker.
+    pub fn create(slots: usize, slot_bytes: usize) -> io::Result<Arena> {
+        let len = layout(slots, slot_bytes).map_err(io::Error::other)?;
+        // SAFETY: a valid NUL-terminated name and flags.
+        let raw = unsafe { libc::memfd_create(c"procpool-arena".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let len = slots
-            .checked_mul(slot_bytes)
-            .and_then(|n| n.checked_add(ARENA_HEAD_BYTES))
-            .ok_or("too large")?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| e.to_string())?;
-        let size = file.metadata().map_err(|e| e.to_string())?.len();
-        if size < len as u64 {
-            return Err(format!("{size} bytes, not {len}"));
+        // SAFETY: memfd_create returned a descriptor of our own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("arena too large"))?;
+        // SAFETY: a descriptor of ours and a size.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+            return Err(io::Error::last_os_error());
         }
-        // SAFETY: a shared mapping of a file we opened, of a length it has;
-        // the descriptor may close after (the mapping keeps the memory).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().to_string());
-        }
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or("mmap gave null")?;
+        let base = map(&fd, len)?;
         Ok(Arena {
+            fd: Some(fd),
             base,
             len,
             slots,
@@ -82,41 +75,203 @@ impl Arena {
         })
     }
 
-    /// The message in `slot`: its first `len` bytes.
+    /// The arena named by `value` (`PATH:SLOTS:SLOT_BYTES`), mapped.
+    pub fn open(value: &str) -> io::Result<Arena> {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
+        let mut parts = value.rsplitn(3, ':');
+        let (Some(slot_bytes), Some(slots), Some(path)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not PATH:SLOTS:SLOT_BYTES"));
+        };
+        let slot_bytes: usize = slot_bytes.parse().map_err(|_| bad("bad slot size"))?;
+        let slots: usize = slots.parse().map_err(|_| bad("bad slot count"))?;
+        let len = layout(slots, slot_bytes).map_err(|e| bad(&e))?;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let size = file.metadata()?.len();
+        if size < len as u64 {
+            return Err(bad(&format!("{size} bytes, not {len}")));
+        }
+        // The mapping keeps the memory; the descriptor closes now.
+        let base = map(&file, len)?;
+        Ok(Arena {
+            fd: None,
+            base,
+            len,
+            slots,
+            slot_bytes,
+        })
+    }
+
+    /// This arena as the worker is to find it: `PATH:SLOTS:SLOT_BYTES`.
+    /// Only for an arena of ours ([`Arena::create`]).
+    pub fn env_value(&self) -> Option<String> {
+        let fd = self.fd.as_ref()?;
+        Some(format!(
+            "/proc/{}/fd/{}:{}:{}",
+            std::process::id(),
+            fd.as_raw_fd(),
+            self.slots,
+            self.slot_bytes
+        ))
+    }
+
+    fn flag(&self, slot: usize) -> &AtomicU32 {
+        debug_assert!(slot < self.slots);
+        // SAFETY: the head holds `slots` aligned u32s (see `layout`), within
+        // the mapping, which lives as long as `self`; they are only ever
+        // accessed atomically, by both processes.
+        unsafe { &*self.base.as_ptr().add(slot * 4).cast::<AtomicU32>() }
+    }
+
+    fn at(&self, slot: usize) -> *mut u8 {
+        // SAFETY: slot < slots: within the mapping (see `layout`).
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(ARENA_HEAD_BYTES + slot * self.slot_bytes)
+        }
+    }
+
+    /// Claim a free slot, copy `bytes` into it and return its index; `None`
+    /// if they do not fit one or every slot is taken. The lowest free slot,
+    /// so that few pages are ever touched. Several threads may send: each
+    /// claim is atomic.
+    pub fn put(&self, bytes: &[u8]) -> Option<u32> {
+        if bytes.len() > self.slot_bytes {
+            return None;
+        }
+        for slot in 0..self.slots {
+            // Acquire: the receiver's reads of the slot came before its 0.
+            if self
+                .flag(slot)
+                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: within the mapping; the slot is ours (claimed), and the
+            // receiver reads it only once told of it, after this copy.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at(slot), bytes.len()) };
+            return u32::try_from(slot).ok();
+        }
+        None
+    }
+
+    /// The message the sender put in `slot`: its first `len` bytes; `None`
+    /// if there is no such slot or it was not filled.
     ///
-    /// The coordinator filled the slot before naming it and leaves it alone
-    /// until [`Arena::release`]: the bytes hold still for as long as they
-    /// are used, which ends at the release.
+    /// The sender leaves a filled slot alone until [`Arena::release`]: the
+    /// bytes hold still for as long as they are used, which ends there.
     pub fn slot(&self, slot: u32, len: u32) -> Option<&[u8]> {
         let (slot, len) = (slot as usize, len as usize);
         if slot >= self.slots || len > self.slot_bytes {
             return None;
         }
-        let at = ARENA_HEAD_BYTES + slot * self.slot_bytes;
-        debug_assert!(at + len <= self.len);
+        if self.flag(slot).load(Ordering::Acquire) == 0 {
+            return None;
+        }
         // SAFETY: within the mapping, which lives as long as `self`; see
         // above for why nothing writes it meanwhile.
-        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(at), len) })
+        Some(unsafe { std::slice::from_raw_parts(self.at(slot), len) })
     }
 
-    /// Done with the records of `slot`: the coordinator may fill it again.
+    /// Done with the message in `slot`: the sender may fill it again.
     pub fn release(&self, slot: u32) {
         let slot = slot as usize;
         if slot < self.slots {
-            // SAFETY: the head's aligned u32s, within the mapping, only ever
-            // accessed atomically, by both processes.
-            let flag = unsafe { &*self.base.as_ptr().add(slot * 4).cast::<AtomicU32>() };
             // Release: every read of the slot comes before.
-            flag.store(0, Ordering::Release);
+            self.flag(slot).store(0, Ordering::Release);
         }
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("slots", &self.slots)
+            .field("slot_bytes", &self.slot_bytes)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
+        // SAFETY: our own mapping, unmapped once; nothing borrowed from it
+        // outlives `self`.
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The arena's size in bytes, if its slots fit the head.
+fn layout(slots: usize, slot_bytes: usize) -> Result<usize, String> {
+    if slots == 0 || slots * 4 > ARENA_HEAD_BYTES {
+        return Err(format!("{slots} slots (1 to {})", ARENA_HEAD_BYTES / 4));
+    }
+    slots
+        .checked_mul(slot_bytes)
+        .and_then(|n| n.checked_add(ARENA_HEAD_BYTES))
+        .ok_or_else(|| "too large".to_owned())
+}
+
+fn map(fd: &impl AsRawFd, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh shared mapping of a file of at least `len` bytes.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_filled_on_one_side_is_read_on_the_other_and_reused_once_handed_back() {
+        let sender = Arena::create(3, 64).unwrap();
+        // The other side, as a worker maps it: through /proc, by name.
+        let receiver = Arena::open(&sender.env_value().unwrap()).unwrap();
+        assert_eq!(receiver.env_value(), None);
+        assert_eq!(sender.put(&[7; 65]), None, "over a slot");
+        let a = sender.put(b"first").unwrap();
+        let b = sender.put(b"second").unwrap();
+        let c = sender.put(b"third").unwrap();
+        assert_eq!(sender.put(b"fourth"), None, "every slot taken");
+        assert_eq!(receiver.slot(a, 5), Some(&b"first"[..]));
+        assert_eq!(receiver.slot(b, 6), Some(&b"second"[..]));
+        assert_eq!(receiver.slot(c, 5), Some(&b"third"[..]));
+        assert_eq!(receiver.slot(c, 65), None, "longer than a slot");
+        assert_eq!(receiver.slot(3, 1), None, "no such slot");
+        // Handed back: that one is reused, and reads as free meanwhile.
+        receiver.release(b);
+        assert_eq!(receiver.slot(b, 6), None, "a free slot");
+        assert_eq!(sender.put(b"again"), Some(b));
+        assert_eq!(receiver.slot(b, 5), Some(&b"again"[..]));
+    }
+
+    #[test]
+    fn names_that_do_not_map_are_errors() {
+        for bad in [
+            "",
+            "x",
+            "/nonexistent:2:64",
+            "/proc/self/status:0:64",
+            "/dev/null:2:64",
+        ] {
+            assert!(Arena::open(bad).is_err(), "{bad}");
         }
     }
 }

@@ -35,7 +35,7 @@
 //! `PROCPOOL_HEARTBEAT_MS`; `0` turns it off), so that a long record still
 //! shows the worker alive.
 
-mod arena;
+pub mod arena;
 pub mod fault;
 mod heartbeat;
 mod logging;

@@ -10,9 +10,9 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
 use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
-    decode, decode_batch_ref, encode_into, encode_results, is_batch, BatchResults, CodecError,
-    Hello, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN,
-    MAX_RECORD_BYTES, PROTOCOL_VERSION,
+    decode, decode_batch_ref, encode, encode_into, encode_results, is_batch, is_results,
+    BatchResults, CodecError, Hello, Request, TaskFailure, WorkerMessage, ENV_ARENA, ENV_PARENT,
+    ENV_RESULTS_ARENA, ENV_SERVER, ENV_TOKEN, MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
 use crate::arena::Arena;
@@ -151,11 +151,53 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
         tx: to_coordinator,
         rx: requests,
     };
-    let arena = match fault {
-        InjectedFault::NoArena => None,
-        _ => Arena::from_env(),
+    let arenas = match fault {
+        InjectedFault::NoArena => Arenas::default(),
+        _ => Arenas {
+            batches: arena_from_env(ENV_ARENA),
+            results: arena_from_env(ENV_RESULTS_ARENA).map(Arc::new),
+        },
     };
-    serve_on(transport, registry, token, fault, arena)
+    serve_on(transport, registry, token, fault, arenas)
+}
+
+/// The shared memory a local worker's coordinator named, mapped (see
+/// [`crate::arena`]): where batches come in, and where results go out.
+#[derive(Default)]
+struct Arenas {
+    batches: Option<Arena>,
+    results: Option<Arc<Arena>>,
+}
+
+/// The arena named in `var`; `None` without one or if it cannot be mapped
+/// (messages then go over the socket).
+fn arena_from_env(var: &str) -> Option<Arena> {
+    let value = std::env::var(var).ok()?;
+    Arena::open(&value)
+        .map_err(|e| debug!("no shared memory from {var}={value}: {e}"))
+        .ok()
+}
+
+/// Results messages that went through the shared memory.
+static RESULTS_IN_ARENA: AtomicU64 = AtomicU64::new(0);
+
+/// Send `bytes` (an encoded message) through `send`; results through a slot
+/// of `arena` when one is free, and a few bytes naming it.
+fn send_via<E>(
+    arena: Option<&Arena>,
+    bytes: &[u8],
+    send: impl FnOnce(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    if let Some(arena) = arena.filter(|_| is_results(bytes)) {
+        if let (Ok(len), Some(slot)) = (u32::try_from(bytes.len()), arena.put(bytes)) {
+            if let Ok(named) = encode(&WorkerMessage::ResultsIn { slot, len }) {
+                RESULTS_IN_ARENA.fetch_add(1, Ordering::Relaxed);
+                return send(&named);
+            }
+            arena.release(slot);
+        }
+    }
+    send(bytes)
 }
 
 /// How a worker reaches its coordinator: ipc-channel locally, or another
@@ -218,7 +260,13 @@ pub fn serve_over<T: WorkerTransport>(
     token: String,
 ) -> Result<(), ServeError> {
     std::panic::set_hook(Box::new(|_| {}));
-    serve_on(transport, registry, token, InjectedFault::from_env(), None)
+    serve_on(
+        transport,
+        registry,
+        token,
+        InjectedFault::from_env(),
+        Arenas::default(),
+    )
 }
 
 fn serve_on<T: WorkerTransport>(
@@ -226,12 +274,14 @@ fn serve_on<T: WorkerTransport>(
     registry: Registry,
     token: String,
     fault: InjectedFault,
-    arena: Option<Arena>,
+    arenas: Arenas,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
+    let arena = arenas.batches;
     let mut out = Outbox {
         transport,
         buf: Vec::with_capacity(64 << 10),
+        results: arenas.results,
     };
     fault.before_hello(|bytes| {
         let _ = out.transport.send(bytes);
@@ -317,6 +367,23 @@ fn serve_on<T: WorkerTransport>(
                     let send = out.transport.side_sender().ok_or_else(|| {
                         "this transport cannot run batches on several threads".to_owned()
                     })?;
+                    // Task threads' results go through the shared memory too.
+                    let send: SideSender = match out.results.clone() {
+                        Some(arena) => {
+                            let mut send = send;
+                            Box::new(move |bytes: &[u8]| {
+                                send_via(Some(&arena), bytes, |b| {
+                                    if send(b) {
+                                        Ok(())
+                                    } else {
+                                        Err(())
+                                    }
+                                })
+                                .is_ok()
+                            })
+                        }
+                        None => send,
+                    };
                     ThreadedBatches::start(threads, runner, ctx.clone(), send)
                         .map(Configured::Threads)
                         .map_err(|e| format!("cannot start {threads} task threads: {e}"))
@@ -403,7 +470,10 @@ fn serve_on<T: WorkerTransport>(
                 let done = ctx.done.load(Ordering::Relaxed);
                 let failed = ctx.failed.load(Ordering::Relaxed);
                 info!("stopping after {done} records, {failed} failed{quiet}");
-                debug!("{from_arena} batches came through shared memory");
+                debug!(
+                    "{from_arena} batches came through shared memory, {} results went back through it",
+                    RESULTS_IN_ARENA.load(Ordering::Relaxed)
+                );
                 return out.transport.finish();
             }
         }
@@ -495,7 +565,8 @@ impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
         self.out.buf.clear();
         collected.encode(self.batch, 0, busy, &mut self.out.buf)?;
         collected.clear();
-        self.out.transport.send(&self.out.buf)
+        let out = &mut *self.out;
+        send_via(out.results.as_deref(), &out.buf, |b| out.transport.send(b))
     }
 
     fn raw(&mut self, bytes: &[u8]) {
@@ -799,6 +870,8 @@ impl ThreadedBatches {
 struct Outbox<T> {
     transport: T,
     buf: Vec<u8>,
+    /// Where results go, if the coordinator's shared memory is mapped.
+    results: Option<Arc<Arena>>,
 }
 
 impl<T: WorkerTransport> Outbox<T> {

@@ -277,6 +277,7 @@ impl Supervisor {
                     WorkerMessage::Ready => "Ready",
                     WorkerMessage::Rejected { .. } => "Rejected",
                     WorkerMessage::Results(_) => "Results",
+                    WorkerMessage::ResultsIn { .. } => "ResultsIn",
                     WorkerMessage::Heartbeat => "Heartbeat",
                 };
                 self.protocol_error(slot, format!("sent {what} while {phase:?}"));
