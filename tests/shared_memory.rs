@@ -1,7 +1,8 @@
-//! Batches reach local workers through shared memory (a memfd per worker,
-//! mapped by both) rather than over the socket; a worker that cannot map it
-//! gets them over the socket. Both give the same output, on processes and
-//! on the thread executor.
+//! Once batches are large, they reach local workers through shared memory
+//! (a memfd per worker and direction, mapped by both), and the results come
+//! back the same way, rather than over the socket; small batches, and a
+//! worker that cannot map it, go over the socket. All give the same output,
+//! on processes and on the thread executor.
 
 use crate::util::{assert_same_output, coordinator, fault_input, ok_n, tempdir, write_file};
 
@@ -24,7 +25,7 @@ fn through_shared_memory(stderr: &str) -> Vec<(u64, u64)> {
 #[test]
 fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
     let dir = tempdir();
-    let n = 5000u64;
+    let n = 50_000u64;
     let input = write_file(dir.path(), "in.jsonl", fault_input((0..n).map(|i| (i, ""))));
     let expected: String = (0..n).map(|i| ok_n(i) + "\n").collect();
     for executor in ["process", "thread"] {
@@ -58,6 +59,28 @@ fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
         assert!(
             counts.iter().all(|&(batches, results)| batches > 0 && results > 0),
             "{executor}: a worker took no batch or sent no results through shared memory: {counts:?}"
+        );
+        // Batches of 10 small records: no shared memory is made at all.
+        let small = coordinator([
+            "--task",
+            "fault",
+            "--workers",
+            "2",
+            "--executor",
+            executor,
+            "--chunksize",
+            "10",
+            "--input",
+            &input,
+        ])
+        .env("RUST_LOG", "debug")
+        .run();
+        small.assert_code(0);
+        assert_same_output(small.stdout_str(), &expected, executor);
+        let counts = through_shared_memory(&small.stderr);
+        assert!(
+            !counts.is_empty() && counts.iter().all(|&c| c == (0, 0)),
+            "{executor}: small batches went through shared memory: {counts:?}"
         );
         let socket = run(Some("no-arena"));
         assert_same_output(socket.stdout_str(), &expected, executor);

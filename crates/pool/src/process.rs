@@ -24,15 +24,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 use ipc_channel::IpcError;
-use procpool_protocol::{
-    encode, Request, WorkerMessage, ENV_ARENA, ENV_PARENT, ENV_RESULTS_ARENA, ENV_SERVER, ENV_TOKEN,
-};
+use procpool_protocol::{encode, Request, WorkerMessage, ENV_PARENT, ENV_SERVER, ENV_TOKEN};
 use procpool_worker::arena::Arena;
 
 use crate::error::{PoolError, WorkerExit};
@@ -211,6 +209,9 @@ const RESULT_SLOTS: usize = 8;
 /// Bytes per slot: the largest batch message (192 KiB of records, one
 /// record over, the head) or results message of a batch.
 const SLOT_BYTES: usize = 320 << 10;
+/// A batch this large makes the writer offer the worker shared memory:
+/// smaller ones are not worth a memfd (starting a worker makes none).
+const ARENA_FROM_BYTES: usize = 16 << 10;
 
 /// Whether a process is stopped (SIGSTOP, a debugger's stop), from
 /// `/proc/PID/stat`; `None` where that cannot be read.
@@ -312,23 +313,6 @@ fn spawn(
     };
     let mut command = Command::new(bin);
     command.stderr(stderr);
-    // Batches and results go through shared memory if the worker maps it.
-    let mut arena = |var: &str, slots: usize| match Arena::create(slots, SLOT_BYTES) {
-        Ok(arena) => {
-            if let Some(value) = arena.env_value() {
-                command.env(var, value);
-            }
-            Some(Arc::new(arena))
-        }
-        Err(e) => {
-            log::debug!("no shared memory for {var}: {e}");
-            None
-        }
-    };
-    let (arena, results) = (
-        arena(ENV_ARENA, SLOTS),
-        arena(ENV_RESULTS_ARENA, RESULT_SLOTS),
-    );
     let child = command
         .env(ENV_SERVER, &server_name)
         .env(ENV_TOKEN, token)
@@ -389,10 +373,11 @@ fn spawn(
                 });
             // `Accepted` goes out before the reader starts, so that the
             // supervisor holds the writer before the worker's `Hello` arrives.
-            // On once the worker's `Hello` says it mapped the shared memory.
-            let arena = arena.map(|a| (a, Arc::new(AtomicBool::new(false))));
-            let mapped = arena.as_ref().map(|(_, on)| on.clone());
-            match pair.and_then(|pair| Connection::start(pair, arena).map_err(|e| e.to_string())) {
+            // The worker's shared memory, made once its batches are large.
+            let shared = Arc::new(Shared::default());
+            match pair
+                .and_then(|pair| Connection::start(pair, shared.clone()).map_err(|e| e.to_string()))
+            {
                 Ok((writer, reader)) => {
                     let ok = events
                         .send(Event::Accepted {
@@ -402,7 +387,7 @@ fn spawn(
                         })
                         .is_ok();
                     if ok {
-                        read_loop(reader, slot, generation, events, mapped, results);
+                        read_loop(reader, slot, generation, events, &shared);
                     }
                 }
                 Err(e) => {
@@ -426,24 +411,68 @@ fn spawn(
 /// channel (returned), and the receiving end for [`read_loop`].
 struct Connection;
 
+/// A worker's shared memory (see `procpool_worker::arena`): made by its
+/// writer thread when the first large batch goes to it, the one for batches
+/// used once the worker says it mapped it, the one for results read by its
+/// reader thread.
+#[derive(Default)]
+struct Shared {
+    batches: OnceLock<Arena>,
+    results: OnceLock<Arc<Arena>>,
+    /// The worker mapped `batches` (`ArenasMapped`).
+    mapped: AtomicBool,
+}
+
+impl Shared {
+    /// Make both arenas and the request that names them to the worker;
+    /// `None` if they cannot be made (everything then goes over the socket).
+    fn offer(&self) -> Option<Vec<u8>> {
+        let make = |slots| {
+            Arena::create(slots, SLOT_BYTES)
+                .map_err(|e| log::debug!("messages over the socket: no shared memory: {e}"))
+                .ok()
+        };
+        let (batches, results) = (make(SLOTS)?, make(RESULT_SLOTS)?);
+        let request = encode(&Request::Arenas {
+            batches: batches.env_value()?,
+            results: results.env_value()?,
+        })
+        .ok()?;
+        self.batches.set(batches).ok()?;
+        self.results.set(Arc::new(results)).ok()?;
+        Some(request)
+    }
+}
+
 impl Connection {
-    /// `arena`: the worker's shared memory, used once the flag is on.
+    /// `shared`: the worker's shared memory, made here when batches get large.
     fn start(
         (to_worker, from_worker): Rendezvous,
-        arena: Option<(Arc<Arena>, Arc<AtomicBool>)>,
+        shared: Arc<Shared>,
     ) -> io::Result<(Sender<Outgoing>, IpcBytesReceiver)> {
         let (tx, rx) = mpsc::channel::<Outgoing>();
         thread::Builder::new()
             .name("procpool-writer".into())
             .spawn(move || {
+                let mut offered = false;
                 // Ends when the supervisor drops its sender (the worker then
                 // sees its request channel close) or the worker is gone.
                 for message in rx {
                     let bytes = message.bytes();
-                    // Only batches are shared buffers; one that fits a free
-                    // slot goes there, and a few bytes name it.
-                    let slot = match (&message, &arena) {
-                        (Outgoing::Shared(..), Some((arena, on))) if on.load(Ordering::Acquire) => {
+                    // Only batches are shared buffers. The first large one
+                    // goes over the socket after the arenas are offered; later
+                    // ones that fit a free slot go there, and a few bytes name it.
+                    let batch = matches!(message, Outgoing::Shared(..));
+                    if batch && !offered && bytes.len() >= ARENA_FROM_BYTES {
+                        offered = true;
+                        if let Some(request) = shared.offer() {
+                            if to_worker.send(&request).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    let slot = match shared.batches.get() {
+                        Some(arena) if batch && shared.mapped.load(Ordering::Acquire) => {
                             arena.put(bytes)
                         }
                         _ => None,
@@ -463,15 +492,14 @@ impl Connection {
     }
 }
 
-/// `arena`: turned on if the worker's `Hello` says it mapped the shared
-/// memory for batches; `results`: where it may put its results.
+/// `shared`: the worker's shared memory, if offered: where it may put its
+/// results, and where the worker's answer to the offer goes.
 fn read_loop(
     rx: IpcBytesReceiver,
     slot: usize,
     generation: u64,
     events: Sender<Event>,
-    arena: Option<Arc<AtomicBool>>,
-    results: Option<Arc<Arena>>,
+    shared: &Shared,
 ) {
     let mut first = true;
     let reason = loop {
@@ -505,8 +533,9 @@ fn read_loop(
             // Results in the shared memory, decoded where they lie and held
             // there until their outputs are written.
             Ok(WorkerMessage::ResultsIn { slot: at, len }) => {
-                let results = results
-                    .as_ref()
+                let results = shared
+                    .results
+                    .get()
                     .and_then(|arena| Lease::take(arena, at, len))
                     .ok_or_else(|| {
                         format!("named results in shared-memory slot {at}, which holds none")
@@ -526,10 +555,11 @@ fn read_loop(
                     Err(reason) => break Some(reason),
                 }
             }
+            // The answer to the offer, for the writer thread alone.
+            Ok(WorkerMessage::ArenasMapped { batches, .. }) => {
+                shared.mapped.store(batches, Ordering::Release);
+            }
             Ok(message) => {
-                if let (WorkerMessage::Hello(hello), Some(on)) = (&message, &arena) {
-                    on.store(hello.arena, Ordering::Release);
-                }
                 if events
                     .send(Event::Message {
                         slot,

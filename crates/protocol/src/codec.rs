@@ -292,7 +292,6 @@ mod tests {
             pid: 4242,
             host: "node-a".into(),
             token: "secret".into(),
-            arena: false,
             tasks: vec![TaskInfo {
                 name: "age".into(),
                 description: "d".into(),

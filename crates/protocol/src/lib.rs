@@ -72,15 +72,7 @@ pub const ENV_PARENT: &str = "PROCPOOL_PARENT";
 pub const ENV_HEARTBEAT_MS: &str = "PROCPOOL_HEARTBEAT_MS";
 /// A worker's heartbeat period when [`ENV_HEARTBEAT_MS`] is not set.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
-/// Environment variable naming shared memory for batches, as
-/// `PATH:SLOTS:SLOT_BYTES` (a memfd of the coordinator's, under
-/// `/proc/PID/fd/`): [`ARENA_HEAD_BYTES`] of one `u32` flag per slot (1:
-/// filled by the sender and not yet handed back, 0: free), then the slots.
-pub const ENV_ARENA: &str = "PROCPOOL_ARENA";
-/// Environment variable naming shared memory for results
-/// ([`WorkerMessage::ResultsIn`]), laid out as for [`ENV_ARENA`].
-pub const ENV_RESULTS_ARENA: &str = "PROCPOOL_RESULTS_ARENA";
-/// Bytes before the first slot of the shared memory of [`ENV_ARENA`].
+/// Bytes before the first slot of the shared memory of [`Request::Arenas`].
 pub const ARENA_HEAD_BYTES: usize = 4096;
 
 #[cfg(test)]

@@ -81,9 +81,6 @@ pub struct Hello {
     pub token: String,
     /// The tasks compiled into this worker binary.
     pub tasks: Vec<TaskInfo>,
-    /// It mapped the shared memory named in [`crate::ENV_ARENA`]: batches
-    /// may come as [`Request::BatchIn`].
-    pub arena: bool,
 }
 
 /// One input record: a sequence number and its bincode-encoded payload.
@@ -168,14 +165,25 @@ pub enum Request {
     /// Finish what was sent and exit.
     Stop,
     /// A batch, encoded as [`Request::Batch`], in slot `slot` of the shared
-    /// memory the worker mapped ([`crate::ENV_ARENA`]): its first `len`
-    /// bytes. The worker hands the slot back (its flag to 0) once done with
-    /// the records.
+    /// memory for batches ([`Request::Arenas`]): its first `len` bytes. The
+    /// worker hands the slot back (its flag to 0) once done with the records.
     BatchIn {
         /// The slot's index.
         slot: u32,
         /// Bytes of the message in it.
         len: u32,
+    },
+    /// Shared memory to map, each named `PATH:SLOTS:SLOT_BYTES` (a memfd of
+    /// the coordinator's, under `/proc/PID/fd/`) and laid out as
+    /// [`crate::ARENA_HEAD_BYTES`] of one `u32` flag per slot (1: filled by
+    /// the sender and not yet handed back, 0: free), then the slots. Sent to
+    /// a local worker once batches are large; it answers
+    /// [`WorkerMessage::ArenasMapped`].
+    Arenas {
+        /// Where batches will come ([`Request::BatchIn`]).
+        batches: String,
+        /// Where results may go ([`WorkerMessage::ResultsIn`]).
+        results: String,
     },
 }
 
@@ -260,13 +268,20 @@ pub enum WorkerMessage {
     /// Results of records.
     Results(BatchResults),
     /// A `Results` message, encoded, in slot `slot` of the shared memory
-    /// named in [`crate::ENV_RESULTS_ARENA`]: its first `len` bytes. The
+    /// for results ([`Request::Arenas`]): its first `len` bytes. The
     /// coordinator hands the slot back once done with the outputs.
     ResultsIn {
         /// The slot's index.
         slot: u32,
         /// Bytes of the message in it.
         len: u32,
+    },
+    /// The answer to [`Request::Arenas`]: which of the two it mapped.
+    ArenasMapped {
+        /// Batches may come as [`Request::BatchIn`].
+        batches: bool,
+        /// Its results may come as [`WorkerMessage::ResultsIn`].
+        results: bool,
     },
     /// Proof of life, sent from a thread of the worker's own every few
     /// hundred milliseconds (see [`crate::ENV_HEARTBEAT_MS`]), so that a worker

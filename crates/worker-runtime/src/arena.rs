@@ -10,10 +10,11 @@
 //! slot is taken, goes over the socket as before, and so does everything for
 //! a worker that could not map the memory.
 //!
-//! The coordinator creates one arena per direction ([`Arena::create`]) and
-//! names each to the worker in its environment ([`ENV_ARENA`] for batches,
-//! [`ENV_RESULTS_ARENA`] for results, both `PATH:SLOTS:SLOT_BYTES` with
-//! `PATH` under `/proc/PID/fd/`), which maps them ([`Arena::open`]).
+//! The coordinator creates one arena per direction ([`Arena::create`]) once
+//! a worker's batches are large (small ones are not worth a memfd: starting
+//! a worker costs none) and names them to it in `Request::Arenas` (each
+//! `PATH:SLOTS:SLOT_BYTES`, `PATH` under `/proc/PID/fd/`); the worker maps
+//! them ([`Arena::open`]) and answers which it could.
 //! Layout: [`ARENA_HEAD_BYTES`] holding one `u32` flag per slot (1: filled by
 //! the sender and not yet handed back, 0: free), then the slots. The flag is
 //! the one word both sides write: the sender claims a slot (0 to 1) before
@@ -29,7 +30,6 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use procpool_protocol::ARENA_HEAD_BYTES;
-pub use procpool_protocol::{ENV_ARENA, ENV_RESULTS_ARENA};
 
 /// One direction's shared memory, mapped.
 pub struct Arena {

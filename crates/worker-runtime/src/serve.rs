@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
@@ -11,8 +11,8 @@ use ipc_channel::IpcError;
 use log::{debug, error, info, warn};
 use procpool_protocol::{
     decode, decode_batch_ref, encode, encode_into, encode_results, is_batch, is_results,
-    BatchResults, CodecError, Hello, Request, TaskFailure, WorkerMessage, ENV_ARENA, ENV_PARENT,
-    ENV_RESULTS_ARENA, ENV_SERVER, ENV_TOKEN, MAX_RECORD_BYTES, PROTOCOL_VERSION,
+    BatchResults, CodecError, Hello, Request, TaskFailure, WorkerMessage, ENV_PARENT, ENV_SERVER,
+    ENV_TOKEN, MAX_RECORD_BYTES, PROTOCOL_VERSION,
 };
 
 use crate::arena::Arena;
@@ -151,30 +151,14 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
         tx: to_coordinator,
         rx: requests,
     };
-    let arenas = match fault {
-        InjectedFault::NoArena => Arenas::default(),
-        _ => Arenas {
-            batches: arena_from_env(ENV_ARENA),
-            results: arena_from_env(ENV_RESULTS_ARENA).map(Arc::new),
-        },
-    };
-    serve_on(transport, registry, token, fault, arenas)
+    serve_on(transport, registry, token, fault, true)
 }
 
-/// The shared memory a local worker's coordinator named, mapped (see
-/// [`crate::arena`]): where batches come in, and where results go out.
-#[derive(Default)]
-struct Arenas {
-    batches: Option<Arena>,
-    results: Option<Arc<Arena>>,
-}
-
-/// The arena named in `var`; `None` without one or if it cannot be mapped
-/// (messages then go over the socket).
-fn arena_from_env(var: &str) -> Option<Arena> {
-    let value = std::env::var(var).ok()?;
-    Arena::open(&value)
-        .map_err(|e| debug!("no shared memory from {var}={value}: {e}"))
+/// The arena `value` names (`Request::Arenas`), mapped; `None` if it cannot
+/// be (messages then go over the socket).
+fn open_arena(what: &str, value: &str) -> Option<Arena> {
+    Arena::open(value)
+        .map_err(|e| debug!("{what} over the socket: cannot map {value}: {e}"))
         .ok()
 }
 
@@ -260,13 +244,7 @@ pub fn serve_over<T: WorkerTransport>(
     token: String,
 ) -> Result<(), ServeError> {
     std::panic::set_hook(Box::new(|_| {}));
-    serve_on(
-        transport,
-        registry,
-        token,
-        InjectedFault::from_env(),
-        Arenas::default(),
-    )
+    serve_on(transport, registry, token, InjectedFault::from_env(), false)
 }
 
 fn serve_on<T: WorkerTransport>(
@@ -274,14 +252,16 @@ fn serve_on<T: WorkerTransport>(
     registry: Registry,
     token: String,
     fault: InjectedFault,
-    arenas: Arenas,
+    local: bool,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
-    let arena = arenas.batches;
+    // The shared memory for batches and for results, once the coordinator
+    // names it (`Request::Arenas`); local workers only.
+    let mut arena: Option<Arena> = None;
     let mut out = Outbox {
         transport,
         buf: Vec::with_capacity(64 << 10),
-        results: arenas.results,
+        results: Arc::default(),
     };
     fault.before_hello(|bytes| {
         let _ = out.transport.send(bytes);
@@ -292,7 +272,6 @@ fn serve_on<T: WorkerTransport>(
         host: host_name(),
         token: fault.token(token),
         tasks: registry.infos(),
-        arena: arena.is_some(),
     }))?;
     // After the Hello, which must come first; stopped when this returns.
     let _heartbeat = heartbeat::period_from_env()
@@ -368,22 +347,16 @@ fn serve_on<T: WorkerTransport>(
                         "this transport cannot run batches on several threads".to_owned()
                     })?;
                     // Task threads' results go through the shared memory too.
-                    let send: SideSender = match out.results.clone() {
-                        Some(arena) => {
-                            let mut send = send;
-                            Box::new(move |bytes: &[u8]| {
-                                send_via(Some(&arena), bytes, |b| {
-                                    if send(b) {
-                                        Ok(())
-                                    } else {
-                                        Err(())
-                                    }
-                                })
-                                .is_ok()
-                            })
-                        }
-                        None => send,
-                    };
+                    let results = out.results.clone();
+                    let mut send = send;
+                    let send: SideSender = Box::new(move |bytes: &[u8]| {
+                        send_via(
+                            results.get(),
+                            bytes,
+                            |b| if send(b) { Ok(()) } else { Err(()) },
+                        )
+                        .is_ok()
+                    });
                     ThreadedBatches::start(threads, runner, ctx.clone(), send)
                         .map(Configured::Threads)
                         .map_err(|e| format!("cannot start {threads} task threads: {e}"))
@@ -399,6 +372,22 @@ fn serve_on<T: WorkerTransport>(
                         out.send(&WorkerMessage::Rejected { reason })?;
                     }
                 }
+            }
+            // Shared memory to map, named by the coordinator of a local worker.
+            Request::Arenas { batches, results } => {
+                let map = local && fault != InjectedFault::NoArena;
+                if map && arena.is_none() {
+                    arena = open_arena("batches", &batches);
+                }
+                if map && out.results.get().is_none() {
+                    if let Some(a) = open_arena("results", &results) {
+                        let _ = out.results.set(a);
+                    }
+                }
+                out.send(&WorkerMessage::ArenasMapped {
+                    batches: arena.is_some(),
+                    results: out.results.get().is_some(),
+                })?;
             }
             // A batch in the shared memory, decoded where it lies.
             Request::BatchIn { slot, len } => {
@@ -566,7 +555,7 @@ impl<T: WorkerTransport> BatchSink for InlineSink<'_, T> {
         collected.encode(self.batch, 0, busy, &mut self.out.buf)?;
         collected.clear();
         let out = &mut *self.out;
-        send_via(out.results.as_deref(), &out.buf, |b| out.transport.send(b))
+        send_via(out.results.get(), &out.buf, |b| out.transport.send(b))
     }
 
     fn raw(&mut self, bytes: &[u8]) {
@@ -870,8 +859,9 @@ impl ThreadedBatches {
 struct Outbox<T> {
     transport: T,
     buf: Vec<u8>,
-    /// Where results go, if the coordinator's shared memory is mapped.
-    results: Option<Arc<Arena>>,
+    /// Where results go, once the coordinator's shared memory is mapped
+    /// (shared with the task threads' senders).
+    results: Arc<OnceLock<Arena>>,
 }
 
 impl<T: WorkerTransport> Outbox<T> {

@@ -330,7 +330,6 @@ impl FakeWorker {
             protocol_version: PROTOCOL_VERSION,
             pid: self.pid,
             host: "fake".into(),
-            arena: false,
             token: if self.plan.start == Start::WrongToken {
                 "forged".into()
             } else {
@@ -418,7 +417,9 @@ impl FakeWorker {
                     }
                 }
                 Ok(Request::Stop) if self.plan.ignores_stop => stopped = true,
-                Ok(Request::Stop | Request::BatchIn { .. }) | Err(_) => return Ok(()),
+                Ok(Request::Stop | Request::BatchIn { .. } | Request::Arenas { .. }) | Err(_) => {
+                    return Ok(())
+                }
             }
         }
     }

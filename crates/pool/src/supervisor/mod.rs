@@ -278,6 +278,7 @@ impl Supervisor {
                     WorkerMessage::Rejected { .. } => "Rejected",
                     WorkerMessage::Results(_) => "Results",
                     WorkerMessage::ResultsIn { .. } => "ResultsIn",
+                    WorkerMessage::ArenasMapped { .. } => "ArenasMapped",
                     WorkerMessage::Heartbeat => "Heartbeat",
                 };
                 self.protocol_error(slot, format!("sent {what} while {phase:?}"));
