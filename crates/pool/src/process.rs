@@ -199,16 +199,17 @@ fn has_exited(pid: u32) -> bool {
     r == 0 && unsafe { info.si_pid() } != 0
 }
 
-/// Slots of a worker's shared memory for batches: enough for the batches it
-/// holds at once with the default window (two in flight, one being
-/// answered), and a few more.
-const SLOTS: usize = 6;
-/// Slots for its results: they are held until written out in order, which
-/// may take longer.
-const RESULT_SLOTS: usize = 8;
-/// Bytes per slot: the largest batch message (192 KiB of records, one
-/// record over, the head) or results message of a batch.
-const SLOT_BYTES: usize = 320 << 10;
+/// Slots of a worker's shared memory for batches: the batches it holds at
+/// once with the default window (two in flight, one being answered), and
+/// one more; a batch sent while all are taken goes over the socket.
+const SLOTS: usize = 4;
+/// Slots for its results, held until written out in order; results sent
+/// while all are held go over the socket. Few, and the lowest free one
+/// first: the pages touched count in the coordinator's memory.
+const RESULT_SLOTS: usize = 4;
+/// Bytes per slot: a batch message (192 KiB of records, a record over, the
+/// head) or a batch's results message, nearly always.
+const SLOT_BYTES: usize = 256 << 10;
 /// A batch this large makes the writer offer the worker shared memory:
 /// smaller ones are not worth a memfd (starting a worker makes none).
 const ARENA_FROM_BYTES: usize = 16 << 10;
