@@ -267,7 +267,8 @@ fn handshakes_that_never_come_fail_build_after_three_attempts() {
 
 /// A coordinator killed before its workers connected leaves a rendezvous
 /// directory with a dead socket in `$TMPDIR`: the next run of the same user
-/// removes it, and leaves alone anything else there.
+/// removes it, and leaves alone anything else there. The next minute's runs
+/// do not look again (a stamp file says when it was done).
 #[test]
 fn a_stale_rendezvous_directory_is_removed_at_start_up() {
     use std::os::unix::net::UnixListener;
@@ -301,5 +302,21 @@ fn a_stale_rendezvous_directory_is_removed_at_start_up() {
         out.stderr.contains("removed 1 stale rendezvous"),
         "{}",
         out.stderr
+    );
+    // Another one left now is there for the next scan, a minute on.
+    std::fs::create_dir(&stale).unwrap();
+    drop(UnixListener::bind(stale.join("socket")).unwrap());
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(minute_ago)
+        .unwrap();
+    let again = crate::util::coordinator(["--task", "fault", "--workers", "2", "--input", &input])
+        .env("TMPDIR", tmp.to_str().unwrap())
+        .run();
+    again.assert_code(0);
+    assert!(
+        stale.exists(),
+        "looked again within the minute: {}",
+        again.stderr
     );
 }

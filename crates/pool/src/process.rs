@@ -170,6 +170,37 @@ pub(crate) fn clean_stale_rendezvous(tmp: &Path, min_age: Duration) -> usize {
     removed
 }
 
+/// Whether this user's stale rendezvous in `tmp` were not looked for in the
+/// last `every`, by the time of a stamp file of this user's there; if so,
+/// the stamp says now. Never follows a link: another user's file or link
+/// in a shared `/tmp` only makes the scan happen.
+fn scan_due(tmp: &Path, every: Duration) -> bool {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let stamp = tmp.join(format!(".procpool-scanned-{uid}"));
+    let recent = std::fs::symlink_metadata(&stamp).is_ok_and(|m| {
+        m.is_file()
+            && m.uid() == uid
+            && m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < every)
+    });
+    if recent {
+        return false;
+    }
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&stamp)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    true
+}
+
 /// Kill a worker's process group (the worker and whatever it started).
 fn kill_group(pid: u32) {
     if let Ok(pgid) = i32::try_from(pid) {
@@ -646,10 +677,13 @@ impl LocalLauncher {
         let mut threads = Vec::new();
         // Leftovers of coordinators killed before their workers connected:
         // removed beside the start-up, not before it (listing a busy $TMPDIR
-        // took milliseconds of every `build()`), and once per process: a
-        // program that builds many pools lists it once.
+        // took milliseconds of every `build()`), once per process (a program
+        // that builds many pools lists it once), and at most once a minute
+        // per user (a script that runs the command line again and again).
         static CLEANED: AtomicBool = AtomicBool::new(false);
-        if !CLEANED.swap(true, Ordering::Relaxed) {
+        if !CLEANED.swap(true, Ordering::Relaxed)
+            && scan_due(&std::env::temp_dir(), Duration::from_secs(60))
+        {
             let cleaner = thread::Builder::new()
                 .name("procpool-clean".into())
                 .spawn(|| {
@@ -863,6 +897,45 @@ fn reap(spawned: &mut Spawned, patience: Duration) -> WorkerExit {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// The scan for stale rendezvous is due once per `every`, by a stamp of
+    /// this user's; a link in its place is not followed, and means a scan.
+    #[test]
+    fn the_stale_rendezvous_scan_is_due_once_a_minute() {
+        let path = std::env::temp_dir().join(format!("procpool-scan-test-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        let dir = path.as_path();
+        let every = Duration::from_secs(60);
+        assert!(scan_due(dir, every));
+        assert!(!scan_due(dir, every));
+        // SAFETY: geteuid has no preconditions.
+        let stamp = dir.join(format!(".procpool-scanned-{}", unsafe { libc::geteuid() }));
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(&stamp)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(scan_due(dir, every));
+        assert!(!scan_due(dir, every));
+        // A link: followed neither to judge nor to stamp.
+        let target = dir.join("target");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&target)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::remove_file(&stamp).unwrap();
+        std::os::unix::fs::symlink(&target, &stamp).unwrap();
+        assert!(scan_due(dir, every));
+        assert!(scan_due(dir, every));
+        let touched = std::fs::metadata(&target).unwrap().modified().unwrap();
+        assert_eq!(touched, old, "the link's target was touched");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     /// A stopped process is told from a running or sleeping one, whatever
     /// its name (here one that looks like the end of a name and a state).
