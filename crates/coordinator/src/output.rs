@@ -59,7 +59,7 @@ impl SkipList {
 const WRITE_OUT_BYTES: usize = 256 << 10;
 /// Bytes of lines held while the output is still being created, beyond
 /// which the writer waits for it.
-const HOLD_BYTES: usize = 8 << 20;
+const HOLD_BYTES: usize = 4 << 20;
 /// A run of lines this large, coming when nothing waits in the buffer, is
 /// written out from where it is rather than copied into the buffer first.
 const DIRECT_BYTES: usize = 64 << 10;

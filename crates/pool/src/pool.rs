@@ -16,7 +16,7 @@ use procpool_protocol::{
     encode_record_into, encode_value, Encoding, ParamsEncoding, Task, TaskInfo, TaskSpec, TaskTypes,
 };
 
-use crate::batch::{Batch, JobId, Sizer, MAX_BATCH_BYTES};
+use crate::batch::{Batch, JobId, Sizer};
 use crate::error::{PoolError, RecordError};
 use crate::outcome::{Block, Outcome};
 use crate::process::{LocalLauncher, OutputHandler};
@@ -112,7 +112,7 @@ impl PoolBuilder {
 
     /// Fix the number of records per batch. Default: adapted to the measured
     /// cost per record (about 4 ms of work per batch, at most 4096 records
-    /// or 192 KiB).
+    /// and 384 KiB; 192 KiB over MPI).
     pub fn chunk_size(mut self, records: usize) -> Self {
         self.chunk_size = Some(records);
         self
@@ -402,7 +402,7 @@ impl PoolBuilder {
         events_rx: Receiver<Event>,
     ) -> Result<Core, PoolError> {
         self.validate()?;
-        let sizer = Arc::new(Sizer::new(self.chunk_size));
+        let sizer = Arc::new(Sizer::new(self.chunk_size, launcher.max_batch_bytes()));
         let in_flight = self.in_flight.saturating_mul(self.threads);
         let settings = Settings {
             bin,
@@ -964,7 +964,7 @@ impl<'p, T: Task, I: Iterator<Item = T::Input>> MapIter<'p, T, I> {
                 break;
             }
             let mut batch = Batch::new(self.job);
-            while (batch.len() as u64) < size && batch.bytes() < MAX_BATCH_BYTES {
+            while (batch.len() as u64) < size && batch.bytes() < self.pool.core.sizer.max_bytes() {
                 let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
                     self.input = None;
                     break;

@@ -238,9 +238,9 @@ const SLOTS: usize = 4;
 /// while all are held go over the socket. Few, and the lowest free one
 /// first: the pages touched count in the coordinator's memory.
 const RESULT_SLOTS: usize = 4;
-/// Bytes per slot: a batch message (192 KiB of records, a record over, the
+/// Bytes per slot: a batch message (384 KiB of records, a record over, the
 /// head) or a batch's results message, nearly always.
-const SLOT_BYTES: usize = 256 << 10;
+const SLOT_BYTES: usize = 512 << 10;
 /// A batch this large makes the writer offer the worker shared memory:
 /// smaller ones are not worth a memfd (starting a worker makes none).
 const ARENA_FROM_BYTES: usize = 16 << 10;
@@ -785,6 +785,12 @@ impl Drop for LocalLauncher {
 }
 
 impl Launcher for LocalLauncher {
+    /// Large batches go through shared memory (smaller ones, and all of a
+    /// worker that cannot map it, over the socket, which splits them).
+    fn max_batch_bytes(&self) -> usize {
+        crate::batch::MAX_SHARED_BATCH_BYTES
+    }
+
     fn launch(
         &mut self,
         slot: usize,

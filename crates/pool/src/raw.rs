@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use procpool_protocol::{Encoding, TaskInfo, TaskSpec};
 
-use crate::batch::{Batch, JobId, MAX_BATCH_BYTES};
+use crate::batch::{Batch, JobId};
 use crate::error::{PoolError, RecordError};
 use crate::outcome::{Block, Outcome, Payload};
 use crate::pool::{Canceller, Core, PoolBuilder};
@@ -229,10 +229,11 @@ impl<S: RawSource> RawMap<'_, S> {
             }
             // Sized from the last batch's records, to grow it rarely.
             let records = size as usize;
-            let bytes = (self.record_bytes * records).min(MAX_BATCH_BYTES + (64 << 10));
+            let max_bytes = self.core.sizer.max_bytes();
+            let bytes = (self.record_bytes * records).min(max_bytes + (64 << 10));
             let mut batch = Batch::with_capacity(self.job, records, bytes);
             let mut paused = false;
-            while (batch.len() as u64) < size && batch.bytes() < MAX_BATCH_BYTES {
+            while (batch.len() as u64) < size && batch.bytes() < max_bytes {
                 let Some(source) = self.source.as_mut() else {
                     break;
                 };

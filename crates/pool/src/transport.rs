@@ -271,6 +271,11 @@ pub(crate) trait Launcher: Send {
     fn respawns(&self) -> bool {
         true
     }
+
+    /// Most payload bytes in one batch to its workers.
+    fn max_batch_bytes(&self) -> usize {
+        crate::batch::MAX_BATCH_BYTES
+    }
 }
 
 /// The supervisor's handle on one worker.
