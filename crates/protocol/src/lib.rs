@@ -13,7 +13,11 @@
 //! worker -> Ready | Rejected { reason }
 //! coord  -> Batch { id, records }    (several in flight)
 //! worker -> Results { batch, thread, busy_nanos, started_us, nanos, lengths, outputs, failures }
-//! worker -> Heartbeat                (from its own thread, every 500 ms)
+//! coord  -> Arenas { batches, results }   (a local worker, once batches are large)
+//! worker -> ArenasMapped { batches, results }
+//! coord  -> BatchIn { slot, len }    (a Batch in shared memory, from then on)
+//! worker -> ResultsIn { slot, len }  (a Results in shared memory)
+//! worker -> Heartbeat                (from its own thread, every 500 ms; MPI ranks)
 //! coord  -> Stop                     (or the channel closes)
 //! ```
 
