@@ -47,6 +47,20 @@ impl Payload {
         }
     }
 
+    /// The same bytes, copied into a buffer of their own if they are in a
+    /// slot of a worker's shared memory (which they would hold until
+    /// dropped); as they are otherwise.
+    pub(crate) fn detached(self) -> Payload {
+        if matches!(*self.buf, Buf::Lease(_)) {
+            Payload {
+                buf: Arc::new(Buf::Heap(self.to_vec())),
+                range: 0..self.range.len(),
+            }
+        } else {
+            self
+        }
+    }
+
     /// The bytes as a vector of their own (without a copy when they are
     /// the whole of an unshared buffer).
     pub(crate) fn into_vec(self) -> Vec<u8> {

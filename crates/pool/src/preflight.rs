@@ -22,8 +22,9 @@ use crate::PoolError;
 
 /// Descriptors the coordinator holds per local worker at its peak (while it
 /// connects): measured 2 per running worker, plus the rendezvous socket, a
-/// connection being accepted and an output pipe.
-pub(crate) const FDS_PER_WORKER: u64 = 4;
+/// connection being accepted and an output pipe; and the two memfds of its
+/// shared memory, held from the offer until the worker has mapped them.
+pub(crate) const FDS_PER_WORKER: u64 = 6;
 /// Descriptors kept free for everything the process opens itself: input,
 /// output, job log, signal handling, the spawns in progress, large messages
 /// (each travels over a channel of its own while it is received).

@@ -510,10 +510,17 @@ impl Connection {
                         _ => None,
                     };
                     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                    let named = slot.map(|slot| encode(&Request::BatchIn { slot, len }));
+                    let named = slot.map(|slot| (slot, encode(&Request::BatchIn { slot, len })));
                     let sent = match &named {
-                        Some(Ok(named)) => to_worker.send(named),
-                        _ => to_worker.send(bytes),
+                        Some((_, Ok(named))) => to_worker.send(named),
+                        Some((slot, Err(_))) => {
+                            if let Some(arena) = shared.batches.get() {
+                                // SAFETY: our own claim, never named to the worker.
+                                unsafe { arena.release(*slot) };
+                            }
+                            to_worker.send(bytes)
+                        }
+                        None => to_worker.send(bytes),
                     };
                     if sent.is_err() {
                         break;
@@ -587,9 +594,16 @@ fn read_loop(
                     Err(reason) => break Some(reason),
                 }
             }
-            // The answer to the offer, for the writer thread alone.
+            // The answer to the offer, for the writer thread alone. Mapped
+            // (or not), the worker needs the memfds' names no more.
             Ok(WorkerMessage::ArenasMapped { batches, .. }) => {
                 shared.mapped.store(batches, Ordering::Release);
+                for arena in [shared.batches.get(), shared.results.get().map(|a| &**a)]
+                    .into_iter()
+                    .flatten()
+                {
+                    arena.forget_name();
+                }
             }
             Ok(message) => {
                 if events

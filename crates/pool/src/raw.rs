@@ -361,7 +361,9 @@ impl<S: RawSource> Iterator for RawMap<'_, S> {
             if lines {
                 payload.strip_newline();
             }
-            Ok(Bytes(payload))
+            // The caller may keep it as long as it likes: not in a slot of a
+            // worker's shared memory, which it would hold.
+            Ok(Bytes(payload.detached()))
         }))
     }
 }

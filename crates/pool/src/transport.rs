@@ -129,7 +129,9 @@ impl Lease {
     /// Hold slot `slot` (`len` bytes filled) of `arena`; `None` if it holds
     /// nothing.
     pub fn take(arena: &Arc<Arena>, slot: u32, len: u32) -> Option<Lease> {
-        let bytes = arena.slot(slot, len)?;
+        // SAFETY: the slice is used only through the lease, which releases
+        // the slot when dropped, after its last use.
+        let bytes = unsafe { arena.slot(slot, len) }?;
         Some(Lease {
             arena: arena.clone(),
             slot,
@@ -147,7 +149,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.arena.release(self.slot);
+        // SAFETY: nothing reads the slot after its lease is gone (`bytes`
+        // borrows the lease).
+        unsafe { self.arena.release(self.slot) };
     }
 }
 
@@ -408,14 +412,37 @@ mod tests {
         );
         drop(kept);
         assert_eq!(worker.put(b"x"), Some(slot));
-        // A slot that holds nothing, or something else than results.
+        // A slot that holds nothing (the lease just taken and dropped hands
+        // it back), or something else than results.
         assert!(Lease::take(&coordinator, 0, 1).is_some());
-        coordinator.release(0);
         assert!(Lease::take(&coordinator, 0, 1).is_none());
         let ready = encode(&WorkerMessage::Ready).unwrap();
         let slot = worker.put(&ready).unwrap();
         let lease = Lease::take(&coordinator, slot, ready.len() as u32).unwrap();
         assert!(decode_results_in(lease).is_err());
+    }
+
+    /// An output handed to a caller to keep (`raw::Bytes`) is copied out of
+    /// the worker's shared memory: the slot goes back once the pool is done
+    /// with it, however long the caller keeps the output.
+    #[test]
+    fn a_detached_output_does_not_hold_its_slot() {
+        let owned = sample();
+        let bytes = encode(&WorkerMessage::Results(owned)).unwrap();
+        let coordinator = Arc::new(Arena::create(1, 64 << 10).unwrap());
+        let worker = Arena::open(&coordinator.env_value().unwrap()).unwrap();
+        let slot = worker.put(&bytes).unwrap();
+        let lease = Lease::take(&coordinator, slot, bytes.len() as u32).unwrap();
+        let results = decode_results_in(lease).unwrap();
+        let seqs: Vec<u64> = (0..30).collect();
+        let block = crate::outcome::Block::answered(seqs, Some(1), results).unwrap();
+        let in_place = block.payload(3);
+        let kept = block.payload(3).detached();
+        assert_eq!(&*kept, &*in_place);
+        assert_eq!(&*kept, &[3, 3, 3][..]);
+        drop((block, in_place));
+        assert_eq!(worker.put(b"x"), Some(slot), "the slot is still held");
+        assert_eq!(&*kept, &[3, 3, 3][..]);
     }
 
     #[test]

@@ -33,8 +33,9 @@ use procpool_protocol::ARENA_HEAD_BYTES;
 
 /// One direction's shared memory, mapped.
 pub struct Arena {
-    /// The memfd, kept open by its creator so that the worker can open it.
-    fd: Option<OwnedFd>,
+    /// The memfd, kept open by its creator until the worker has opened it
+    /// ([`Arena::forget_name`]); the mapping keeps the memory.
+    fd: std::sync::Mutex<Option<OwnedFd>>,
     base: NonNull<u8>,
     len: usize,
     slots: usize,
@@ -67,7 +68,7 @@ impl Arena {
         }
         let base = map(&fd, len)?;
         Ok(Arena {
-            fd: Some(fd),
+            fd: std::sync::Mutex::new(Some(fd)),
             base,
             len,
             slots,
@@ -95,7 +96,7 @@ impl Arena {
         // The mapping keeps the memory; the descriptor closes now.
         let base = map(&file, len)?;
         Ok(Arena {
-            fd: None,
+            fd: std::sync::Mutex::new(None),
             base,
             len,
             slots,
@@ -104,16 +105,25 @@ impl Arena {
     }
 
     /// This arena as the worker is to find it: `PATH:SLOTS:SLOT_BYTES`.
-    /// Only for an arena of ours ([`Arena::create`]).
+    /// Only for an arena of ours ([`Arena::create`]), until
+    /// [`Arena::forget_name`].
     pub fn env_value(&self) -> Option<String> {
-        let fd = self.fd.as_ref()?;
+        let fd = self.fd.lock().ok()?;
         Some(format!(
             "/proc/{}/fd/{}:{}:{}",
             std::process::id(),
-            fd.as_raw_fd(),
+            fd.as_ref()?.as_raw_fd(),
             self.slots,
             self.slot_bytes
         ))
+    }
+
+    /// The worker has mapped it: close the memfd (the mapping keeps the
+    /// memory), a descriptor fewer per worker.
+    pub fn forget_name(&self) {
+        if let Ok(mut fd) = self.fd.lock() {
+            drop(fd.take());
+        }
     }
 
     fn flag(&self, slot: usize) -> &AtomicU32 {
@@ -161,9 +171,11 @@ impl Arena {
     /// The message the sender put in `slot`: its first `len` bytes; `None`
     /// if there is no such slot or it was not filled.
     ///
-    /// The sender leaves a filled slot alone until [`Arena::release`]: the
-    /// bytes hold still for as long as they are used, which ends there.
-    pub fn slot(&self, slot: u32, len: u32) -> Option<&[u8]> {
+    /// # Safety
+    /// The sender leaves a filled slot alone until it is released: the
+    /// caller must not use the slice after releasing `slot` (with
+    /// [`Arena::release`], here or through another mapping).
+    pub unsafe fn slot(&self, slot: u32, len: u32) -> Option<&[u8]> {
         let (slot, len) = (slot as usize, len as usize);
         if slot >= self.slots || len > self.slot_bytes {
             return None;
@@ -176,8 +188,12 @@ impl Arena {
         Some(unsafe { std::slice::from_raw_parts(self.at(slot), len) })
     }
 
-    /// Done with the message in `slot`: the sender may fill it again.
-    pub fn release(&self, slot: u32) {
+    /// Done with the message in `slot`: the sender may fill it again (or,
+    /// from the sender, a claim it will not use after all).
+    ///
+    /// # Safety
+    /// No slice of `slot` from [`Arena::slot`] may be used after this.
+    pub unsafe fn release(&self, slot: u32) {
         let slot = slot as usize;
         if slot < self.slots {
             // Release: every read of the slot comes before.
@@ -245,21 +261,28 @@ mod tests {
         // The other side, as a worker maps it: through /proc, by name.
         let receiver = Arena::open(&sender.env_value().unwrap()).unwrap();
         assert_eq!(receiver.env_value(), None);
+        // Mapped: the sender's descriptor can go, and the memory stays shared.
+        sender.forget_name();
+        assert_eq!(sender.env_value(), None);
+        // Each slice read is copied out before any release.
+        // SAFETY: see above.
+        let read = |slot: u32, len: u32| unsafe { receiver.slot(slot, len) }.map(<[u8]>::to_vec);
         assert_eq!(sender.put(&[7; 65]), None, "over a slot");
         let a = sender.put(b"first").unwrap();
         let b = sender.put(b"second").unwrap();
         let c = sender.put(b"third").unwrap();
         assert_eq!(sender.put(b"fourth"), None, "every slot taken");
-        assert_eq!(receiver.slot(a, 5), Some(&b"first"[..]));
-        assert_eq!(receiver.slot(b, 6), Some(&b"second"[..]));
-        assert_eq!(receiver.slot(c, 5), Some(&b"third"[..]));
-        assert_eq!(receiver.slot(c, 65), None, "longer than a slot");
-        assert_eq!(receiver.slot(3, 1), None, "no such slot");
+        assert_eq!(read(a, 5).as_deref(), Some(&b"first"[..]));
+        assert_eq!(read(b, 6).as_deref(), Some(&b"second"[..]));
+        assert_eq!(read(c, 5).as_deref(), Some(&b"third"[..]));
+        assert_eq!(read(c, 65), None, "longer than a slot");
+        assert_eq!(read(3, 1), None, "no such slot");
         // Handed back: that one is reused, and reads as free meanwhile.
-        receiver.release(b);
-        assert_eq!(receiver.slot(b, 6), None, "a free slot");
+        // SAFETY: no slice of it is held.
+        unsafe { receiver.release(b) };
+        assert_eq!(read(b, 6), None, "a free slot");
         assert_eq!(sender.put(b"again"), Some(b));
-        assert_eq!(receiver.slot(b, 5), Some(&b"again"[..]));
+        assert_eq!(read(b, 5).as_deref(), Some(&b"again"[..]));
     }
 
     #[test]

@@ -178,7 +178,8 @@ fn send_via<E>(
                 RESULTS_IN_ARENA.fetch_add(1, Ordering::Relaxed);
                 return send(&named);
             }
-            arena.release(slot);
+            // SAFETY: our own claim, never named to the coordinator.
+            unsafe { arena.release(slot) };
         }
     }
     send(bytes)
@@ -391,9 +392,11 @@ fn serve_on<T: WorkerTransport>(
             }
             // A batch in the shared memory, decoded where it lies.
             Request::BatchIn { slot, len } => {
+                // SAFETY: `bytes` is used only until the slot is released
+                // below, each path releasing it after its last use.
                 let bytes = arena
                     .as_ref()
-                    .and_then(|a| a.slot(slot, len))
+                    .and_then(|a| unsafe { a.slot(slot, len) })
                     .ok_or_else(|| {
                         ServeError::Ipc(format!(
                             "a batch in shared-memory slot {slot} ({len} bytes), which this worker does not have"
@@ -426,7 +429,8 @@ fn serve_on<T: WorkerTransport>(
                     Configured::Threads(threads) => {
                         let copy = bytes.to_vec();
                         if let Some(a) = arena.as_ref() {
-                            a.release(slot);
+                            // SAFETY: `bytes` is not used after this copy.
+                            unsafe { a.release(slot) };
                         }
                         threads.submit(copy)?;
                         from_arena += 1;
@@ -435,7 +439,8 @@ fn serve_on<T: WorkerTransport>(
                 }
                 // Every record is answered: nothing reads the slot any more.
                 if let Some(a) = arena.as_ref() {
-                    a.release(slot);
+                    // SAFETY: the batch borrowing `bytes` is gone.
+                    unsafe { a.release(slot) };
                 }
                 from_arena += 1;
             }
