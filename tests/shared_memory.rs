@@ -29,7 +29,9 @@ fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
     let input = write_file(dir.path(), "in.jsonl", fault_input((0..n).map(|i| (i, ""))));
     let expected: String = (0..n).map(|i| ok_n(i) + "\n").collect();
     for executor in ["process", "thread"] {
-        let run = |fault: Option<&str>| {
+        // A run with `extra` arguments and, if any, a fault injected: its
+        // output checked, and each worker's counts.
+        let run = |extra: &[&str], fault: Option<&str>| {
             let mut cmd = coordinator([
                 "--task",
                 "fault",
@@ -40,6 +42,7 @@ fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
                 "--input",
                 &input,
             ])
+            .args(extra)
             .env("RUST_LOG", "debug");
             if let Some(f) = fault {
                 cmd = cmd.env("PROCPOOL_WORKER_FAULT", f);
@@ -47,46 +50,28 @@ fn batches_come_through_shared_memory_or_the_socket_with_the_same_output() {
             let run = cmd.run();
             run.assert_code(0);
             run.assert_no_panic();
-            run
+            assert_same_output(run.stdout_str(), &expected, executor);
+            let counts = through_shared_memory(&run.stderr);
+            assert!(
+                !counts.is_empty(),
+                "{executor}: no worker counted its batches"
+            );
+            counts
         };
-        let shared = run(None);
-        assert_same_output(shared.stdout_str(), &expected, executor);
-        let counts = through_shared_memory(&shared.stderr);
-        assert!(
-            !counts.is_empty(),
-            "{executor}: no worker counted its batches"
-        );
+        let counts = run(&[], None);
         assert!(
             counts.iter().all(|&(batches, results)| batches > 0 && results > 0),
             "{executor}: a worker took no batch or sent no results through shared memory: {counts:?}"
         );
         // Batches of 10 small records: no shared memory is made at all.
-        let small = coordinator([
-            "--task",
-            "fault",
-            "--workers",
-            "2",
-            "--executor",
-            executor,
-            "--chunksize",
-            "10",
-            "--input",
-            &input,
-        ])
-        .env("RUST_LOG", "debug")
-        .run();
-        small.assert_code(0);
-        assert_same_output(small.stdout_str(), &expected, executor);
-        let counts = through_shared_memory(&small.stderr);
+        let counts = run(&["--chunksize", "10"], None);
         assert!(
-            !counts.is_empty() && counts.iter().all(|&c| c == (0, 0)),
+            counts.iter().all(|&c| c == (0, 0)),
             "{executor}: small batches went through shared memory: {counts:?}"
         );
-        let socket = run(Some("no-arena"));
-        assert_same_output(socket.stdout_str(), &expected, executor);
-        let counts = through_shared_memory(&socket.stderr);
+        let counts = run(&[], Some("no-arena"));
         assert!(
-            !counts.is_empty() && counts.iter().all(|&c| c == (0, 0)),
+            counts.iter().all(|&c| c == (0, 0)),
             "{executor}: a worker without shared memory counted {counts:?}"
         );
     }

@@ -541,6 +541,15 @@ fn read_loop(
     shared: &Shared,
 ) {
     let mut first = true;
+    let deliver = |results| {
+        events
+            .send(Event::Results {
+                slot,
+                generation,
+                results,
+            })
+            .is_ok()
+    };
     let reason = loop {
         let bytes = match rx.recv() {
             Ok(bytes) => bytes,
@@ -554,12 +563,7 @@ fn read_loop(
         } else {
             match decode_results(bytes) {
                 Ok(Ok(results)) => {
-                    let event = Event::Results {
-                        slot,
-                        generation,
-                        results,
-                    };
-                    if events.send(event).is_err() {
+                    if !deliver(results) {
                         return;
                     }
                     continue;
@@ -582,12 +586,7 @@ fn read_loop(
                     .and_then(decode_results_in);
                 match results {
                     Ok(results) => {
-                        let event = Event::Results {
-                            slot,
-                            generation,
-                            results,
-                        };
-                        if events.send(event).is_err() {
+                        if !deliver(results) {
                             return;
                         }
                     }

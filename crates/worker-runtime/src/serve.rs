@@ -304,24 +304,7 @@ fn serve_on<T: WorkerTransport>(
                     runner,
                     flush_each,
                     collected,
-                } => {
-                    let batch = decode_batch_ref(&bytes)
-                        .map_err(ServeError::Protocol)?
-                        .ok_or(ServeError::NotConfigured)?;
-                    let mut sink = InlineSink {
-                        out: &mut out,
-                        batch: batch.id,
-                        started: Instant::now(),
-                    };
-                    run_batch(
-                        &**runner,
-                        &ctx,
-                        &batch.records,
-                        *flush_each,
-                        collected,
-                        &mut sink,
-                    )?;
-                }
+                } => run_inline(&**runner, &ctx, &bytes, *flush_each, collected, &mut out)?,
                 // The task thread decodes it.
                 Configured::Threads(threads) => threads.submit(bytes)?,
             }
@@ -407,24 +390,7 @@ fn serve_on<T: WorkerTransport>(
                         runner,
                         flush_each,
                         collected,
-                    } => {
-                        let batch = decode_batch_ref(bytes)
-                            .map_err(ServeError::Protocol)?
-                            .ok_or(ServeError::NotConfigured)?;
-                        let mut sink = InlineSink {
-                            out: &mut out,
-                            batch: batch.id,
-                            started: Instant::now(),
-                        };
-                        run_batch(
-                            &**runner,
-                            &ctx,
-                            &batch.records,
-                            *flush_each,
-                            collected,
-                            &mut sink,
-                        )?;
-                    }
+                    } => run_inline(&**runner, &ctx, bytes, *flush_each, collected, &mut out)?,
                     // The task thread decodes a copy of its own.
                     Configured::Threads(threads) => {
                         let copy = bytes.to_vec();
@@ -545,6 +511,34 @@ trait BatchSink {
 }
 
 /// Outcomes sent from the serve loop.
+/// Decode a batch message where it lies and run it on this thread, its
+/// results sent through `out` as they are due.
+fn run_inline<T: WorkerTransport>(
+    runner: &dyn Runner,
+    ctx: &RunContext,
+    bytes: &[u8],
+    flush_each: bool,
+    collected: &mut Collected,
+    out: &mut Outbox<T>,
+) -> Result<(), ServeError> {
+    let batch = decode_batch_ref(bytes)
+        .map_err(ServeError::Protocol)?
+        .ok_or(ServeError::NotConfigured)?;
+    let mut sink = InlineSink {
+        out,
+        batch: batch.id,
+        started: Instant::now(),
+    };
+    run_batch(
+        runner,
+        ctx,
+        &batch.records,
+        flush_each,
+        collected,
+        &mut sink,
+    )
+}
+
 struct InlineSink<'a, T> {
     out: &'a mut Outbox<T>,
     batch: u64,
