@@ -57,6 +57,16 @@ impl Guard {
         Ok(guard)
     }
 
+    /// [`Guard::shared`], its failure as the pool reports it.
+    pub fn for_pools() -> Result<Arc<Guard>, crate::PoolError> {
+        Guard::shared().map_err(|e| {
+            crate::PoolError::Ipc(io::Error::new(
+                e.kind(),
+                format!("cannot start the guard process: {e}"),
+            ))
+        })
+    }
+
     /// Fork a guard.
     pub fn start() -> io::Result<Guard> {
         let mut fds = [0 as libc::c_int; 2];

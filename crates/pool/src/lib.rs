@@ -125,12 +125,7 @@ pub use stats::WorkerStats;
 /// will start pools can call this early, while it is small. Optional: the
 /// first pool starts the guard otherwise.
 pub fn prepare() -> Result<(), PoolError> {
-    guard::Guard::shared().map(drop).map_err(|e| {
-        PoolError::Ipc(std::io::Error::new(
-            e.kind(),
-            format!("cannot start the guard process: {e}"),
-        ))
-    })
+    guard::Guard::for_pools().map(drop)
 }
 
 /// The worker side: what a worker binary of its own needs ([`Registry`](worker::Registry),

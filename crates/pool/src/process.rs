@@ -678,7 +678,7 @@ impl LocalLauncher {
             let what = what.to_owned();
             move |e: io::Error| PoolError::Ipc(io::Error::new(e.kind(), format!("{what}: {e}")))
         };
-        let guard = Guard::shared().map_err(context("cannot start the guard process"))?;
+        let guard = Guard::for_pools()?;
         let hub = match &spec.output {
             Some(handler) => Some(Arc::new(
                 OutputHub::start(handler.clone())
