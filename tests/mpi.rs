@@ -9,7 +9,12 @@ use crate::util::{
     write_file, Cmd, Output,
 };
 
-/// `mpirun --oversubscribe ARGS`, as root if need be.
+/// Which way the ranks of a launch on this one machine talk: `mpi` (MPI
+/// itself, as on a cluster) or `auto` (local channels, without MPI).
+const TRANSPORT: &str = "PROCPOOL_MPI_TRANSPORT";
+
+/// `mpirun --oversubscribe ARGS`, as root if need be, with MPI itself
+/// between the ranks (`on_one_machine` for the local channels).
 fn mpirun_args<S: AsRef<str>>(args: &[S]) -> Cmd {
     Cmd::new(
         std::iter::once("--oversubscribe".to_string())
@@ -18,14 +23,22 @@ fn mpirun_args<S: AsRef<str>>(args: &[S]) -> Cmd {
     .program("mpirun")
     .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env(TRANSPORT, "mpi")
     .deadline(Duration::from_secs(120))
+}
+
+/// The same launch as its ranks run it by default on one machine: over
+/// local channels and shared memory, without MPI.
+fn on_one_machine(cmd: Cmd) -> Cmd {
+    cmd.env(TRANSPORT, "auto")
 }
 
 fn bin_str(path: std::path::PathBuf) -> String {
     path.display().to_string()
 }
 
-/// `mpirun -n 1 coordinator --backend mpi ARGS : -n RANKS worker`.
+/// `mpirun -n 1 coordinator --backend mpi ARGS : -n RANKS worker`, with MPI
+/// itself between the ranks.
 fn mpirun(ranks: usize, mpirun_opts: &[&str], args: &[&str]) -> Cmd {
     let coordinator = crate::util::coordinator_bin();
     let worker = worker_bin();
@@ -45,6 +58,7 @@ fn mpirun(ranks: usize, mpirun_opts: &[&str], args: &[&str]) -> Cmd {
         .program("mpirun")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env(TRANSPORT, "mpi")
         .deadline(Duration::from_secs(120))
 }
 
@@ -109,6 +123,98 @@ fn hundred_thousand_records_equal_local_over_shared_memory() {
         got.stdout_str() == want.stdout_str(),
         "MPI output differs from local"
     );
+}
+
+/// The documented one-machine launch, as its ranks run it by default: no
+/// MPI, local channels and shared memory; the same output, statistics and
+/// job log as on the local backend, with a row per rank.
+#[test]
+fn on_one_machine_the_ranks_use_local_channels_and_equal_local() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..100_000).map(|n| (n, if n % 9973 == 11 { "error" } else { "" }))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
+    want.assert_code(1);
+    let stats = dir.path().join("stats.json");
+    let joblog = dir.path().join("jobs.tsv");
+    let got = on_one_machine(mpirun(
+        3,
+        &["--bind-to", "none"],
+        &[
+            "--task",
+            "fault",
+            "--input",
+            &input,
+            "--stats-json",
+            stats.to_str().unwrap_or_default(),
+            "--joblog",
+            joblog.to_str().unwrap_or_default(),
+        ],
+    ))
+    .env("RUST_LOG", "debug")
+    .run();
+    got.assert_code(1);
+    assert!(
+        got.stdout_str() == want.stdout_str(),
+        "output differs from local"
+    );
+    assert!(
+        got.stderr.contains(
+            "every rank of this MPI job runs on this machine: 3 worker ranks over local channels"
+        ),
+        "{}",
+        got.stderr
+    );
+    // Every rank took its invitation, and its large batches came through
+    // the shared memory.
+    let coordinator_pid = got
+        .stderr
+        .lines()
+        .find_map(|l| l.split("coordinator pid=").nth(1)?.split(':').next())
+        .unwrap_or_default()
+        .to_owned();
+    for rank in 1..=3 {
+        assert!(
+            got.stderr.contains(&format!(
+                "rank {rank} of 4, every rank on this machine: the coordinator (pid {coordinator_pid})"
+            )),
+            "rank {rank}: {}",
+            got.stderr
+        );
+    }
+    let through_memory = got
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" batches came through shared memory"))
+        .filter_map(|l| {
+            l.split(" batches came through shared memory")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|&n| n > 0)
+        .count();
+    assert_eq!(through_memory, 3, "{}", got.stderr);
+    let pids = ready_pids(&got.stderr);
+    assert_eq!(pids.len(), 3, "{}", got.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["total_records"].as_u64(), Some(100_000), "{json}");
+    let rows = json["workers"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{json}");
+    for row in rows {
+        assert!(
+            pids.contains(&(row["pid"].as_u64().unwrap() as u32)),
+            "{row}"
+        );
+    }
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    assert_eq!(log.lines().count(), 100_001);
 }
 
 #[test]
@@ -243,6 +349,21 @@ fn wrong_launches_end_at_once_saying_how_to_launch() {
             "no --workers to spawn",
         ),
     ];
+    // Each launch of several ranks also as it runs by default, without MPI.
+    let cases: Vec<(String, Cmd, &str)> = cases
+        .into_iter()
+        .flat_map(|(what, cmd, says)| {
+            let lone = what.contains("alone");
+            let local = (!lone).then(|| {
+                (
+                    format!("{what}, local channels"),
+                    on_one_machine(cmd.clone()),
+                    says,
+                )
+            });
+            std::iter::once((what.to_owned(), cmd, says)).chain(local)
+        })
+        .collect();
     for (what, cmd, says) in cases {
         let started = Instant::now();
         // A hang fails at this deadline; the launch should end in seconds.
@@ -339,6 +460,30 @@ fn a_record_longer_than_the_liveness_timeout_completes() {
 /// ordered prefix that `--resume` completes.
 #[test]
 fn a_stopped_rank_ends_the_job_and_resume_completes_it() {
+    stopped_rank(
+        mpirun,
+        &["sent nothing for 2.0 s", "aborting the MPI job"],
+        true,
+    );
+}
+
+/// The same over local channels: the liveness check asks the kernel, which
+/// says the rank is stopped; the job ends the same way.
+#[test]
+fn a_stopped_rank_on_local_channels_ends_the_job_and_resume_completes_it() {
+    stopped_rank(
+        |ranks, opts, args| on_one_machine(mpirun(ranks, opts, args)),
+        &[
+            "sent nothing for 2.0 s; declaring it dead",
+            "ending the MPI job: not every worker rank stopped in order",
+        ],
+        false,
+    );
+}
+
+/// `says`: what the coordinator's error must say; `named`: the rank is
+/// named with its pid and host.
+fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], named: bool) {
     let dir = tempdir();
     let input = write_file(
         dir.path(),
@@ -370,10 +515,13 @@ fn a_stopped_rank_ends_the_job_and_resume_completes_it() {
     let stopped = run.wait();
     let ended_in = stopped_at.elapsed();
     assert_eq!(stopped.code(), Some(75), "{}", stopped.stderr);
+    let who = if named {
+        format!("(pid {victim} on")
+    } else {
+        format!("worker pid={victim} sent nothing")
+    };
     assert!(
-        stopped.stderr.contains(&format!("(pid {victim} on"))
-            && stopped.stderr.contains("sent nothing for 2.0 s")
-            && stopped.stderr.contains("aborting the MPI job"),
+        stopped.stderr.contains(&who) && says.iter().all(|s| stopped.stderr.contains(s)),
         "{}",
         stopped.stderr
     );
@@ -445,6 +593,15 @@ fn a_stuck_launcher_is_reported_with_its_unreaped_children() {
 
 #[test]
 fn a_rank_crash_ends_the_job_and_resume_continues_it() {
+    rank_crash(mpirun);
+}
+
+#[test]
+fn a_rank_crash_on_local_channels_ends_the_job_and_resume_continues_it() {
+    rank_crash(|ranks, opts, args| on_one_machine(mpirun(ranks, opts, args)));
+}
+
+fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd) {
     let dir = tempdir();
     let input = write_file(
         dir.path(),
@@ -494,6 +651,15 @@ fn a_rank_crash_ends_the_job_and_resume_continues_it() {
 /// an undisturbed run's.
 #[test]
 fn the_relaunch_loop_survives_a_rank_killed_and_finishes_identical() {
+    relaunch_loop("mpi");
+}
+
+#[test]
+fn the_relaunch_loop_on_local_channels_survives_a_rank_killed_and_finishes_identical() {
+    relaunch_loop("auto");
+}
+
+fn relaunch_loop(transport: &str) {
     let dir = tempdir();
     let input = write_file(
         dir.path(),
@@ -535,6 +701,7 @@ fn the_relaunch_loop_survives_a_rank_killed_and_finishes_identical() {
     .program("bash")
     .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env(TRANSPORT, transport)
     .deadline(Duration::from_secs(120))
     .spawn();
     run.wait_for("two workers ready", |r| {
@@ -646,6 +813,7 @@ impl NetnsHosts {
             .chain(args.iter().map(|s| s.to_string())),
         )
         .program("bash")
+        .env(TRANSPORT, "mpi")
         .deadline(Duration::from_secs(120))
     }
 

@@ -97,6 +97,8 @@ mod fake;
 mod guard;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "mpi")]
+mod node;
 mod outcome;
 mod pool;
 mod preflight;

@@ -78,8 +78,7 @@ pub const EXIT_RELAUNCH: i32 = 75;
 /// not running.
 const SUSPENDED: Duration = Duration::from_millis(500);
 
-/// How to launch correctly, for the error messages of wrong launches.
-const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its workers beside it (`mpirun -n 1 coordinator --backend mpi ... : -n 4 worker`), or let a lone coordinator spawn them (`coordinator --backend mpi --workers 4`, alone or under `mpirun -n 1`)";
+use procpool_worker::node::HOW_TO_LAUNCH;
 
 /// Whether this process was started by an MPI launcher.
 pub fn launched_by_mpi() -> bool {
@@ -97,6 +96,7 @@ static JOB_ENDING: AtomicBool = AtomicBool::new(false);
 /// by one, keep the records finished so far, and abort the job.
 pub fn end_job() {
     JOB_ENDING.store(true, Ordering::SeqCst);
+    crate::node::end_job();
 }
 
 /// The liveness timeout from [`ENV_LIVENESS`], or `default` (the pool's).

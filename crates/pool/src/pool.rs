@@ -300,10 +300,7 @@ impl PoolBuilder {
         let bin = self.resolved_bin()?;
         crate::process::check_binary(&bin)?;
         crate::preflight::check_local(self.workers)?;
-        let mut token = [0u8; 16];
-        getrandom::fill(&mut token)
-            .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let token = new_token()?;
         let output: Option<OutputHandler> = if self.inherit_output {
             None
         } else {
@@ -362,6 +359,9 @@ impl PoolBuilder {
             (bin, n)
         });
         let liveness = crate::mpi::liveness_from_env(self.liveness_timeout)?;
+        if let Some(job) = procpool_worker::node::one_node_job().map_err(PoolError::Config)? {
+            return self.start_node(task, job, liveness);
+        }
         // The MPI layer notices a silent rank first and ends the job in
         // order (a resumable output); the supervisor's own check, which
         // could only break the pool, stays a backstop.
@@ -377,6 +377,33 @@ impl PoolBuilder {
             Box::new(launcher),
             events_tx,
             events_rx,
+        )
+    }
+
+    /// Every rank of this MPI launch runs on this machine: the worker ranks
+    /// connect over the local channels, without MPI (see `node`).
+    #[cfg(feature = "mpi")]
+    fn start_node(
+        mut self,
+        task: Option<TaskSpec>,
+        job: procpool_worker::node::NodeJob,
+        liveness: Duration,
+    ) -> Result<Core, PoolError> {
+        let token = new_token()?;
+        let (launcher, ranks) = crate::node::NodeLauncher::new(job, token.clone(), liveness)?;
+        if let Some(n) = self.mpi_spawn.filter(|&n| n != ranks) {
+            log::warn!(
+                "--workers {n} ignored: the workers are the other {ranks} ranks of this MPI job"
+            );
+        }
+        crate::preflight::check_local(ranks)?;
+        self.workers = ranks;
+        self.liveness_timeout = liveness;
+        self.start_with(
+            task,
+            PathBuf::from("<MPI ranks>"),
+            token,
+            Box::new(launcher),
         )
     }
 
@@ -446,6 +473,14 @@ impl PoolBuilder {
             next_job: AtomicU64::new(0),
         })
     }
+}
+
+/// A run's token, which its workers present in their `Hello`.
+fn new_token() -> Result<String, PoolError> {
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token)
+        .map_err(|e| PoolError::Ipc(std::io::Error::other(e.to_string())))?;
+    Ok(token.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The worker binary a pool built without [`PoolBuilder::worker_bin`] starts:

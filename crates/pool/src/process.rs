@@ -40,7 +40,7 @@ use crate::transport::{
 };
 use crate::worker_output::OutputHub;
 
-type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
+pub(crate) type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
 
 /// Receives each line a worker writes to its stdout or stderr, with its pid.
 pub type OutputHandler = std::sync::Arc<dyn Fn(u32, &str) + Send + Sync>;
@@ -100,7 +100,9 @@ fn create_rendezvous(own_umask: bool) -> Result<(IpcOneShotServer<Rendezvous>, S
 }
 
 /// [`create_rendezvous`], made private whatever the thread could do.
-fn new_rendezvous(own_umask: bool) -> Result<(IpcOneShotServer<Rendezvous>, String), PoolError> {
+pub(crate) fn new_rendezvous(
+    own_umask: bool,
+) -> Result<(IpcOneShotServer<Rendezvous>, String), PoolError> {
     let (server, name) = create_rendezvous(own_umask)?;
     make_private(&name).map_err(PoolError::Ipc)?;
     Ok((server, name))
@@ -247,7 +249,7 @@ const ARENA_FROM_BYTES: usize = 16 << 10;
 
 /// Whether a process is stopped (SIGSTOP, a debugger's stop), from
 /// `/proc/PID/stat`; `None` where that cannot be read.
-fn stopped(pid: u32) -> Option<bool> {
+pub(crate) fn stopped(pid: u32) -> Option<bool> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     // "PID (COMM) STATE ...": COMM may hold any byte, `)` included.
     let close = stat.iter().rposition(|&b| b == b')')?;
@@ -388,9 +390,33 @@ fn spawn(
         output,
         kernel_says: spec.heartbeat.is_none(),
     };
+    let accepting = accept_in_background(server, pid.to_string(), slot, generation, events, None);
+    if let Err(e) = accepting {
+        kill_group(pid);
+        spawned.wait();
+        return Err(PoolError::Ipc(e));
+    }
+    Ok(spawned)
+}
+
+/// Called when a worker's channel closes, before the supervisor hears of
+/// it, with whether the pool had asked the worker to stop.
+pub(crate) type CloseHook = Box<dyn FnOnce(bool) + Send>;
+
+/// A thread (named after `who`) that waits for the worker to connect to
+/// `server`, then reads what it sends: the supervisor hears `Accepted`, the
+/// worker's messages and results, and `Closed`.
+pub(crate) fn accept_in_background(
+    server: IpcOneShotServer<Rendezvous>,
+    who: String,
+    slot: usize,
+    generation: u64,
+    events: &Sender<Event>,
+    on_close: Option<CloseHook>,
+) -> io::Result<()> {
     let events = events.clone();
-    let accepting = thread::Builder::new()
-        .name(format!("procpool-accept-{pid}"))
+    thread::Builder::new()
+        .name(format!("procpool-accept-{who}"))
         .spawn(move || {
             // ipc-channel panics on a message that arrives without its
             // descriptors (the preflight keeps them available): a start failure.
@@ -419,7 +445,7 @@ fn spawn(
                         })
                         .is_ok();
                     if ok {
-                        read_loop(reader, slot, generation, events, &shared);
+                        read_loop(reader, slot, generation, events, &shared, on_close);
                     }
                 }
                 Err(e) => {
@@ -430,13 +456,8 @@ fn spawn(
                     });
                 }
             }
-        });
-    if let Err(e) = accepting {
-        kill_group(pid);
-        spawned.wait();
-        return Err(PoolError::Ipc(e));
-    }
-    Ok(spawned)
+        })
+        .map(drop)
 }
 
 /// The coordinator's ends of a connected worker: a writer thread fed by a
@@ -453,6 +474,8 @@ struct Shared {
     results: OnceLock<Arc<Arena>>,
     /// The worker mapped `batches` (`ArenasMapped`).
     mapped: AtomicBool,
+    /// `Request::Stop` went out to it.
+    stop_sent: AtomicBool,
 }
 
 impl Shared {
@@ -489,8 +512,12 @@ impl Connection {
                 let mut offered = false;
                 // Ends when the supervisor drops its sender (the worker then
                 // sees its request channel close) or the worker is gone.
+                let stop = encode(&Request::Stop).unwrap_or_default();
                 for message in rx {
                     let bytes = message.bytes();
+                    if bytes == stop.as_slice() {
+                        shared.stop_sent.store(true, Ordering::Release);
+                    }
                     // Only batches are shared buffers. The first large one
                     // goes over the socket after the arenas are offered; later
                     // ones that fit a free slot go there, and a few bytes name it.
@@ -539,6 +566,7 @@ fn read_loop(
     generation: u64,
     events: Sender<Event>,
     shared: &Shared,
+    on_close: Option<CloseHook>,
 ) {
     let mut first = true;
     let deliver = |results| {
@@ -619,6 +647,9 @@ fn read_loop(
             Err(reason) => break Some(reason),
         }
     };
+    if let Some(hook) = on_close {
+        hook(shared.stop_sent.load(Ordering::Acquire));
+    }
     let _ = events.send(Event::Closed {
         slot,
         generation,
@@ -856,7 +887,7 @@ impl Link for LocalLink {
         }
     }
 
-    fn runs(&self) -> Option<bool> {
+    fn runs(&self, _pid: u32) -> Option<bool> {
         if !self.spawned.kernel_says {
             return None;
         }

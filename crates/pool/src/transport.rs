@@ -301,7 +301,7 @@ pub(crate) trait Link: Send {
     /// it runs or sleeps, and gets another timeout; `Some(false)`: it is
     /// stopped; `None` (the default): the transport cannot tell, and only
     /// its messages (heartbeats among them) count.
-    fn runs(&self) -> Option<bool> {
+    fn runs(&self, _pid: u32) -> Option<bool> {
         None
     }
     /// Wait for it to exit, killing it after `patience`.

@@ -41,6 +41,7 @@ mod heartbeat;
 mod logging;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod node;
 mod registry;
 mod serve;
 

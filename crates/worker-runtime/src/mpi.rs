@@ -47,7 +47,7 @@ const RELEASE_WITHOUT_HEARTBEATS: Duration = Duration::from_secs(60);
 /// (or half the liveness timeout) means the rank itself was not running.
 const SUSPENDED: Duration = Duration::from_millis(500);
 
-const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its workers beside it (`mpirun -n 1 coordinator --backend mpi ... : -n 4 worker`), or let a lone coordinator spawn them (`coordinator --backend mpi --workers 4`, alone or under `mpirun -n 1`)";
+use crate::node::HOW_TO_LAUNCH;
 
 /// Whether an MPI launcher (mpirun, srun, Hydra) started this process.
 pub fn launched_by_mpi() -> bool {

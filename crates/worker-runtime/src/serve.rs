@@ -41,6 +41,9 @@ pub enum ServeError {
     /// The coordinator sent a batch before choosing a task.
     #[error("the coordinator sent records before configuring a task")]
     NotConfigured,
+    /// Launched wrongly (e.g. an MPI job with a worker at rank 0).
+    #[error("{0}")]
+    Launch(String),
 }
 
 /// Per-record log lines are for watching slow work: beyond a burst of
@@ -131,8 +134,19 @@ impl Drop for LocalBudget<'_> {
 /// `Stop` or goes away. Returns `Ok` on an orderly end.
 pub fn serve(registry: Registry) -> Result<(), ServeError> {
     let server = std::env::var(ENV_SERVER).map_err(|_| ServeError::NotUnderCoordinator)?;
-    die_with_parent();
     let token = std::env::var(ENV_TOKEN).unwrap_or_default();
+    serve_at(server, token, heartbeat::period_from_env(), registry)
+}
+
+/// [`serve`] the coordinator whose rendezvous is `server`, with the run's
+/// `token`, sending a heartbeat every `heartbeat` (if any).
+fn serve_at(
+    server: String,
+    token: String,
+    heartbeat: Option<Duration>,
+    registry: Registry,
+) -> Result<(), ServeError> {
+    die_with_parent();
     // Panics inside tasks are reported as failed records, with the message; the
     // default hook's extra stderr lines would only repeat them.
     std::panic::set_hook(Box::new(|_| {}));
@@ -151,7 +165,34 @@ pub fn serve(registry: Registry) -> Result<(), ServeError> {
         tx: to_coordinator,
         rx: requests,
     };
-    serve_on(transport, registry, token, fault, true)
+    serve_on(transport, registry, token, fault, heartbeat, true)
+}
+
+/// A worker rank of an MPI launch whose ranks all run on this machine (see
+/// [`crate::node`]): no MPI; the coordinator's invitation names the channel.
+fn serve_node(job: &crate::node::NodeJob, registry: Registry) -> Result<(), ServeError> {
+    use crate::node::{FIRST_CONTACT, HOW_TO_LAUNCH};
+    if job.rank == 0 {
+        return Err(ServeError::Launch(format!(
+            "this worker is rank 0 of an MPI job of {}, but rank 0 must be the coordinator; {HOW_TO_LAUNCH}",
+            job.size
+        )));
+    }
+    let invitation = job
+        .await_invitation(Instant::now() + FIRST_CONTACT)
+        .ok_or_else(|| {
+            ServeError::Launch(format!(
+                "no coordinator answered at rank 0 within {:.0} s; {HOW_TO_LAUNCH}",
+                FIRST_CONTACT.as_secs_f64()
+            ))
+        })?;
+    debug!(
+        "rank {} of {}, every rank on this machine: the coordinator (pid {}) over local channels",
+        job.rank, job.size, invitation.coordinator
+    );
+    let heartbeat =
+        (invitation.heartbeat_ms > 0).then(|| Duration::from_millis(invitation.heartbeat_ms));
+    serve_at(invitation.server, invitation.token, heartbeat, registry)
 }
 
 /// The arena `value` names (`Request::Arenas`), mapped; `None` if it cannot
@@ -245,7 +286,14 @@ pub fn serve_over<T: WorkerTransport>(
     token: String,
 ) -> Result<(), ServeError> {
     std::panic::set_hook(Box::new(|_| {}));
-    serve_on(transport, registry, token, InjectedFault::from_env(), false)
+    serve_on(
+        transport,
+        registry,
+        token,
+        InjectedFault::from_env(),
+        heartbeat::period_from_env(),
+        false,
+    )
 }
 
 fn serve_on<T: WorkerTransport>(
@@ -253,6 +301,7 @@ fn serve_on<T: WorkerTransport>(
     registry: Registry,
     token: String,
     fault: InjectedFault,
+    heartbeat: Option<Duration>,
     local: bool,
 ) -> Result<(), ServeError> {
     let pid = std::process::id();
@@ -275,7 +324,7 @@ fn serve_on<T: WorkerTransport>(
         tasks: registry.infos(),
     }))?;
     // After the Hello, which must come first; stopped when this returns.
-    let _heartbeat = heartbeat::period_from_env()
+    let _heartbeat = heartbeat
         .and_then(|period| Some((period, out.transport.side_sender()?)))
         .and_then(|(period, send)| Heartbeat::start(period, send));
 
@@ -954,6 +1003,22 @@ pub fn main_with(registry: Registry) -> ExitCode {
 pub(crate) fn worker_main(registry: Registry) -> u8 {
     // A local worker of a coordinator that itself runs under mpirun inherits
     // the launcher's variables: the coordinator's own variable decides.
+    if std::env::var_os(ENV_SERVER).is_none() {
+        match crate::node::one_node_job() {
+            Ok(Some(job)) => {
+                crate::init_logging("worker");
+                return exit_code(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || serve_node(&job, registry),
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                crate::init_logging("worker");
+                error!("{e}");
+                return 2;
+            }
+        }
+    }
     #[cfg(feature = "mpi")]
     if crate::mpi::launched_by_mpi() && std::env::var_os(ENV_SERVER).is_none() {
         // Ranks may run on several hosts: say which in every line.
@@ -974,6 +1039,10 @@ fn exit_code(outcome: std::thread::Result<Result<(), ServeError>>) -> u8 {
         Ok(Ok(())) => 0,
         Ok(Err(ServeError::NotUnderCoordinator)) => {
             eprintln!("worker: {}", ServeError::NotUnderCoordinator);
+            2
+        }
+        Ok(Err(ServeError::Launch(msg))) => {
+            error!("{msg}");
             2
         }
         Ok(Err(e)) => {

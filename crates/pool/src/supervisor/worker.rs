@@ -161,7 +161,7 @@ impl Worker {
 
     /// Whether the system says that it runs, where the transport can tell.
     pub fn runs(&self) -> Option<bool> {
-        self.link.as_ref().and_then(|l| l.runs())
+        self.link.as_ref().and_then(|l| l.runs(self.pid))
     }
 
     /// Handshake done: it takes records from now on.

@@ -1,0 +1,303 @@
+//! The MPI backend on one machine: when every rank of an MPI (or Slurm)
+//! launch runs here, the ranks start no MPI at all (see
+//! `procpool_worker::node`). The coordinator, rank 0, invites each worker
+//! rank through the job's rendezvous directory to connect to a channel of
+//! its own, and from there on a rank is reached exactly as a local worker
+//! is: ipc-channel, batches and results through shared memory.
+//!
+//! What stays as on MPI: the ranks are the launcher's, so one that is gone
+//! cannot be replaced; the job then stops at once (the output an ordered
+//! prefix) and the coordinator exits with [`EXIT_RELAUNCH`], which makes
+//! the launcher end the other ranks, and `--resume` continues the job.
+//! Liveness needs no heartbeats: a rank that holds records and says
+//! nothing for the liveness timeout is asked after through `/proc`, and
+//! ends the job only if it is stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::Duration;
+
+use ipc_channel::ipc::{self, IpcSender};
+use procpool_worker::node::{Invitation, NodeJob, HOW_TO_LAUNCH};
+
+use crate::error::{PoolError, WorkerExit};
+use crate::mpi::EXIT_RELAUNCH;
+use crate::process::{accept_in_background, new_rendezvous, stopped, Rendezvous};
+use crate::supervisor::Command;
+use crate::transport::{heartbeat_period, Event, Launcher, Link};
+
+/// The pools of this process on a one-machine MPI launch (one, in practice),
+/// for [`end_job`].
+static ACTIVE: Mutex<Vec<Weak<JobState>>> = Mutex::new(Vec::new());
+
+/// The launcher is ending the job (its SIGTERM): stop at once.
+pub(crate) fn end_job() {
+    let active = ACTIVE.lock().map(|a| a.clone()).unwrap_or_default();
+    for state in active.iter().filter_map(Weak::upgrade) {
+        state.fail("the MPI launcher is ending the job");
+    }
+}
+
+/// Whether the job can still end in order, and how to stop it if not.
+struct JobState {
+    failed: AtomicBool,
+    events: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+}
+
+impl JobState {
+    /// The job cannot end in order: stop the pool at once (records finished
+    /// so far are kept, the rest end as cancelled); the coordinator exits
+    /// with [`EXIT_RELAUNCH`] once the pool lets go, or after 10 s.
+    fn fail(&self, reason: &str) {
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::error!("{reason}; stopping: the output keeps every finished record in order, and `--resume` continues the job");
+        if let Some(events) = self.events.lock().ok().and_then(|e| e.clone()) {
+            for _ in 0..2 {
+                // A second cancel stops at once.
+                let _ = events.send(Event::Command(Command::Cancel {
+                    grace: Duration::ZERO,
+                }));
+            }
+        }
+        let _ = thread::Builder::new()
+            .name("procpool-node-end".into())
+            .spawn(|| {
+                thread::sleep(Duration::from_secs(10));
+                log::error!("the pool did not stop within 10 s of the failure");
+                exit_now(EXIT_RELAUNCH);
+            });
+    }
+}
+
+/// Invites the worker ranks of a one-machine launch and connects them.
+pub(crate) struct NodeLauncher {
+    job: NodeJob,
+    token: String,
+    heartbeat_ms: u64,
+    kernel_says: bool,
+    state: Arc<JobState>,
+    /// The ranks invited (each once: a rank cannot be started again).
+    invited: Vec<bool>,
+}
+
+impl NodeLauncher {
+    /// For this coordinator, rank `job.rank` (which must be 0); the number
+    /// of worker ranks goes with it.
+    pub fn new(
+        job: NodeJob,
+        token: String,
+        liveness: Duration,
+    ) -> Result<(NodeLauncher, usize), PoolError> {
+        if job.rank != 0 {
+            return Err(PoolError::Config(format!(
+                "this coordinator is rank {} of an MPI job of {}: there must be one coordinator, at rank 0; {HOW_TO_LAUNCH}",
+                job.rank, job.size
+            )));
+        }
+        job.create_dir().map_err(|e| {
+            PoolError::Ipc(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot make the job's rendezvous directory {}: {e}",
+                    job.dir.display()
+                ),
+            ))
+        })?;
+        // Where /proc says how a process is, the ranks send no heartbeats.
+        let kernel_says = stopped(std::process::id()) == Some(false);
+        let heartbeat_ms = if kernel_says {
+            0
+        } else {
+            u64::try_from(heartbeat_period(liveness).as_millis()).unwrap_or(u64::MAX)
+        };
+        let state = Arc::new(JobState {
+            failed: AtomicBool::new(false),
+            events: Mutex::new(None),
+        });
+        if let Ok(mut active) = ACTIVE.lock() {
+            active.retain(|w| w.strong_count() > 0);
+            active.push(Arc::downgrade(&state));
+        }
+        let workers = job.size - 1;
+        log::info!(
+            "every rank of this MPI job runs on this machine: {workers} worker ranks over local channels and shared memory, without MPI ({}=mpi for MPI)",
+            procpool_worker::node::ENV_TRANSPORT
+        );
+        Ok((
+            NodeLauncher {
+                job,
+                token,
+                heartbeat_ms,
+                kernel_says,
+                state,
+                invited: vec![false; workers],
+            },
+            workers,
+        ))
+    }
+}
+
+impl Drop for NodeLauncher {
+    fn drop(&mut self) {
+        self.job.remove_dir();
+        if self.state.failed.load(Ordering::SeqCst) {
+            // As an aborted MPI job: the launcher ends the other ranks.
+            log::error!("ending the MPI job: not every worker rank stopped in order");
+            exit_now(EXIT_RELAUNCH);
+        }
+    }
+}
+
+/// End this process at once: the launcher sees rank 0 exit with `code`
+/// and ends the job.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once; it touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
+
+impl Launcher for NodeLauncher {
+    fn launch(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        events: &std::sync::mpsc::Sender<Event>,
+    ) -> Result<Box<dyn Link>, PoolError> {
+        let rank = slot + 1;
+        if self
+            .invited
+            .get_mut(slot)
+            .is_none_or(|invited| std::mem::replace(invited, true))
+        {
+            return Err(PoolError::Config(format!(
+                "no MPI rank for worker {slot} (the job's ranks cannot be replaced)"
+            )));
+        }
+        if let Ok(mut e) = self.state.events.lock() {
+            e.get_or_insert_with(|| events.clone());
+        }
+        crate::preflight::ensure_rendezvous_dir()?;
+        let (server, name) = new_rendezvous(false)?;
+        self.job
+            .invite(
+                rank,
+                &Invitation {
+                    server: name.clone(),
+                    token: self.token.clone(),
+                    heartbeat_ms: self.heartbeat_ms,
+                    coordinator: std::process::id(),
+                },
+            )
+            .map_err(PoolError::Ipc)?;
+        let state = self.state.clone();
+        let on_close = Box::new(move |asked_to_stop: bool| {
+            if !asked_to_stop {
+                state.fail(&format!(
+                    "worker rank {rank} closed its channel before it was asked to stop (it died, or was killed)"
+                ));
+            }
+        });
+        accept_in_background(
+            server,
+            format!("rank-{rank}"),
+            slot,
+            generation,
+            events,
+            Some(on_close),
+        )
+        .map_err(PoolError::Ipc)?;
+        Ok(Box::new(NodeLink {
+            rank,
+            slot,
+            generation,
+            server: name,
+            connected: false,
+            closed: false,
+            kernel_says: self.kernel_says,
+            events: events.clone(),
+            state: self.state.clone(),
+        }))
+    }
+
+    fn respawns(&self) -> bool {
+        false
+    }
+
+    fn max_batch_bytes(&self) -> usize {
+        crate::batch::MAX_SHARED_BATCH_BYTES
+    }
+}
+
+struct NodeLink {
+    rank: usize,
+    slot: usize,
+    generation: u64,
+    /// The rendezvous it was invited to.
+    server: String,
+    connected: bool,
+    /// Reported closed by this link (it was given up).
+    closed: bool,
+    kernel_says: bool,
+    events: std::sync::mpsc::Sender<Event>,
+    state: Arc<JobState>,
+}
+
+impl Link for NodeLink {
+    fn pid(&self) -> u32 {
+        0 // learnt from the rank's Hello
+    }
+
+    fn label(&self) -> String {
+        format!("rank {}", self.rank)
+    }
+
+    fn connected(&mut self) {
+        self.connected = true;
+    }
+
+    fn kill(&mut self) {
+        // A rank cannot be killed alone (the launcher would end the job):
+        // the job stops, and this rank is reported closed at once, so that
+        // nothing waits for it.
+        self.state
+            .fail(&format!("worker rank {} had to be given up", self.rank));
+        if !self.closed {
+            self.closed = true;
+            let _ = self.events.send(Event::Closed {
+                slot: self.slot,
+                generation: self.generation,
+                reason: None,
+            });
+        }
+    }
+
+    fn exited(&mut self) -> Option<WorkerExit> {
+        None
+    }
+
+    fn runs(&self, pid: u32) -> Option<bool> {
+        if !self.kernel_says || pid == 0 {
+            return None;
+        }
+        stopped(pid).map(|stopped| !stopped)
+    }
+
+    fn reap(&mut self, _patience: Duration) -> WorkerExit {
+        // Its exit is the launcher's to see.
+        WorkerExit::Unknown
+    }
+
+    fn abandon(&mut self) {
+        self.kill();
+        if !self.connected {
+            // Release the accept thread: connect to the rendezvous ourselves.
+            if let Ok(tx) = IpcSender::<Rendezvous>::connect(self.server.clone()) {
+                if let (Ok(a), Ok(b)) = (ipc::bytes_channel(), ipc::bytes_channel()) {
+                    let _ = tx.send((a.0, b.1));
+                }
+            }
+        }
+    }
+}
