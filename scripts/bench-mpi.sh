@@ -17,9 +17,12 @@
 #     sockets after MPI_Init, as procpool's ranks do), same launch;
 #   - the steady state: the time the big input takes beyond the small one
 #     (both whole jobs, so launch and teardown cancel out), MPI against local.
-# The MPI rows use the single-node launch the README documents (`--mca pml
-# ob1 --mca btl self,vader --bind-to none`; over TCP, eager limits that let a
-# batch go whole); one row shows Open MPI's defaults.
+# The one-machine launch as it runs by default: its ranks start no MPI and
+# talk over local channels and shared memory (the "local channels" rows).
+# The MPI rows make them use MPI itself (PROCPOOL_MPI_TRANSPORT=mpi), with
+# the single-node launch the README documents (`--mca pml ob1 --mca btl
+# self,vader --bind-to none`; over TCP, eager limits that let a batch go
+# whole); one row shows Open MPI's defaults.
 #
 # Needs Open MPI and libclang (see the README's MPI section); builds the MPI
 # feature into target/release. On a busy machine the figures are noise: the
@@ -84,7 +87,11 @@ TCP=(--oversubscribe --bind-to none --mca pml ob1 --mca btl self,tcp --mca btl_t
 DEFAULTS=(--oversubscribe --bind-to none)
 mpmd() { # ranks, mpirun options (one word, an array's name), coordinator args...
     local ranks=$1 opts="$2[@]"; shift 2
-    mpirun "${!opts}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
+    PROCPOOL_MPI_TRANSPORT=mpi mpirun "${!opts}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
+}
+node() { # ranks, coordinator args... (the same launch; its ranks use no MPI on one machine)
+    local ranks=$1; shift
+    PROCPOOL_MPI_TRANSPORT=auto mpirun "${ONE_NODE[@]}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
 }
 spawned() { # ranks, coordinator args... (an MPI singleton spawning its workers)
     local ranks=$1; shift
@@ -101,20 +108,24 @@ P="--task primes --input $TMP/primes.jsonl --output $TMP/p.jsonl"
 JOBS=(
     "l0|local, empty input (spawn and stop $W workers)|local_ --workers $W $AGE --input $TMP/empty.jsonl"
     "m0|MPI shared memory, empty input (mpirun, MPI_Init, handshake, MPI_Finalize)|mpmd $W ONE_NODE $AGE --input $TMP/empty.jsonl"
+    "n0|mpirun, ranks on local channels, empty input|node $W $AGE --input $TMP/empty.jsonl"
     "true|mpirun alone: \`mpirun -n $((W + 1)) true\`|mpirun ${ONE_NODE[*]} -n $((W + 1)) true"
     ${FLOOR:+"floor|Open MPI's floor: $((W + 1)) ranks of a C program that only calls MPI_Init and MPI_Finalize|mpirun ${ONE_NODE[*]} -n $((W + 1)) $FLOOR"}
     "ls|local, $W workers|local_ --workers $W $AGE --input $TMP/small.jsonl"
+    "ns|mpirun, $W worker ranks on local channels (the default on one machine: no MPI)|node $W $AGE --input $TMP/small.jsonl"
     "ms|MPI shared memory, $W worker ranks|mpmd $W ONE_NODE $AGE --input $TMP/small.jsonl"
     "md|MPI shared memory, Open MPI's defaults (no \`--mca pml ob1\`)|mpmd $W DEFAULTS $AGE --input $TMP/small.jsonl"
     "mt|MPI TCP (loopback), $W worker ranks|mpmd $W TCP $AGE --input $TMP/small.jsonl"
     "mp|MPI, $W ranks spawned by a lone coordinator (TCP between jobs)|spawned $W $AGE --input $TMP/small.jsonl"
     "lb|local, $W workers|local_ --workers $W $AGE --input $TMP/big.jsonl"
+    "nb|mpirun, $W worker ranks on local channels|node $W $AGE --input $TMP/big.jsonl"
     "mb|MPI shared memory, $W worker ranks|mpmd $W ONE_NODE $AGE --input $TMP/big.jsonl"
 )
 if [ "$PRIMES" = 1 ]; then
     for w in 1 2; do
         n=s; [ "$w" = 1 ] && n=
         JOBS+=("pl$w|local, $w worker$n|local_ --workers $w $P"
+            "pn$w|mpirun, $w worker rank$n on local channels|node $w $P"
             "ps$w|MPI shared memory, $w worker rank$n|mpmd $w ONE_NODE $P"
             "pt$w|MPI TCP, $w worker rank$n|mpmd $w TCP $P")
     done
@@ -146,16 +157,18 @@ echo "$(nproc) cores, load average before $LOAD_BEFORE, after $LOAD_AFTER; media
 echo
 echo "| job | wall (median of $RUNS) | vs local |"
 echo "|---|---|---|"
-for k in ls ms md mt mp; do row "$k" "$SMALL \`age\` records, $(label $k)" ls; done
-for k in lb mb; do row "$k" "$BIG \`age\` records, $(label $k)" lb; done
+for k in ls ns ms md mt mp; do row "$k" "$SMALL \`age\` records, $(label $k)" ls; done
+for k in lb nb mb; do row "$k" "$BIG \`age\` records, $(label $k)" lb; done
 l=$(awk -v a="$(med lb)" -v b="$(med ls)" 'BEGIN { print a - b }')
 m=$(awk -v a="$(med mb)" -v b="$(med ms)" 'BEGIN { print a - b }')
+n=$(awk -v a="$(med nb)" -v b="$(med ns)" 'BEGIN { print a - b }')
 printf '| steady state: the %s records beyond the first %s (%s-record job minus %s-record job), local | %.3f s | 1.00 |\n' \
     "$((BIG - SMALL))" "$SMALL" "$BIG" "$SMALL" "$l"
+printf '| the same, mpirun with ranks on local channels | %.3f s | %s |\n' "$n" "$(ratio "$n" "$l")"
 printf '| the same, MPI shared memory | %.3f s | %s |\n' "$m" "$(ratio "$m" "$l")"
-for k in l0 m0 true ${FLOOR:+floor}; do row "$k" "fixed cost: $(label $k)" l0; done
+for k in l0 n0 m0 true ${FLOOR:+floor}; do row "$k" "fixed cost: $(label $k)" l0; done
 if [ "$PRIMES" = 1 ]; then
     for w in 1 2; do
-        for k in pl$w ps$w pt$w; do row "$k" "\`primes\` 2400 × n = 1,000,000, $(label $k)" pl$w; done
+        for k in pl$w pn$w ps$w pt$w; do row "$k" "\`primes\` 2400 × n = 1,000,000, $(label $k)" pl$w; done
     done
 fi

@@ -236,8 +236,8 @@ impl<'a> Plan<'a> {
     ) -> anyhow::Result<RawPool> {
         let args = self.args;
         let in_flight = args.in_flight.unwrap_or(match args.backend {
-            Backend::Local => 2,
-            Backend::Mpi => MPI_IN_FLIGHT,
+            Backend::Local => LOCAL_IN_FLIGHT,
+            Backend::Mpi => mpi_in_flight(),
         });
         let mut builder = PoolBuilder::new()
             .in_flight(in_flight)
@@ -812,6 +812,23 @@ fn report(
 /// load 3): 0.580 / 0.494 / 0.552 s with 2 in flight, 0.472 / 0.409 /
 /// 0.460 s with 8 (4 and 16: 0.492 and 0.496 s).
 const MPI_IN_FLIGHT: usize = 8;
+/// Batches in flight per local worker by default (and per MPI rank reached
+/// over the local channels, on one machine).
+const LOCAL_IN_FLIGHT: usize = 2;
+
+#[cfg(feature = "mpi")]
+fn mpi_in_flight() -> usize {
+    if procpool::mpi::on_one_machine() {
+        LOCAL_IN_FLIGHT
+    } else {
+        MPI_IN_FLIGHT
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_in_flight() -> usize {
+    MPI_IN_FLIGHT
+}
 
 #[cfg(feature = "mpi")]
 fn use_mpi(builder: PoolBuilder, args: &RunArgs) -> anyhow::Result<PoolBuilder> {

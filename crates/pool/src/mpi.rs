@@ -87,6 +87,13 @@ pub fn launched_by_mpi() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
+/// Whether every rank of this MPI launch runs on this machine, so that its
+/// ranks talk over the local channels without MPI (see
+/// `procpool_worker::node`).
+pub fn on_one_machine() -> bool {
+    matches!(procpool_worker::node::one_node_job(), Ok(Some(_)))
+}
+
 /// Set when the launcher is ending the job (e.g. the coordinator got
 /// SIGTERM from `mpirun` or Slurm because a rank failed).
 static JOB_ENDING: AtomicBool = AtomicBool::new(false);
