@@ -117,6 +117,20 @@ impl NodeLauncher {
             failed: AtomicBool::new(false),
             events: Mutex::new(None),
         });
+        // What coordinators killed before their end left (at most once a
+        // minute per user, beside the start).
+        let tmp = std::env::temp_dir();
+        if crate::process::scan_due(&tmp, Duration::from_secs(60)) {
+            let _ = thread::Builder::new()
+                .name("procpool-clean".into())
+                .spawn(move || {
+                    let removed =
+                        procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10));
+                    if removed > 0 {
+                        log::info!("removed {removed} stale rendezvous directories of this user");
+                    }
+                });
+        }
         if let Ok(mut active) = ACTIVE.lock() {
             active.retain(|w| w.strong_count() > 0);
             active.push(Arc::downgrade(&state));

@@ -176,7 +176,7 @@ pub(crate) fn clean_stale_rendezvous(tmp: &Path, min_age: Duration) -> usize {
 /// last `every`, by the time of a stamp file of this user's there; if so,
 /// the stamp says now. Never follows a link: another user's file or link
 /// in a shared `/tmp` only makes the scan happen.
-fn scan_due(tmp: &Path, every: Duration) -> bool {
+pub(crate) fn scan_due(tmp: &Path, every: Duration) -> bool {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -731,8 +731,9 @@ impl LocalLauncher {
             let cleaner = thread::Builder::new()
                 .name("procpool-clean".into())
                 .spawn(|| {
-                    let removed =
-                        clean_stale_rendezvous(&std::env::temp_dir(), Duration::from_secs(10));
+                    let tmp = std::env::temp_dir();
+                    let removed = clean_stale_rendezvous(&tmp, Duration::from_secs(10))
+                        + procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10));
                     if removed > 0 {
                         log::info!("removed {removed} stale rendezvous directories of this user");
                     }

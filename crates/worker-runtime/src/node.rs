@@ -174,6 +174,57 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     rest.split(' ').nth(1)?.parse().ok()
 }
 
+/// Remove this user's one-machine rendezvous directories in `tmp` that a
+/// coordinator killed before its end left behind: untouched for `min_age`,
+/// and every invitation in them from a process that no longer runs (or
+/// none). Returns how many were removed.
+pub fn remove_stale_dirs(tmp: &Path, min_age: Duration) -> usize {
+    let prefix = format!("procpool-mpi-{}-", uid());
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if !meta.is_dir() || meta.uid() != uid() || !old {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let files: Vec<PathBuf> = files.flatten().map(|f| f.path()).collect();
+        let ours = files.iter().all(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rank-") || n.starts_with(".rank-"))
+        });
+        let abandoned = files.iter().all(|f| {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|text| Invitation::decode(&text))
+                .is_none_or(|i| !Path::new(&format!("/proc/{}", i.coordinator)).exists())
+        });
+        if ours && abandoned {
+            for f in &files {
+                let _ = std::fs::remove_file(f);
+            }
+            removed += usize::from(std::fs::remove_dir(&dir).is_ok());
+        }
+    }
+    removed
+}
+
 fn file_of(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}"))
 }
@@ -310,6 +361,44 @@ mod tests {
             ("PMIX_NAMESPACE", "../x@1"),
         ];
         assert_eq!(detect(&env(&odd)), Some((0, 2, "ompi-___x_1".into())));
+    }
+
+    #[test]
+    fn directories_left_by_dead_coordinators_are_removed() {
+        let tmp = std::env::temp_dir().join(format!("procpool-node-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let job = |name: &str| NodeJob {
+            rank: 0,
+            size: 2,
+            dir: tmp.join(format!("procpool-mpi-{}-{name}", uid())),
+        };
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let invite = |name: &str, coordinator: u32| {
+            job(name).create_dir().unwrap();
+            job(name)
+                .invite(
+                    1,
+                    &Invitation {
+                        server: "/tmp/x/socket".into(),
+                        token: "t".into(),
+                        heartbeat_ms: 0,
+                        coordinator,
+                    },
+                )
+                .unwrap();
+        };
+        invite("dead", dead_pid);
+        invite("alive", std::process::id());
+        job("empty").create_dir().unwrap();
+        // Too young: nothing goes.
+        assert_eq!(remove_stale_dirs(&tmp, Duration::from_secs(3600)), 0);
+        // Old enough: those of no running coordinator go.
+        assert_eq!(remove_stale_dirs(&tmp, Duration::ZERO), 2);
+        assert!(!job("dead").dir.exists() && !job("empty").dir.exists());
+        assert!(job("alive").dir.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
