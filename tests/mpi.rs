@@ -217,6 +217,41 @@ fn on_one_machine_the_ranks_use_local_channels_and_equal_local() {
     assert_eq!(log.lines().count(), 100_001);
 }
 
+/// Ranks on local channels wait for a coordinator that announced itself
+/// for as long as it prepares: here its input, a FIFO nobody writes for
+/// longer than a rank's first-contact wait (10 s).
+#[test]
+fn ranks_wait_for_a_coordinator_that_prepares_longer_than_first_contact() {
+    let dir = tempdir();
+    let records = fault_input((0..2_000).map(|n| (n, "")));
+    let file = write_file(dir.path(), "in.jsonl", records.clone());
+    let want = local(&["--task", "fault", "--input", &file, "--workers", "2"]);
+    want.assert_code(0);
+    let fifo = dir.path().join("in.fifo");
+    let fifo_s = fifo.to_str().unwrap_or_default().to_owned();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let run = on_one_machine(mpirun(
+        2,
+        &[],
+        &["--task", "fault", "--format", "jsonl", "--input", &fifo_s],
+    ))
+    .spawn();
+    std::thread::sleep(Duration::from_secs(12));
+    // Opening the FIFO for writing waits for the coordinator's reader.
+    std::fs::write(&fifo, records).unwrap();
+    let got = run.wait();
+    got.assert_code(0);
+    assert_transport(&got.stderr, true);
+    assert!(
+        got.stdout_str() == want.stdout_str(),
+        "output differs from local"
+    );
+}
+
 #[test]
 fn task_errors_and_panics_are_per_record_under_mpi() {
     let dir = tempdir();
@@ -365,13 +400,23 @@ fn wrong_launches_end_at_once_saying_how_to_launch() {
         })
         .collect();
     for (what, cmd, says) in cases {
+        let local_channels = what.ends_with("local channels");
         let started = Instant::now();
         // A hang fails at this deadline; the launch should end in seconds.
         let got = cmd.deadline(Duration::from_secs(60)).run();
         assert_ne!(got.code(), Some(0), "{what}: {}", got.stderr);
         assert!(got.stderr.contains(says), "{what}: {}", got.stderr);
         assert!(got.stderr.contains(how), "{what}: {}", got.stderr);
-        eprintln!("{what}: ended in {:.1} s", started.elapsed().as_secs_f64());
+        // Told which way the ranks were to talk (the messages are the same).
+        assert_eq!(
+            got.stderr.contains("(every rank on this machine)"),
+            local_channels,
+            "{what}: {}",
+            got.stderr
+        );
+        let took = started.elapsed();
+        eprintln!("{what}: ended in {:.1} s", took.as_secs_f64());
+        assert!(took < Duration::from_secs(20), "{what}: took {took:?}");
     }
 }
 
@@ -515,6 +560,7 @@ fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], 
     let stopped = run.wait();
     let ended_in = stopped_at.elapsed();
     assert_eq!(stopped.code(), Some(75), "{}", stopped.stderr);
+    assert_transport(&stopped.stderr, !named);
     let who = if named {
         format!("(pid {victim} on")
     } else {
@@ -593,15 +639,27 @@ fn a_stuck_launcher_is_reported_with_its_unreaped_children() {
 
 #[test]
 fn a_rank_crash_ends_the_job_and_resume_continues_it() {
-    rank_crash(mpirun);
+    rank_crash(mpirun, false);
 }
 
 #[test]
 fn a_rank_crash_on_local_channels_ends_the_job_and_resume_continues_it() {
-    rank_crash(|ranks, opts, args| on_one_machine(mpirun(ranks, opts, args)));
+    rank_crash(
+        |ranks, opts, args| on_one_machine(mpirun(ranks, opts, args)),
+        true,
+    );
 }
 
-fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd) {
+/// What the coordinator says when its ranks use the local channels.
+const LOCAL_CHANNELS: &str = "every rank of this MPI job runs on this machine";
+
+/// Whether the run's log shows the transport it was meant to use.
+fn assert_transport(stderr: &str, local_channels: bool) {
+    assert_eq!(stderr.contains(LOCAL_CHANNELS), local_channels, "{stderr}");
+}
+
+/// `local_channels`: the launch's ranks use the local channels (else MPI).
+fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, local_channels: bool) {
     let dir = tempdir();
     let input = write_file(
         dir.path(),
@@ -626,6 +684,17 @@ fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd) {
     send_signal(victim, libc::SIGKILL);
     let crashed = run.wait();
     assert_ne!(crashed.code(), Some(0), "{}", crashed.stderr);
+    assert_transport(&crashed.stderr, local_channels);
+    if local_channels {
+        // (mpirun's code is the killed rank's, 137; the coordinator's is 75.)
+        assert!(
+            crashed
+                .stderr
+                .contains("closed its channel before it was asked to stop"),
+            "{}",
+            crashed.stderr
+        );
+    }
     let partial = std::fs::read_to_string(&out).unwrap();
     let done = partial.lines().count();
     assert!(done < 600, "the job should have stopped early");
@@ -714,6 +783,7 @@ fn relaunch_loop(transport: &str) {
     send_signal(victim, libc::SIGKILL);
     let got = run.wait();
     got.assert_code(0);
+    assert_transport(&got.stderr, transport == "auto");
     assert!(
         got.stderr.contains("relaunching with --resume"),
         "{}",

@@ -44,6 +44,11 @@ const BLOCKS_AHEAD: usize = 4;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // On one machine, the worker ranks wait for this coordinator from now
+    // on, however long it prepares (e.g. reads a large output to resume).
+    let _announced = (args.backend == Backend::Mpi)
+        .then(procpool::worker::node::announce)
+        .flatten();
     let mut plan = Plan::new(args)?;
     if !plan.mpi() {
         // Forked while this process is small: before the input is read.

@@ -106,6 +106,11 @@ pub fn end_job() {
     crate::node::end_job();
 }
 
+/// Whether [`end_job`] was called.
+pub(crate) fn job_ending() -> bool {
+    JOB_ENDING.load(Ordering::SeqCst)
+}
+
 /// The liveness timeout from [`ENV_LIVENESS`], or `default` (the pool's).
 pub(crate) fn liveness_from_env(default: Duration) -> Result<Duration, PoolError> {
     match std::env::var(ENV_LIVENESS) {

@@ -54,13 +54,10 @@ impl JobState {
             return;
         }
         log::error!("{reason}; stopping: the output keeps every finished record in order, and `--resume` continues the job");
+        // Before the first launch there is no pool to stop yet: it is
+        // stopped as soon as there is (`listen`).
         if let Some(events) = self.events.lock().ok().and_then(|e| e.clone()) {
-            for _ in 0..2 {
-                // A second cancel stops at once.
-                let _ = events.send(Event::Command(Command::Cancel {
-                    grace: Duration::ZERO,
-                }));
-            }
+            stop_at_once(&events);
         }
         let _ = thread::Builder::new()
             .name("procpool-node-end".into())
@@ -69,6 +66,31 @@ impl JobState {
                 log::error!("the pool did not stop within 10 s of the failure");
                 exit_now(EXIT_RELAUNCH);
             });
+    }
+}
+
+/// Two cancels: the second stops the pool at once.
+fn stop_at_once(events: &std::sync::mpsc::Sender<Event>) {
+    for _ in 0..2 {
+        let _ = events.send(Event::Command(Command::Cancel {
+            grace: Duration::ZERO,
+        }));
+    }
+}
+
+impl JobState {
+    /// The pool's events, from its first launch on; a failure before that
+    /// stops the pool now.
+    fn listen(&self, events: &std::sync::mpsc::Sender<Event>) {
+        let Ok(mut held) = self.events.lock() else {
+            return;
+        };
+        if held.is_none() {
+            *held = Some(events.clone());
+            if self.failed.load(Ordering::SeqCst) {
+                stop_at_once(events);
+            }
+        }
     }
 }
 
@@ -93,7 +115,7 @@ impl NodeLauncher {
     ) -> Result<(NodeLauncher, usize), PoolError> {
         if job.rank != 0 {
             return Err(PoolError::Config(format!(
-                "this coordinator is rank {} of an MPI job of {}: there must be one coordinator, at rank 0; {HOW_TO_LAUNCH}",
+                "this coordinator is rank {} of an MPI job of {} (every rank on this machine): there must be one coordinator, at rank 0; {HOW_TO_LAUNCH}",
                 job.rank, job.size
             )));
         }
@@ -117,15 +139,21 @@ impl NodeLauncher {
             failed: AtomicBool::new(false),
             events: Mutex::new(None),
         });
+        // Its ranks wait for this coordinator while it runs.
+        job.announce().map_err(PoolError::Ipc)?;
         // What coordinators killed before their end left (at most once a
         // minute per user, beside the start).
         let tmp = std::env::temp_dir();
         if crate::process::scan_due(&tmp, Duration::from_secs(60)) {
+            let own = job.dir.clone();
             let _ = thread::Builder::new()
                 .name("procpool-clean".into())
                 .spawn(move || {
-                    let removed =
-                        procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10));
+                    let removed = procpool_worker::node::remove_stale_dirs(
+                        &tmp,
+                        Duration::from_secs(10),
+                        &own,
+                    );
                     if removed > 0 {
                         log::info!("removed {removed} stale rendezvous directories of this user");
                     }
@@ -134,6 +162,9 @@ impl NodeLauncher {
         if let Ok(mut active) = ACTIVE.lock() {
             active.retain(|w| w.strong_count() > 0);
             active.push(Arc::downgrade(&state));
+        }
+        if crate::mpi::job_ending() {
+            state.fail("the MPI launcher is ending the job");
         }
         let workers = job.size - 1;
         log::info!(
@@ -189,9 +220,7 @@ impl Launcher for NodeLauncher {
                 "no MPI rank for worker {slot} (the job's ranks cannot be replaced)"
             )));
         }
-        if let Ok(mut e) = self.state.events.lock() {
-            e.get_or_insert_with(|| events.clone());
-        }
+        self.state.listen(events);
         crate::preflight::ensure_rendezvous_dir()?;
         let (server, name) = new_rendezvous(false)?;
         self.job

@@ -733,7 +733,11 @@ impl LocalLauncher {
                 .spawn(|| {
                     let tmp = std::env::temp_dir();
                     let removed = clean_stale_rendezvous(&tmp, Duration::from_secs(10))
-                        + procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10));
+                        + procpool_worker::node::remove_stale_dirs(
+                            &tmp,
+                            Duration::from_secs(10),
+                            Path::new(""),
+                        );
                     if removed > 0 {
                         log::info!("removed {removed} stale rendezvous directories of this user");
                     }

@@ -21,9 +21,13 @@
 //! The rendezvous: rank 0, the coordinator, writes a file per worker rank
 //! into `$TMPDIR/procpool-mpi-UID-JOB` (private to the user) naming the
 //! channel to connect to, the run's token, the heartbeat period, and its
-//! own pid. A worker rank waits for its file (at most [`FIRST_CONTACT`]),
-//! and takes it only from a coordinator that the same launcher started
-//! (same parent process): a file left by an earlier job is ignored.
+//! own pid; and, as soon as it can, a `coordinator` file with its pid alone
+//! ([`announce`]). A worker rank waits for its file: at most
+//! [`FIRST_CONTACT`] for a coordinator to announce itself, then as long as
+//! that coordinator runs. It believes only files in a directory of its own
+//! user's that nobody else may write, written by a process of this same job
+//! (rank 0, by the launcher's variables in its environment): a file left by
+//! an earlier job, or put there by someone else, is ignored.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -43,6 +47,9 @@ pub const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its worke
 /// The first line of a rendezvous file, and its version.
 const MAGIC: &str = "procpool-node 1";
 
+/// The file in which the coordinator announces itself.
+const ANNOUNCED: &str = "coordinator";
+
 /// This process's place in a launch whose ranks all run on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeJob {
@@ -52,6 +59,8 @@ pub struct NodeJob {
     pub size: usize,
     /// The job's rendezvous directory.
     pub dir: PathBuf,
+    /// The job's key (from the launcher's variables).
+    key: String,
 }
 
 /// What the coordinator tells a worker rank in its rendezvous file.
@@ -108,7 +117,55 @@ pub fn one_node_job() -> Result<Option<NodeJob>, String> {
         rank,
         size,
         dir: std::env::temp_dir().join(format!("procpool-mpi-{}-{key}", uid())),
+        key,
     }))
+}
+
+/// The coordinator's side, as early as it can: tell the worker ranks of a
+/// one-machine launch that their coordinator runs (so that they wait for
+/// it beyond [`FIRST_CONTACT`] while it prepares, e.g. reads a large output
+/// to resume). Nothing when this is not such a launch, or not rank 0.
+/// Dropping the value removes the job's rendezvous directory.
+#[must_use = "dropping it removes the announcement"]
+pub fn announce() -> Option<Announcement> {
+    let job = one_node_job().ok().flatten().filter(|job| job.rank == 0)?;
+    job.create_dir().and_then(|()| job.announce()).ok()?;
+    Some(Announcement(job))
+}
+
+/// A coordinator's announcement (see [`announce`]); dropping it removes the
+/// job's rendezvous directory.
+#[derive(Debug)]
+pub struct Announcement(NodeJob);
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        self.0.remove_dir();
+    }
+}
+
+/// The (rank, size, key) of the one-machine launch process `pid` belongs
+/// to, by the launcher's variables in its environment.
+fn job_of(pid: u32) -> Option<(usize, usize, String)> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let vars: std::collections::HashMap<&[u8], &[u8]> = environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let eq = kv.iter().position(|&b| b == b'=')?;
+            Some((&kv[..eq], &kv[eq + 1..]))
+        })
+        .collect();
+    detect(&|name: &str| {
+        let value = vars.get(name.as_bytes())?;
+        std::str::from_utf8(value).ok().map(str::to_owned)
+    })
+}
+
+/// A 64-bit FNV-1a hash, for a job id too long for a file name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// (rank, size, job key) of a launch of several ranks on one machine, from
@@ -119,9 +176,10 @@ fn detect(var: &dyn Fn(&str) -> Option<String>) -> Option<(usize, usize, String)
         return None;
     }
     let num = |name: &str| var(name)?.trim().parse::<usize>().ok();
-    // A key for a file name: the job's id, only its safe characters.
+    // A key for a file name: the start of the job's id in safe characters,
+    // and a hash of all of it (two jobs never share one for a long id).
     let key = |raw: String| -> Option<String> {
-        let key: String = raw
+        let readable: String = raw
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' {
@@ -130,9 +188,9 @@ fn detect(var: &dyn Fn(&str) -> Option<String>) -> Option<(usize, usize, String)
                     '_'
                 }
             })
-            .take(64)
+            .take(32)
             .collect();
-        (!key.is_empty()).then_some(key)
+        Some(format!("{readable}-{:016x}", fnv1a(raw.as_bytes())))
     };
     let (rank, size, key) = if let (Some(rank), Some(size), Some(local)) = (
         num("OMPI_COMM_WORLD_RANK"),
@@ -145,14 +203,16 @@ fn detect(var: &dyn Fn(&str) -> Option<String>) -> Option<(usize, usize, String)
         let id = var("PMIX_NAMESPACE").or_else(|| var("OMPI_MCA_ess_base_jobid"))?;
         (rank, size, key(format!("ompi-{id}"))?)
     } else {
-        // srun with a PMI plugin (the MPI backend's Slurm launch).
-        var("PMIX_RANK").or_else(|| var("PMI_RANK"))?;
+        // srun with a PMI plugin (the MPI backend's Slurm launch), whose
+        // rank is Slurm's (not a launcher's of its own inside the step).
+        let pmi_rank = num("PMIX_RANK").or_else(|| num("PMI_RANK"))?;
         if num("SLURM_STEP_NUM_NODES")? != 1 {
             return None;
         }
+        let rank = num("SLURM_PROCID").filter(|&r| r == pmi_rank)?;
         let (job, step) = (var("SLURM_JOB_ID")?, var("SLURM_STEP_ID")?);
         (
-            num("SLURM_PROCID")?,
+            rank,
             num("SLURM_STEP_NUM_TASKS")?,
             key(format!("slurm-{job}-{step}"))?,
         )
@@ -165,20 +225,11 @@ fn uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The parent of process `pid`, from `/proc/PID/stat`.
-pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE PPID ...": COMM may hold any byte, `)` included.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
-    rest.split(' ').nth(1)?.parse().ok()
-}
-
 /// Remove this user's one-machine rendezvous directories in `tmp` that a
 /// coordinator killed before its end left behind: untouched for `min_age`,
 /// and every invitation in them from a process that no longer runs (or
 /// none). Returns how many were removed.
-pub fn remove_stale_dirs(tmp: &Path, min_age: Duration) -> usize {
+pub fn remove_stale_dirs(tmp: &Path, min_age: Duration, except: &Path) -> usize {
     let prefix = format!("procpool-mpi-{}-", uid());
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return 0;
@@ -189,6 +240,9 @@ pub fn remove_stale_dirs(tmp: &Path, min_age: Duration) -> usize {
             continue;
         }
         let dir = entry.path();
+        if dir == except {
+            continue;
+        }
         let Ok(meta) = std::fs::symlink_metadata(&dir) else {
             continue;
         };
@@ -207,13 +261,18 @@ pub fn remove_stale_dirs(tmp: &Path, min_age: Duration) -> usize {
         let ours = files.iter().all(|f| {
             f.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("rank-") || n.starts_with(".rank-"))
+                .is_some_and(|n| n.starts_with("rank-") || n.starts_with('.') || n == ANNOUNCED)
         });
+        // Every pid a file names (an invitation's coordinator, or the one
+        // announced) no longer runs.
         let abandoned = files.iter().all(|f| {
-            std::fs::read_to_string(f)
-                .ok()
-                .and_then(|text| Invitation::decode(&text))
-                .is_none_or(|i| !Path::new(&format!("/proc/{}", i.coordinator)).exists())
+            std::fs::read_to_string(f).ok().is_none_or(|text| {
+                let pid = match Invitation::decode(&text) {
+                    Some(i) => Some(i.coordinator),
+                    None => text.lines().nth(1).and_then(|l| l.parse::<u32>().ok()),
+                };
+                pid.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            })
         });
         if ours && abandoned {
             for f in &files {
@@ -244,17 +303,22 @@ impl NodeJob {
                         self.dir.display()
                     )));
                 }
-                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+                // In use again: not stale (see `remove_stale_dirs`).
+                std::fs::File::open(&self.dir)?.set_modified(std::time::SystemTime::now())
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The coordinator's side: invite worker `rank` (written whole, then
-    /// renamed into place, so a worker never reads half a file).
-    pub fn invite(&self, rank: usize, invitation: &Invitation) -> std::io::Result<()> {
-        let path = file_of(&self.dir, rank);
-        let part = self.dir.join(format!(".rank-{rank}.part"));
+    /// The coordinator's side: say that it runs (see [`announce`]).
+    pub fn announce(&self) -> std::io::Result<()> {
+        self.write_whole(ANNOUNCED, &format!("{MAGIC}\n{}\n", std::process::id()))
+    }
+
+    /// Write `name` in the directory whole: into a part file, renamed into place.
+    fn write_whole(&self, name: &str, text: &str) -> std::io::Result<()> {
+        let part = self.dir.join(format!(".{name}.part"));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -262,9 +326,15 @@ impl NodeJob {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&part)?;
-        file.write_all(invitation.encode().as_bytes())?;
+        file.write_all(text.as_bytes())?;
         drop(file);
-        std::fs::rename(&part, &path)
+        std::fs::rename(&part, self.dir.join(name))
+    }
+
+    /// The coordinator's side: invite worker `rank` (written whole, then
+    /// renamed into place, so a worker never reads half a file).
+    pub fn invite(&self, rank: usize, invitation: &Invitation) -> std::io::Result<()> {
+        self.write_whole(&format!("rank-{rank}"), &invitation.encode())
     }
 
     /// The coordinator's side: worker `rank` has connected (or will not).
@@ -277,27 +347,78 @@ impl NodeJob {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    /// A worker's side: wait (until `deadline`) for this rank's invitation
-    /// from a coordinator started by the same launcher as this process.
-    pub fn await_invitation(&self, deadline: Instant) -> Option<Invitation> {
-        let path = file_of(&self.dir, self.rank);
-        // SAFETY: getppid has no preconditions.
-        let launcher = unsafe { libc::getppid() } as u32;
+    /// A worker's side: wait for this rank's invitation from the
+    /// coordinator of this job: at most `first_contact` for one to announce
+    /// itself (or invite), then as long as the one announced runs.
+    pub fn await_invitation(&self, first_contact: Duration) -> Result<Invitation, String> {
+        let started = Instant::now();
+        let mut announced: Option<u32> = None;
         let mut pause = Duration::from_micros(200);
         loop {
-            let found = std::fs::read_to_string(&path)
-                .ok()
+            if let Some(invitation) = self
+                .read_trusted(&format!("rank-{}", self.rank))
                 .and_then(|text| Invitation::decode(&text))
-                .filter(|i| parent_of(i.coordinator) == Some(launcher));
-            if found.is_some() {
-                return found;
+                .filter(|i| self.is_our_coordinator(i.coordinator))
+            {
+                return Ok(invitation);
             }
-            if Instant::now() >= deadline {
-                return None;
+            if announced.is_none() {
+                announced = self
+                    .read_trusted(ANNOUNCED)
+                    .and_then(|text| {
+                        let mut lines = text.lines();
+                        (lines.next()? == MAGIC).then_some(())?;
+                        lines.next()?.parse::<u32>().ok()
+                    })
+                    .filter(|&pid| self.is_our_coordinator(pid));
+            }
+            match announced {
+                Some(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                    return Err(format!(
+                        "the coordinator (pid {pid}) ended before it invited this rank"
+                    ));
+                }
+                None if started.elapsed() >= first_contact => {
+                    return Err(format!(
+                        "no coordinator answered at rank 0 within {:.0} s",
+                        first_contact.as_secs_f64()
+                    ));
+                }
+                _ => {}
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+    }
+
+    /// Whether `pid` is rank 0 of this very job (by the launcher's
+    /// variables in its environment).
+    fn is_our_coordinator(&self, pid: u32) -> bool {
+        job_of(pid)
+            .is_some_and(|(rank, size, key)| rank == 0 && size == self.size && key == self.key)
+    }
+
+    /// The text of file `name` of the job's directory, if the directory is
+    /// this user's own, a directory (not a link) that nobody else may write
+    /// in, and the file is this user's, not a link.
+    fn read_trusted(&self, name: &str) -> Option<String> {
+        use std::io::Read;
+        let dir = std::fs::symlink_metadata(&self.dir).ok()?;
+        if !dir.is_dir() || dir.uid() != uid() || dir.mode() & 0o022 != 0 {
+            return None;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dir.join(name))
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.uid() != uid() || meta.len() > 64 << 10 {
+            return None;
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        Some(text)
     }
 }
 
@@ -315,30 +436,52 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    fn ompi(rank: &str, namespace: &str) -> [(&'static str, String); 4] {
+        [
+            ("OMPI_COMM_WORLD_RANK", rank.into()),
+            ("OMPI_COMM_WORLD_SIZE", "3".into()),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "3".into()),
+            ("PMIX_NAMESPACE", namespace.into()),
+        ]
+    }
+
+    fn detect_of(pairs: &[(&str, String)]) -> Option<(usize, usize, String)> {
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        detect(&env(&pairs))
+    }
+
     #[test]
     fn a_launch_on_one_machine_is_told_from_the_launchers_variables() {
-        let ompi = [
-            ("OMPI_COMM_WORLD_RANK", "2"),
-            ("OMPI_COMM_WORLD_SIZE", "3"),
-            ("OMPI_COMM_WORLD_LOCAL_SIZE", "3"),
-            ("PMIX_NAMESPACE", "1104478209"),
-        ];
-        assert_eq!(detect(&env(&ompi)), Some((2, 3, "ompi-1104478209".into())));
+        let (rank, size, key) = detect_of(&ompi("2", "1104478209")).unwrap();
+        assert_eq!((rank, size), (2, 3));
+        assert!(key.starts_with("ompi-1104478209-"), "{key}");
+        // Every rank of the job has the same key; another job another.
+        assert_eq!(detect_of(&ompi("0", "1104478209")).unwrap().2, key);
+        assert_ne!(detect_of(&ompi("0", "1104478210")).unwrap().2, key);
+        // Long ids that differ only at the end (Open MPI 5: host, then pid).
+        let long = |pid: &str| format!("prterun-{}-{pid}@1", "h".repeat(60));
+        assert_ne!(
+            detect_of(&ompi("0", &long("17"))).unwrap().2,
+            detect_of(&ompi("0", &long("18"))).unwrap().2
+        );
+        // A job id is only ever a file name.
+        let odd = detect_of(&ompi("0", "../x@1")).unwrap().2;
+        assert!(
+            odd.starts_with("ompi-___x_1-") && !odd.contains('/'),
+            "{odd}"
+        );
         // Ranks spawned by a coordinator: MPI.
-        let mut spawned = ompi.to_vec();
-        spawned.push(("OMPI_PARENT_PORT", "589758465.0:2222875988"));
-        assert_eq!(detect(&env(&spawned)), None);
+        let mut spawned = ompi("1", "7").to_vec();
+        spawned.push(("OMPI_PARENT_PORT", "589758465.0:2222875988".into()));
+        assert_eq!(detect_of(&spawned), None);
         // Ranks on another machine too, or a job of one rank: MPI.
-        let mut two_hosts = ompi;
-        two_hosts[2].1 = "2";
-        assert_eq!(detect(&env(&two_hosts)), None);
-        let alone = [
-            ("OMPI_COMM_WORLD_RANK", "0"),
-            ("OMPI_COMM_WORLD_SIZE", "1"),
-            ("OMPI_COMM_WORLD_LOCAL_SIZE", "1"),
-            ("PMIX_NAMESPACE", "7"),
-        ];
-        assert_eq!(detect(&env(&alone)), None);
+        let mut two_hosts = ompi("1", "7");
+        two_hosts[2].1 = "2".into();
+        assert_eq!(detect_of(&two_hosts), None);
+        let mut alone = ompi("0", "7");
+        alone[1].1 = "1".into();
+        alone[2].1 = "1".into();
+        assert_eq!(detect_of(&alone), None);
         let slurm = [
             ("PMIX_RANK", "0"),
             ("SLURM_PROCID", "0"),
@@ -347,20 +490,115 @@ mod tests {
             ("SLURM_JOB_ID", "42"),
             ("SLURM_STEP_ID", "0"),
         ];
-        assert_eq!(detect(&env(&slurm)), Some((0, 5, "slurm-42-0".into())));
+        let (rank, size, key) = detect(&env(&slurm)).unwrap();
+        assert_eq!((rank, size), (0, 5));
+        assert!(key.starts_with("slurm-42-0-"), "{key}");
         let mut two_nodes = slurm;
         two_nodes[3].1 = "2";
         assert_eq!(detect(&env(&two_nodes)), None);
         // A batch script's own variables, with no PMI launch: not a job of ranks.
         assert_eq!(detect(&env(&slurm[1..])), None);
-        // A job id is only ever a file name.
-        let odd = [
-            ("OMPI_COMM_WORLD_RANK", "0"),
-            ("OMPI_COMM_WORLD_SIZE", "2"),
-            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
-            ("PMIX_NAMESPACE", "../x@1"),
-        ];
-        assert_eq!(detect(&env(&odd)), Some((0, 2, "ompi-___x_1".into())));
+        // A launcher of its own inside the step (its ranks are not Slurm's).
+        let mut nested = slurm;
+        nested[0].1 = "3";
+        assert_eq!(detect(&env(&nested)), None);
+    }
+
+    /// A process standing for a rank of job `namespace` (its environment
+    /// says so, as the launcher's would).
+    fn rank_process(rank: &str, namespace: &str) -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .envs(ompi(rank, namespace).iter().map(|(k, v)| (*k, v.as_str())))
+            .spawn()
+            .unwrap()
+    }
+
+    fn job_in(dir: &Path, rank: usize, namespace: &str) -> NodeJob {
+        let (_, size, key) = detect_of(&ompi(&rank.to_string(), namespace)).unwrap();
+        NodeJob {
+            rank,
+            size,
+            dir: dir.to_owned(),
+            key,
+        }
+    }
+
+    fn invitation(coordinator: u32) -> Invitation {
+        Invitation {
+            server: "/tmp/x/socket".into(),
+            token: "abc".into(),
+            heartbeat_ms: 0,
+            coordinator,
+        }
+    }
+
+    #[test]
+    fn an_invitation_is_taken_only_from_this_jobs_coordinator_in_a_private_directory() {
+        let ns = format!("test-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("procpool-node-test-{}", std::process::id()));
+        let (coordinator, worker) = (job_in(&dir, 0, &ns), job_in(&dir, 1, &ns));
+        coordinator.create_dir().unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let soon = Duration::from_millis(50);
+        let mut others = [rank_process("1", &ns), rank_process("0", "another job")];
+        let mut ours = rank_process("0", &ns);
+        // Invitations from another rank of the job, or rank 0 of another
+        // job: not taken.
+        for other in &others {
+            coordinator.invite(1, &invitation(other.id())).unwrap();
+            let got = worker.await_invitation(soon);
+            assert!(got.unwrap_err().contains("no coordinator answered"));
+        }
+        // From this job's rank 0: taken.
+        coordinator.invite(1, &invitation(ours.id())).unwrap();
+        assert_eq!(worker.await_invitation(soon), Ok(invitation(ours.id())));
+        // Another rank's file is not ours.
+        assert!(job_in(&dir, 2, &ns).await_invitation(soon).is_err());
+        // A directory others may write in is not believed, nor a link.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(worker.await_invitation(soon).is_err());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_file(file_of(&dir, 1)).unwrap();
+        let elsewhere = dir.with_extension("elsewhere");
+        std::fs::write(&elsewhere, invitation(ours.id()).encode()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, file_of(&dir, 1)).unwrap();
+        assert!(worker.await_invitation(soon).is_err());
+        std::fs::remove_file(&elsewhere).unwrap();
+        std::fs::remove_file(file_of(&dir, 1)).unwrap();
+        // Announced: waited for beyond the first contact while it runs,
+        // and no more once it is gone.
+        coordinator.announce().unwrap();
+        std::fs::write(dir.join(ANNOUNCED), format!("{MAGIC}\n{}\n", ours.id())).unwrap();
+        let pid = ours.id();
+        let waiting = std::thread::spawn(move || {
+            let started = Instant::now();
+            (
+                job_in(&dir, 1, &ns).await_invitation(Duration::ZERO),
+                started.elapsed(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        ours.kill().unwrap();
+        ours.wait().unwrap();
+        let (got, waited) = waiting.join().unwrap();
+        assert_eq!(
+            got,
+            Err(format!(
+                "the coordinator (pid {pid}) ended before it invited this rank"
+            ))
+        );
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert_eq!(Invitation::decode("procpool-node 2\na\nb\n0\n1\n"), None);
+        for other in &mut others {
+            let _ = other.kill();
+            let _ = other.wait();
+        }
+        coordinator.remove_dir();
+        assert!(!coordinator.dir.exists());
     }
 
     #[test]
@@ -371,78 +609,32 @@ mod tests {
             rank: 0,
             size: 2,
             dir: tmp.join(format!("procpool-mpi-{}-{name}", uid())),
+            key: name.into(),
         };
         let mut dead = std::process::Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
         dead.wait().unwrap();
         let invite = |name: &str, coordinator: u32| {
             job(name).create_dir().unwrap();
-            job(name)
-                .invite(
-                    1,
-                    &Invitation {
-                        server: "/tmp/x/socket".into(),
-                        token: "t".into(),
-                        heartbeat_ms: 0,
-                        coordinator,
-                    },
-                )
-                .unwrap();
+            job(name).invite(1, &invitation(coordinator)).unwrap();
         };
         invite("dead", dead_pid);
         invite("alive", std::process::id());
         job("empty").create_dir().unwrap();
+        job("announced").create_dir().unwrap();
+        job("announced").announce().unwrap();
+        job("mine").create_dir().unwrap();
         // Too young: nothing goes.
-        assert_eq!(remove_stale_dirs(&tmp, Duration::from_secs(3600)), 0);
-        // Old enough: those of no running coordinator go.
-        assert_eq!(remove_stale_dirs(&tmp, Duration::ZERO), 2);
-        assert!(!job("dead").dir.exists() && !job("empty").dir.exists());
-        assert!(job("alive").dir.exists());
-        std::fs::remove_dir_all(&tmp).unwrap();
-    }
-
-    #[test]
-    fn an_invitation_reaches_a_process_of_the_same_launcher_only() {
-        let dir = std::env::temp_dir().join(format!("procpool-node-test-{}", std::process::id()));
-        let job = |rank| NodeJob {
-            rank,
-            size: 3,
-            dir: dir.clone(),
-        };
-        job(0).create_dir().unwrap();
         assert_eq!(
-            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
+            remove_stale_dirs(&tmp, Duration::from_secs(3600), Path::new("")),
+            0
         );
-        // This test's process stands for the worker rank. A coordinator
-        // that is not its sibling (not started by the same parent, as the
-        // ranks of one launcher are) is not believed: here a child of ours.
-        let mut stranger = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        assert_eq!(parent_of(stranger.id()), Some(std::process::id()));
-        let mut invitation = Invitation {
-            server: "/tmp/x/socket".into(),
-            token: "abc".into(),
-            heartbeat_ms: 0,
-            coordinator: stranger.id(),
-        };
-        job(0).invite(1, &invitation).unwrap();
-        let soon = || Instant::now() + Duration::from_millis(50);
-        assert_eq!(job(1).await_invitation(soon()), None);
-        let _ = stranger.kill();
-        let _ = stranger.wait();
-        // One with our own parent is (ourselves, as far as /proc can tell).
-        invitation.coordinator = std::process::id();
-        job(0).invite(1, &invitation).unwrap();
-        assert_eq!(job(1).await_invitation(soon()), Some(invitation.clone()));
-        // Another rank's file is not ours.
-        assert_eq!(job(2).await_invitation(soon()), None);
-        assert_eq!(Invitation::decode("procpool-node 2\na\nb\n0\n1\n"), None);
-        job(0).withdraw(1);
-        assert!(!file_of(&dir, 1).exists());
-        job(0).remove_dir();
-        assert!(!dir.exists());
+        // Old enough: those of no running coordinator go, but not the one
+        // this process is about to use.
+        assert_eq!(remove_stale_dirs(&tmp, Duration::ZERO, &job("mine").dir), 2);
+        assert!(!job("dead").dir.exists() && !job("empty").dir.exists());
+        assert!(job("alive").dir.exists() && job("announced").dir.exists());
+        assert!(job("mine").dir.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -174,18 +174,13 @@ fn serve_node(job: &crate::node::NodeJob, registry: Registry) -> Result<(), Serv
     use crate::node::{FIRST_CONTACT, HOW_TO_LAUNCH};
     if job.rank == 0 {
         return Err(ServeError::Launch(format!(
-            "this worker is rank 0 of an MPI job of {}, but rank 0 must be the coordinator; {HOW_TO_LAUNCH}",
+            "this worker is rank 0 of an MPI job of {} (every rank on this machine), but rank 0 must be the coordinator; {HOW_TO_LAUNCH}",
             job.size
         )));
     }
-    let invitation = job
-        .await_invitation(Instant::now() + FIRST_CONTACT)
-        .ok_or_else(|| {
-            ServeError::Launch(format!(
-                "no coordinator answered at rank 0 within {:.0} s; {HOW_TO_LAUNCH}",
-                FIRST_CONTACT.as_secs_f64()
-            ))
-        })?;
+    let invitation = job.await_invitation(FIRST_CONTACT).map_err(|e| {
+        ServeError::Launch(format!("{e} (every rank on this machine); {HOW_TO_LAUNCH}"))
+    })?;
     debug!(
         "rank {} of {}, every rank on this machine: the coordinator (pid {}) over local channels",
         job.rank, job.size, invitation.coordinator
