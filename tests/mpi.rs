@@ -217,6 +217,47 @@ fn on_one_machine_the_ranks_use_local_channels_and_equal_local() {
     assert_eq!(log.lines().count(), 100_001);
 }
 
+/// A rank started through a wrapper (a shell that does not `exec` it, as a
+/// container starter or a profiler would) still takes its invitation: it is
+/// believed by the coordinator's job, not by who started it.
+#[test]
+fn ranks_started_through_a_wrapper_take_their_invitation() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..500).map(|n| (n, ""))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let c = bin_str(crate::util::coordinator_bin());
+    let wrapped = format!("{}; exit $?", bin_str(worker_bin()));
+    let got = on_one_machine(mpirun_args(&[
+        "-n",
+        "1",
+        &c,
+        "--backend",
+        "mpi",
+        "--task",
+        "fault",
+        "--input",
+        &input,
+        ":",
+        "-n",
+        "2",
+        "sh",
+        "-c",
+        &wrapped,
+    ]))
+    .run();
+    got.assert_code(0);
+    assert_transport(&got.stderr, true);
+    assert!(
+        got.stdout_str() == want.stdout_str(),
+        "output differs from local"
+    );
+}
+
 /// Ranks on local channels wait for a coordinator that announced itself
 /// for as long as it prepares: here its input, a FIFO nobody writes for
 /// longer than a rank's first-contact wait (10 s).
