@@ -93,6 +93,12 @@ node() { # ranks, coordinator args... (the same launch; its ranks use no MPI on 
     local ranks=$1; shift
     PROCPOOL_MPI_TRANSPORT=auto mpirun "${ONE_NODE[@]}" -n 1 $B/coordinator --backend mpi "$@" : -n "$ranks" $B/worker
 }
+# The same, with hwloc's discovery of I/O devices off in mpirun (reading PCI
+# configuration space through sysfs is slow in a VM; nothing on one machine
+# needs it): the launch the README documents for one machine.
+node_fast() {
+    HWLOC_COMPONENTS=-pci,-linuxio,-opencl,-gl,-xml_libxml node "$@"
+}
 spawned() { # ranks, coordinator args... (an MPI singleton spawning its workers)
     local ranks=$1; shift
     OMPI_MCA_pml=ob1 OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_odls_base_sigkill_timeout=0 \
@@ -110,9 +116,11 @@ JOBS=(
     "m0|MPI shared memory, empty input (mpirun, MPI_Init, handshake, MPI_Finalize)|mpmd $W ONE_NODE $AGE --input $TMP/empty.jsonl"
     "n0|mpirun, ranks on local channels, empty input|node $W $AGE --input $TMP/empty.jsonl"
     "true|mpirun alone: \`mpirun -n $((W + 1)) true\`|mpirun ${ONE_NODE[*]} -n $((W + 1)) true"
+    "truef|the same, hwloc's I/O discovery off|env HWLOC_COMPONENTS=-pci,-linuxio,-opencl,-gl,-xml_libxml mpirun ${ONE_NODE[*]} -n $((W + 1)) true"
     ${FLOOR:+"floor|Open MPI's floor: $((W + 1)) ranks of a C program that only calls MPI_Init and MPI_Finalize|mpirun ${ONE_NODE[*]} -n $((W + 1)) $FLOOR"}
     "ls|local, $W workers|local_ --workers $W $AGE --input $TMP/small.jsonl"
     "ns|mpirun, $W worker ranks on local channels (the default on one machine: no MPI)|node $W $AGE --input $TMP/small.jsonl"
+    "nf|the same, hwloc's I/O discovery off in mpirun (HWLOC_COMPONENTS=-pci,-linuxio,...)|node_fast $W $AGE --input $TMP/small.jsonl"
     "ms|MPI shared memory, $W worker ranks|mpmd $W ONE_NODE $AGE --input $TMP/small.jsonl"
     "md|MPI shared memory, Open MPI's defaults (no \`--mca pml ob1\`)|mpmd $W DEFAULTS $AGE --input $TMP/small.jsonl"
     "mt|MPI TCP (loopback), $W worker ranks|mpmd $W TCP $AGE --input $TMP/small.jsonl"
@@ -157,7 +165,7 @@ echo "$(nproc) cores, load average before $LOAD_BEFORE, after $LOAD_AFTER; media
 echo
 echo "| job | wall (median of $RUNS) | vs local |"
 echo "|---|---|---|"
-for k in ls ns ms md mt mp; do row "$k" "$SMALL \`age\` records, $(label $k)" ls; done
+for k in ls ns nf ms md mt mp; do row "$k" "$SMALL \`age\` records, $(label $k)" ls; done
 for k in lb nb mb; do row "$k" "$BIG \`age\` records, $(label $k)" lb; done
 l=$(awk -v a="$(med lb)" -v b="$(med ls)" 'BEGIN { print a - b }')
 m=$(awk -v a="$(med mb)" -v b="$(med ms)" 'BEGIN { print a - b }')
@@ -166,7 +174,7 @@ printf '| steady state: the %s records beyond the first %s (%s-record job minus 
     "$((BIG - SMALL))" "$SMALL" "$BIG" "$SMALL" "$l"
 printf '| the same, mpirun with ranks on local channels | %.3f s | %s |\n' "$n" "$(ratio "$n" "$l")"
 printf '| the same, MPI shared memory | %.3f s | %s |\n' "$m" "$(ratio "$m" "$l")"
-for k in l0 n0 m0 true ${FLOOR:+floor}; do row "$k" "fixed cost: $(label $k)" l0; done
+for k in l0 n0 m0 true truef ${FLOOR:+floor}; do row "$k" "fixed cost: $(label $k)" l0; done
 if [ "$PRIMES" = 1 ]; then
     for w in 1 2; do
         for k in pl$w pn$w ps$w pt$w; do row "$k" "\`primes\` 2400 × n = 1,000,000, $(label $k)" pl$w; done
