@@ -652,6 +652,81 @@ fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], 
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
 }
 
+/// Over local channels no heartbeat comes from the coordinator: its ranks
+/// watch it through `/proc`. One stopped (SIGSTOP) for the liveness timeout
+/// ends the job within a bounded time, leaving nothing running, its output
+/// an ordered prefix that `--resume` completes, as over MPI.
+#[test]
+fn a_stopped_coordinator_on_local_channels_ends_the_job_and_resume_completes_it() {
+    let dir = tempdir();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        fault_input((0..400).map(|n| (n, "sleep:20"))),
+    );
+    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+    want.assert_code(0);
+    let out = dir.path().join("out.jsonl");
+    let out_s = out.to_str().unwrap_or_default();
+    let args = [
+        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
+    ];
+    let mut run = on_one_machine(mpirun(2, &[], &args))
+        .env("PROCPOOL_MPI_LIVENESS", "2")
+        .spawn();
+    run.wait_for("two workers ready", |r| {
+        ready_pids(&r.stderr_now()).len() == 2
+    });
+    run.wait_for("some results", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 20)
+    });
+    let stderr = run.stderr_now();
+    let coordinator: u32 = stderr
+        .lines()
+        .find_map(|l| {
+            l.split("coordinator pid=")
+                .nth(1)?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let ranks = ready_pids(&stderr);
+    send_signal(coordinator, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    let ended = run.wait();
+    let ended_in = stopped_at.elapsed();
+    assert_ne!(ended.code(), Some(0), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains(&format!(
+            "the coordinator (pid {coordinator}) has been stopped for 2.0 s; this rank ends"
+        )),
+        "{}",
+        ended.stderr
+    );
+    assert!(
+        ended_in < Duration::from_secs(30),
+        "the job took {ended_in:?} to end after the SIGSTOP"
+    );
+    for pid in ranks.into_iter().chain([coordinator]) {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(pid)),
+            "pid {pid} left running"
+        );
+    }
+    let partial = std::fs::read_to_string(&out).unwrap();
+    let done = partial.lines().count();
+    assert!(done < 400, "the job should have stopped early");
+    assert!(
+        want.stdout_str().starts_with(&partial),
+        "not an ordered prefix"
+    );
+    let resumed = on_one_machine(mpirun(2, &[], &args)).run();
+    resumed.assert_code(0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+}
+
 /// Should a launcher hang again (every rank gone, `mpirun` stuck in its
 /// teardown), the harness says so plainly: here a stand-in launcher whose
 /// child has exited and is never reaped.

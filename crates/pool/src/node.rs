@@ -99,6 +99,7 @@ pub(crate) struct NodeLauncher {
     job: NodeJob,
     token: String,
     heartbeat_ms: u64,
+    liveness_ms: u64,
     kernel_says: bool,
     state: Arc<JobState>,
     /// The ranks invited (each once: a rank cannot be started again).
@@ -176,6 +177,7 @@ impl NodeLauncher {
                 job,
                 token,
                 heartbeat_ms,
+                liveness_ms: u64::try_from(liveness.as_millis()).unwrap_or(u64::MAX),
                 kernel_says,
                 state,
                 invited: vec![false; workers],
@@ -230,6 +232,7 @@ impl Launcher for NodeLauncher {
                     server: name.clone(),
                     token: self.token.clone(),
                     heartbeat_ms: self.heartbeat_ms,
+                    liveness_ms: self.liveness_ms,
                     coordinator: std::process::id(),
                 },
             )

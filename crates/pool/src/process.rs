@@ -247,15 +247,7 @@ const SLOT_BYTES: usize = 512 << 10;
 /// smaller ones are not worth a memfd (starting a worker makes none).
 const ARENA_FROM_BYTES: usize = 16 << 10;
 
-/// Whether a process is stopped (SIGSTOP, a debugger's stop), from
-/// `/proc/PID/stat`; `None` where that cannot be read.
-pub(crate) fn stopped(pid: u32) -> Option<bool> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) STATE ...": COMM may hold any byte, `)` included.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let state = *stat.get(close + 2)?;
-    Some(matches!(state, b'T' | b't'))
-}
+pub(crate) use procpool_worker::node::stopped;
 
 /// A started worker process whose rendezvous is not yet accepted.
 struct Spawned {

@@ -45,7 +45,7 @@ pub const FIRST_CONTACT: Duration = Duration::from_secs(10);
 pub const HOW_TO_LAUNCH: &str = "launch one coordinator as rank 0 with its workers beside it (`mpirun -n 1 coordinator --backend mpi ... : -n 4 worker`), or let a lone coordinator spawn them (`coordinator --backend mpi --workers 4`, alone or under `mpirun -n 1`)";
 
 /// The first line of a rendezvous file, and its version.
-const MAGIC: &str = "procpool-node 1";
+const MAGIC: &str = "procpool-node 2";
 
 /// The file in which the coordinator announces itself.
 const ANNOUNCED: &str = "coordinator";
@@ -72,6 +72,8 @@ pub struct Invitation {
     pub token: String,
     /// Heartbeat period (0: none; the coordinator asks the kernel).
     pub heartbeat_ms: u64,
+    /// How long the coordinator may be stopped before this rank ends the job.
+    pub liveness_ms: u64,
     /// The coordinator's pid.
     pub coordinator: u32,
 }
@@ -79,8 +81,8 @@ pub struct Invitation {
 impl Invitation {
     fn encode(&self) -> String {
         format!(
-            "{MAGIC}\n{}\n{}\n{}\n{}\n",
-            self.server, self.token, self.heartbeat_ms, self.coordinator
+            "{MAGIC}\n{}\n{}\n{}\n{}\n{}\n",
+            self.server, self.token, self.heartbeat_ms, self.liveness_ms, self.coordinator
         )
     }
 
@@ -93,6 +95,7 @@ impl Invitation {
             server: lines.next()?.to_owned(),
             token: lines.next()?.to_owned(),
             heartbeat_ms: lines.next()?.parse().ok()?,
+            liveness_ms: lines.next()?.parse().ok()?,
             coordinator: lines.next()?.parse().ok()?,
         };
         (!invitation.server.is_empty()).then_some(invitation)
@@ -159,6 +162,57 @@ fn job_of(pid: u32) -> Option<(usize, usize, String)> {
         let value = vars.get(name.as_bytes())?;
         std::str::from_utf8(value).ok().map(str::to_owned)
     })
+}
+
+/// Whether process `pid` is stopped (SIGSTOP, a debugger's stop), from
+/// `/proc/PID/stat`; `None` where that cannot be read (or it is gone).
+pub fn stopped(pid: u32) -> Option<bool> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE ...": COMM may hold any byte, `)` included.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let state = *stat.get(close + 2)?;
+    Some(matches!(state, b'T' | b't'))
+}
+
+/// A worker rank's watch on its coordinator, over local channels where no
+/// heartbeat comes: a coordinator stopped for longer than `liveness` ends
+/// this rank (exit code 1, and the launcher ends the job), as a silent one
+/// does over MPI. Runs on a thread of its own until the process ends.
+pub fn watch_coordinator(pid: u32, liveness: Duration) -> std::io::Result<()> {
+    let every = (liveness / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    std::thread::Builder::new()
+        .name("procpool-watch".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let mut stopped_since: Option<Instant> = None;
+            let mut last_turn = Instant::now();
+            loop {
+                std::thread::sleep(every);
+                let now = Instant::now();
+                // This rank did not run for far longer than its wait (it was
+                // stopped itself, or starved): start the count again.
+                if now.duration_since(last_turn) > every * 4 + Duration::from_millis(500) {
+                    stopped_since = None;
+                }
+                last_turn = now;
+                match stopped(pid) {
+                    None => return, // gone: its channel closes too
+                    Some(false) => stopped_since = None,
+                    Some(true) => {
+                        let since = *stopped_since.get_or_insert(now);
+                        if now.duration_since(since) > liveness {
+                            log::error!(
+                                "the coordinator (pid {pid}) has been stopped for {:.1} s; this rank ends (the launcher ends the job; `--resume` continues it)",
+                                liveness.as_secs_f64()
+                            );
+                            // SAFETY: _exit ends the process at once.
+                            unsafe { libc::_exit(1) }
+                        }
+                    }
+                }
+            }
+        })
+        .map(drop)
 }
 
 /// A 64-bit FNV-1a hash, for a job id too long for a file name.
@@ -529,6 +583,7 @@ mod tests {
             server: "/tmp/x/socket".into(),
             token: "abc".into(),
             heartbeat_ms: 0,
+            liveness_ms: 10_000,
             coordinator,
         }
     }
@@ -592,7 +647,7 @@ mod tests {
             ))
         );
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
-        assert_eq!(Invitation::decode("procpool-node 2\na\nb\n0\n1\n"), None);
+        assert_eq!(Invitation::decode("procpool-node 1\na\nb\n0\n1\n"), None);
         for other in &mut others {
             let _ = other.kill();
             let _ = other.wait();

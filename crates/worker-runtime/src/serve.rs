@@ -187,6 +187,15 @@ fn serve_node(job: &crate::node::NodeJob, registry: Registry) -> Result<(), Serv
     );
     let heartbeat =
         (invitation.heartbeat_ms > 0).then(|| Duration::from_millis(invitation.heartbeat_ms));
+    crate::node::watch_coordinator(
+        invitation.coordinator,
+        Duration::from_millis(invitation.liveness_ms.max(1)),
+    )
+    .map_err(|e| {
+        ServeError::Ipc(format!(
+            "cannot start the thread that watches the coordinator: {e}"
+        ))
+    })?;
     serve_at(invitation.server, invitation.token, heartbeat, registry)
 }
 
