@@ -466,7 +466,7 @@ fn abort(comm: mpi::ffi::MPI_Comm, code: i32) -> ! {
 /// End this process at once, without `MPI_Finalize` (which would wait for
 /// ranks that will not finalise) or `MPI_Abort` (see `abort`): the
 /// launcher sees a rank exit with `code` before finalising and ends the job.
-fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit ends the process at once; it touches no memory of ours.
     unsafe { libc::_exit(code) }
 }

@@ -18,12 +18,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
-use ipc_channel::ipc::{self, IpcSender};
 use procpool_worker::node::{Invitation, NodeJob, HOW_TO_LAUNCH};
 
 use crate::error::{PoolError, WorkerExit};
-use crate::mpi::EXIT_RELAUNCH;
-use crate::process::{accept_in_background, new_rendezvous, stopped, Rendezvous};
+use crate::mpi::{exit_now, EXIT_RELAUNCH};
+
+use crate::process::{
+    accept_in_background, clean_stale_in_background, kernel_says, new_rendezvous, stopped,
+    unblock_accept,
+};
 use crate::supervisor::Command;
 use crate::transport::{heartbeat_period, Event, Launcher, Link};
 
@@ -67,18 +70,7 @@ impl JobState {
                 exit_now(EXIT_RELAUNCH);
             });
     }
-}
 
-/// Two cancels: the second stops the pool at once.
-fn stop_at_once(events: &std::sync::mpsc::Sender<Event>) {
-    for _ in 0..2 {
-        let _ = events.send(Event::Command(Command::Cancel {
-            grace: Duration::ZERO,
-        }));
-    }
-}
-
-impl JobState {
     /// The pool's events, from its first launch on; a failure before that
     /// stops the pool now.
     fn listen(&self, events: &std::sync::mpsc::Sender<Event>) {
@@ -91,6 +83,15 @@ impl JobState {
                 stop_at_once(events);
             }
         }
+    }
+}
+
+/// Two cancels: the second stops the pool at once.
+fn stop_at_once(events: &std::sync::mpsc::Sender<Event>) {
+    for _ in 0..2 {
+        let _ = events.send(Event::Command(Command::Cancel {
+            grace: Duration::ZERO,
+        }));
     }
 }
 
@@ -130,7 +131,7 @@ impl NodeLauncher {
             ))
         })?;
         // Where /proc says how a process is, the ranks send no heartbeats.
-        let kernel_says = stopped(std::process::id()) == Some(false);
+        let kernel_says = kernel_says();
         let heartbeat_ms = if kernel_says {
             0
         } else {
@@ -142,24 +143,8 @@ impl NodeLauncher {
         });
         // Its ranks wait for this coordinator while it runs.
         job.announce().map_err(PoolError::Ipc)?;
-        // What coordinators killed before their end left (at most once a
-        // minute per user, beside the start).
-        let tmp = std::env::temp_dir();
-        if crate::process::scan_due(&tmp, Duration::from_secs(60)) {
-            let own = job.dir.clone();
-            let _ = thread::Builder::new()
-                .name("procpool-clean".into())
-                .spawn(move || {
-                    let removed = procpool_worker::node::remove_stale_dirs(
-                        &tmp,
-                        Duration::from_secs(10),
-                        &own,
-                    );
-                    if removed > 0 {
-                        log::info!("removed {removed} stale rendezvous directories of this user");
-                    }
-                });
-        }
+        // What coordinators killed before their end left (not waited for).
+        drop(clean_stale_in_background(job.dir.clone()));
         if let Ok(mut active) = ACTIVE.lock() {
             active.retain(|w| w.strong_count() > 0);
             active.push(Arc::downgrade(&state));
@@ -198,13 +183,6 @@ impl Drop for NodeLauncher {
     }
 }
 
-/// End this process at once: the launcher sees rank 0 exit with `code`
-/// and ends the job.
-fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit ends the process at once; it touches no memory of ours.
-    unsafe { libc::_exit(code) }
-}
-
 impl Launcher for NodeLauncher {
     fn launch(
         &mut self,
@@ -238,8 +216,10 @@ impl Launcher for NodeLauncher {
             )
             .map_err(PoolError::Ipc)?;
         let state = self.state.clone();
-        let on_close = Box::new(move |asked_to_stop: bool| {
-            if !asked_to_stop {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let asked = stopping.clone();
+        let on_close = Box::new(move || {
+            if !asked.load(Ordering::SeqCst) {
                 state.fail(&format!(
                     "worker rank {rank} closed its channel before it was asked to stop (it died, or was killed)"
                 ));
@@ -260,6 +240,7 @@ impl Launcher for NodeLauncher {
             generation,
             server: name,
             connected: false,
+            stopping,
             closed: false,
             kernel_says: self.kernel_says,
             events: events.clone(),
@@ -283,6 +264,8 @@ struct NodeLink {
     /// The rendezvous it was invited to.
     server: String,
     connected: bool,
+    /// The pool asked it to stop: its channel closing is its orderly end.
+    stopping: Arc<AtomicBool>,
     /// Reported closed by this link (it was given up).
     closed: bool,
     kernel_says: bool,
@@ -301,6 +284,10 @@ impl Link for NodeLink {
 
     fn connected(&mut self) {
         self.connected = true;
+    }
+
+    fn stopping(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     fn kill(&mut self) {
@@ -338,12 +325,7 @@ impl Link for NodeLink {
     fn abandon(&mut self) {
         self.kill();
         if !self.connected {
-            // Release the accept thread: connect to the rendezvous ourselves.
-            if let Ok(tx) = IpcSender::<Rendezvous>::connect(self.server.clone()) {
-                if let (Ok(a), Ok(b)) = (ipc::bytes_channel(), ipc::bytes_channel()) {
-                    let _ = tx.send((a.0, b.1));
-                }
-            }
+            unblock_accept(&self.server);
         }
     }
 }

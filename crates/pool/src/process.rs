@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -40,7 +40,7 @@ use crate::transport::{
 };
 use crate::worker_output::OutputHub;
 
-pub(crate) type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
+type Rendezvous = (IpcBytesSender, IpcBytesReceiver);
 
 /// Receives each line a worker writes to its stdout or stderr, with its pid.
 pub type OutputHandler = std::sync::Arc<dyn Fn(u32, &str) + Send + Sync>;
@@ -176,7 +176,7 @@ pub(crate) fn clean_stale_rendezvous(tmp: &Path, min_age: Duration) -> usize {
 /// last `every`, by the time of a stamp file of this user's there; if so,
 /// the stamp says now. Never follows a link: another user's file or link
 /// in a shared `/tmp` only makes the scan happen.
-pub(crate) fn scan_due(tmp: &Path, every: Duration) -> bool {
+fn scan_due(tmp: &Path, every: Duration) -> bool {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -283,15 +283,53 @@ impl Spawned {
         exit
     }
 
-    /// Unblock the accept thread when the worker will never connect: connect
-    /// to the rendezvous ourselves. The supervisor drops what arrives.
     fn unblock_accept(&self) {
-        if let Ok(tx) = IpcSender::<Rendezvous>::connect(self.server_name.clone()) {
-            if let (Ok(a), Ok(b)) = (ipc::bytes_channel(), ipc::bytes_channel()) {
-                let _ = tx.send((a.0, b.1));
-            }
+        unblock_accept(&self.server_name);
+    }
+}
+
+/// Unblock the accept thread of rendezvous `server` when its worker will
+/// never connect: connect to it ourselves. The supervisor drops what arrives.
+pub(crate) fn unblock_accept(server: &str) {
+    if let Ok(tx) = IpcSender::<Rendezvous>::connect(server.to_owned()) {
+        if let (Ok(a), Ok(b)) = (ipc::bytes_channel(), ipc::bytes_channel()) {
+            let _ = tx.send((a.0, b.1));
         }
     }
+}
+
+/// Whether `/proc` tells this system's stopped processes from running ones
+/// (then workers need send no heartbeats: see [`Link::runs`]).
+pub(crate) fn kernel_says() -> bool {
+    stopped(std::process::id()) == Some(false)
+}
+
+/// Remove leftovers of coordinators killed before their workers connected
+/// (ipc-channel's rendezvous, and one-machine MPI jobs' directories other
+/// than `own`), on a thread of its own: beside the start-up, not before it
+/// (listing a busy $TMPDIR took milliseconds of every `build()`), once per
+/// process (a program that builds many pools lists it once), and at most
+/// once a minute per user (a script that runs the command line again and
+/// again). The thread, if one was started.
+pub(crate) fn clean_stale_in_background(own: PathBuf) -> Option<thread::JoinHandle<()>> {
+    static CLEANED: AtomicBool = AtomicBool::new(false);
+    if CLEANED.swap(true, Ordering::Relaxed)
+        || !scan_due(&std::env::temp_dir(), Duration::from_secs(60))
+    {
+        return None;
+    }
+    thread::Builder::new()
+        .name("procpool-clean".into())
+        .spawn(move || {
+            let tmp = std::env::temp_dir();
+            let removed = clean_stale_rendezvous(&tmp, Duration::from_secs(10))
+                + procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10), &own);
+            if removed > 0 {
+                log::info!("removed {removed} stale rendezvous directories of this user");
+            }
+        })
+        .map_err(|e| log::debug!("no thread to remove stale rendezvous directories: {e}"))
+        .ok()
 }
 
 /// Start a worker process and a thread that waits for it to connect.
@@ -391,9 +429,8 @@ fn spawn(
     Ok(spawned)
 }
 
-/// Called when a worker's channel closes, before the supervisor hears of
-/// it, with whether the pool had asked the worker to stop.
-pub(crate) type CloseHook = Box<dyn FnOnce(bool) + Send>;
+/// Called when a worker's channel closes, before the supervisor hears of it.
+pub(crate) type CloseHook = Box<dyn FnOnce() + Send>;
 
 /// A thread (named after `who`) that waits for the worker to connect to
 /// `server`, then reads what it sends: the supervisor hears `Accepted`, the
@@ -466,8 +503,6 @@ struct Shared {
     results: OnceLock<Arc<Arena>>,
     /// The worker mapped `batches` (`ArenasMapped`).
     mapped: AtomicBool,
-    /// `Request::Stop` went out to it.
-    stop_sent: AtomicBool,
 }
 
 impl Shared {
@@ -504,12 +539,8 @@ impl Connection {
                 let mut offered = false;
                 // Ends when the supervisor drops its sender (the worker then
                 // sees its request channel close) or the worker is gone.
-                let stop = encode(&Request::Stop).unwrap_or_default();
                 for message in rx {
                     let bytes = message.bytes();
-                    if bytes == stop.as_slice() {
-                        shared.stop_sent.store(true, Ordering::Release);
-                    }
                     // Only batches are shared buffers. The first large one
                     // goes over the socket after the arenas are offered; later
                     // ones that fit a free slot go there, and a few bytes name it.
@@ -640,7 +671,7 @@ fn read_loop(
         }
     };
     if let Some(hook) = on_close {
-        hook(shared.stop_sent.load(Ordering::Acquire));
+        hook();
     }
     let _ = events.send(Event::Closed {
         slot,
@@ -690,7 +721,7 @@ impl LocalLauncher {
     ) -> Result<Self, PoolError> {
         // Where /proc says how a process is, it tells a stopped worker from
         // a busy one, with no heartbeat thread in every worker.
-        let kernel_says = stopped(std::process::id()) == Some(false);
+        let kernel_says = kernel_says();
         let spec = Arc::new(SpawnSpec {
             bin,
             token,
@@ -711,35 +742,8 @@ impl LocalLauncher {
         };
         let mut spawners = Vec::new();
         let mut threads = Vec::new();
-        // Leftovers of coordinators killed before their workers connected:
-        // removed beside the start-up, not before it (listing a busy $TMPDIR
-        // took milliseconds of every `build()`), once per process (a program
-        // that builds many pools lists it once), and at most once a minute
-        // per user (a script that runs the command line again and again).
-        static CLEANED: AtomicBool = AtomicBool::new(false);
-        if !CLEANED.swap(true, Ordering::Relaxed)
-            && scan_due(&std::env::temp_dir(), Duration::from_secs(60))
-        {
-            let cleaner = thread::Builder::new()
-                .name("procpool-clean".into())
-                .spawn(|| {
-                    let tmp = std::env::temp_dir();
-                    let removed = clean_stale_rendezvous(&tmp, Duration::from_secs(10))
-                        + procpool_worker::node::remove_stale_dirs(
-                            &tmp,
-                            Duration::from_secs(10),
-                            Path::new(""),
-                        );
-                    if removed > 0 {
-                        log::info!("removed {removed} stale rendezvous directories of this user");
-                    }
-                });
-            match cleaner {
-                // Joined with the spawners when the pool goes.
-                Ok(handle) => threads.push(handle),
-                Err(e) => log::debug!("no thread to remove stale rendezvous directories: {e}"),
-            }
-        }
+        // Joined with the spawners when the pool goes.
+        threads.extend(clean_stale_in_background(PathBuf::new()));
         for i in 0..workers.clamp(1, Self::SPAWNERS) {
             let (tx, rx) = mpsc::channel::<SpawnJob>();
             let spec = spec.clone();

@@ -292,6 +292,9 @@ pub(crate) trait Link: Send {
     }
     /// The worker has connected (its writer went to the supervisor).
     fn connected(&mut self) {}
+    /// The pool is about to ask the worker to stop (its channel closing
+    /// from then on is its orderly end).
+    fn stopping(&mut self) {}
     /// Kill the worker now.
     fn kill(&mut self);
     /// Has it exited (without blocking)?

@@ -181,6 +181,9 @@ impl Worker {
 
     /// Ask it to finish what it holds and exit.
     pub fn stop(&mut self) {
+        if let Some(link) = self.link.as_mut() {
+            link.stopping();
+        }
         if let Ok(bytes) = encode(&Request::Stop) {
             self.send(bytes);
         }
