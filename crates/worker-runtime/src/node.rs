@@ -321,11 +321,10 @@ pub fn remove_stale_dirs(tmp: &Path, min_age: Duration, except: &Path) -> usize 
         // announced) no longer runs.
         let abandoned = files.iter().all(|f| {
             std::fs::read_to_string(f).ok().is_none_or(|text| {
-                let pid = match Invitation::decode(&text) {
-                    Some(i) => Some(i.coordinator),
-                    None => text.lines().nth(1).and_then(|l| l.parse::<u32>().ok()),
-                };
-                pid.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                let pid = Invitation::decode(&text)
+                    .map(|i| i.coordinator)
+                    .or_else(|| announced_pid(&text));
+                pid.is_none_or(|pid| !runs(pid))
             })
         });
         if ours && abandoned {
@@ -338,8 +337,25 @@ pub fn remove_stale_dirs(tmp: &Path, min_age: Duration, except: &Path) -> usize 
     removed
 }
 
+/// The name of rank `rank`'s invitation.
+fn rank_file(rank: usize) -> String {
+    format!("rank-{rank}")
+}
+
 fn file_of(dir: &Path, rank: usize) -> PathBuf {
-    dir.join(format!("rank-{rank}"))
+    dir.join(rank_file(rank))
+}
+
+/// The pid in a coordinator's announcement (see [`NodeJob::announce`]).
+fn announced_pid(text: &str) -> Option<u32> {
+    let mut lines = text.lines();
+    (lines.next()? == MAGIC).then_some(())?;
+    lines.next()?.parse().ok()
+}
+
+/// Whether process `pid` exists.
+fn runs(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl NodeJob {
@@ -388,7 +404,7 @@ impl NodeJob {
     /// The coordinator's side: invite worker `rank` (written whole, then
     /// renamed into place, so a worker never reads half a file).
     pub fn invite(&self, rank: usize, invitation: &Invitation) -> std::io::Result<()> {
-        self.write_whole(&format!("rank-{rank}"), &invitation.encode())
+        self.write_whole(&rank_file(rank), &invitation.encode())
     }
 
     /// The coordinator's side: worker `rank` has connected (or will not).
@@ -410,7 +426,7 @@ impl NodeJob {
         let mut pause = Duration::from_micros(200);
         loop {
             if let Some(invitation) = self
-                .read_trusted(&format!("rank-{}", self.rank))
+                .read_trusted(&rank_file(self.rank))
                 .and_then(|text| Invitation::decode(&text))
                 .filter(|i| self.is_our_coordinator(i.coordinator))
             {
@@ -419,15 +435,11 @@ impl NodeJob {
             if announced.is_none() {
                 announced = self
                     .read_trusted(ANNOUNCED)
-                    .and_then(|text| {
-                        let mut lines = text.lines();
-                        (lines.next()? == MAGIC).then_some(())?;
-                        lines.next()?.parse::<u32>().ok()
-                    })
+                    .and_then(|text| announced_pid(&text))
                     .filter(|&pid| self.is_our_coordinator(pid));
             }
             match announced {
-                Some(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                Some(pid) if !runs(pid) => {
                     return Err(format!(
                         "the coordinator (pid {pid}) ended before it invited this rank"
                     ));
