@@ -541,6 +541,96 @@ fn a_record_longer_than_the_liveness_timeout_completes() {
     assert!(!got.stderr.contains("sent nothing"), "{}", got.stderr);
 }
 
+/// A job to interrupt: `records` `fault` records, each running `fault`,
+/// written to `out.jsonl` with `--resume`; and the local backend's output,
+/// which the job must end with once resumed.
+struct Resumable {
+    /// Holds the files.
+    _dir: tempfile::TempDir,
+    input: String,
+    out: std::path::PathBuf,
+    records: usize,
+    want: Output,
+}
+
+impl Resumable {
+    fn new(records: usize, fault: &str) -> Resumable {
+        let dir = tempdir();
+        let input = write_file(
+            dir.path(),
+            "in.jsonl",
+            fault_input((0..records).map(|n| (n as u64, fault))),
+        );
+        let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+        want.assert_code(0);
+        let out = dir.path().join("out.jsonl");
+        Resumable {
+            _dir: dir,
+            input,
+            out,
+            records,
+            want,
+        }
+    }
+
+    /// The coordinator's arguments.
+    fn args(&self) -> [&str; 7] {
+        [
+            "--task",
+            "fault",
+            "--input",
+            &self.input,
+            "--output",
+            self.out.to_str().unwrap_or_default(),
+            "--resume",
+        ]
+    }
+
+    /// Wait until `run` has `workers` workers ready and `lines` results out.
+    fn wait_running(&self, run: &mut crate::util::Running, workers: usize, lines: usize) {
+        run.wait_for("the workers ready", |r| {
+            ready_pids(&r.stderr_now()).len() == workers
+        });
+        run.wait_for("some results", |_| {
+            std::fs::read_to_string(&self.out).is_ok_and(|s| s.lines().count() >= lines)
+        });
+    }
+
+    /// The output of the interrupted job is an ordered prefix of the whole,
+    /// short of it: how many records it holds.
+    fn assert_stopped_early(&self) -> usize {
+        let partial = std::fs::read_to_string(&self.out).unwrap();
+        let done = partial.lines().count();
+        assert!(done < self.records, "the job should have stopped early");
+        assert!(
+            self.want.stdout_str().starts_with(&partial),
+            "not an ordered prefix"
+        );
+        done
+    }
+
+    /// `resumed`, the same job run again after `done` records, completed
+    /// the output: it is the local backend's.
+    fn assert_completed(&self, resumed: &Output, done: usize) {
+        resumed.assert_code(0);
+        assert!(
+            resumed
+                .stderr
+                .contains(&format!("resumed after {done} records")),
+            "{}",
+            resumed.stderr
+        );
+        self.assert_complete();
+    }
+
+    fn assert_complete(&self) {
+        assert_eq!(
+            std::fs::read_to_string(&self.out).unwrap(),
+            self.want.stdout_str()
+        );
+    }
+}
+
 /// A rank that goes silent (SIGSTOP) is noticed by the heartbeats: the job
 /// ends with a clear error, leaves nothing running, and its output is an
 /// ordered prefix that `--resume` completes.
@@ -570,28 +660,11 @@ fn a_stopped_rank_on_local_channels_ends_the_job_and_resume_completes_it() {
 /// `says`: what the coordinator's error must say; `named`: the rank is
 /// named with its pid and host.
 fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], named: bool) {
-    let dir = tempdir();
-    let input = write_file(
-        dir.path(),
-        "in.jsonl",
-        fault_input((0..400).map(|n| (n, "sleep:20"))),
-    );
-    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
-    want.assert_code(0);
-    let out = dir.path().join("out.jsonl");
-    let out_s = out.to_str().unwrap_or_default();
-    let args = [
-        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
-    ];
-    let mut run = mpirun(2, &[], &args)
+    let job = Resumable::new(400, "sleep:20");
+    let mut run = mpirun(2, &[], &job.args())
         .env("PROCPOOL_MPI_LIVENESS", "2")
         .spawn();
-    run.wait_for("two workers ready", |r| {
-        ready_pids(&r.stderr_now()).len() == 2
-    });
-    run.wait_for("some results", |_| {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 20)
-    });
+    job.wait_running(&mut run, 2, 20);
     let pids = ready_pids(&run.stderr_now());
     let victim = *pids.iter().next().unwrap();
     send_signal(victim, libc::SIGSTOP);
@@ -633,23 +706,9 @@ fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], 
             "rank pid {pid} left running"
         );
     }
-    let partial = std::fs::read_to_string(&out).unwrap();
-    let done = partial.lines().count();
-    assert!(done < 400, "the job should have stopped early");
-    assert!(
-        want.stdout_str().starts_with(&partial),
-        "not an ordered prefix"
-    );
-    let resumed = mpirun(2, &[], &args).run();
-    resumed.assert_code(0);
-    assert!(
-        resumed
-            .stderr
-            .contains(&format!("resumed after {done} records")),
-        "{}",
-        resumed.stderr
-    );
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+    let done = job.assert_stopped_early();
+    let resumed = mpirun(2, &[], &job.args()).run();
+    job.assert_completed(&resumed, done);
 }
 
 /// Over local channels no heartbeat comes from the coordinator: its ranks
@@ -658,28 +717,11 @@ fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], 
 /// an ordered prefix that `--resume` completes, as over MPI.
 #[test]
 fn a_stopped_coordinator_on_local_channels_ends_the_job_and_resume_completes_it() {
-    let dir = tempdir();
-    let input = write_file(
-        dir.path(),
-        "in.jsonl",
-        fault_input((0..400).map(|n| (n, "sleep:20"))),
-    );
-    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
-    want.assert_code(0);
-    let out = dir.path().join("out.jsonl");
-    let out_s = out.to_str().unwrap_or_default();
-    let args = [
-        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
-    ];
-    let mut run = on_one_machine(mpirun(2, &[], &args))
+    let job = Resumable::new(400, "sleep:20");
+    let mut run = on_one_machine(mpirun(2, &[], &job.args()))
         .env("PROCPOOL_MPI_LIVENESS", "2")
         .spawn();
-    run.wait_for("two workers ready", |r| {
-        ready_pids(&r.stderr_now()).len() == 2
-    });
-    run.wait_for("some results", |_| {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 20)
-    });
+    job.wait_running(&mut run, 2, 20);
     let stderr = run.stderr_now();
     let coordinator: u32 = stderr
         .lines()
@@ -715,16 +757,9 @@ fn a_stopped_coordinator_on_local_channels_ends_the_job_and_resume_completes_it(
             "pid {pid} left running"
         );
     }
-    let partial = std::fs::read_to_string(&out).unwrap();
-    let done = partial.lines().count();
-    assert!(done < 400, "the job should have stopped early");
-    assert!(
-        want.stdout_str().starts_with(&partial),
-        "not an ordered prefix"
-    );
-    let resumed = on_one_machine(mpirun(2, &[], &args)).run();
-    resumed.assert_code(0);
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+    let done = job.assert_stopped_early();
+    let resumed = on_one_machine(mpirun(2, &[], &job.args())).run();
+    job.assert_completed(&resumed, done);
 }
 
 /// Should a launcher hang again (every rank gone, `mpirun` stuck in its
@@ -776,26 +811,9 @@ fn assert_transport(stderr: &str, local_channels: bool) {
 
 /// `local_channels`: the launch's ranks use the local channels (else MPI).
 fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, local_channels: bool) {
-    let dir = tempdir();
-    let input = write_file(
-        dir.path(),
-        "in.jsonl",
-        fault_input((0..600).map(|n| (n, "sleep:5"))),
-    );
-    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
-    want.assert_code(0);
-    let out = dir.path().join("out.jsonl");
-    let out_s = out.to_str().unwrap_or_default();
-    let args = [
-        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
-    ];
-    let mut run = mpirun(2, &[], &args).spawn();
-    run.wait_for("two workers ready", |r| {
-        ready_pids(&r.stderr_now()).len() == 2
-    });
-    run.wait_for("some results", |_| {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
-    });
+    let job = Resumable::new(600, "sleep:5");
+    let mut run = mpirun(2, &[], &job.args()).spawn();
+    job.wait_running(&mut run, 2, 50);
     let victim = *ready_pids(&run.stderr_now()).iter().next().unwrap();
     send_signal(victim, libc::SIGKILL);
     let crashed = run.wait();
@@ -811,24 +829,10 @@ fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, local_channels: b
             crashed.stderr
         );
     }
-    let partial = std::fs::read_to_string(&out).unwrap();
-    let done = partial.lines().count();
-    assert!(done < 600, "the job should have stopped early");
-    assert!(
-        want.stdout_str().starts_with(&partial),
-        "not an ordered prefix"
-    );
+    let done = job.assert_stopped_early();
     // Continue the job: the file ends as an uninterrupted run's.
-    let resumed = mpirun(2, &[], &args).run();
-    resumed.assert_code(0);
-    assert!(
-        resumed
-            .stderr
-            .contains(&format!("resumed after {done} records")),
-        "{}",
-        resumed.stderr
-    );
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+    let resumed = mpirun(2, &[], &job.args()).run();
+    job.assert_completed(&resumed, done);
 }
 
 /// Recovery without a person: `scripts/mpi-relaunch.sh` relaunches the job
@@ -845,56 +849,36 @@ fn the_relaunch_loop_on_local_channels_survives_a_rank_killed_and_finishes_ident
 }
 
 fn relaunch_loop(transport: &str) {
-    let dir = tempdir();
-    let input = write_file(
-        dir.path(),
-        "in.jsonl",
-        fault_input((0..600).map(|n| (n, "sleep:5"))),
-    );
-    let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
-    want.assert_code(0);
-    let out = dir.path().join("out.jsonl");
-    let out_s = out.to_str().unwrap_or_default();
+    let job = Resumable::new(600, "sleep:5");
     let (c, w) = (
         bin_str(crate::util::coordinator_bin()),
         bin_str(worker_bin()),
     );
-    let mut run = Cmd::new([
-        script("mpi-relaunch.sh"),
-        "--pause".into(),
-        "0".into(),
-        "--".into(),
-        "mpirun".into(),
-        "--oversubscribe".into(),
-        "-n".into(),
-        "1".into(),
-        c,
-        "--backend".into(),
-        "mpi".into(),
-        "--task".into(),
-        "fault".into(),
-        "--input".into(),
-        input.clone(),
-        "--output".into(),
-        out_s.into(),
-        "--resume".into(),
-        ":".into(),
-        "-n".into(),
-        "2".into(),
-        w,
-    ])
+    let mut run = Cmd::new(
+        [
+            script("mpi-relaunch.sh"),
+            "--pause".into(),
+            "0".into(),
+            "--".into(),
+            "mpirun".into(),
+            "--oversubscribe".into(),
+            "-n".into(),
+            "1".into(),
+            c,
+            "--backend".into(),
+            "mpi".into(),
+        ]
+        .into_iter()
+        .chain(job.args().map(String::from))
+        .chain([":".into(), "-n".into(), "2".into(), w]),
+    )
     .program("bash")
     .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     .env(TRANSPORT, transport)
     .deadline(Duration::from_secs(120))
     .spawn();
-    run.wait_for("two workers ready", |r| {
-        ready_pids(&r.stderr_now()).len() == 2
-    });
-    run.wait_for("some results", |_| {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
-    });
+    job.wait_running(&mut run, 2, 50);
     let victim = *ready_pids(&run.stderr_now()).iter().next().unwrap();
     send_signal(victim, libc::SIGKILL);
     let got = run.wait();
@@ -906,7 +890,7 @@ fn relaunch_loop(transport: &str) {
         got.stderr
     );
     assert!(got.stderr.contains("resumed after"), "{}", got.stderr);
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+    job.assert_complete();
 }
 
 /// The relaunch loop's watchdog: a launcher still running after everything
