@@ -542,8 +542,8 @@ fn a_record_longer_than_the_liveness_timeout_completes() {
 }
 
 /// A job to interrupt: `records` `fault` records, each running `fault`,
-/// written to `out.jsonl` with `--resume`; and the local backend's output,
-/// which the job must end with once resumed.
+/// written to `out.jsonl` with `--resume`; and the local backend's output
+/// (from `workers` workers), which the job must end with once resumed.
 struct Resumable {
     /// Holds the files.
     _dir: tempfile::TempDir,
@@ -554,14 +554,15 @@ struct Resumable {
 }
 
 impl Resumable {
-    fn new(records: usize, fault: &str) -> Resumable {
+    fn new(records: usize, fault: &str, workers: usize) -> Resumable {
         let dir = tempdir();
         let input = write_file(
             dir.path(),
             "in.jsonl",
             fault_input((0..records).map(|n| (n as u64, fault))),
         );
-        let want = local(&["--task", "fault", "--input", &input, "--workers", "2"]);
+        let workers = workers.to_string();
+        let want = local(&["--task", "fault", "--input", &input, "--workers", &workers]);
         want.assert_code(0);
         let out = dir.path().join("out.jsonl");
         Resumable {
@@ -660,7 +661,7 @@ fn a_stopped_rank_on_local_channels_ends_the_job_and_resume_completes_it() {
 /// `says`: what the coordinator's error must say; `named`: the rank is
 /// named with its pid and host.
 fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], named: bool) {
-    let job = Resumable::new(400, "sleep:20");
+    let job = Resumable::new(400, "sleep:20", 2);
     let mut run = mpirun(2, &[], &job.args())
         .env("PROCPOOL_MPI_LIVENESS", "2")
         .spawn();
@@ -717,7 +718,7 @@ fn stopped_rank(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, says: &[&str], 
 /// an ordered prefix that `--resume` completes, as over MPI.
 #[test]
 fn a_stopped_coordinator_on_local_channels_ends_the_job_and_resume_completes_it() {
-    let job = Resumable::new(400, "sleep:20");
+    let job = Resumable::new(400, "sleep:20", 2);
     let mut run = on_one_machine(mpirun(2, &[], &job.args()))
         .env("PROCPOOL_MPI_LIVENESS", "2")
         .spawn();
@@ -811,7 +812,7 @@ fn assert_transport(stderr: &str, local_channels: bool) {
 
 /// `local_channels`: the launch's ranks use the local channels (else MPI).
 fn rank_crash(mpirun: impl Fn(usize, &[&str], &[&str]) -> Cmd, local_channels: bool) {
-    let job = Resumable::new(600, "sleep:5");
+    let job = Resumable::new(600, "sleep:5", 2);
     let mut run = mpirun(2, &[], &job.args()).spawn();
     job.wait_running(&mut run, 2, 50);
     let victim = *ready_pids(&run.stderr_now()).iter().next().unwrap();
@@ -849,7 +850,7 @@ fn the_relaunch_loop_on_local_channels_survives_a_rank_killed_and_finishes_ident
 }
 
 fn relaunch_loop(transport: &str) {
-    let job = Resumable::new(600, "sleep:5");
+    let job = Resumable::new(600, "sleep:5", 2);
     let (c, w) = (
         bin_str(crate::util::coordinator_bin()),
         bin_str(worker_bin()),
@@ -1113,25 +1114,13 @@ fn across_two_namespace_hosts_over_tcp() {
 /// either host, and `--resume` completes the output.
 #[test]
 fn a_partition_ends_the_job_and_resume_completes_it() {
-    let dir = tempdir();
-    let input = write_file(
-        dir.path(),
-        "in.jsonl",
-        fault_input((0..1_000).map(|n| (n, "sleep:20"))),
-    );
-    let want = local(&["--task", "fault", "--input", &input, "--workers", "3"]);
-    want.assert_code(0);
-    let out = dir.path().join("out.jsonl");
-    let out_s = out.to_str().unwrap_or_default();
+    let job = Resumable::new(1_000, "sleep:20", 3);
     let hosts = NetnsHosts::up();
     let (c, w) = (
         bin_str(crate::util::coordinator_bin()),
         bin_str(worker_bin()),
     );
     let b2 = format!("{}:2", hosts.b);
-    let job = [
-        "--task", "fault", "--input", &input, "--output", out_s, "--resume",
-    ];
     let mut all = vec![
         "-x",
         "PROCPOOL_MPI_LIVENESS",
@@ -1143,17 +1132,12 @@ fn a_partition_ends_the_job_and_resume_completes_it() {
         "--backend",
         "mpi",
     ];
-    all.extend(job);
+    all.extend(job.args());
     all.extend([
         ":", "-n", "1", "--host", &hosts.a, &w, ":", "-n", "2", "--host", &b2, &w,
     ]);
     let mut run = hosts.mpirun(&all).env("PROCPOOL_MPI_LIVENESS", "3").spawn();
-    run.wait_for("three workers ready", |r| {
-        ready_pids(&r.stderr_now()).len() == 3
-    });
-    run.wait_for("some results", |_| {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 50)
-    });
+    job.wait_running(&mut run, 3, 50);
     hosts.script("cut");
     let cut = run.wait();
     assert_ne!(cut.code(), Some(0), "{}", cut.stderr);
@@ -1173,21 +1157,7 @@ fn a_partition_ends_the_job_and_resume_completes_it() {
         "left running: {}",
         hosts.script("pids")
     );
-    let partial = std::fs::read_to_string(&out).unwrap();
-    let done = partial.lines().count();
-    assert!(done < 1_000, "the job should have stopped early");
-    assert!(
-        want.stdout_str().starts_with(&partial),
-        "not an ordered prefix"
-    );
-    let resumed = mpirun(3, &[], &job).run();
-    resumed.assert_code(0);
-    assert!(
-        resumed
-            .stderr
-            .contains(&format!("resumed after {done} records")),
-        "{}",
-        resumed.stderr
-    );
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), want.stdout_str());
+    let done = job.assert_stopped_early();
+    let resumed = mpirun(3, &[], &job.args()).run();
+    job.assert_completed(&resumed, done);
 }
