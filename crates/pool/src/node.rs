@@ -53,15 +53,21 @@ impl JobState {
     /// so far are kept, the rest end as cancelled); the coordinator exits
     /// with [`EXIT_RELAUNCH`] once the pool lets go, or after 10 s.
     fn fail(&self, reason: &str) {
+        // Under the lock: a second caller (another rank's reader, about to
+        // report its rank closed) returns only once the stop is queued, so
+        // that the supervisor never takes a closed rank for a reason to
+        // fail the queued records ("pool broken") instead of stopping.
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if self.failed.swap(true, Ordering::SeqCst) {
             return;
         }
         log::error!("{reason}; stopping: the output keeps every finished record in order, and `--resume` continues the job");
         // Before the first launch there is no pool to stop yet: it is
         // stopped as soon as there is (`listen`).
-        if let Some(events) = self.events.lock().ok().and_then(|e| e.clone()) {
-            stop_at_once(&events);
+        if let Some(events) = events.as_ref() {
+            stop_at_once(events);
         }
+        drop(events);
         let _ = thread::Builder::new()
             .name("procpool-node-end".into())
             .spawn(|| {
@@ -74,9 +80,7 @@ impl JobState {
     /// The pool's events, from its first launch on; a failure before that
     /// stops the pool now.
     fn listen(&self, events: &std::sync::mpsc::Sender<Event>) {
-        let Ok(mut held) = self.events.lock() else {
-            return;
-        };
+        let mut held = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_none() {
             *held = Some(events.clone());
             if self.failed.load(Ordering::SeqCst) {
