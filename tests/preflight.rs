@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use crate::util::{coordinator, coordinator_bin, fault_input, tempdir, write_file, Cmd};
+use std::path::{Path, PathBuf};
+
+use crate::util::{
+    coordinator, coordinator_bin, fault_input, ready_pids, tempdir, write_file, Cmd,
+};
 
 /// The coordinator under `sh -c 'ulimit -n N; exec coordinator ARGS'`.
 fn with_fd_limit(limit: u32, args: &str) -> Cmd {
@@ -141,4 +145,77 @@ fn tmpdir_removed_mid_run_does_not_break_the_pool() {
     }
     assert!(out.stderr.contains("created it again"), "{}", out.stderr);
     out.assert_no_workers_left(Duration::from_secs(5));
+}
+
+/// Whether `dir` is on tmpfs (kept in memory).
+fn on_tmpfs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and a zeroed struct for the kernel to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::statfs(path.as_ptr(), &mut fs) == 0 && fs.f_type as i64 == 0x0102_1994 }
+}
+
+/// Where the one worker of a run with `env` found its coordinator's
+/// rendezvous socket (its `PROCPOOL_SERVER`), read while it runs a record.
+fn rendezvous_of_a_run(set: &[(&str, &Path)], removed: &[&str]) -> PathBuf {
+    let dir = tempdir();
+    let input = write_file(dir.path(), "in.jsonl", fault_input([(0, "sleep:1500")]));
+    let mut cmd = coordinator(["--task", "fault", "--workers", "1", "--input", &input]);
+    for key in removed {
+        cmd = cmd.env_remove(key);
+    }
+    for (key, value) in set {
+        cmd = cmd.env(key, value.to_str().unwrap());
+    }
+    let mut run = cmd.spawn();
+    run.wait_for("the worker", |r| !ready_pids(&r.stderr_now()).is_empty());
+    let pid = *ready_pids(&run.stderr_now()).iter().next().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let server = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"PROCPOOL_SERVER="))
+        .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .expect("the worker has no PROCPOOL_SERVER");
+    let out = run.wait();
+    out.assert_code(0);
+    server
+}
+
+/// Each worker's start creates a rendezvous socket in a directory of its
+/// own: with `$TMPDIR` unset the coordinator puts them in memory
+/// (`$XDG_RUNTIME_DIR` here: a directory of this test's in /dev/shm), unless
+/// /tmp is in memory already; with `$TMPDIR` set, they go there.
+#[test]
+fn rendezvous_sockets_go_in_memory_unless_tmpdir_is_set() {
+    let runtime = tempfile::Builder::new()
+        .prefix("procpool-runtime-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let expected = if on_tmpfs(Path::new("/tmp")) || !on_tmpfs(runtime.path()) {
+        PathBuf::from("/tmp")
+    } else {
+        runtime.path().to_path_buf()
+    };
+    let server = rendezvous_of_a_run(&[("XDG_RUNTIME_DIR", runtime.path())], &["TMPDIR"]);
+    assert!(
+        server.starts_with(&expected),
+        "socket {} not in {}",
+        server.display(),
+        expected.display()
+    );
+    // The user's $TMPDIR stands, in memory or not.
+    let tmp = tempdir();
+    let server = rendezvous_of_a_run(
+        &[("TMPDIR", tmp.path()), ("XDG_RUNTIME_DIR", runtime.path())],
+        &[],
+    );
+    assert!(
+        server.starts_with(tmp.path()),
+        "socket {} not in $TMPDIR {}",
+        server.display(),
+        tmp.path().display()
+    );
 }

@@ -96,6 +96,7 @@ pub struct Cmd {
     stdout_to: Option<PathBuf>,
     stdout_closed: bool,
     env: Vec<(String, String)>,
+    env_removed: Vec<String>,
     deadline: Duration,
 }
 
@@ -123,6 +124,7 @@ impl Cmd {
             stdout_to: None,
             stdout_closed: false,
             env: Vec::new(),
+            env_removed: Vec::new(),
             deadline: DEADLINE,
         }
     }
@@ -185,6 +187,12 @@ impl Cmd {
         self
     }
 
+    /// Run without the variable `key`.
+    pub fn env_remove(mut self, key: &str) -> Cmd {
+        self.env_removed.push(key.to_owned());
+        self
+    }
+
     pub fn deadline(mut self, deadline: Duration) -> Cmd {
         self.deadline = deadline;
         self
@@ -228,6 +236,9 @@ impl Cmd {
             // Tests assert on the default log format and level.
             .env_remove("RUST_LOG")
             .env_remove("PROCPOOL_WORKER_FAULT");
+        for k in &self.env_removed {
+            command.env_remove(k);
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }

@@ -48,6 +48,11 @@ fn main() -> ExitCode {
         log::set_max_level(level);
     }
     let cli = cli::Cli::parse();
+    // Workers start faster with their rendezvous sockets in memory; this
+    // program makes no other temporary files that could take memory there.
+    if let Some(dir) = procpool::rendezvous_in_memory() {
+        log::debug!("rendezvous sockets in {} (in memory)", dir.display());
+    }
     let result = match cli.command {
         Some(cli::Commands::Tasks { worker }) => run::list_tasks(&worker),
         Some(cli::Commands::Scale(args)) => scale::scale(&args),

@@ -19,6 +19,8 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the coordinator does: rendezvous sockets in memory (unless $TMPDIR is set).
+    procpool::rendezvous_in_memory();
     let args: Vec<String> = std::env::args().collect();
     let bin = arg(&args, "--worker-bin").unwrap_or_else(|| "target/release/worker".into());
     let runs: usize = arg(&args, "--runs")

@@ -8,9 +8,10 @@
 //!   a message whose descriptors could not be received. The soft limit is
 //!   raised to the hard one if needed; beyond that, the error says how many
 //!   workers fit.
-//! - **The rendezvous directory** (`$TMPDIR`, else `/tmp`): ipc-channel binds
-//!   a socket at `$TMPDIR/.tmpXXXXXX/socket` for each worker and panics if it
-//!   cannot; the path must also fit in a Unix socket address (107 bytes).
+//! - **The rendezvous directory** (`$TMPDIR`, else `/tmp`, unless
+//!   [`rendezvous_in_memory`] chose one): ipc-channel binds a socket at
+//!   `DIR/.tmpXXXXXX/socket` for each worker and panics if it cannot; the
+//!   path must also fit in a Unix socket address (107 bytes).
 
 use std::fs;
 use std::io;
@@ -108,9 +109,67 @@ fn check_fd_limit(workers: usize) -> Result<(), PoolError> {
     )))
 }
 
-/// The directory ipc-channel creates rendezvous sockets in.
+/// The directory ipc-channel creates rendezvous sockets in: the `tempfile`
+/// crate's default, `$TMPDIR` (else `/tmp`) unless overridden.
 pub(crate) fn rendezvous_dir() -> PathBuf {
-    std::env::temp_dir()
+    tempfile::env::temp_dir()
+}
+
+/// `statfs` magic numbers of file systems kept in memory: tmpfs, ramfs.
+const IN_MEMORY: [i64; 2] = [0x0102_1994, 0x8584_58f6];
+
+/// Whether `dir` is on a file system kept in memory.
+fn in_memory(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed struct for the kernel to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
+    IN_MEMORY.contains(&(fs.f_type as i64))
+}
+
+/// Which directory [`rendezvous_in_memory`] takes: none if the user set
+/// `$TMPDIR` or the default one is in memory already; else the first of
+/// `candidates` that is in memory and can hold rendezvous sockets.
+fn memory_dir_to_use(
+    tmpdir_set: bool,
+    default_in_memory: bool,
+    candidates: impl IntoIterator<Item = (PathBuf, bool)>,
+) -> Option<PathBuf> {
+    if tmpdir_set || default_in_memory {
+        return None;
+    }
+    candidates
+        .into_iter()
+        .find(|(dir, in_memory)| *in_memory && dir.is_absolute() && check_dir(dir).is_ok())
+        .map(|(dir, _)| dir)
+}
+
+/// See [`crate::rendezvous_in_memory`].
+pub(crate) fn rendezvous_in_memory() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        Some(PathBuf::from("/dev/shm")),
+    ];
+    let dir = memory_dir_to_use(
+        std::env::var_os("TMPDIR").is_some_and(|d| !d.is_empty()),
+        in_memory(&std::env::temp_dir()),
+        candidates
+            .into_iter()
+            .flatten()
+            .map(|dir| (dir.clone(), in_memory(&dir))),
+    )?;
+    match tempfile::env::override_temp_dir(&dir) {
+        Ok(()) => Some(dir),
+        // Chosen already (by this function or by the program): it stands.
+        Err(chosen) => (chosen == dir).then_some(dir),
+    }
 }
 
 /// The rendezvous directory exists, is a directory this user can create
@@ -126,7 +185,7 @@ pub(crate) fn check_rendezvous_dir() -> Result<(), PoolError> {
     }
     check_dir(&dir).map_err(|why| {
         PoolError::Ipc(io::Error::other(format!(
-            "the rendezvous directory {} (from $TMPDIR, else /tmp) {why}; set TMPDIR to a short, writable directory",
+            "the rendezvous directory {} (from $TMPDIR, else /tmp, unless chosen in memory) {why}; set TMPDIR to a short, writable directory",
             dir.display()
         )))
     })?;
@@ -199,6 +258,42 @@ mod tests {
             (256 - 8 - FDS_RESERVE) / FDS_PER_WORKER
         );
         assert_eq!(workers_allowed(10, 8), 0);
+    }
+
+    #[test]
+    fn sockets_go_in_memory_only_where_the_user_did_not_choose() {
+        let tmp = std::env::temp_dir();
+        let missing = tmp.join("procpool-no-such-dir");
+        let pick = |tmpdir_set, default_in_memory, candidates: &[(&Path, bool)]| {
+            memory_dir_to_use(
+                tmpdir_set,
+                default_in_memory,
+                candidates.iter().map(|(d, m)| (d.to_path_buf(), *m)),
+            )
+        };
+        // The first usable directory in memory.
+        let chosen = pick(
+            false,
+            false,
+            &[(&missing, true), (&tmp, false), (&tmp, true)],
+        );
+        assert_eq!(chosen.as_deref(), Some(tmp.as_path()));
+        // $TMPDIR set, or /tmp in memory already: left alone.
+        assert_eq!(pick(true, false, &[(&tmp, true)]), None);
+        assert_eq!(pick(false, true, &[(&tmp, true)]), None);
+        // Nothing usable: left alone.
+        assert_eq!(pick(false, false, &[(&missing, true), (&tmp, false)]), None);
+        assert_eq!(pick(false, false, &[(Path::new("relative"), true)]), None);
+    }
+
+    #[test]
+    fn memory_file_systems_are_told_from_disks() {
+        assert!(!in_memory(Path::new("/proc/no/such/path")));
+        assert!(!in_memory(Path::new("/proc"))); // procfs
+                                                 // Where there is a /dev/shm, it is tmpfs (as on every Linux here).
+        if Path::new("/dev/shm").is_dir() {
+            assert!(in_memory(Path::new("/dev/shm")));
+        }
     }
 
     #[test]

@@ -322,7 +322,8 @@ pub(crate) fn clean_stale_in_background(own: PathBuf) -> Option<thread::JoinHand
         .name("procpool-clean".into())
         .spawn(move || {
             let tmp = std::env::temp_dir();
-            let removed = clean_stale_rendezvous(&tmp, Duration::from_secs(10))
+            let sockets = crate::preflight::rendezvous_dir();
+            let removed = clean_stale_rendezvous(&sockets, Duration::from_secs(10))
                 + procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10), &own);
             if removed > 0 {
                 log::info!("removed {removed} stale rendezvous directories of this user");
