@@ -169,11 +169,14 @@ fi
 if want b || want g; then
     log "b: $N records, 2 workers, file -> file"
     RO="$OUT/out_rust.jsonl"
-    m --id b.rust --runs "$R" --records "$N" -- "$C" --task age --input "$AGE" --output "$RO" --workers 2 --year $YEAR
     if [[ -n "$LOOP_BIN" ]]; then
-        # Side by side with b.rust: the same file, one thread, no pool.
-        m --id b.loop --runs "$R" --records "$N" -- "$LOOP_BIN" "$AGE" "$OUT/out_loop.jsonl" $YEAR
+        # Side by side with b.rust, run for run: the same file, one thread, no pool.
+        m --id b.rust --runs "$R" --records "$N" \
+            --alternate "$(printf '%q ' "$LOOP_BIN" "$AGE" "$OUT/out_loop.jsonl" $YEAR)" --alternate-id b.loop \
+            -- "$C" --task age --input "$AGE" --output "$RO" --workers 2 --year $YEAR
         if cmp -s "$RO" "$OUT/out_loop.jsonl"; then echo '"yes"' > "$OUT/identical_loop.json"; else echo '"NO"' > "$OUT/identical_loop.json"; fi
+    else
+        m --id b.rust --runs "$R" --records "$N" -- "$C" --task age --input "$AGE" --output "$RO" --workers 2 --year $YEAR
     fi
 fi
 if want b; then

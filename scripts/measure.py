@@ -3,7 +3,12 @@
 
     measure.py --id b.rust --runs 5 --results bench-out/results.jsonl \
         [--records N] [--stdin FILE] [--stdout-json] [--timev] [--threads] \
-        [--scale X] -- CMD ARGS...
+        [--scale X] [--alternate 'CMD2 ARGS' --alternate-id b.loop] -- CMD ARGS...
+
+With --alternate, each run of CMD is followed by one of CMD2 (recorded under
+its own id), and CMD's record also holds each pair's wall-time ratio and their
+median (pair_ratio): a ratio measured side by side, run against run, which a
+machine whose speed drifts from one minute to the next disturbs least.
 
 Per run it records:
   wall_s        wall-clock time from spawn to exit (time.perf_counter).
@@ -46,6 +51,7 @@ A run that exits non-zero is recorded with "error" and no medians.
 """
 
 import argparse
+import shlex
 import json
 import os
 import re
@@ -234,11 +240,19 @@ def main():
                     help="redo a run if other processes used more than this share of the machine")
     ap.add_argument("--retries", type=int, default=2, help="redos per run at most (see --max-noise)")
     ap.add_argument("--env", action="append", default=[], help="K=V added to the environment")
+    ap.add_argument("--alternate", metavar="CMD",
+                    help="a second command (one shell-quoted string), run after each run of the first: "
+                         "its runs are recorded under --alternate-id, and the first's record gets the "
+                         "wall-time ratio of each pair and their median (pair_ratio)")
+    ap.add_argument("--alternate-id", help="the id of the --alternate command's runs")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     if not cmd:
         ap.error("no command")
+    other = shlex.split(a.alternate) if a.alternate else None
+    if other is not None and not a.alternate_id:
+        ap.error("--alternate needs --alternate-id")
 
     nproc = os.cpu_count() or 1
 
@@ -247,27 +261,55 @@ def main():
         o = r.get("other_cpu_s", 0.0)
         return 0.0 if o < 0.05 else o / (r["wall_s"] * nproc)
 
-    runs = []
-    redone = 0
-    for _ in range(a.runs):
-        # A run during which other jobs used over --max-noise of the machine is
-        # done again (at most --retries times); the least noisy attempt is kept.
+    def measured(command):
+        """One run of `command`: a run during which other jobs used over
+        --max-noise of the machine is done again (at most --retries times);
+        the least noisy attempt is kept. Returns it and the redos."""
         attempts = []
         for _ in range(1 + a.retries):
-            r = one_run(a, cmd)
+            r = one_run(a, command)
             attempts.append(r)
             if "error" in r or noise(r) <= a.max_noise:
                 break
         r = min(attempts, key=noise)
         if "error" in attempts[-1]:
             r = attempts[-1]
-        redone += len(attempts) - 1
         r["noise"] = round(noise(r), 3)
-        runs.append(r)
-        if "error" in r:
+        return r, len(attempts) - 1
+
+    # The runs of each command (the second's only with --alternate), in turn.
+    commands = [cmd] + ([other] if other is not None else [])
+    runs_of = [[] for _ in commands]
+    redone = 0
+    for _ in range(a.runs):
+        for command, kept in zip(commands, runs_of):
+            r, n = measured(command)
+            redone += n
+            kept.append(r)
+        if any("error" in kept[-1] for kept in runs_of):
             break
+    runs, others = runs_of[0], runs_of[-1]
+    if other is not None:
+        write_record(a, a.alternate_id, other, others, 0)
     rec = {"id": a.id, "t": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cmd": cmd,
            "records": a.records, "scale": a.scale, "redone_runs": redone, "runs": runs}
+    if other is not None and others and all("wall_s" in r for r in runs + others):
+        rec["pair_ratios"] = [round(r["wall_s"] / o["wall_s"], 4) for r, o in zip(runs, others)]
+        rec["pair_ratio"] = statistics.median(rec["pair_ratios"])
+        rec["pair_with"] = a.alternate_id
+    finish_record(a, rec)
+
+
+def write_record(a, rid, cmd, runs, redone):
+    """The record of `runs` of `cmd` under id `rid`, appended to the results."""
+    rec = {"id": rid, "t": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cmd": cmd,
+           "records": a.records, "scale": a.scale, "redone_runs": redone, "runs": runs}
+    finish_record(a, rec)
+
+
+def finish_record(a, rec):
+    """Medians of `rec`'s runs; append it to the results and print a line."""
+    runs = rec["runs"]
     errors = [r["error"] for r in runs if "error" in r]
     if errors:
         rec["error"] = errors[0]
@@ -283,13 +325,15 @@ def main():
     with open(a.results, "a") as f:
         f.write(json.dumps(rec) + "\n")
     if errors:
-        print(f"  {a.id}: FAILED: {errors[0][:300]}", file=sys.stderr)
+        print(f"  {rec['id']}: FAILED: {errors[0][:300]}", file=sys.stderr)
     else:
         walls = ", ".join(f"{r['wall_s']:.3f}" for r in runs)
         extra = ""
         if "self_cpu_s" in rec["median"]:
             extra = f" self_cpu {rec['median']['self_cpu_s']:.2f}s children {rec['median']['children_cpu_s']:.2f}s"
-        print(f"  {a.id}: median wall {rec['median']['wall_s']:.3f} s (runs: {walls}){extra}", file=sys.stderr)
+        if "pair_ratio" in rec:
+            extra += f"; / {rec['pair_with']}, median of the pairs' ratios {rec['pair_ratio']:.3f}"
+        print(f"  {rec['id']}: median wall {rec['median']['wall_s']:.3f} s (runs: {walls}){extra}", file=sys.stderr)
 
 
 if __name__ == "__main__":

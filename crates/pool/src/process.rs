@@ -322,9 +322,14 @@ pub(crate) fn clean_stale_in_background(own: PathBuf) -> Option<thread::JoinHand
         .name("procpool-clean".into())
         .spawn(move || {
             let tmp = std::env::temp_dir();
+            // Where the sockets are, and $TMPDIR too if they are in memory
+            // (left there by a run that did not put them in memory).
             let sockets = crate::preflight::rendezvous_dir();
-            let removed = clean_stale_rendezvous(&sockets, Duration::from_secs(10))
+            let mut removed = clean_stale_rendezvous(&sockets, Duration::from_secs(10))
                 + procpool_worker::node::remove_stale_dirs(&tmp, Duration::from_secs(10), &own);
+            if sockets != tmp {
+                removed += clean_stale_rendezvous(&tmp, Duration::from_secs(10));
+            }
             if removed > 0 {
                 log::info!("removed {removed} stale rendezvous directories of this user");
             }
