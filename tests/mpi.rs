@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    alive, coordinator, fault_input, ready_pids, send_signal, tempdir, wait_until, worker_bin,
-    write_file, Cmd, Output,
+    alive, assert_same_output, coordinator, fault_input, ready_pids, send_signal, tempdir,
+    wait_until, worker_bin, write_file, Cmd, Output,
 };
 
 /// Which way the ranks of a launch on this one machine talk: `mpi` (MPI
@@ -119,9 +119,10 @@ fn hundred_thousand_records_equal_local_over_shared_memory() {
     ];
     let got = mpirun(3, &one_node, &["--task", "fault", "--input", &input]).run();
     got.assert_code(0);
-    assert!(
-        got.stdout_str() == want.stdout_str(),
-        "MPI output differs from local"
+    assert_same_output(
+        got.stdout_str(),
+        want.stdout_str(),
+        "MPI against the local backend",
     );
 }
 
@@ -157,9 +158,10 @@ fn on_one_machine_the_ranks_use_local_channels_and_equal_local() {
     .env("RUST_LOG", "debug")
     .run();
     got.assert_code(1);
-    assert!(
-        got.stdout_str() == want.stdout_str(),
-        "output differs from local"
+    assert_same_output(
+        got.stdout_str(),
+        want.stdout_str(),
+        "against the local backend",
     );
     assert!(
         got.stderr.contains(
@@ -252,9 +254,10 @@ fn ranks_started_through_a_wrapper_take_their_invitation() {
     .run();
     got.assert_code(0);
     assert_transport(&got.stderr, true);
-    assert!(
-        got.stdout_str() == want.stdout_str(),
-        "output differs from local"
+    assert_same_output(
+        got.stdout_str(),
+        want.stdout_str(),
+        "against the local backend",
     );
 }
 
@@ -287,9 +290,10 @@ fn ranks_wait_for_a_coordinator_that_prepares_longer_than_first_contact() {
     let got = run.wait();
     got.assert_code(0);
     assert_transport(&got.stderr, true);
-    assert!(
-        got.stdout_str() == want.stdout_str(),
-        "output differs from local"
+    assert_same_output(
+        got.stdout_str(),
+        want.stdout_str(),
+        "against the local backend",
     );
 }
 
@@ -507,10 +511,7 @@ fn a_lone_coordinator_spawns_its_worker_ranks() {
         ] {
             let got = cmd.run();
             assert_eq!(got.code(), want.code(), "{how}: {}", got.stderr);
-            assert!(
-                got.stdout_str() == want.stdout_str(),
-                "{how}: output differs from local"
-            );
+            assert_same_output(got.stdout_str(), want.stdout_str(), how);
             assert!(
                 got.stderr.contains("spawned 3 worker ranks"),
                 "{how}: {}",
@@ -1050,9 +1051,10 @@ fn tcp_on_a_host_with_only_loopback_and_its_own_veth() {
         ])
         .run();
     got.assert_code(0);
-    assert!(
-        got.stdout_str() == want.stdout_str(),
-        "output differs from local"
+    assert_same_output(
+        got.stdout_str(),
+        want.stdout_str(),
+        "against the local backend",
     );
     let (ns_a, _) = hosts.names();
     assert_eq!(
@@ -1094,9 +1096,10 @@ fn across_two_namespace_hosts_over_tcp() {
         ]);
         let got = hosts.mpirun(&all).run();
         got.assert_code(0);
-        assert!(
-            got.stdout_str() == want.stdout_str(),
-            "output differs from local"
+        assert_same_output(
+            got.stdout_str(),
+            want.stdout_str(),
+            "against the local backend",
         );
         let (ns_a, ns_b) = hosts.names();
         for host in [ns_a, ns_b] {

@@ -289,8 +289,8 @@ mod tests {
     #[test]
     fn memory_file_systems_are_told_from_disks() {
         assert!(!in_memory(Path::new("/proc/no/such/path")));
-        assert!(!in_memory(Path::new("/proc"))); // procfs
-                                                 // Where there is a /dev/shm, it is tmpfs (as on every Linux here).
+        // procfs is not tmpfs; where there is a /dev/shm, it is (as on every Linux here).
+        assert!(!in_memory(Path::new("/proc")));
         if Path::new("/dev/shm").is_dir() {
             assert!(in_memory(Path::new("/dev/shm")));
         }
