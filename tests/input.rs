@@ -433,3 +433,73 @@ fn statistics_count_skipped_bad_input_apart_from_failures() {
     out.assert_code(0);
     assert!(!out.stderr.contains("bad input"), "{}", out.stderr);
 }
+
+/// JSON lines go to the workers in runs of lines (as the input's bytes);
+/// what breaks a run (a blank or whitespace-only line, a `\r\n`, a line
+/// starting with a space, a bad record) must change neither the output nor
+/// the line a message names, across many read blocks.
+#[test]
+fn runs_of_json_lines_keep_every_record_and_line_number() {
+    const RECORDS: u64 = 60_000;
+    let primes_below = |n: u64| {
+        (2..n)
+            .filter(|&k| (2..k).take_while(|d| d * d <= k).all(|d| k % d != 0))
+            .count()
+    };
+    let dir = tempdir();
+    let (mut text, mut want, mut bad_lines) = (String::new(), Vec::new(), Vec::new());
+    let mut line = 0u64;
+    for i in 0..RECORDS {
+        let n = 4 * (i % 50);
+        line += 1;
+        match i % 1000 {
+            7 => text.push_str(&format!("{{\"n\":{n}}}\r\n")),
+            8 => text.push_str(&format!("  {{\"n\":{n}}}\n")),
+            9 => {
+                text.push_str("\n \t\n");
+                line += 2;
+                text.push_str(&format!("{{\"n\":{n}}}\n"));
+            }
+            500 => {
+                text.push_str("not json\n");
+                bad_lines.push(line);
+                continue;
+            }
+            _ => text.push_str(&format!("{{\"n\":{n}}}\n")),
+        }
+        want.push(format!("{{\"n\":{n},\"primes\":{}}}", primes_below(n)));
+    }
+    let path = write_file(dir.path(), "in.jsonl", &text);
+    let run = |extra: &[&str]| {
+        coordinator(["--task", "primes", "--input", &path, "--workers", "2"])
+            .args(extra)
+            .run()
+    };
+    let out = run(&["--skip-bad-input"]);
+    out.assert_code(0);
+    assert_eq!(out.lines(), want);
+    let warned: Vec<u64> = out
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once(&format!("skipping bad input: {path}:"))?
+                .1
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(warned, bad_lines);
+    // Stopped at the first bad record, named by its line, after the ordered records before it.
+    let out = run(&[]);
+    out.assert_code(2);
+    let msg = out.the_error();
+    assert!(
+        msg.starts_with(&format!("{path}:{}: ", bad_lines[0])),
+        "{msg}"
+    );
+    let lines = out.lines();
+    assert!(want.starts_with(&lines.iter().map(|l| l.to_string()).collect::<Vec<_>>()));
+    out.assert_no_workers_left(Duration::from_secs(2));
+}

@@ -127,6 +127,20 @@ pub enum Item {
         /// Its first line.
         line: u64,
     },
+    /// `count` records, one per line from `line` on: `data[start..end]` of
+    /// its [`Block`] holds them with a `\n` between each two (no blank line
+    /// between them, none ending with `\r`). Cut only when asked for
+    /// ([`Splitter::lines_together`]).
+    Lines {
+        /// Offset of the first one's first byte.
+        start: usize,
+        /// Offset after the last one's last byte (its terminator excluded).
+        end: usize,
+        /// The first one's line.
+        line: u64,
+        /// How many.
+        count: u64,
+    },
     /// A record that cannot be sent.
     Bad {
         /// Its first line.
@@ -303,6 +317,8 @@ pub struct Splitter {
     started: bool,
     eof: bool,
     done: bool,
+    /// Cut runs of one-line records as [`Item::Lines`].
+    together: bool,
 }
 
 impl fmt::Debug for Splitter {
@@ -416,7 +432,14 @@ impl Splitter {
             started: false,
             eof: false,
             done: false,
+            together: false,
         }
+    }
+
+    /// Cut consecutive JSON lines as one [`Item::Lines`] rather than one
+    /// [`Item::Record`] each.
+    pub fn lines_together(&mut self) {
+        self.together = true;
     }
 
     /// Take blocks to reuse from `recycled`.
@@ -565,6 +588,9 @@ impl Splitter {
                 }
                 continue;
             }
+            if self.together && self.format == Format::JsonLines {
+                self.cut_plain_lines(items);
+            }
             let from = self.rec_start + self.scan;
             let Some(at) = memchr::memchr(b'\n', &self.buf[from..]).map(|i| from + i) else {
                 let held = self.buf.len() - self.rec_start;
@@ -602,11 +628,27 @@ impl Splitter {
                             reason: self.over_limit(content.len() as u64),
                         });
                     } else if !is_blank(content) {
-                        items.push(Item::Record {
-                            start: self.rec_start,
-                            end: self.rec_start + content.len(),
-                            line: self.line,
-                        });
+                        let (start, end) = (self.rec_start, self.rec_start + content.len());
+                        match items.last_mut() {
+                            // The line right after the run, with no `\r`: it joins it.
+                            Some(Item::Lines { end: e, count, .. })
+                                if self.together && *e + 1 == start && end == at =>
+                            {
+                                *e = end;
+                                *count += 1;
+                            }
+                            _ if self.together && end == at => items.push(Item::Lines {
+                                start,
+                                end,
+                                line: self.line,
+                                count: 1,
+                            }),
+                            _ => items.push(Item::Record {
+                                start,
+                                end,
+                                line: self.line,
+                            }),
+                        }
                     }
                 }
                 Format::Csv => {
@@ -631,6 +673,52 @@ impl Splitter {
             }
             self.next_record(at + 1);
         }
+    }
+
+    /// Cut the complete JSON lines from the current record on into the last
+    /// item, an [`Item::Lines`], as long as each is plainly one: not blank
+    /// (its first byte is not whitespace), no `\r` at its end, within the
+    /// limit. Stops at the first that is not, for [`Splitter::cut`] to
+    /// decide, which cuts what this does, one line at a time.
+    fn cut_plain_lines(&mut self, items: &mut Vec<Item>) {
+        let base = self.rec_start;
+        let buf = &self.buf[base..];
+        // Lines cut, and bytes of buf they take (their last `\n` included).
+        let (mut count, mut taken) = (0u64, 0usize);
+        for at in memchr::memchr_iter(b'\n', buf) {
+            let line = &buf[taken..at];
+            let plain = match (line.first(), line.last()) {
+                (Some(first), Some(last)) => {
+                    !first.is_ascii_whitespace() && *last != b'\r' && line.len() <= self.limit
+                }
+                _ => false,
+            };
+            if !plain {
+                break;
+            }
+            count += 1;
+            taken = at + 1;
+        }
+        if count == 0 {
+            return;
+        }
+        let end = base + taken - 1;
+        match items.last_mut() {
+            Some(Item::Lines {
+                end: e, count: n, ..
+            }) if *e + 1 == base => {
+                *e = end;
+                *n += count;
+            }
+            _ => items.push(Item::Lines {
+                start: base,
+                end,
+                line: self.line + 1,
+                count,
+            }),
+        }
+        self.line += count;
+        self.next_record(base + taken);
     }
 
     fn next_record(&mut self, start: usize) {
@@ -831,15 +919,24 @@ mod tests {
     use std::io::Write;
 
     /// Records as (line, text) and bad records as (line, "!" + reason).
+    /// Cut each way, one item per record and lines together
+    /// ([`Splitter::lines_together`]), which must agree.
     fn split(data: impl Into<Vec<u8>>, format: Format, limit: usize) -> Vec<(u64, String)> {
-        let mut s = Splitter::new(
-            Box::new(io::Cursor::new(data.into())),
-            Vec::new(),
-            format,
-            "test".into(),
-            limit,
-        );
-        collect(&mut s)
+        let data = data.into();
+        let splitter = || {
+            Splitter::new(
+                Box::new(io::Cursor::new(data.clone())),
+                Vec::new(),
+                format,
+                "test".into(),
+                limit,
+            )
+        };
+        let one_by_one = collect(&mut splitter());
+        let mut together = splitter();
+        together.lines_together();
+        assert_eq!(collect(&mut together), one_by_one, "lines together");
+        one_by_one
     }
 
     fn collect(s: &mut Splitter) -> Vec<(u64, String)> {
@@ -857,12 +954,27 @@ mod tests {
         block
             .items
             .iter()
-            .map(|item| match item {
-                Item::Record { start, end, line } => (
+            .flat_map(|item| match item {
+                Item::Record { start, end, line } => vec![(
                     *line,
                     String::from_utf8_lossy(&block.data[*start..*end]).into_owned(),
-                ),
-                Item::Bad { line, reason } => (*line, format!("!{reason}")),
+                )],
+                Item::Lines {
+                    start,
+                    end,
+                    line,
+                    count,
+                } => {
+                    let text = &block.data[*start..*end];
+                    let lines: Vec<_> = text
+                        .split(|&b| b == b'\n')
+                        .enumerate()
+                        .map(|(i, l)| (*line + i as u64, String::from_utf8_lossy(l).into_owned()))
+                        .collect();
+                    assert_eq!(lines.len() as u64, *count, "count of {text:?}");
+                    lines
+                }
+                Item::Bad { line, reason } => vec![(*line, format!("!{reason}"))],
             })
             .collect()
     }
@@ -1055,6 +1167,42 @@ mod tests {
                 (6, "{\"a\":3}")
             ])
         );
+    }
+
+    #[test]
+    fn consecutive_plain_json_lines_are_cut_as_one_item() {
+        let data = "{\"a\":1}\n{\"a\":2}\n {\"a\":3}\n\n{\"a\":4}\r\n{\"a\":5}\n{\"a\":6}\n";
+        let mut s = Splitter::new(
+            Box::new(io::Cursor::new(data.as_bytes().to_vec())),
+            Vec::new(),
+            Format::JsonLines,
+            "test".into(),
+            1024,
+        );
+        s.lines_together();
+        let block = s.next_block().unwrap();
+        let lines = |start, end, line, count| Item::Lines {
+            start,
+            end,
+            line,
+            count,
+        };
+        // 1-3 together (a leading space is no blank line), then after the
+        // blank line 4 alone (its `\r` stays out of it), then 5-6.
+        assert_eq!(
+            block.items,
+            vec![
+                lines(0, 24, 1, 3),
+                Item::Record {
+                    start: 26,
+                    end: 33,
+                    line: 5
+                },
+                lines(35, 50, 6, 2),
+            ]
+        );
+        assert_eq!(&block.data[..24], b"{\"a\":1}\n{\"a\":2}\n {\"a\":3}");
+        assert!(s.next_block().is_none());
     }
 
     #[test]

@@ -417,7 +417,9 @@ struct Feeder {
     /// Which records to send, by input position; `index` is the next one's.
     selection: Selection,
     index: u64,
-    lines: Rc<RefCell<VecDeque<u64>>>,
+    lines: Rc<RefCell<LineQueue>>,
+    /// Bytes and records of the current [`Item::Lines`] handed out.
+    within: (usize, u64),
     halt: Rc<Cell<bool>>,
     signal: Arc<AtomicI32>,
 }
@@ -444,7 +446,11 @@ fn start_input(
                     Some(path) => Splitter::open(path, format, limit)?,
                 };
                 let records = match splitter.format() {
-                    Format::JsonLines => Encoding::Json,
+                    Format::JsonLines => {
+                        // Runs of lines travel whole (`Feed::Lines`).
+                        splitter.lines_together();
+                        Encoding::Json
+                    }
                     Format::Csv => Encoding::Csv {
                         header: splitter
                             .header()
@@ -513,36 +519,34 @@ impl Feeder {
             selection,
             index: 0,
             lines: Rc::default(),
+            within: (0, 0),
             halt: Rc::default(),
             signal: signals.signal.clone(),
         }
     }
 }
 
-impl RawSource for Feeder {
-    fn next(&mut self, wait: Option<Duration>) -> Feed<'_> {
-        let i = loop {
+impl Feeder {
+    /// The index of the item to hand out from next, once there is one; or
+    /// what to answer instead.
+    fn ready(&mut self, wait: Option<Duration>) -> Result<usize, Feed<'static>> {
+        loop {
             if self.halt.get() || self.signal.load(Ordering::Relaxed) != 0 {
-                return Feed::End;
+                return Err(Feed::End);
             }
             if self.next < self.block.items.len() {
-                self.next += 1;
-                self.index += 1;
-                if !self.selection.wants(self.index - 1) {
-                    continue; // done in the run being resumed
-                }
-                break self.next - 1;
+                return Ok(self.next);
             }
             let got = match wait {
                 None => self.rx.recv().ok(),
                 Some(d) if d.is_zero() => match self.rx.try_recv() {
                     Ok(m) => Some(m),
-                    Err(TryRecvError::Empty) => return Feed::Pause,
+                    Err(TryRecvError::Empty) => return Err(Feed::Pause),
                     Err(TryRecvError::Disconnected) => None,
                 },
                 Some(d) => match self.rx.recv_timeout(d) {
                     Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => return Feed::Pause,
+                    Err(RecvTimeoutError::Timeout) => return Err(Feed::Pause),
                     Err(RecvTimeoutError::Disconnected) => None,
                 },
             };
@@ -551,23 +555,158 @@ impl RawSource for Feeder {
                     let used = std::mem::replace(&mut self.block, block);
                     let _ = self.recycle.send(used);
                     self.next = 0;
+                    self.within = (0, 0);
                 }
                 Some(Feeding::Wake | Feeding::Opened(_)) => {}
                 Some(Feeding::End) | None => {
                     self.halt.set(true);
-                    return Feed::End;
+                    return Err(Feed::End);
                 }
             }
+        }
+    }
+
+    /// `k` records of item `i`, an [`Item::Lines`], handed out: `len` bytes
+    /// of it. Returns where they start in the block, and the first's line.
+    fn take_lines(&mut self, i: usize, k: u64, len: usize) -> (usize, u64) {
+        let Item::Lines {
+            start, line, count, ..
+        } = self.block.items[i]
+        else {
+            return (0, 0);
         };
-        match &self.block.items[i] {
-            Item::Record { start, end, line } => {
-                self.lines.borrow_mut().push_back(*line);
-                Feed::Record(&self.block.data[*start..*end])
+        let (bytes, lines) = self.within;
+        self.index += k;
+        if lines + k >= count {
+            self.next += 1;
+            self.within = (0, 0);
+        } else {
+            self.within = (bytes + len + 1, lines + k);
+        }
+        (start + bytes, line + lines)
+    }
+}
+
+impl RawSource for Feeder {
+    fn next(&mut self, wait: Option<Duration>) -> Feed<'_> {
+        loop {
+            let i = match self.ready(wait) {
+                Ok(i) => i,
+                Err(feed) => return feed,
+            };
+            let (from, line) = match &self.block.items[i] {
+                Item::Record { start, end, line } => {
+                    self.next += 1;
+                    self.index += 1;
+                    (*start..*end, *line)
+                }
+                Item::Bad { line, reason } => {
+                    self.next += 1;
+                    self.index += 1;
+                    if !self.selection.wants(self.index - 1) {
+                        continue; // done in the run being resumed
+                    }
+                    self.lines.borrow_mut().push(*line, 1);
+                    return Feed::Bad(reason.clone());
+                }
+                &Item::Lines { start, end, .. } => {
+                    let rest = &self.block.data[start + self.within.0..end];
+                    let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                    let (at, line) = self.take_lines(i, 1, len);
+                    (at..at + len, line)
+                }
+            };
+            if !self.selection.wants(self.index - 1) {
+                continue; // done in the run being resumed
             }
-            Item::Bad { line, reason } => {
-                self.lines.borrow_mut().push_back(*line);
-                Feed::Bad(reason.clone())
+            self.lines.borrow_mut().push(line, 1);
+            return Feed::Record(&self.block.data[from]);
+        }
+    }
+
+    fn next_lines(
+        &mut self,
+        wait: Option<Duration>,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Feed<'_> {
+        let i = match self.ready(wait) {
+            Ok(i) => i,
+            Err(feed) => return feed,
+        };
+        let Item::Lines {
+            start, end, count, ..
+        } = self.block.items[i]
+        else {
+            return self.next(wait);
+        };
+        // Only where every record from here on is sent.
+        if self.index < self.selection.tail_from || max_records == 0 {
+            return self.next(wait);
+        }
+        let rest = &self.block.data[start + self.within.0..end];
+        let left = count - self.within.1;
+        let (k, len) = if left <= max_records as u64 && rest.len() <= max_bytes {
+            (left, rest.len())
+        } else {
+            // Each line's end, up to the first over either limit.
+            let (mut k, mut len) = (0u64, 0usize);
+            for e in memchr::memchr_iter(b'\n', rest).chain([rest.len()]) {
+                if k == max_records as u64 || (k > 0 && e > max_bytes) {
+                    break;
+                }
+                (k, len) = (k + 1, e);
             }
+            (k, len)
+        };
+        let (at, line) = self.take_lines(i, k, len);
+        self.lines.borrow_mut().push(line, k);
+        Feed::Lines {
+            bytes: &self.block.data[at..at + len],
+            count: k as usize,
+        }
+    }
+}
+
+/// The input line of every record handed out and not yet drained, as runs
+/// of consecutive lines (a block of JSON lines is one run).
+#[derive(Debug, Default)]
+struct LineQueue {
+    runs: VecDeque<(u64, u64)>,
+}
+
+impl LineQueue {
+    /// `count` records, on lines `first..first + count`.
+    fn push(&mut self, first: u64, count: u64) {
+        match self.runs.back_mut() {
+            Some((f, n)) if *f + *n == first => *n += count,
+            _ if count > 0 => self.runs.push_back((first, count)),
+            _ => {}
+        }
+    }
+
+    /// The next record's line.
+    fn pop(&mut self) -> Option<u64> {
+        let (first, n) = self.runs.front_mut()?;
+        let line = *first;
+        *first += 1;
+        *n -= 1;
+        if *n == 0 {
+            self.runs.pop_front();
+        }
+        Some(line)
+    }
+
+    /// Drop the lines of the next `k` records.
+    fn skip(&mut self, mut k: u64) {
+        while let Some((first, n)) = self.runs.front_mut() {
+            if k < *n {
+                *first += k;
+                *n -= k;
+                return;
+            }
+            k -= *n;
+            self.runs.pop_front();
         }
     }
 }
@@ -660,9 +799,7 @@ fn drain(
         if let (Some(text), Executor::Process) = (run.lines(), settings.executor) {
             let slow = run.longest() >= Duration::from_millis(10);
             if out.ok_lines(text, n, slow)? {
-                let mut lines = lines.borrow_mut();
-                let used = (n as usize).min(lines.len());
-                lines.drain(..used);
+                lines.borrow_mut().skip(n);
                 d.records += n;
                 d.last_seq = Some(settings.selection.seq_of(run.first_seq() + n - 1));
                 progress.tick(d.records);
@@ -671,7 +808,7 @@ fn drain(
         }
         for done in run.outcomes() {
             let seq = settings.selection.seq_of(done.seq);
-            let line = lines.borrow_mut().pop_front().unwrap_or(0);
+            let line = lines.borrow_mut().pop().unwrap_or(0);
             if matches!(done.result, Err(RecordError::Cancelled)) {
                 d.stopped_early = true;
                 break 'runs;
@@ -1013,4 +1150,112 @@ fn count_records_in_background(path: Option<&str>, bar: Option<ProgressBar>) {
         let csv = path.ends_with(".csv");
         bar.set_length(lines.saturating_sub(u64::from(csv)));
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A feeder of `blocks`, running the records the selection wants.
+    fn feeder(blocks: Vec<Block>, selection: Selection) -> Feeder {
+        let (tx, rx) = std::sync::mpsc::sync_channel(blocks.len() + 1);
+        for block in blocks {
+            tx.send(Feeding::Block(block)).unwrap();
+        }
+        tx.send(Feeding::End).unwrap();
+        Feeder {
+            rx,
+            recycle: std::sync::mpsc::channel().0,
+            block: Block::default(),
+            next: 0,
+            selection,
+            index: 0,
+            lines: Rc::default(),
+            within: (0, 0),
+            halt: Rc::default(),
+            signal: Arc::default(),
+        }
+    }
+
+    /// What the feeder gives: `next_lines(None, max, max_bytes)`, as text.
+    fn feed(f: &mut Feeder, max: usize, max_bytes: usize) -> String {
+        match f.next_lines(None, max, max_bytes) {
+            Feed::Record(b) => format!("record {}", String::from_utf8_lossy(b)),
+            Feed::Lines { bytes, count } => {
+                format!("{count} lines {}", String::from_utf8_lossy(bytes))
+            }
+            Feed::Bad(reason) => format!("bad {reason}"),
+            Feed::Pause => "pause".into(),
+            Feed::End => "end".into(),
+        }
+    }
+
+    fn block() -> Block {
+        let data = b"a\nbb\nccc\ndddd\nX\ne\nf".to_vec();
+        let items = vec![
+            Item::Lines {
+                start: 0,
+                end: 13,
+                line: 1,
+                count: 4,
+            },
+            Item::Bad {
+                line: 6,
+                reason: "too big".into(),
+            },
+            Item::Record {
+                start: 14,
+                end: 15,
+                line: 7,
+            },
+            Item::Lines {
+                start: 18,
+                end: 19,
+                line: 9,
+                count: 1,
+            },
+        ];
+        Block { data, items }
+    }
+
+    #[test]
+    fn runs_of_lines_go_out_within_the_limits_asked_and_keep_their_lines() {
+        let mut f = feeder(vec![block()], Selection::default());
+        assert_eq!(feed(&mut f, 2, 100), "2 lines a\nbb");
+        // At least one line, whatever its size.
+        assert_eq!(feed(&mut f, 9, 1), "1 lines ccc");
+        assert_eq!(feed(&mut f, 9, 100), "1 lines dddd");
+        assert_eq!(feed(&mut f, 9, 100), "bad too big");
+        assert_eq!(feed(&mut f, 9, 100), "record X");
+        assert_eq!(feed(&mut f, 9, 100), "1 lines f");
+        assert_eq!(feed(&mut f, 9, 100), "end");
+        let mut lines = f.lines.borrow_mut();
+        assert_eq!(lines.pop(), Some(1));
+        lines.skip(3);
+        assert_eq!(lines.pop(), Some(6));
+        assert_eq!(
+            (lines.pop(), lines.pop(), lines.pop()),
+            (Some(7), Some(9), None)
+        );
+    }
+
+    #[test]
+    fn records_a_resumed_run_has_done_are_left_out_one_by_one() {
+        // Input positions 0..4 are the four lines; 1 runs again, 3 on.
+        let selection = Selection {
+            again: vec![1],
+            tail_from: 3,
+        };
+        let mut f = feeder(vec![block()], selection);
+        assert_eq!(feed(&mut f, 9, 100), "record bb");
+        // Position 2 is skipped in the same call.
+        assert_eq!(feed(&mut f, 9, 100), "record dddd");
+        assert_eq!(feed(&mut f, 9, 100), "bad too big");
+        let mut lines = f.lines.borrow_mut();
+        assert_eq!(
+            (lines.pop(), lines.pop(), lines.pop()),
+            (Some(2), Some(4), Some(6))
+        );
+    }
 }

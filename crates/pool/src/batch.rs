@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use procpool_protocol::{
-    append_record, encode_batch_head, encode_batch_of, CodecError, BATCH_HEAD_BYTES,
-    MAX_MESSAGE_BYTES,
+    append_record, encode_batch_head, encode_batch_of, encode_lines_head, CodecError,
+    BATCH_HEAD_BYTES, LINES_HEAD_BYTES, MAX_MESSAGE_BYTES,
 };
 
 use crate::transport::Outgoing;
@@ -38,15 +38,23 @@ const TARGET_BATCH_NANOS: f64 = 4_000_000.0;
 /// no copy and no work per record. The supervisor keeps a batch until every
 /// record in it has an outcome, so that the records of a worker that died
 /// can be sent again.
+///
+/// Records that are lines of text with consecutive sequence numbers
+/// ([`Batch::push_lines`]) travel as `Request::Lines`: the lines one after
+/// the other, `\n` between them, with no sequence number or length each,
+/// so that a run of lines is added with one copy and no work per record.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub job: JobId,
     pub seqs: Vec<u64>,
     /// [`BATCH_HEAD_BYTES`] of room (once a record is in), then the records,
-    /// each its sequence number then its payload.
+    /// each its sequence number then its payload; or, for lines,
+    /// [`LINES_HEAD_BYTES`] of room, then the lines.
     data: Arc<Vec<u8>>,
-    /// Where each record's payload is in `data`.
+    /// Where each record's payload is in `data` (not kept for lines).
     payloads: Vec<Range<usize>>,
+    /// The records are lines (`Request::Lines`).
+    lines: bool,
     /// How many fresh workers died running this batch's one record (the
     /// deaths charged to it).
     pub deaths: u32,
@@ -80,6 +88,9 @@ impl Batch {
         seq: u64,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
+        if self.lines {
+            self.unline();
+        }
         let data = Arc::make_mut(&mut self.data);
         if data.is_empty() {
             data.resize(BATCH_HEAD_BYTES, 0);
@@ -88,6 +99,61 @@ impl Batch {
         self.seqs.push(seq);
         self.payloads.push(at);
         Ok(())
+    }
+
+    /// Append `count` records, the lines of `lines` (separated by `\n`, none
+    /// holding a `\r` at its end), numbered from `first_seq`. They join the
+    /// lines already in the batch if they follow them; otherwise each
+    /// becomes a record of its own.
+    pub fn push_lines(&mut self, first_seq: u64, count: usize, lines: &[u8]) {
+        if count == 0 {
+            return;
+        }
+        let follows = self.seqs.last().is_some_and(|&last| last + 1 == first_seq);
+        if self.is_empty() || (self.lines && follows) {
+            let data = Arc::make_mut(&mut self.data);
+            if data.is_empty() {
+                data.resize(LINES_HEAD_BYTES, 0);
+                self.lines = true;
+            } else {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(lines);
+            self.seqs.extend(first_seq..first_seq + count as u64);
+            return;
+        }
+        for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
+            let _ = self.push_with(first_seq + i as u64, |buf| {
+                buf.extend_from_slice(line);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
+    }
+
+    /// Turn a batch of lines into one of records, one record per line.
+    fn unline(&mut self) {
+        let old = std::mem::replace(
+            self,
+            Batch::with_capacity(self.job, self.len(), self.bytes()),
+        );
+        self.deaths = old.deaths;
+        self.suspect = old.suspect;
+        let lines = old.data.get(LINES_HEAD_BYTES..).unwrap_or_default();
+        for (&seq, line) in old.seqs.iter().zip(lines.split(|&b| b == b'\n')) {
+            let _ = self.push_with(seq, |buf| {
+                buf.extend_from_slice(line);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
+    }
+
+    /// Bytes of room before the records.
+    fn room(&self) -> usize {
+        if self.lines {
+            LINES_HEAD_BYTES
+        } else {
+            BATCH_HEAD_BYTES
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -100,25 +166,35 @@ impl Batch {
 
     /// Bytes on the wire, nearly all of them payload.
     pub fn bytes(&self) -> usize {
-        self.data.len().saturating_sub(BATCH_HEAD_BYTES)
+        self.data.len().saturating_sub(self.room())
     }
 
     #[cfg(test)]
     pub fn payload(&self, i: usize) -> &[u8] {
+        if self.lines {
+            let lines = &self.data[LINES_HEAD_BYTES..];
+            return lines.split(|&b| b == b'\n').nth(i).unwrap_or_default();
+        }
         &self.data[self.payloads[i].clone()]
     }
 
-    /// The records as they go on the wire, for [`encode_batch_of`].
+    /// The records (or lines) as they go on the wire, after the head.
     pub fn wire(&self) -> &[u8] {
-        self.data.get(BATCH_HEAD_BYTES..).unwrap_or_default()
+        self.data.get(self.room()..).unwrap_or_default()
     }
 
     /// The batch as message `id`: its head written in the room before the
     /// records, and the buffer shared. Copied only if a send of it is still
     /// in progress (sent again at once, after a death).
     pub fn message(&mut self, id: u64) -> Result<Outgoing, CodecError> {
-        let mut head = Vec::with_capacity(BATCH_HEAD_BYTES);
-        encode_batch_head(id, self.len(), &mut head);
+        let room = self.room();
+        let mut head = Vec::with_capacity(room);
+        match self.seqs.first() {
+            Some(&first) if self.lines => {
+                encode_lines_head(id, first, self.len(), self.bytes(), &mut head);
+            }
+            _ => encode_batch_head(id, self.len(), &mut head),
+        }
         let len = head.len() + self.bytes();
         if len > MAX_MESSAGE_BYTES {
             return Err(CodecError::TooLarge {
@@ -127,14 +203,18 @@ impl Batch {
                 limit: MAX_MESSAGE_BYTES,
             });
         }
-        if self.data.len() < BATCH_HEAD_BYTES {
+        if self.data.len() < room {
             return Ok(Outgoing::Bytes(head)); // no records
         }
-        let start = BATCH_HEAD_BYTES - head.len();
+        let start = room - head.len();
         match Arc::get_mut(&mut self.data) {
             Some(data) => {
-                data[start..BATCH_HEAD_BYTES].copy_from_slice(&head);
+                data[start..room].copy_from_slice(&head);
                 Ok(Outgoing::Shared(self.data.clone(), start))
+            }
+            None if self.lines => {
+                head.extend_from_slice(self.wire());
+                Ok(Outgoing::Bytes(head))
             }
             None => {
                 let mut buf = Vec::new();
@@ -146,6 +226,9 @@ impl Batch {
 
     /// Keep records `..at`, return records `at..` as a new batch.
     pub fn split_off(&mut self, at: usize) -> Batch {
+        if self.lines {
+            self.unline();
+        }
         // Record `at` begins where the payload before it ends.
         let byte_at = if at == 0 {
             BATCH_HEAD_BYTES.min(self.data.len())
@@ -169,6 +252,7 @@ impl Batch {
                 .collect(),
             deaths: self.deaths,
             suspect: self.suspect,
+            lines: false,
         }
     }
 
@@ -262,6 +346,84 @@ mod tests {
             .unwrap();
         }
         c
+    }
+
+    /// `(seq, payload)` of every record of `b`'s message, as a worker decodes it.
+    fn decoded(b: &mut Batch) -> Vec<(u64, Vec<u8>)> {
+        let m = b.message(9).unwrap();
+        let view = procpool_protocol::decode_batch_ref(m.bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.id, 9);
+        view.records.iter().map(|(s, p)| (*s, p.to_vec())).collect()
+    }
+
+    fn rows(rows: &[(u64, &str)]) -> Vec<(u64, Vec<u8>)> {
+        rows.iter()
+            .map(|(s, p)| (*s, p.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn lines_travel_as_one_run_and_become_records_when_they_must() {
+        // Runs that follow each other make one run of lines, sent in place.
+        let mut b = Batch::new(1);
+        b.push_lines(10, 2, b"a\nbb");
+        b.push_lines(12, 1, b"ccc");
+        assert_eq!((b.len(), b.bytes()), (3, 8));
+        assert!(matches!(b.message(9).unwrap(), Outgoing::Shared(..)));
+        assert_eq!(decoded(&mut b), rows(&[(10, "a"), (11, "bb"), (12, "ccc")]));
+        assert_eq!(b.payload(1), b"bb");
+        // Still the same message while a copy of it is being sent.
+        let held = b.message(9).unwrap();
+        assert!(matches!(b.message(9).unwrap(), Outgoing::Bytes(..)));
+        assert_eq!(b.message(9).unwrap().bytes(), held.bytes());
+        drop(held);
+        // A gap in the numbers, or a record of another kind, makes records of them all.
+        b.push_lines(20, 2, b"x\ny");
+        b.push_with(30, |buf| {
+            buf.extend_from_slice(b"z");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        let want = rows(&[
+            (10, "a"),
+            (11, "bb"),
+            (12, "ccc"),
+            (20, "x"),
+            (21, "y"),
+            (30, "z"),
+        ]);
+        assert_eq!(decoded(&mut b), want);
+        // Lines after records join them as records.
+        let mut r = batch(2);
+        r.push_lines(2, 2, b"p\nq");
+        assert_eq!(
+            decoded(&mut r),
+            vec![
+                (0, vec![]),
+                (1, vec![1]),
+                (2, b"p".to_vec()),
+                (3, b"q".to_vec())
+            ]
+        );
+        // Split (after a worker died), lines keep their numbers and bytes.
+        let mut l = Batch::new(1);
+        l.push_lines(5, 4, b"e\nf\ng\nh");
+        l.deaths = 1;
+        let mut tail = l.split_off(1);
+        assert_eq!(decoded(&mut l), rows(&[(5, "e")]));
+        assert_eq!(decoded(&mut tail), rows(&[(6, "f"), (7, "g"), (8, "h")]));
+        assert_eq!(tail.deaths, 1);
+        let singles: Vec<_> = tail
+            .into_singletons()
+            .into_iter()
+            .map(|mut s| decoded(&mut s))
+            .collect();
+        assert_eq!(
+            singles,
+            vec![rows(&[(6, "f")]), rows(&[(7, "g")]), rows(&[(8, "h")])]
+        );
     }
 
     #[test]

@@ -196,6 +196,20 @@ pub fn encode_batch_head(id: u64, count: usize, buf: &mut Vec<u8>) {
 /// Most bytes [`encode_batch_head`] writes: three varints.
 pub const BATCH_HEAD_BYTES: usize = 27;
 
+/// The head of a `Request::Lines` message, written in front of its `len`
+/// bytes of lines already in place, as for [`encode_batch_head`].
+pub fn encode_lines_head(id: u64, first_seq: u64, count: usize, len: usize, buf: &mut Vec<u8>) {
+    // `Request::Lines(LinesBatch { id, first_seq, count, lines })`: variant 5.
+    put_u64(buf, 5);
+    put_u64(buf, id);
+    put_u64(buf, first_seq);
+    put_u64(buf, count as u64);
+    put_u64(buf, len as u64);
+}
+
+/// Most bytes [`encode_lines_head`] writes: five varints.
+pub const LINES_HEAD_BYTES: usize = 45;
+
 /// A message appended to `buf` from `start` must be within
 /// [`MAX_MESSAGE_BYTES`]; if not, it is taken off again.
 pub(crate) fn check_message(buf: &mut Vec<u8>, start: usize) -> Result<(), CodecError> {

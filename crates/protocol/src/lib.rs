@@ -30,11 +30,11 @@ mod views;
 
 pub use codec::{
     append_record, decode, decode_prefix, decode_value, encode, encode_batch, encode_batch_head,
-    encode_batch_of, encode_into, encode_record_into, encode_value, CodecError, BATCH_HEAD_BYTES,
-    MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
+    encode_batch_of, encode_into, encode_lines_head, encode_record_into, encode_value, CodecError,
+    BATCH_HEAD_BYTES, LINES_HEAD_BYTES, MAX_MESSAGE_BYTES, MAX_RECORD_BYTES,
 };
 pub use messages::{
-    Batch, BatchResults, Encoding, FailureKind, Hello, ParamsEncoding, Record, Request,
+    Batch, BatchResults, Encoding, FailureKind, Hello, LinesBatch, ParamsEncoding, Record, Request,
     TaskFailure, TaskInfo, TaskSpec, TaskTypes, WorkerMessage, PROTOCOL_VERSION,
 };
 pub use task::{Task, TaskError};

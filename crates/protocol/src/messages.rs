@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The first two fields of every worker's first message are, in order, the
 /// variant index of [`WorkerMessage::Hello`] and this version, so that any
 /// future version can still be recognised (see [`crate::decode_prefix`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// What a worker binary says it can run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +102,23 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
+/// A batch of consecutive records that are lines of text, e.g. of a JSON
+/// lines file, sent as the input's own bytes: record `first_seq + i` is the
+/// `i`-th of the `count` lines of `lines`, which are separated by `\n` (the
+/// last has none). No line holds a `\n` or ends with `\r`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinesBatch {
+    /// Batch id, unique within a run.
+    pub id: u64,
+    /// The first record's sequence number.
+    pub first_seq: u64,
+    /// How many records (lines).
+    pub count: u64,
+    /// The lines.
+    #[serde(with = "crate::bytes")]
+    pub lines: Vec<u8>,
+}
+
 /// How record payloads travel, chosen once per run in [`Request::Configure`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
@@ -185,6 +202,9 @@ pub enum Request {
         /// Where results may go ([`WorkerMessage::ResultsIn`]).
         results: String,
     },
+    /// Records to process, as lines: what [`Request::Batch`] holds, with
+    /// no length per record. It may also come in a slot ([`Request::BatchIn`]).
+    Lines(LinesBatch),
 }
 
 /// Why a record failed inside a worker that survived it.

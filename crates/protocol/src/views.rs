@@ -15,13 +15,16 @@ pub struct BatchRef<'a> {
 }
 
 /// The variant index of `Request::Batch`.
-const BATCH_VARIANT: u32 = 1;
+const BATCH_VARIANT: u64 = 1;
+/// The variant index of `Request::Lines`.
+const LINES_VARIANT: u64 = 5;
 
-/// Whether `bytes` hold a `Request::Batch` (by its variant index alone).
+/// Whether `bytes` hold a `Request::Batch` or a `Request::Lines` (by its
+/// variant index alone).
 pub fn is_batch(bytes: &[u8]) -> bool {
     Reader::new(bytes)
         .uint()
-        .is_ok_and(|variant| variant == u64::from(BATCH_VARIANT))
+        .is_ok_and(|variant| variant == BATCH_VARIANT || variant == LINES_VARIANT)
 }
 
 /// Whether `bytes` hold a `WorkerMessage::Results` (by its variant index alone).
@@ -31,12 +34,17 @@ pub fn is_results(bytes: &[u8]) -> bool {
         .is_ok_and(|variant| variant == RESULTS_VARIANT)
 }
 
-/// Decode `bytes` as a `Request::Batch` without copying its payloads;
-/// `Ok(None)` when it is another request (decode it with [`crate::decode`]).
-/// Read field by field, as [`crate::encode_batch`] writes it.
+/// Decode `bytes` as a `Request::Batch` or a `Request::Lines` without
+/// copying its payloads (a line is a record's payload); `Ok(None)` when it
+/// is another request (decode it with [`crate::decode`]). Read field by
+/// field, as [`crate::encode_batch`] and [`crate::encode_lines_head`] write them.
 pub fn decode_batch_ref(bytes: &[u8]) -> Result<Option<BatchRef<'_>>, CodecError> {
     let mut r = Reader::new(bytes);
-    if r.uint()? != u64::from(BATCH_VARIANT) {
+    let variant = r.uint()?;
+    if variant == LINES_VARIANT {
+        return decode_lines(r).map(Some);
+    }
+    if variant != BATCH_VARIANT {
         return Ok(None);
     }
     let id = r.uint()?;
@@ -51,6 +59,33 @@ pub fn decode_batch_ref(bytes: &[u8]) -> Result<Option<BatchRef<'_>>, CodecError
         return Err(CodecError::Trailing { extra: r.left() });
     }
     Ok(Some(BatchRef { id, records }))
+}
+
+/// The rest of a `Request::Lines` after its variant index.
+fn decode_lines(mut r: Reader<'_>) -> Result<BatchRef<'_>, CodecError> {
+    let id = r.uint()?;
+    let first = r.uint()?;
+    let count = r.uint()?;
+    let lines = r.bytes()?;
+    if r.left() > 0 {
+        return Err(CodecError::Trailing { extra: r.left() });
+    }
+    let bad = |what| Err(bincode::error::DecodeError::Other(what).into());
+    // Every line but the last takes at least its `\n`.
+    if count == 0 || count - 1 > lines.len() as u64 || first.checked_add(count).is_none() {
+        return bad("a lines batch whose count does not fit its bytes");
+    }
+    let mut records = Vec::with_capacity(count as usize);
+    let mut start = 0;
+    for at in memchr::memchr_iter(b'\n', lines) {
+        records.push((first + records.len() as u64, &lines[start..at]));
+        start = at + 1;
+    }
+    records.push((first + records.len() as u64, &lines[start..]));
+    if records.len() as u64 != count {
+        return bad("a lines batch whose count is not its number of lines");
+    }
+    Ok(BatchRef { id, records })
 }
 
 /// Reads what [`crate::codec`]'s `put_u64` and `put_bytes` write.
@@ -242,6 +277,49 @@ pub fn encode_results(results: &BatchResults, buf: &mut Vec<u8>) -> Result<(), C
 mod tests {
     use super::*;
     use crate::*;
+
+    #[test]
+    fn lines_batches_are_records_one_per_line() {
+        let lines = LinesBatch {
+            id: 7,
+            first_seq: 300,
+            count: 3,
+            lines: b"{\"a\":1}\n\n{\"a\":3}".to_vec(),
+        };
+        let bytes = encode(&Request::Lines(lines.clone())).unwrap();
+        // The head written in front of lines in place is the same message.
+        let mut head = Vec::new();
+        encode_lines_head(7, 300, 3, lines.lines.len(), &mut head);
+        assert!(head.len() <= LINES_HEAD_BYTES);
+        head.extend_from_slice(&lines.lines);
+        assert_eq!(head, bytes);
+        assert!(is_batch(&bytes));
+        let view = decode_batch_ref(&bytes).unwrap().unwrap();
+        assert_eq!(view.id, 7);
+        let want: Vec<(u64, &[u8])> = vec![(300, b"{\"a\":1}"), (301, b""), (302, b"{\"a\":3}")];
+        assert_eq!(view.records, want);
+        // A count that is not the number of lines, and damaged messages, are errors.
+        for count in [0, 2, 4, u64::MAX] {
+            let wrong = encode(&Request::Lines(LinesBatch {
+                count,
+                ..lines.clone()
+            }))
+            .unwrap();
+            assert!(decode_batch_ref(&wrong).is_err(), "count {count}");
+        }
+        let overflow = encode(&Request::Lines(LinesBatch {
+            first_seq: u64::MAX - 1,
+            ..lines.clone()
+        }))
+        .unwrap();
+        assert!(decode_batch_ref(&overflow).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_batch_ref(&longer).is_err());
+        for cut in 1..bytes.len() {
+            assert!(decode_batch_ref(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn borrowed_batches_decode_like_owned_ones() {

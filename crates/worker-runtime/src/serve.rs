@@ -465,7 +465,7 @@ fn serve_on<T: WorkerTransport>(
             }
             // `is_batch` above takes every batch; a decoder that disagrees is a bug
             // in this process, reported rather than panicked on.
-            Request::Batch(_) => {
+            Request::Batch(_) | Request::Lines(_) => {
                 return Err(ServeError::Ipc(
                     "a batch was not recognised for decoding in place".into(),
                 ))

@@ -417,9 +417,13 @@ impl FakeWorker {
                     }
                 }
                 Ok(Request::Stop) if self.plan.ignores_stop => stopped = true,
-                Ok(Request::Stop | Request::BatchIn { .. } | Request::Arenas { .. }) | Err(_) => {
-                    return Ok(())
-                }
+                Ok(
+                    Request::Stop
+                    | Request::BatchIn { .. }
+                    | Request::Arenas { .. }
+                    | Request::Lines(_),
+                )
+                | Err(_) => return Ok(()),
             }
         }
     }
