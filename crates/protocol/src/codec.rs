@@ -116,7 +116,7 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
 /// `buf`: the coordinator keeps each payload for a possible retry and need
 /// not copy it into an owned [`crate::Batch`] first. Decodes as `Request::Batch`.
 ///
-/// Written field by field with [`put_u64`] and [`put_bytes`] (bincode's own
+/// Written field by field with `put_u64` and `put_bytes` (bincode's own
 /// encoding of these types, checked against it in the tests): through serde
 /// every integer would be a `Write` call of its own.
 pub fn encode_batch<'a, I>(id: u64, records: I, buf: &mut Vec<u8>) -> Result<(), CodecError>
