@@ -82,15 +82,14 @@ impl Batch {
         }
     }
 
-    /// Append one record: `encode` appends its payload to the buffer.
+    /// Append one record: `encode` appends its payload to the buffer. Not
+    /// to a batch of lines ([`Batch::takes_records`]).
     pub fn push_with<E>(
         &mut self,
         seq: u64,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        if self.lines {
-            self.unline();
-        }
+        debug_assert!(self.takes_records(), "a record pushed onto lines");
         let data = Arc::make_mut(&mut self.data);
         if data.is_empty() {
             data.resize(BATCH_HEAD_BYTES, 0);
@@ -101,50 +100,40 @@ impl Batch {
         Ok(())
     }
 
-    /// Append `count` records, the lines of `lines` (separated by `\n`, none
-    /// holding a `\r` at its end), numbered from `first_seq`. They join the
-    /// lines already in the batch if they follow them; otherwise each
-    /// becomes a record of its own.
-    pub fn push_lines(&mut self, first_seq: u64, count: usize, lines: &[u8]) {
-        if count == 0 {
-            return;
-        }
-        let follows = self.seqs.last().is_some_and(|&last| last + 1 == first_seq);
-        if self.is_empty() || (self.lines && follows) {
-            let data = Arc::make_mut(&mut self.data);
-            if data.is_empty() {
-                data.resize(LINES_HEAD_BYTES, 0);
-                self.lines = true;
-            } else {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(lines);
-            self.seqs.extend(first_seq..first_seq + count as u64);
-            return;
-        }
-        for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
-            let _ = self.push_with(first_seq + i as u64, |buf| {
-                buf.extend_from_slice(line);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        }
+    /// Whether records can join ([`Batch::push_with`]): a batch is records
+    /// or lines, never both.
+    pub fn takes_records(&self) -> bool {
+        !self.lines
     }
 
-    /// Turn a batch of lines into one of records, one record per line.
-    fn unline(&mut self) {
-        let old = std::mem::replace(
-            self,
-            Batch::with_capacity(self.job, self.len(), self.bytes()),
-        );
-        self.deaths = old.deaths;
-        self.suspect = old.suspect;
-        let lines = old.data.get(LINES_HEAD_BYTES..).unwrap_or_default();
-        for (&seq, line) in old.seqs.iter().zip(lines.split(|&b| b == b'\n')) {
-            let _ = self.push_with(seq, |buf| {
-                buf.extend_from_slice(line);
-                Ok::<(), std::convert::Infallible>(())
-            });
+    /// Whether lines numbered from `first_seq` can join ([`Batch::push_lines`]):
+    /// the batch is empty, or lines they follow.
+    pub fn takes_lines(&self, first_seq: u64) -> bool {
+        self.is_empty()
+            || (self.lines && self.seqs.last().is_some_and(|&last| last + 1 == first_seq))
+    }
+
+    /// Append `count` records, the lines of `lines` (separated by `\n`, none
+    /// ending with `\r`), numbered from `first_seq`, if the batch
+    /// [`takes_lines`](Batch::takes_lines) them; returns whether it did.
+    #[must_use]
+    pub fn push_lines(&mut self, first_seq: u64, count: usize, lines: &[u8]) -> bool {
+        if !self.takes_lines(first_seq) {
+            return false;
         }
+        if count == 0 {
+            return true;
+        }
+        let data = Arc::make_mut(&mut self.data);
+        if data.is_empty() {
+            data.resize(LINES_HEAD_BYTES, 0);
+            self.lines = true;
+        } else {
+            data.push(b'\n');
+        }
+        data.extend_from_slice(lines);
+        self.seqs.extend(first_seq..first_seq + count as u64);
+        true
     }
 
     /// Bytes of room before the records.
@@ -227,7 +216,7 @@ impl Batch {
     /// Keep records `..at`, return records `at..` as a new batch.
     pub fn split_off(&mut self, at: usize) -> Batch {
         if self.lines {
-            self.unline();
+            return self.split_lines_off(at);
         }
         // Record `at` begins where the payload before it ends.
         let byte_at = if at == 0 {
@@ -254,6 +243,44 @@ impl Batch {
             suspect: self.suspect,
             lines: false,
         }
+    }
+
+    /// [`Batch::split_off`] of a batch of lines: both parts stay lines (as
+    /// records they would take more bytes, each with its number and length).
+    fn split_lines_off(&mut self, at: usize) -> Batch {
+        let at = at.min(self.len());
+        let lines = self.data.get(LINES_HEAD_BYTES..).unwrap_or_default();
+        // Line `at` starts after the `at`-th `\n`; the one before it is dropped.
+        let cut = match at {
+            0 => Some(0),
+            _ => memchr::memchr_iter(b'\n', lines).nth(at - 1).map(|i| i + 1),
+        };
+        let mut tail = Batch {
+            job: self.job,
+            deaths: self.deaths,
+            suspect: self.suspect,
+            ..Batch::default()
+        };
+        let Some(cut) = cut else {
+            return tail; // `at` is the end: nothing after it
+        };
+        let tail_seqs = self.seqs.split_off(at);
+        if !tail_seqs.is_empty() {
+            let mut data = Vec::with_capacity(LINES_HEAD_BYTES + lines.len() - cut);
+            data.resize(LINES_HEAD_BYTES, 0);
+            data.extend_from_slice(&lines[cut..]);
+            tail.data = Arc::new(data);
+            tail.seqs = tail_seqs;
+            tail.lines = true;
+        }
+        let data = Arc::make_mut(&mut self.data);
+        if at == 0 {
+            data.clear();
+            self.lines = false;
+        } else {
+            data.truncate(LINES_HEAD_BYTES + cut - 1);
+        }
+        tail
     }
 
     /// One batch per record, each keeping this batch's death count and suspicion.
@@ -364,14 +391,20 @@ mod tests {
             .collect()
     }
 
+    /// Whether `b`'s message is `Request::Lines` (variant 5).
+    fn is_lines(b: &mut Batch) -> bool {
+        b.message(9).unwrap().bytes()[0] == 5
+    }
+
     #[test]
-    fn lines_travel_as_one_run_and_become_records_when_they_must() {
+    fn lines_travel_as_one_run_and_stay_lines_when_split() {
         // Runs that follow each other make one run of lines, sent in place.
         let mut b = Batch::new(1);
-        b.push_lines(10, 2, b"a\nbb");
-        b.push_lines(12, 1, b"ccc");
+        assert!(b.push_lines(10, 2, b"a\nbb"));
+        assert!(b.push_lines(12, 1, b"ccc"));
         assert_eq!((b.len(), b.bytes()), (3, 8));
         assert!(matches!(b.message(9).unwrap(), Outgoing::Shared(..)));
+        assert!(is_lines(&mut b));
         assert_eq!(decoded(&mut b), rows(&[(10, "a"), (11, "bb"), (12, "ccc")]));
         assert_eq!(b.payload(1), b"bb");
         // Still the same message while a copy of it is being sent.
@@ -379,51 +412,36 @@ mod tests {
         assert!(matches!(b.message(9).unwrap(), Outgoing::Bytes(..)));
         assert_eq!(b.message(9).unwrap().bytes(), held.bytes());
         drop(held);
-        // A gap in the numbers, or a record of another kind, makes records of them all.
-        b.push_lines(20, 2, b"x\ny");
-        b.push_with(30, |buf| {
-            buf.extend_from_slice(b"z");
-            Ok::<(), ()>(())
-        })
-        .unwrap();
-        let want = rows(&[
-            (10, "a"),
-            (11, "bb"),
-            (12, "ccc"),
-            (20, "x"),
-            (21, "y"),
-            (30, "z"),
-        ]);
-        assert_eq!(decoded(&mut b), want);
-        // Lines after records join them as records.
+        // Neither lines after a gap nor records join lines, nor lines records.
+        assert!(!b.takes_lines(20) && !b.takes_records());
+        assert!(!b.push_lines(20, 2, b"x\ny"));
+        assert_eq!(b.len(), 3);
         let mut r = batch(2);
-        r.push_lines(2, 2, b"p\nq");
-        assert_eq!(
-            decoded(&mut r),
-            vec![
-                (0, vec![]),
-                (1, vec![1]),
-                (2, b"p".to_vec()),
-                (3, b"q".to_vec())
-            ]
-        );
-        // Split (after a worker died), lines keep their numbers and bytes.
+        assert!(r.takes_records() && !r.takes_lines(2));
+        assert!(!r.push_lines(2, 2, b"p\nq"));
+        assert_eq!(r.len(), 2);
+        // Split (after a worker died, or at a quota), both parts stay lines:
+        // as records they would take more bytes than the batch had.
         let mut l = Batch::new(1);
-        l.push_lines(5, 4, b"e\nf\ng\nh");
+        assert!(l.push_lines(5, 4, b"e\nf\ng\nh"));
         l.deaths = 1;
         let mut tail = l.split_off(1);
+        assert!(is_lines(&mut l) && is_lines(&mut tail));
         assert_eq!(decoded(&mut l), rows(&[(5, "e")]));
         assert_eq!(decoded(&mut tail), rows(&[(6, "f"), (7, "g"), (8, "h")]));
-        assert_eq!(tail.deaths, 1);
-        let singles: Vec<_> = tail
+        assert_eq!((tail.deaths, tail.bytes()), (1, 5));
+        let none = tail.split_off(3);
+        assert!(none.is_empty() && tail.len() == 3);
+        let mut all = tail.split_off(0);
+        assert!(tail.is_empty() && tail.takes_records() && tail.bytes() == 0);
+        assert_eq!(decoded(&mut all), rows(&[(6, "f"), (7, "g"), (8, "h")]));
+        let singles: Vec<_> = all
             .into_singletons()
             .into_iter()
-            .map(|mut s| decoded(&mut s))
+            .map(|mut s| (is_lines(&mut s), decoded(&mut s)))
             .collect();
-        assert_eq!(
-            singles,
-            vec![rows(&[(6, "f")]), rows(&[(7, "g")]), rows(&[(8, "h")])]
-        );
+        let one = |seq, text: &str| (true, rows(&[(seq, text)]));
+        assert_eq!(singles, vec![one(6, "f"), one(7, "g"), one(8, "h")]);
     }
 
     #[test]

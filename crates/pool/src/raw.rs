@@ -256,6 +256,13 @@ impl<S: RawSource> RawMap<'_, S> {
             let max_bytes = self.core.sizer.max_bytes();
             let bytes = (self.record_bytes * records).min(max_bytes + (64 << 10));
             let mut batch = Batch::with_capacity(self.job, records, bytes);
+            // A batch is records or lines: one that cannot take what comes
+            // next goes out as it is, and a new one takes it.
+            let next_batch = |batch: &mut Batch| {
+                let full = std::mem::replace(batch, Batch::with_capacity(self.job, records, bytes));
+                self.core.send_batch(full)
+            };
+            let mut gone = false;
             let mut paused = false;
             while (batch.len() as u64) < size && batch.bytes() < max_bytes {
                 let Some(source) = self.source.as_mut() else {
@@ -276,7 +283,10 @@ impl<S: RawSource> RawMap<'_, S> {
                 match source.next_lines(wait, room, max_bytes.saturating_sub(batch.bytes())) {
                     Feed::Lines { bytes, count } => {
                         self.next_seq += count as u64;
-                        batch.push_lines(seq, count, bytes);
+                        if !batch.takes_lines(seq) {
+                            gone |= !next_batch(&mut batch);
+                        }
+                        let _ = batch.push_lines(seq, count, bytes);
                     }
                     // It could not travel: the other side would refuse the message.
                     Feed::Record(bytes) if bytes.len() > MAX_RECORD_BYTES => {
@@ -290,6 +300,9 @@ impl<S: RawSource> RawMap<'_, S> {
                     }
                     Feed::Record(bytes) => {
                         self.next_seq += 1;
+                        if !batch.takes_records() {
+                            gone |= !next_batch(&mut batch);
+                        }
                         let _ = batch.push_with(seq, |buf| {
                             buf.extend_from_slice(bytes);
                             Ok::<(), std::convert::Infallible>(())
@@ -306,6 +319,9 @@ impl<S: RawSource> RawMap<'_, S> {
                     }
                     Feed::End => self.source = None,
                 }
+            }
+            if gone {
+                self.source = None; // the supervisor is gone
             }
             if !batch.is_empty() {
                 self.record_bytes = batch.bytes().div_ceil(batch.len()).max(16);
