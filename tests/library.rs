@@ -521,3 +521,72 @@ fn records_are_timed_unless_told_not_to() {
         assert!(stats.iter().map(|s| s.busy).sum::<Duration>() > Duration::ZERO);
     });
 }
+
+/// A raw source may give one-line records a run at a time (`Feed::Lines`);
+/// runs whose count is not their number of lines fail as bad input, alone,
+/// rather than reach a worker (or a split after a death) inconsistent.
+#[test]
+fn raw_runs_of_lines_come_back_in_order_and_a_wrong_count_fails_alone() {
+    use procpool::raw::{Feed, RawSource};
+    use procpool::{Encoding, ParamsEncoding, TaskSpec};
+
+    struct Runs(std::vec::IntoIter<(String, usize)>, String);
+    impl RawSource for Runs {
+        fn next(&mut self, wait: Option<Duration>) -> Feed<'_> {
+            self.next_lines(wait, 1, usize::MAX)
+        }
+        fn next_lines(&mut self, _: Option<Duration>, _: usize, _: usize) -> Feed<'_> {
+            match self.0.next() {
+                Some((text, count)) => {
+                    self.1 = text;
+                    Feed::Lines {
+                        bytes: self.1.as_bytes(),
+                        count,
+                    }
+                }
+                None => Feed::End,
+            }
+        }
+    }
+    within(DEADLINE, || {
+        let pool = PoolBuilder::new()
+            .workers(2)
+            .worker_bin(worker_bin())
+            .build_raw(TaskSpec {
+                name: "primes".into(),
+                params: b"{}".to_vec(),
+                params_encoding: ParamsEncoding::Json,
+                records: Encoding::Json,
+                threads: 1,
+            })
+            .unwrap();
+        let runs = vec![
+            ("{\"n\":10}\n{\"n\":30}".to_string(), 2),
+            // Three lines said to be two: both records fail.
+            ("{\"n\":4}\n{\"n\":4}\n{\"n\":4}".to_string(), 2),
+            ("{\"n\":100}".to_string(), 1),
+        ];
+        let got: Vec<(u64, Result<String, String>)> = pool
+            .map(Runs(runs.into_iter(), String::new()))
+            .map(|o| {
+                let r = match o.result {
+                    Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).trim_end().to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (o.seq, r)
+            })
+            .collect();
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[0], (0, Ok("{\"n\":10,\"primes\":4}".into())));
+        assert_eq!(got[1], (1, Ok("{\"n\":30,\"primes\":10}".into())));
+        for (seq, r) in &got[2..4] {
+            let e = r.as_ref().unwrap_err();
+            assert!(
+                e.contains("the source gave 2 lines in bytes that hold 3"),
+                "{seq}: {e}"
+            );
+        }
+        assert_eq!(got[4], (4, Ok("{\"n\":100,\"primes\":25}".into())));
+        pool.shutdown();
+    });
+}

@@ -288,6 +288,9 @@ impl Batch {
         let mut out = Vec::with_capacity(self.len());
         while self.len() > 1 {
             let tail = self.split_off(self.len() - 1);
+            if tail.is_empty() {
+                break; // lines fewer than their numbers: nothing more to split
+            }
             out.push(tail);
         }
         out.push(self);

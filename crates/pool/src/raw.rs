@@ -256,15 +256,19 @@ impl<S: RawSource> RawMap<'_, S> {
             let max_bytes = self.core.sizer.max_bytes();
             let bytes = (self.record_bytes * records).min(max_bytes + (64 << 10));
             let mut batch = Batch::with_capacity(self.job, records, bytes);
-            // A batch is records or lines: one that cannot take what comes
-            // next goes out as it is, and a new one takes it.
+            // A batch is records or lines. Lines that cannot join a batch of
+            // lines (after a gap in the numbers), or a record, send it as it
+            // is; the next batch then takes records only, lines one by one
+            // too, so that input mixing the two (`\r\n` here and there) makes
+            // full batches of records, as it did before lines travelled whole.
             let next_batch = |batch: &mut Batch| {
                 let full = std::mem::replace(batch, Batch::with_capacity(self.job, records, bytes));
                 self.core.send_batch(full)
             };
+            let mut records_only = false;
             let mut gone = false;
             let mut paused = false;
-            while (batch.len() as u64) < size && batch.bytes() < max_bytes {
+            while (batch.len() as u64) < size && batch.bytes() < max_bytes && !gone {
                 let Some(source) = self.source.as_mut() else {
                     break;
                 };
@@ -280,13 +284,44 @@ impl<S: RawSource> RawMap<'_, S> {
                 };
                 let seq = self.next_seq;
                 let room = (size as usize).saturating_sub(batch.len());
-                match source.next_lines(wait, room, max_bytes.saturating_sub(batch.bytes())) {
+                let feed = if records_only || !batch.takes_lines(seq) {
+                    source.next(wait)
+                } else {
+                    source.next_lines(wait, room, max_bytes.saturating_sub(batch.bytes()))
+                };
+                match feed {
+                    // The source's count must be its lines' (checked: a batch
+                    // split by lines needs it).
+                    Feed::Lines { bytes, count }
+                        if count == 0 || memchr::memchr_iter(b'\n', bytes).count() + 1 != count =>
+                    {
+                        let reason = format!(
+                            "the source gave {count} lines in bytes that hold {}",
+                            memchr::memchr_iter(b'\n', bytes).count() + 1
+                        );
+                        for k in 0..count as u64 {
+                            let error = RecordError::BadInput(reason.clone());
+                            self.reorder.insert(Block::failed(seq + k, 0, error));
+                        }
+                        self.next_seq += count as u64;
+                    }
                     Feed::Lines { bytes, count } => {
                         self.next_seq += count as u64;
-                        if !batch.takes_lines(seq) {
-                            gone |= !next_batch(&mut batch);
+                        if batch.takes_lines(seq) {
+                            let _ = batch.push_lines(seq, count, bytes);
+                        } else {
+                            // Lines after a gap: the batch goes, these are records.
+                            if !batch.takes_records() {
+                                gone |= !next_batch(&mut batch);
+                                records_only = true;
+                            }
+                            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                                let _ = batch.push_with(seq + i as u64, |buf| {
+                                    buf.extend_from_slice(line);
+                                    Ok::<(), std::convert::Infallible>(())
+                                });
+                            }
                         }
-                        let _ = batch.push_lines(seq, count, bytes);
                     }
                     // It could not travel: the other side would refuse the message.
                     Feed::Record(bytes) if bytes.len() > MAX_RECORD_BYTES => {
@@ -302,6 +337,7 @@ impl<S: RawSource> RawMap<'_, S> {
                         self.next_seq += 1;
                         if !batch.takes_records() {
                             gone |= !next_batch(&mut batch);
+                            records_only = true;
                         }
                         let _ = batch.push_with(seq, |buf| {
                             buf.extend_from_slice(bytes);
