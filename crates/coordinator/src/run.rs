@@ -95,7 +95,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     signals.arm(pool.canceller());
-    let feeder = Feeder::new(blocks_rx, recycle_tx, plan.selection.clone(), &signals);
+    let feeder = Feeder::new(
+        blocks_rx,
+        recycle_tx,
+        plan.selection.clone(),
+        signals.signal.clone(),
+    );
     let (drained, out) = drain(
         &settings,
         &pool,
@@ -509,7 +514,7 @@ impl Feeder {
         rx: Receiver<Feeding>,
         recycle: Sender<Block>,
         selection: Selection,
-        signals: &SignalWatch,
+        signal: Arc<AtomicI32>,
     ) -> Feeder {
         Feeder {
             rx,
@@ -521,7 +526,7 @@ impl Feeder {
             lines: Rc::default(),
             within: (0, 0),
             halt: Rc::default(),
-            signal: signals.signal.clone(),
+            signal,
         }
     }
 }
@@ -1164,18 +1169,7 @@ mod tests {
             tx.send(Feeding::Block(block)).unwrap();
         }
         tx.send(Feeding::End).unwrap();
-        Feeder {
-            rx,
-            recycle: std::sync::mpsc::channel().0,
-            block: Block::default(),
-            next: 0,
-            selection,
-            index: 0,
-            lines: Rc::default(),
-            within: (0, 0),
-            halt: Rc::default(),
-            signal: Arc::default(),
-        }
+        Feeder::new(rx, std::sync::mpsc::channel().0, selection, Arc::default())
     }
 
     /// What the feeder gives: `next_lines(None, max, max_bytes)`, as text.
