@@ -335,6 +335,26 @@ fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 
+/// `count` lines, `start..end` of the block from line `line` on: they join
+/// the run that ends right before them (with one `\n` between), else start
+/// one.
+fn add_lines(items: &mut Vec<Item>, start: usize, end: usize, line: u64, count: u64) {
+    match items.last_mut() {
+        Some(Item::Lines {
+            end: e, count: n, ..
+        }) if *e + 1 == start => {
+            *e = end;
+            *n += count;
+        }
+        _ => items.push(Item::Lines {
+            start,
+            end,
+            line,
+            count,
+        }),
+    }
+}
+
 /// Strip a trailing `\r`.
 fn strip_cr(bytes: &[u8]) -> &[u8] {
     bytes.strip_suffix(b"\r").unwrap_or(bytes)
@@ -629,25 +649,15 @@ impl Splitter {
                         });
                     } else if !is_blank(content) {
                         let (start, end) = (self.rec_start, self.rec_start + content.len());
-                        match items.last_mut() {
-                            // The line right after the run, with no `\r`: it joins it.
-                            Some(Item::Lines { end: e, count, .. })
-                                if self.together && *e + 1 == start && end == at =>
-                            {
-                                *e = end;
-                                *count += 1;
-                            }
-                            _ if self.together && end == at => items.push(Item::Lines {
+                        // A line with no `\r` goes in a run.
+                        if self.together && end == at {
+                            add_lines(items, start, end, self.line, 1);
+                        } else {
+                            items.push(Item::Record {
                                 start,
                                 end,
                                 line: self.line,
-                                count: 1,
-                            }),
-                            _ => items.push(Item::Record {
-                                start,
-                                end,
-                                line: self.line,
-                            }),
+                            });
                         }
                     }
                 }
@@ -702,21 +712,7 @@ impl Splitter {
         if count == 0 {
             return;
         }
-        let end = base + taken - 1;
-        match items.last_mut() {
-            Some(Item::Lines {
-                end: e, count: n, ..
-            }) if *e + 1 == base => {
-                *e = end;
-                *n += count;
-            }
-            _ => items.push(Item::Lines {
-                start: base,
-                end,
-                line: self.line + 1,
-                count,
-            }),
-        }
+        add_lines(items, base, base + taken - 1, self.line + 1, count);
         self.line += count;
         self.next_record(base + taken);
     }
