@@ -100,6 +100,14 @@ impl Batch {
         Ok(())
     }
 
+    /// Append one record whose payload is `bytes` as they are.
+    pub fn push_bytes(&mut self, seq: u64, bytes: &[u8]) {
+        let _ = self.push_with(seq, |buf| {
+            buf.extend_from_slice(bytes);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+
     /// Whether records can join ([`Batch::push_with`]): a batch is records
     /// or lines, never both.
     pub fn takes_records(&self) -> bool {

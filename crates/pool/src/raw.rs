@@ -290,36 +290,26 @@ impl<S: RawSource> RawMap<'_, S> {
                     source.next_lines(wait, room, max_bytes.saturating_sub(batch.bytes()))
                 };
                 match feed {
-                    // The source's count must be its lines' (checked: a batch
-                    // split by lines needs it).
-                    Feed::Lines { bytes, count }
-                        if count == 0 || memchr::memchr_iter(b'\n', bytes).count() + 1 != count =>
-                    {
-                        let reason = format!(
-                            "the source gave {count} lines in bytes that hold {}",
-                            memchr::memchr_iter(b'\n', bytes).count() + 1
-                        );
-                        for k in 0..count as u64 {
-                            let error = RecordError::BadInput(reason.clone());
-                            self.reorder.insert(Block::failed(seq + k, 0, error));
-                        }
-                        self.next_seq += count as u64;
-                    }
                     Feed::Lines { bytes, count } => {
                         self.next_seq += count as u64;
-                        if batch.takes_lines(seq) {
-                            let _ = batch.push_lines(seq, count, bytes);
-                        } else {
+                        // The source's count must be its lines' (checked: a
+                        // batch split by lines needs it).
+                        let lines = memchr::memchr_iter(b'\n', bytes).count() + 1;
+                        if count == 0 || lines != count {
+                            let reason =
+                                format!("the source gave {count} lines in bytes that hold {lines}");
+                            for k in 0..count as u64 {
+                                let error = RecordError::BadInput(reason.clone());
+                                self.reorder.insert(Block::failed(seq + k, 0, error));
+                            }
+                        } else if !batch.push_lines(seq, count, bytes) {
                             // Lines after a gap: the batch goes, these are records.
                             if !batch.takes_records() {
                                 gone |= !next_batch(&mut batch);
                                 records_only = true;
                             }
                             for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-                                let _ = batch.push_with(seq + i as u64, |buf| {
-                                    buf.extend_from_slice(line);
-                                    Ok::<(), std::convert::Infallible>(())
-                                });
+                                batch.push_bytes(seq + i as u64, line);
                             }
                         }
                     }
@@ -339,10 +329,7 @@ impl<S: RawSource> RawMap<'_, S> {
                             gone |= !next_batch(&mut batch);
                             records_only = true;
                         }
-                        let _ = batch.push_with(seq, |buf| {
-                            buf.extend_from_slice(bytes);
-                            Ok::<(), std::convert::Infallible>(())
-                        });
+                        batch.push_bytes(seq, bytes);
                     }
                     Feed::Bad(reason) => {
                         self.next_seq += 1;
