@@ -915,21 +915,18 @@ mod tests {
     use std::io::Write;
 
     /// Records as (line, text) and bad records as (line, "!" + reason).
+    /// A splitter of `data`, named "test".
+    fn splitter(data: impl Into<Vec<u8>>, format: Format, limit: usize) -> Splitter {
+        let data = Box::new(io::Cursor::new(data.into()));
+        Splitter::new(data, Vec::new(), format, "test".into(), limit)
+    }
+
     /// Cut each way, one item per record and lines together
     /// ([`Splitter::lines_together`]), which must agree.
     fn split(data: impl Into<Vec<u8>>, format: Format, limit: usize) -> Vec<(u64, String)> {
         let data = data.into();
-        let splitter = || {
-            Splitter::new(
-                Box::new(io::Cursor::new(data.clone())),
-                Vec::new(),
-                format,
-                "test".into(),
-                limit,
-            )
-        };
-        let one_by_one = collect(&mut splitter());
-        let mut together = splitter();
+        let one_by_one = collect(&mut splitter(data.clone(), format, limit));
+        let mut together = splitter(data, format, limit);
         together.lines_together();
         assert_eq!(collect(&mut together), one_by_one, "lines together");
         one_by_one
@@ -1009,13 +1006,7 @@ mod tests {
                     \x20\x20\n\
                     \"Multi\nLine\",x,1,no\n\
                     last,y,2,no";
-        let mut s = Splitter::new(
-            Box::new(io::Cursor::new(data.as_bytes().to_vec())),
-            Vec::new(),
-            Format::Csv,
-            "t".into(),
-            1024,
-        );
+        let mut s = splitter(data, Format::Csv, 1024);
         assert_eq!(s.header().unwrap().unwrap(), b"name , field,born,nobel");
         assert_eq!(
             collect(&mut s),
@@ -1168,13 +1159,7 @@ mod tests {
     #[test]
     fn consecutive_plain_json_lines_are_cut_as_one_item() {
         let data = "{\"a\":1}\n{\"a\":2}\n {\"a\":3}\n\n{\"a\":4}\r\n{\"a\":5}\n{\"a\":6}\n";
-        let mut s = Splitter::new(
-            Box::new(io::Cursor::new(data.as_bytes().to_vec())),
-            Vec::new(),
-            Format::JsonLines,
-            "test".into(),
-            1024,
-        );
+        let mut s = splitter(data, Format::JsonLines, 1024);
         s.lines_together();
         let block = s.next_block().unwrap();
         let lines = |start, end, line, count| Item::Lines {
