@@ -115,6 +115,69 @@ fn two_outputs_on_one_file_are_refused_before_either_is_created() {
 }
 
 #[test]
+fn an_output_already_there_is_replaced_with_its_mode_and_written_through_its_links() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempdir();
+    let input = input3(dir.path());
+    let expected: String = (1..=3).map(|n| ok_n(n) + "\n").collect();
+    let run = |out: &std::path::Path| {
+        coordinator([
+            "--task",
+            "fault",
+            "--workers",
+            "1",
+            "--input",
+            &input,
+            "--output",
+        ])
+        .arg(out)
+        .run()
+        .assert_code(0);
+    };
+    // A file of this user with one name: a new file in its place, with its
+    // mode (group- and other-writable, which a umask of 022 would cut).
+    let plain = dir.path().join("plain.jsonl");
+    fs::write(&plain, "an earlier output\n".repeat(1000)).unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o666)).unwrap();
+    // Held open, the old file shows whether it was replaced (it then has no
+    // name left, and its bytes) or truncated (the new bytes).
+    let held = fs::File::open(&plain).unwrap();
+    run(&plain);
+    let old = held.metadata().unwrap();
+    assert_eq!(old.nlink(), 0, "truncated in place instead of replaced");
+    assert_eq!(old.len(), 18_000);
+    let meta = fs::metadata(&plain).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    assert_same_output(&fs::read_to_string(&plain).unwrap(), &expected, "replaced");
+    // A symlink stays one, and its target holds the output.
+    let target = dir.path().join("target.jsonl");
+    fs::write(&target, "an earlier output\n").unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    run(&link);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_same_output(&fs::read_to_string(&target).unwrap(), &expected, "symlink");
+    // A file with a second name is written in place: both names show it.
+    let first = dir.path().join("first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    fs::write(&first, "an earlier output\n").unwrap();
+    fs::hard_link(&first, &second).unwrap();
+    run(&first);
+    assert_eq!(
+        fs::metadata(&first).unwrap().ino(),
+        fs::metadata(&second).unwrap().ino()
+    );
+    assert_same_output(
+        &fs::read_to_string(&second).unwrap(),
+        &expected,
+        "hard link",
+    );
+}
+
+#[test]
 fn stdout_or_stdin_that_is_the_input_is_refused() {
     let dir = tempdir();
     let input = input3(dir.path());
