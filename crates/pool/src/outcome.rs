@@ -124,7 +124,8 @@ impl Block {
     /// within the records).
     pub(crate) fn answered(seqs: Vec<u64>, pid: Option<u32>, results: Results) -> Option<Block> {
         let Results { head, buf, start } = results;
-        if head.lengths.len() != seqs.len() || head.nanos.len() != seqs.len() {
+        let timed = !head.nanos.is_empty();
+        if head.lengths.len() != seqs.len() || (timed && head.nanos.len() != seqs.len()) {
             return None;
         }
         let mut after = None;
@@ -338,12 +339,20 @@ mod tests {
     /// Records 10, 11, 12 answered in one message whose outputs start at
     /// byte 3: "ab", (failed), "cde"; 100, 200 and 300 ns.
     fn answer(failures: Vec<(u32, TaskFailure)>, lengths: &[u32]) -> Option<Block> {
+        answer_timed(failures, lengths, vec![100, 200, 300])
+    }
+
+    fn answer_timed(
+        failures: Vec<(u32, TaskFailure)>,
+        lengths: &[u32],
+        nanos: Vec<u64>,
+    ) -> Option<Block> {
         let head = BatchResults {
             batch: 0,
             thread: 1,
             busy_nanos: 600,
             started_us: 1_000,
-            nanos: vec![100, 200, 300],
+            nanos,
             lengths: lengths.to_vec(),
             outputs: Vec::new(),
             failures,
@@ -392,6 +401,19 @@ mod tests {
         assert_eq!(starts, [Some(1_000), Some(1_000), Some(1_000)]);
         assert_eq!(all[2].duration, Duration::from_nanos(300));
         assert!(all.iter().all(|o| o.pid == Some(7) && o.thread == 1));
+    }
+
+    #[test]
+    fn untimed_answers_have_no_durations_and_partly_timed_ones_are_refused() {
+        let block = answer_timed(vec![], &[2, 0, 3], Vec::new()).unwrap();
+        assert_eq!(block.len(), 3);
+        assert_eq!(block.outputs(0..3), b"abcde");
+        assert_eq!(block.offset((0, 0), 3), 0);
+        assert_eq!(block.longest(0..3), Duration::ZERO);
+        let all: Vec<_> = block.outcomes(0..3, 0, |_| Ok(())).collect();
+        assert!(all.iter().all(|o| o.duration == Duration::ZERO));
+        assert!(answer_timed(vec![], &[2, 0, 3], vec![1, 2]).is_none());
+        assert!(answer_timed(vec![], &[2, 0, 3], vec![1, 2, 3, 4]).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The first two fields of every worker's first message are, in order, the
 /// variant index of [`WorkerMessage::Hello`] and this version, so that any
 /// future version can still be recognised (see [`crate::decode_prefix`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// What a worker binary says it can run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,7 +246,9 @@ pub struct BatchResults {
     /// When the first of these records started, in microseconds since the
     /// Unix epoch; each later one started when the one before it ended.
     pub started_us: u64,
-    /// How long each record took, in nanoseconds: one entry per record.
+    /// How long each record took, in nanoseconds: one entry per record, or
+    /// none when the records were not timed (the coordinator asks for times
+    /// only when it uses them).
     pub nanos: Vec<u64>,
     /// The length of each record's output in `outputs` (0 for a failed
     /// record): one entry per record.
@@ -264,12 +266,12 @@ pub struct BatchResults {
 impl BatchResults {
     /// How many records these results cover.
     pub fn len(&self) -> usize {
-        self.nanos.len()
+        self.lengths.len()
     }
 
     /// Whether they cover none.
     pub fn is_empty(&self) -> bool {
-        self.nanos.is_empty()
+        self.lengths.is_empty()
     }
 }
 

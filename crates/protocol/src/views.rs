@@ -175,16 +175,17 @@ pub fn decode_results_ref(bytes: &[u8]) -> Result<Option<ResultsRef<'_>>, CodecE
     let thread = r.u32()?;
     let busy_nanos = r.uint()?;
     let started_us = r.uint()?;
-    let n = r.uint()?;
     // Every entry takes at least one byte: no allocation beyond the message.
-    let mut nanos = Vec::with_capacity(n.min(r.left() as u64) as usize);
-    for _ in 0..n {
+    let timed = r.uint()?;
+    let mut nanos = Vec::with_capacity(timed.min(r.left() as u64) as usize);
+    for _ in 0..timed {
         nanos.push(r.uint()?);
     }
-    if r.uint()? != n {
-        return Err(malformed("one output length per record"));
+    let n = r.uint()?;
+    if timed != 0 && timed != n {
+        return Err(malformed("one duration per record, or none"));
     }
-    let mut lengths = Vec::with_capacity(nanos.len());
+    let mut lengths = Vec::with_capacity(n.min(r.left() as u64) as usize);
     let mut total = 0u64;
     for _ in 0..n {
         let len = r.u32()?;
@@ -453,6 +454,27 @@ mod tests {
     }
 
     #[test]
+    fn untimed_results_carry_no_durations_and_other_counts_are_refused() {
+        let mut owned = sample_results();
+        owned.nanos.clear();
+        let mut buf = Vec::new();
+        encode_results(&owned, &mut buf).unwrap();
+        assert_eq!(buf, encode(&WorkerMessage::Results(owned.clone())).unwrap());
+        let view = decode_results_ref(&buf).unwrap().unwrap();
+        assert_eq!(view.results.len(), 300);
+        assert!(view.results.nanos.is_empty());
+        assert_eq!(view.outputs, owned.outputs.as_slice());
+        // Some durations but not one per record: malformed.
+        for timed in [1, 299, 301] {
+            owned.nanos = vec![5; timed];
+            let mut buf = Vec::new();
+            encode_results(&owned, &mut buf).unwrap();
+            let e = decode_results_ref(&buf).expect_err("refused");
+            assert!(e.to_string().contains("one duration per record"), "{e}");
+        }
+    }
+
+    #[test]
     fn damaged_results_are_errors_never_panics_or_inconsistent_views() {
         let mut owned = sample_results();
         owned.nanos.truncate(12);
@@ -480,7 +502,7 @@ mod tests {
                 continue;
             };
             // What decodes is consistent, and is what bincode decodes.
-            assert_eq!(v.nanos.len(), v.lengths.len());
+            assert!(v.nanos.is_empty() || v.nanos.len() == v.lengths.len());
             assert_eq!(
                 v.lengths.iter().map(|&l| l as usize).sum::<usize>(),
                 outputs.len()

@@ -656,11 +656,14 @@ fn run_batch(
         .0
         .outputs
         .reserve(records.iter().map(|r| r.1.len()).sum::<usize>());
-    collected.0.nanos.reserve(records.len());
     collected.0.lengths.reserve(records.len());
     // One wall-clock read per batch; records are timed with the monotonic
-    // clock from there (one read per record), if asked to.
+    // clock from there (one read per record), if asked to. Untimed records
+    // have no durations at all, rather than one 0 each.
     let times = ctx.record_times.load(Ordering::Relaxed);
+    if times {
+        collected.0.nanos.reserve(records.len());
+    }
     let batch_wall_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
@@ -708,12 +711,9 @@ fn run_batch(
             let t1_ns = t1.duration_since(batch_t0).as_nanos() as u64;
             r.nanos.push(t1_ns - t0_ns);
             (t0, t0_ns) = (t1, t1_ns);
-        } else {
-            r.nanos.push(0);
-            if log_records && done.is_multiple_of(64) {
-                // The log line budget still needs the time now and then.
-                t0 = Instant::now();
-            }
+        } else if log_records && done.is_multiple_of(64) {
+            // The log line budget still needs the time now and then.
+            t0 = Instant::now();
         }
         match result {
             // Within `MAX_RECORD_BYTES`: checked by `bounded`.
