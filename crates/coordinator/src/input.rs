@@ -695,7 +695,7 @@ impl Splitter {
         let buf = &self.buf[base..];
         // Lines cut, and bytes of buf they take (their last `\n` included).
         let (mut count, mut taken) = (0u64, 0usize);
-        for at in memchr::memchr_iter(b'\n', buf) {
+        for at in procpool_protocol::newlines(buf) {
             let line = &buf[taken..at];
             let plain = match (line.first(), line.last()) {
                 (Some(first), Some(last)) => {

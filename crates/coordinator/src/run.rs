@@ -656,7 +656,7 @@ impl RawSource for Feeder {
         } else {
             // Each line's end, up to the first over either limit.
             let (mut k, mut len) = (0u64, 0usize);
-            for e in memchr::memchr_iter(b'\n', rest).chain([rest.len()]) {
+            for e in procpool_protocol::newlines(rest).chain([rest.len()]) {
                 if k == max_records as u64 || (k > 0 && e > max_bytes) {
                     break;
                 }

@@ -25,6 +25,7 @@ mod borrowing;
 mod bytes;
 mod codec;
 mod messages;
+mod newlines;
 mod task;
 mod views;
 
@@ -37,6 +38,7 @@ pub use messages::{
     Batch, BatchResults, Encoding, FailureKind, Hello, LinesBatch, ParamsEncoding, Record, Request,
     TaskFailure, TaskInfo, TaskSpec, TaskTypes, WorkerMessage, PROTOCOL_VERSION,
 };
+pub use newlines::{newlines, Newlines};
 pub use task::{Task, TaskError};
 pub use views::{
     decode_batch_ref, decode_results_ref, encode_results, is_batch, is_results, BatchRef,

@@ -77,7 +77,7 @@ fn decode_lines(mut r: Reader<'_>) -> Result<BatchRef<'_>, CodecError> {
     }
     let mut records = Vec::with_capacity(count as usize);
     let mut start = 0;
-    for at in memchr::memchr_iter(b'\n', lines) {
+    for at in crate::newlines(lines) {
         records.push((first + records.len() as u64, &lines[start..at]));
         start = at + 1;
     }
