@@ -59,11 +59,15 @@ trap cleanup EXIT
 if [[ $QUICK == 1 ]]; then
     N=100000; SAMPLE=5000; BIG=0
     R=3; RL=1                     # repeats: short measurements / long ones
+    RB=5                          # pairs of b's pool / no-pool series
     PRIMES_COUNT=16
     KS="1 2 4 8 16"
 else
     N=1000000; SAMPLE=20000; BIG=10000000
     R=5; RL=3
+    # b's pool against the loop: one pair's ratio moves by +-10% on a shared
+    # machine, so its median needs more pairs than the other rows' runs.
+    RB=21
     PRIMES_COUNT=64
     KS="1 2 4 8 16"
 fi
@@ -140,7 +144,7 @@ cat > "$OUT/meta.json" <<EOF
   "loadavg_start": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "quick": $QUICK,
   "n": $N, "sample": $SAMPLE, "scale": $SCALE, "big": $BIG,
-  "runs": $R, "runs_long": $RL,
+  "runs": $R, "runs_long": $RL, "runs_b": $RB,
   "primes_count": $PRIMES_COUNT, "primes_n": $PRIMES_N
 }
 EOF
@@ -171,7 +175,7 @@ if want b || want g; then
     RO="$OUT/out_rust.jsonl"
     if [[ -n "$LOOP_BIN" ]]; then
         # Side by side with b.rust, run for run: the same file, one thread, no pool.
-        m --id b.rust --runs "$R" --records "$N" \
+        m --id b.rust --runs "$RB" --records "$N" \
             --alternate "$(printf '%q ' "$LOOP_BIN" "$AGE" "$OUT/out_loop.jsonl" $YEAR)" --alternate-id b.loop \
             -- "$C" --task age --input "$AGE" --output "$RO" --workers 2 --year $YEAR
         if cmp -s "$RO" "$OUT/out_loop.jsonl"; then echo '"yes"' > "$OUT/identical_loop.json"; else echo '"NO"' > "$OUT/identical_loop.json"; fi

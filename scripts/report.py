@@ -95,7 +95,8 @@ def main():
       f"{META.get('mem','?')}, Linux {META.get('kernel','?')}")
     p(f"- {META.get('rustc','?')}; {META.get('python','?')}; procpool at {META.get('git','?')}")
     p(f"- load average at start / end: {META.get('loadavg_start','?')} / {META.get('loadavg_end','?')}")
-    p(f"- every figure is the MEDIAN of {META.get('runs','?')} runs ({META.get('runs_long','?')} for the long ones); "
+    p(f"- every figure is the MEDIAN of {META.get('runs','?')} runs ({META.get('runs_long','?')} for the long ones; "
+      f"{META.get('runs_b','?')} alternating pairs for b's pool and no-pool loop); "
       "wall = whole process unless said otherwise; raw runs in results.jsonl")
     ident_loop = os.path.join(out_dir, "identical_loop.json")
     if os.path.exists(ident_loop):
