@@ -175,6 +175,51 @@ fn an_output_already_there_is_replaced_with_its_mode_and_written_through_its_lin
         &expected,
         "hard link",
     );
+    // Written in place too, so that nothing but the contents changes: a file
+    // with a setgid bit, and one with an extended attribute.
+    let truncated = |path: &std::path::Path, what: &str| {
+        let held = fs::File::open(path).unwrap();
+        run(path);
+        assert_eq!(held.metadata().unwrap().nlink(), 1, "{what}: replaced");
+        assert_same_output(&fs::read_to_string(path).unwrap(), &expected, what);
+    };
+    let setgid = dir.path().join("setgid.jsonl");
+    fs::write(&setgid, "an earlier output\n").unwrap();
+    fs::set_permissions(&setgid, fs::Permissions::from_mode(0o2644)).unwrap();
+    truncated(&setgid, "setgid");
+    let tagged = dir.path().join("tagged.jsonl");
+    fs::write(&tagged, "an earlier output\n").unwrap();
+    let name = std::ffi::CString::new(tagged.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let set = unsafe {
+        libc::setxattr(
+            name.as_ptr(),
+            c"user.origin".as_ptr(),
+            b"kept".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    if set == 0 {
+        truncated(&tagged, "extended attribute");
+    } else {
+        eprintln!(
+            "no user extended attributes here ({}): that case not checked",
+            std::io::Error::last_os_error()
+        );
+    }
+    // A read-only output is refused as before (root may write it anyway).
+    // SAFETY: takes no argument, cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let locked = dir.path().join("locked.jsonl");
+        fs::write(&locked, "an earlier output\n").unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o444)).unwrap();
+        let out = coordinator(["--task", "fault", "--input", &input, "--output"])
+            .arg(&locked)
+            .run();
+        out.assert_code(2);
+        assert_eq!(fs::read_to_string(&locked).unwrap(), "an earlier output\n");
+    }
 }
 
 #[test]

@@ -244,11 +244,13 @@ fn named(name: &str, e: io::Error) -> io::Error {
 
 /// Open `path` for a fresh output. A regular file already there is replaced
 /// by a new one, made with its permission bits, rather than cut to nothing,
-/// when nothing else about it would change: it is no symlink, it has no
-/// other name (hard link) and it belongs to this process's user and group.
-/// Anything else (a symlink, a device, a FIFO, a file with other names or of
-/// another owner, one the directory does not let this process remove) is
-/// truncated and written through, as `File::create` does.
+/// when nothing but its contents would change: it is no symlink, has no
+/// other name (hard link), belongs to this process's user and group, has
+/// no extended attributes (ACLs, security labels) and no setuid, setgid or
+/// sticky bit, and this process may write it (a read-only output is refused
+/// as before). Anything else (a device, a FIFO, any of those, a file the
+/// directory does not let this process remove) is truncated and written
+/// through, as `File::create` does.
 ///
 /// Why: on ext4 (its default `auto_da_alloc`), closing a file that was
 /// truncated and then written starts the writing back of all of it there
@@ -262,12 +264,19 @@ fn create_fresh(path: &Path) -> io::Result<File> {
     };
     // SAFETY: neither takes an argument nor fails.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let replaceable =
-        meta.file_type().is_file() && meta.nlink() == 1 && meta.uid() == uid && meta.gid() == gid;
+    let mode = meta.permissions().mode() & 0o7777;
+    let replaceable = meta.file_type().is_file()
+        && meta.nlink() == 1
+        && meta.uid() == uid
+        && meta.gid() == gid
+        && mode & 0o7000 == 0
+        && !has_xattrs(path)
+        // Writable by this process, as truncating it needs (opened without
+        // truncating; a regular file, so the open does not block).
+        && OpenOptions::new().write(true).open(path).is_ok();
     if !replaceable || std::fs::remove_file(path).is_err() {
         return File::create(path);
     }
-    let mode = meta.permissions().mode() & 0o777;
     match OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -276,9 +285,17 @@ fn create_fresh(path: &Path) -> io::Result<File> {
     {
         Ok(file) => {
             // The mode given to open is cut by the umask; the old one was not.
-            if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
+            // In a setgid directory the new file takes the directory's group.
+            let fixed = file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .and_then(|()| match file.metadata() {
+                    Ok(m) if m.gid() != gid => std::os::unix::fs::fchown(&file, None, Some(gid)),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                });
+            if let Err(e) = fixed {
                 log::warn!(
-                    "output {}: cannot give it back its mode {mode:o}: {e}",
+                    "output {}: cannot give it back its mode {mode:o} and group {gid}: {e}",
                     path.display()
                 );
             }
@@ -286,8 +303,23 @@ fn create_fresh(path: &Path) -> io::Result<File> {
         }
         // Made again by someone else meanwhile: written through, as any file.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => File::create(path),
-        Err(e) => Err(e),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{e} (the earlier output there was removed, to be made again)"),
+        )),
     }
+}
+
+/// Whether the file at `path` (not following a symlink) has extended
+/// attributes; `false` where the file system has none.
+fn has_xattrs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return true; // a NUL in the name: not replaced
+    };
+    // SAFETY: a NUL-terminated path; a null buffer of size 0 asks for the
+    // size of the list only.
+    unsafe { libc::llistxattr(name.as_ptr(), std::ptr::null_mut(), 0) > 0 }
 }
 
 /// Where the output goes and how it starts.

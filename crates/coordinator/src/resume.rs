@@ -246,7 +246,15 @@ impl Sidecar {
         // it: held here, that is another thread, since on a file system
         // mounted with `discard` freeing waits for the disk (1-4 ms on ext4
         // here), which would hold up the output.
-        let replaced = File::open(&self.path).ok();
+        // (Opened without blocking, should the name be a FIFO.)
+        let replaced = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path)
+                .ok()
+        };
         fs::rename(&tmp, &self.path).map_err(named)?;
         if let Some(replaced) = replaced {
             // Should the thread not start, the file is let go of here.
