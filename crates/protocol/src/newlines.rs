@@ -124,6 +124,17 @@ mod tests {
     }
 
     #[test]
+    fn the_plain_mask_of_other_targets_is_the_vector_one() {
+        for every in [1, 3, 64, 200] {
+            let data = noise(64 * 40, every, every + 7);
+            for block in data.chunks_exact(64) {
+                let block: &[u8; 64] = block.try_into().unwrap();
+                assert_eq!(mask_tail(block), mask64(block), "every {every}");
+            }
+        }
+    }
+
+    #[test]
     fn edges() {
         assert_eq!(newlines(b"").count(), 0);
         assert_eq!(newlines(b"\n").collect::<Vec<_>>(), [0]);
