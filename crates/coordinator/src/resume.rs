@@ -16,7 +16,7 @@
 //! line, which is all it takes to map lines to input positions ([`Skips`]).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
@@ -200,18 +200,42 @@ impl Skips {
 
     /// Write the list to `path` atomically (a temporary file renamed over it).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let mut text = String::with_capacity(self.0.len() * 8);
         for n in &self.0 {
             text.push_str(&n.to_string());
             text.push('\n');
         }
-        fs::write(&tmp, text)
-            .and_then(|()| fs::rename(&tmp, path))
+        replace_file(path, text.as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
     }
+}
+
+/// Write `bytes` to `path` atomically: to `PATH.tmp`, renamed over it.
+///
+/// The file it replaces is freed when its last holder lets go of it: held
+/// here, that is another thread, since on a file system mounted with
+/// `discard` freeing waits for the disk (1-4 ms on ext4 here), which would
+/// hold up the output.
+fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, bytes)?;
+    // (Opened without blocking, should the name be a FIFO.)
+    let replaced = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok();
+    fs::rename(&tmp, path)?;
+    if let Some(replaced) = replaced {
+        // Should the thread not start, the file is let go of here.
+        let _ = std::thread::Builder::new()
+            .name("replaced-free".into())
+            .spawn(move || drop(replaced));
+    }
+    Ok(())
 }
 
 impl Sidecar {
@@ -235,34 +259,9 @@ impl Sidecar {
                 format!("cannot write resume file {}: {e}", self.path.display()),
             )
         };
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let mut f = File::create(&tmp).map_err(named)?;
-        f.write_all(&json).map_err(named)?;
-        f.write_all(b"\n").map_err(named)?;
-        // The sidecar it replaces is freed when its last holder lets go of
-        // it: held here, that is another thread, since on a file system
-        // mounted with `discard` freeing waits for the disk (1-4 ms on ext4
-        // here), which would hold up the output.
-        // (Opened without blocking, should the name be a FIFO.)
-        let replaced = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&self.path)
-                .ok()
-        };
-        fs::rename(&tmp, &self.path).map_err(named)?;
-        if let Some(replaced) = replaced {
-            // Should the thread not start, the file is let go of here.
-            let _ = std::thread::Builder::new()
-                .name("sidecar-free".into())
-                .spawn(move || drop(replaced));
-        }
-        Ok(())
+        let mut json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        json.push(b'\n');
+        replace_file(&self.path, &json).map_err(named)
     }
 
     fn load(path: &Path) -> anyhow::Result<Option<Sidecar>> {
